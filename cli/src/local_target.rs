@@ -1,0 +1,91 @@
+//! Turning a TraceJob's target into the in-kernel filter on one machine: pids, comms and cgroup paths are used
+//! as given; cluster selectors have no meaning here and are reported as ignored.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use sonde_crds::{ProbeName, TraceJobSpec};
+use sonde_probes::Filter;
+
+/// The cgroup v2 mount: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid ones.
+pub fn cgroup_root() -> PathBuf {
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() && unified.join("cgroup.procs").exists() {
+        unified.to_path_buf()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
+}
+
+pub struct LocalTarget {
+    pub filter: Filter,
+    pub notes: Vec<String>,
+}
+
+pub fn resolve(spec: &TraceJobSpec) -> Result<LocalTarget> {
+    let t = &spec.target;
+    let mut notes = Vec::new();
+    if t.pod_selector.is_some() || t.node_selector.is_some() || t.node_names.is_some() {
+        notes.push("podSelector/nodeSelector/nodeNames need a cluster; on this machine only comms, pids and cgroupPaths narrow the trace".into());
+    }
+    let mut filter = Filter {
+        comms: t.comms.clone(),
+        pids: t.pids.as_ref().map(|p| p.iter().map(|&p| p as u32).collect()),
+        ..Default::default()
+    };
+    if let Some(paths) = &t.cgroup_paths {
+        let mut ids = Vec::new();
+        for p in paths {
+            let dir = cgroup_dir(p);
+            if !dir.is_dir() {
+                bail!("spec.target.cgroupPaths: {} is not a cgroup v2 directory", dir.display());
+            }
+            collect_cgroup_ids(&dir, &mut ids)?;
+        }
+        filter.cgroups = Some(ids);
+    }
+    if spec.probe == ProbeName::PacketLatency {
+        // Packets are handled in softirq context, so the receiving namespace, not the current task, is the filter.
+        let mut netns: Vec<u32> = spec
+            .params
+            .as_ref()
+            .and_then(|p| p.packet_latency.as_ref())
+            .and_then(|p| p.netns)
+            .map(|n| n as u32)
+            .into_iter()
+            .collect();
+        for pid in filter.pids.take().unwrap_or_default() {
+            let meta = std::fs::metadata(format!("/proc/{pid}/ns/net")).with_context(|| format!("spec.target.pids: no process {pid}"))?;
+            netns.push(meta.ino() as u32);
+        }
+        if filter.comms.take().is_some() {
+            notes.push("packet-latency filters by network namespace and port; comms are ignored".into());
+        }
+        if filter.cgroups.take().is_some() {
+            notes.push("packet-latency filters by network namespace and port; cgroupPaths are ignored".into());
+        }
+        filter.netns = (!netns.is_empty()).then_some(netns);
+    }
+    if filter == Filter::default() {
+        notes.push("no local filter: tracing every task on this machine".into());
+    }
+    Ok(LocalTarget { filter, notes })
+}
+
+fn cgroup_dir(p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.starts_with("/sys/fs/cgroup") { path.to_path_buf() } else { cgroup_root().join(p.trim_start_matches('/')) }
+}
+
+/// A cgroup v2 id is the inode number of its directory; tasks live in leaves, so take the whole subtree.
+pub fn collect_cgroup_ids(dir: &Path, out: &mut Vec<u64>) -> Result<()> {
+    out.push(std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?.ino());
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            collect_cgroup_ids(&entry.path(), out)?;
+        }
+    }
+    Ok(())
+}

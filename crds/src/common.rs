@@ -1,0 +1,238 @@
+//! Spec and status pieces shared by TraceJob, ProbePolicy and ProbeSession.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// Go-style duration (`90s`, `1m30s`, `500ms`) as accepted by `kubectl` and `time.ParseDuration`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+
+/// What to trace. In a cluster, `podSelector` picks pods in the object's own namespace and the node fields narrow
+/// the nodes; `comms`, `pids` and `cgroupPaths` narrow further and are how `sonde run` targets a single machine.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(
+    "has(self.podSelector) || has(self.nodeNames) || has(self.nodeSelector) || has(self.comms) || has(self.pids) || has(self.cgroupPaths)"
+).message("target must name at least one of podSelector, nodeNames, nodeSelector, comms, pids, cgroupPaths"))]
+pub struct Target {
+    /// Pods in the object's namespace whose processes are traced (their cgroups are filtered in the kernel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// Only nodes with these labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Only these nodes. Without `podSelector`, everything on these nodes is traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1000))]
+    pub node_names: Option<Vec<String>>,
+    /// Only tasks with one of these command names (as in /proc/<pid>/comm, at most 15 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8))]
+    #[x_kube(validation = Rule::new("self.all(c, size(c) >= 1 && size(c) <= 15)").message("each comm must be 1-15 characters"))]
+    pub comms: Option<Vec<String>>,
+    /// Only these process ids (host pid namespace). Meaningful for `sonde run` on one machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.all(p, p > 0)").message("pids must be positive"))]
+    pub pids: Option<Vec<i32>>,
+    /// Only tasks in these cgroup v2 directories (relative to the cgroup root, or absolute under /sys/fs/cgroup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub cgroup_paths: Option<Vec<String>>,
+}
+
+/// A metric a threshold watches. Per-event metrics are checked in the kernel, so only breaching events cross
+/// the ring buffer; rate metrics are counted in the kernel per one-second window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Metric {
+    /// Wakeups per second of one waker -> wakee pair (`wakeups`).
+    WakeupsPerSecond,
+    /// Milliseconds from device xmit to a receive stage, per TCP segment (`packet-latency`).
+    SegmentLatencyMs,
+    /// Microseconds a task waited runnable before running (`runq-latency`).
+    RunqLatencyUs,
+    /// Milliseconds a syscall took (`syscall-latency`).
+    SyscallLatencyMs,
+    /// Milliseconds from SYN to established (`tcp-connect`).
+    ConnectLatencyMs,
+    /// Events of any probe per second, over all keys.
+    EventsPerSecond,
+}
+
+impl Metric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::WakeupsPerSecond => "wakeupsPerSecond",
+            Metric::SegmentLatencyMs => "segmentLatencyMs",
+            Metric::RunqLatencyUs => "runqLatencyUs",
+            Metric::SyscallLatencyMs => "syscallLatencyMs",
+            Metric::ConnectLatencyMs => "connectLatencyMs",
+            Metric::EventsPerSecond => "eventsPerSecond",
+        }
+    }
+}
+
+/// How the observed value compares with `value` to count as a breach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum Comparison {
+    #[default]
+    GreaterThan,
+    GreaterOrEqual,
+}
+
+/// What a breach does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum ThresholdAction {
+    /// Record the breaching event, count it and raise the ThresholdBreached condition.
+    #[default]
+    Record,
+    /// As Record, then end the trace early (the job succeeds with what was collected).
+    Stop,
+}
+
+/// A threshold on one metric of the probe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Threshold {
+    /// The metric watched; it must be one the probe produces.
+    pub metric: Metric,
+    /// Comparison of observed value against `value`. Default GreaterThan.
+    #[serde(default)]
+    pub comparison: Comparison,
+    /// The limit, in the metric's unit (the unit is the metric name's suffix).
+    #[schemars(range(min = 0.0))]
+    pub value: f64,
+    /// What a breach does. Default Record.
+    #[serde(default)]
+    pub action: ThresholdAction,
+}
+
+/// What the trace keeps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Output {
+    /// Keep individual events (NDJSON) in addition to the aggregated summary and histograms.
+    #[serde(default = "default_true")]
+    pub events: bool,
+    /// Keep one event in N (1 keeps all). Aggregates always count every event.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub sample_every: u32,
+    /// Stop keeping individual events after this many per node; aggregates keep counting.
+    #[serde(default = "default_max_events")]
+    #[schemars(range(min = 1, max = 100000000))]
+    pub max_events: u64,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Output { events: true, sample_every: 1, max_events: default_max_events() }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_max_events() -> u64 {
+    100_000
+}
+
+/// Where results go. Omit to use the storage the operator or `sonde run` is configured with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Storage {
+    /// Object-store URL prefix: `file:///var/lib/sonde/results` or `s3://bucket/prefix`.
+    #[schemars(regex(pattern = r"^(file|s3)://.+"))]
+    pub url: String,
+}
+
+/// Limits on what tracing may cost the node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Budget {
+    /// Kernel CPU time the probe's programs may use, as percent of one CPU averaged over 10 s (from
+    /// `kernel.bpf_stats_enabled`). A session over budget is stopped with a condition saying so.
+    #[serde(default = "default_cpu_percent")]
+    #[schemars(range(min = 0.01, max = 100.0))]
+    pub max_kernel_cpu_percent: f64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget { max_kernel_cpu_percent: default_cpu_percent() }
+    }
+}
+
+fn default_cpu_percent() -> f64 {
+    5.0
+}
+
+/// Lifecycle phase of a TraceJob or ProbeSession.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl Phase {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
+/// One row of a summary: a key (such as `ping/1234 <- isc-socket/77`) and its count.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryRow {
+    pub key: String,
+    pub count: u64,
+    /// Count per second over the trace's duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_second: Option<f64>,
+    /// The largest value seen for this key, in the probe's unit (such as latency in ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// A headline figure such as `p99 xmit->netif_receive ms`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Figure {
+    pub name: String,
+    pub value: f64,
+    pub unit: String,
+}
+
+/// A small answer that fits in status: top rows and headline figures. Full results are in `results`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// What a row's key means, e.g. `wakee <- waker`.
+    #[serde(default)]
+    pub key_meaning: String,
+    #[serde(default)]
+    pub rows: Vec<SummaryRow>,
+    #[serde(default)]
+    pub figures: Vec<Figure>,
+}
+
+/// Event counts of a trace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    /// Events that reached the agent.
+    pub captured: u64,
+    /// Events lost because the ring buffer was full (counted in the kernel).
+    pub dropped: u64,
+    /// Threshold breaches.
+    pub breaches: u64,
+}

@@ -1,0 +1,117 @@
+//! ProbeSession: one node's share of a TraceJob or ProbePolicy. Created by the operator, run by that node's
+//! agent, owned by its parent so the garbage collector removes it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Budget, Counts, Output, Phase, Storage, Summary, Threshold};
+use crate::probe::{ProbeName, ProbeParams};
+use crate::rules::*;
+
+/// Label carrying the node name, so each agent watches only its own sessions.
+pub const NODE_LABEL: &str = "sonde.dev/node";
+
+/// One node's share of a trace. Written by the operator, run and reported on by the node's agent.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "sonde.dev",
+    version = "v1alpha1",
+    kind = "ProbeSession",
+    namespaced,
+    status = "ProbeSessionStatus",
+    shortname = "ps",
+    category = "sonde",
+    cel,
+    doc = "One node's share of a TraceJob or ProbePolicy, run by that node's agent.",
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
+    printcolumn(name = "Probe", type_ = "string", json_path = ".spec.probe"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Strategy", type_ = "string", json_path = ".status.attachStrategy"),
+    printcolumn(name = "Events", type_ = "integer", json_path = ".status.counts.captured"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new(PARAMS_MATCH_PROBE).message(PARAMS_MATCH_PROBE_MSG).field_path(".params"),
+    validation = Rule::new(THRESHOLDS_MATCH_PROBE).message(THRESHOLDS_MATCH_PROBE_MSG).field_path(".thresholds")
+)]
+pub struct ProbeSessionSpec {
+    /// The node whose agent runs this session.
+    #[schemars(length(min = 1, max = 253))]
+    pub node_name: String,
+    pub probe: ProbeName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<ProbeParams>,
+    /// Absolute end of the trace; the agent detaches at this time even if it cannot reach the API server.
+    /// Absent for a standing policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+    /// Aggregation window of a standing policy (Go duration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Pods whose cgroups the kernel filter admits. Empty with `allPods` traces the whole node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5000))]
+    pub pods: Vec<TargetPod>,
+    /// Trace every task on the node (a target of nodes without a pod selector).
+    #[serde(default)]
+    pub all_pods: bool,
+    /// Only tasks with these command names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub comms: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub thresholds: Vec<Threshold>,
+    #[serde(default)]
+    pub output: Output,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+    #[serde(default)]
+    pub budget: Budget,
+    /// Object-store path under the storage URL where this session writes, e.g. `tracejobs/ns/name/node`.
+    #[schemars(length(min = 1))]
+    pub result_prefix: String,
+}
+
+/// A pod the session traces.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetPod {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// What the node's agent reports.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeSessionStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    /// Attached, Complete, Failed, ThresholdBreached, OverBudget.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The attach strategy that loaded (fentry, kprobe, tp_btf, tracepoint, perf_event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach_strategy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_at: Option<Time>,
+    /// Last time the agent reported; a stale heartbeat means the agent is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Time>,
+    #[serde(default)]
+    pub counts: Counts,
+    /// Kernel CPU used by the probe's programs, percent of one CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_cpu_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

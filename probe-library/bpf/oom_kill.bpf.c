@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: GPL-2.0
+/* oom-kill: the OOM killer's victims with their resident memory at the kill. */
+#include "sonde.h"
+
+struct oom_control___min { struct task_struct *chosen; } __attribute__((preserve_access_index));
+
+static __always_inline int emit(__u32 pid, const char *comm, __u64 rss_pages)
+{
+	stat_inc(STAT_SEEN);
+	struct note_event *e = reserve(sizeof(*e));
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	e->pid = pid;
+	e->cpu = bpf_get_smp_processor_id();
+	e->value = rss_pages * 4 / 1024; /* MiB, assuming 4 KiB pages */
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_probe_read_kernel_str(e->text, TASK_COMM_LEN, comm);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("kprobe/oom_kill_process")
+int BPF_KPROBE(kprobe_oom_kill_process, struct oom_control___min *oc)
+{
+	struct task_struct *t = BPF_CORE_READ(oc, chosen);
+	if (!task_admitted(t))
+		return 0;
+	return emit(BPF_CORE_READ(t, tgid), t->comm, 0);
+}
+
+SEC("tracepoint/oom/mark_victim")
+int tp_mark_victim(struct trace_event_raw_mark_victim *ctx)
+{
+	unsigned int off = ctx->__data_loc_comm & 0xffff;
+	char comm[TASK_COMM_LEN] = {};
+	bpf_probe_read_kernel_str(comm, sizeof(comm), (const char *)ctx + off);
+	if (!cfg_filter_cgroup && !admitted(0, ctx->pid, comm))
+		return 0;
+	return emit(ctx->pid, (const char *)ctx + off, ctx->anon_rss + ctx->file_rss + ctx->shmem_rss);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,302 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Shared by every Sonde probe: the event structs (Rust twins in probe-library/abi/src/lib.rs), the in-kernel
+ * target filter, drop accounting and log2 histograms. Config arrives as `const volatile` globals set by the
+ * agent before load; filter maps are updated live as pods come and go. */
+#ifndef SONDE_H
+#define SONDE_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+#define TASK_COMM_LEN 16
+#define MAX_PORTS 16
+#define HIST_SLOTS 64
+
+/* Stat slots of the `stats` per-CPU array. */
+enum sonde_stat {
+	STAT_SEEN = 0,     /* hook hits that passed the filter */
+	STAT_EMITTED = 1,  /* events written to the ring buffer */
+	STAT_DROPPED = 2,  /* events lost: ring buffer full */
+	STAT_BREACHES = 3, /* threshold breaches */
+	STAT_MAX = 4,
+};
+
+/* Flags carried by events. */
+#define EV_BREACH 1u
+
+/* --- config set before load --- */
+const volatile __u8 cfg_filter_cgroup = 0;
+const volatile __u8 cfg_filter_pid = 0;
+const volatile __u8 cfg_filter_comm = 0;
+const volatile __u8 cfg_emit_events = 1;    /* send every admitted event, not only breaches */
+const volatile __u32 cfg_sample_every = 1;  /* keep 1 in N non-breaching events */
+const volatile __u64 cfg_threshold = 0;     /* 0: no threshold; unit depends on the probe */
+const volatile __u8 cfg_threshold_ge = 0;   /* 1: >=, 0: > */
+
+/* --- maps --- */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} filter_cgroups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} filter_pids SEC(".maps");
+
+struct comm_key {
+	char comm[TASK_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct comm_key);
+	__type(value, __u8);
+} filter_comms SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 1024 * 1024);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void stat_inc(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &slot);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline bool comm_admitted(const char comm[TASK_COMM_LEN])
+{
+	struct comm_key k = {};
+	__builtin_memcpy(k.comm, comm, TASK_COMM_LEN);
+	return bpf_map_lookup_elem(&filter_comms, &k) != NULL;
+}
+
+/* Does the target filter admit a task with this cgroup, tgid and comm? Unset filters admit everything. */
+static __always_inline bool admitted(__u64 cgroup, __u32 tgid, const char comm[TASK_COMM_LEN])
+{
+	if (cfg_filter_cgroup && !bpf_map_lookup_elem(&filter_cgroups, &cgroup))
+		return false;
+	if (cfg_filter_pid && !bpf_map_lookup_elem(&filter_pids, &tgid))
+		return false;
+	if (cfg_filter_comm && !comm_admitted(comm))
+		return false;
+	return true;
+}
+
+static __always_inline __u64 task_cgroup_id(struct task_struct *t)
+{
+	return BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+}
+
+static __always_inline bool current_admitted(void)
+{
+	char comm[TASK_COMM_LEN] = {};
+	if (!cfg_filter_cgroup && !cfg_filter_pid && !cfg_filter_comm)
+		return true;
+	bpf_get_current_comm(comm, sizeof(comm));
+	return admitted(bpf_get_current_cgroup_id(), bpf_get_current_pid_tgid() >> 32, comm);
+}
+
+static __always_inline bool task_admitted(struct task_struct *t)
+{
+	char comm[TASK_COMM_LEN] = {};
+	if (!cfg_filter_cgroup && !cfg_filter_pid && !cfg_filter_comm)
+		return true;
+	BPF_CORE_READ_STR_INTO(&comm, t, comm);
+	return admitted(task_cgroup_id(t), BPF_CORE_READ(t, tgid), comm);
+}
+
+static __always_inline bool breaches(__u64 value)
+{
+	if (!cfg_threshold)
+		return false;
+	return cfg_threshold_ge ? value >= cfg_threshold : value > cfg_threshold;
+}
+
+/* Should a non-breaching event be sent? Sampling is per CPU so it needs no atomics. */
+static __always_inline bool keep_event(bool breach)
+{
+	if (breach)
+		return true;
+	if (!cfg_emit_events)
+		return false;
+	if (cfg_sample_every <= 1)
+		return true;
+	return bpf_get_prandom_u32() % cfg_sample_every == 0;
+}
+
+/* Reserve ring-buffer space, counting a drop when it is full. */
+static __always_inline void *reserve(__u64 size)
+{
+	void *e = bpf_ringbuf_reserve(&events, size, 0);
+	if (!e)
+		stat_inc(STAT_DROPPED);
+	else
+		stat_inc(STAT_EMITTED);
+	return e;
+}
+
+static __always_inline __u32 log2_slot(__u64 v)
+{
+	__u32 r = 0;
+	/* Unrolled to keep the verifier happy on older kernels. */
+	if (v >= (1ull << 32)) { v >>= 32; r += 32; }
+	if (v >= (1ull << 16)) { v >>= 16; r += 16; }
+	if (v >= (1ull << 8)) { v >>= 8; r += 8; }
+	if (v >= (1ull << 4)) { v >>= 4; r += 4; }
+	if (v >= (1ull << 2)) { v >>= 2; r += 2; }
+	if (v >= (1ull << 1)) { r += 1; }
+	return r;
+}
+
+/* Log2 histograms: `hists[hist * HIST_SLOTS + slot]`. Declared by probes that use them via SONDE_HISTS(n). */
+#define SONDE_HISTS(n)                                                                                             \
+	struct {                                                                                                   \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);                                                           \
+		__uint(max_entries, (n) * HIST_SLOTS);                                                             \
+		__type(key, __u32);                                                                                \
+		__type(value, __u64);                                                                              \
+	} hists SEC(".maps");                                                                                      \
+	static __always_inline void hist_add(__u32 hist, __u64 value)                                              \
+	{                                                                                                          \
+		__u32 idx = hist * HIST_SLOTS + (log2_slot(value) & (HIST_SLOTS - 1));                             \
+		__u64 *c = bpf_map_lookup_elem(&hists, &idx);                                                      \
+		if (c)                                                                                             \
+			*c += 1;                                                                                   \
+	}
+
+/* ---------------- event structs (Rust twins: sonde_probe_abi) ---------------- */
+
+/* wakeups: one wakeup of `wakee` by the current task (`waker`). */
+struct wakeup_event {
+	__u64 ts_ns;
+	__u32 waker_pid; /* tgid */
+	__u32 waker_tid;
+	__u32 wakee_pid;
+	__u32 wakee_tid;
+	__u64 wakee_cgroup;
+	__u32 window_count; /* wakeups of this pair in the current 1 s window, including this one */
+	__u32 flags;
+	__u32 cpu;
+	__u32 _pad;
+	char waker_comm[TASK_COMM_LEN];
+	char wakee_comm[TASK_COMM_LEN];
+};
+
+/* wakeups: the in-kernel aggregate, keyed by pair. */
+struct wakeup_key {
+	__u32 waker_tid;
+	__u32 wakee_tid;
+	char waker_comm[TASK_COMM_LEN];
+	char wakee_comm[TASK_COMM_LEN];
+};
+
+struct wakeup_val {
+	__u64 count;
+	__u64 window_start_ns;
+	__u32 window_count;
+	__u32 breached_windows;
+	__u32 waker_pid;
+	__u32 wakee_pid;
+};
+
+/* packet-latency stages */
+enum pkt_stage {
+	STAGE_XMIT = 0,
+	STAGE_NETIF_RECEIVE = 1,
+	STAGE_TCP_RCV_ESTABLISHED = 2,
+	STAGE_TCP_RCV_STATE_PROCESS = 3,
+};
+
+struct pkt_event {
+	__u64 ts_ns;
+	__u64 delta_ns;       /* since device xmit */
+	__u64 stage_delta_ns; /* since the previous receive stage (0 at netif_receive) */
+	__u32 netns;
+	__u32 ifindex;
+	__u32 pid;
+	__u32 cpu;
+	__u32 seq;
+	__u32 ack;
+	__u32 family; /* AF_INET or AF_INET6 */
+	__u16 win;
+	__u16 sport;
+	__u16 dport;
+	__u8 tcp_flags;
+	__u8 stage;
+	__u32 flags;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	char ifname[16];
+	char comm[TASK_COMM_LEN];
+};
+
+/* cpu-profile: stack counts keyed by task and stack ids. */
+struct stack_key {
+	__u32 pid;
+	__s32 kstack;
+	__s32 ustack;
+	char comm[TASK_COMM_LEN];
+};
+
+/* generic latency event for runq-latency, syscall-latency, tcp-connect */
+struct latency_event {
+	__u64 ts_ns;
+	__u64 latency_ns;
+	__u32 pid;
+	__u32 tid;
+	__u32 cpu;
+	__u32 id; /* syscall number, or 0 */
+	__u32 flags;
+	__u16 sport;
+	__u16 dport;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 family;
+	__u32 _pad;
+	char comm[TASK_COMM_LEN];
+};
+
+/* exec, oom-kill, tcp-retransmit: a single happening with addresses or a path */
+struct note_event {
+	__u64 ts_ns;
+	__u32 pid;
+	__u32 ppid;
+	__u32 cpu;
+	__u32 value; /* tcp state, or oom victim pages in MiB */
+	__u32 family;
+	__u16 sport;
+	__u16 dport;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	char comm[TASK_COMM_LEN];
+	char text[128]; /* exec filename, oom victim comm */
+};
+
+/* Layouts are shared with Rust (sonde_probe_abi); both sides assert the sizes. */
+_Static_assert(sizeof(struct wakeup_event) == 80, "wakeup_event layout");
+_Static_assert(sizeof(struct wakeup_key) == 40, "wakeup_key layout");
+_Static_assert(sizeof(struct wakeup_val) == 32, "wakeup_val layout");
+_Static_assert(sizeof(struct pkt_event) == 128, "pkt_event layout");
+_Static_assert(sizeof(struct stack_key) == 28, "stack_key layout");
+_Static_assert(sizeof(struct latency_event) == 96, "latency_event layout");
+_Static_assert(sizeof(struct note_event) == 208, "note_event layout");
+
+#endif

@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: GPL-2.0
+/* wakeups: who wakes whom. Counts waker -> wakee pairs in the kernel, flags a pair whose wakeups within one
+ * second exceed cfg_threshold, and sends events (all, sampled, or only breaches) over the ring buffer.
+ * Attach chain: fentry/kprobe try_to_wake_up -> tp_btf sched_waking -> tracepoint sched/sched_waking. */
+#include "sonde.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct wakeup_key);
+	__type(value, struct wakeup_val);
+} pairs SEC(".maps");
+
+static __always_inline int on_wakeup(__u32 wakee_pid, __u32 wakee_tid, __u64 wakee_cgroup,
+				     const char *wakee_comm, bool wakee_ok)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct wakeup_key key = {};
+	bpf_get_current_comm(key.waker_comm, sizeof(key.waker_comm));
+	if (!wakee_ok && !admitted(bpf_get_current_cgroup_id(), id >> 32, key.waker_comm))
+		return 0;
+	stat_inc(STAT_SEEN);
+	key.waker_tid = (__u32)id;
+	key.wakee_tid = wakee_tid;
+	bpf_probe_read_kernel_str(key.wakee_comm, sizeof(key.wakee_comm), wakee_comm);
+
+	__u64 now = bpf_ktime_get_ns();
+	struct wakeup_val *v = bpf_map_lookup_elem(&pairs, &key);
+	if (!v) {
+		struct wakeup_val init = { .window_start_ns = now, .waker_pid = id >> 32, .wakee_pid = wakee_pid };
+		bpf_map_update_elem(&pairs, &key, &init, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&pairs, &key);
+		if (!v)
+			return 0;
+	}
+	__sync_fetch_and_add(&v->count, 1);
+	if (now - v->window_start_ns >= 1000000000ull) {
+		v->window_start_ns = now;
+		v->window_count = 0;
+	}
+	__u32 in_window = __sync_add_and_fetch(&v->window_count, 1);
+	/* A pair breaches once per window: the wakeup that crosses the rate. */
+	bool breach = cfg_threshold && in_window == (cfg_threshold_ge ? cfg_threshold : cfg_threshold + 1);
+	if (breach) {
+		__sync_fetch_and_add(&v->breached_windows, 1);
+		stat_inc(STAT_BREACHES);
+	}
+	if (!keep_event(breach))
+		return 0;
+	struct wakeup_event *e = reserve(sizeof(*e));
+	if (!e)
+		return 0;
+	e->ts_ns = now;
+	e->waker_pid = id >> 32;
+	e->waker_tid = (__u32)id;
+	e->wakee_pid = wakee_pid;
+	e->wakee_tid = wakee_tid;
+	e->wakee_cgroup = wakee_cgroup;
+	e->window_count = in_window;
+	e->flags = breach ? EV_BREACH : 0;
+	e->cpu = bpf_get_smp_processor_id();
+	e->_pad = 0;
+	__builtin_memcpy(e->waker_comm, key.waker_comm, TASK_COMM_LEN);
+	__builtin_memcpy(e->wakee_comm, key.wakee_comm, TASK_COMM_LEN);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int on_task(struct task_struct *p)
+{
+	return on_wakeup(BPF_CORE_READ(p, tgid), BPF_CORE_READ(p, pid), task_cgroup_id(p), p->comm,
+			 task_admitted(p));
+}
+
+SEC("fentry/try_to_wake_up")
+int BPF_PROG(fentry_try_to_wake_up, struct task_struct *p)
+{
+	return on_task(p);
+}
+
+SEC("kprobe/try_to_wake_up")
+int BPF_KPROBE(kprobe_try_to_wake_up, struct task_struct *p)
+{
+	return on_task(p);
+}
+
+SEC("tp_btf/sched_waking")
+int BPF_PROG(tp_btf_sched_waking, struct task_struct *p)
+{
+	return on_task(p);
+}
+
+/* Without BTF the tracepoint gives only the wakee's tid and comm: its tgid and cgroup are unknown here. */
+SEC("tracepoint/sched/sched_waking")
+int tp_sched_waking(struct trace_event_raw_sched_wakeup_template *ctx)
+{
+	bool wakee_ok = !cfg_filter_cgroup && !cfg_filter_pid && (!cfg_filter_comm || comm_admitted(ctx->comm));
+	if (cfg_filter_pid && bpf_map_lookup_elem(&filter_pids, &ctx->pid))
+		wakee_ok = !cfg_filter_comm || comm_admitted(ctx->comm);
+	return on_wakeup(ctx->pid, ctx->pid, 0, ctx->comm, wakee_ok);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,85 @@
+//! What a probe is loaded with: the target filter, the kernel threshold and output sampling, derived from a
+//! TraceJob/ProbeSession spec plus what the caller resolved (cgroup ids, pids, netns inodes).
+
+use sonde_crds::{Comparison, Metric, Output, ProbeName, ProbeParams, Threshold};
+
+use crate::catalogue;
+use crate::error::{Error, Result};
+
+/// The in-kernel target filter. A filter that is on with an empty set admits nothing: a pod target whose
+/// containers have not started yet traces nothing until the caller fills the set.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    pub cgroups: Option<Vec<u64>>,
+    pub pids: Option<Vec<u32>>,
+    pub comms: Option<Vec<String>>,
+    /// Network namespaces (inode numbers), for packet-latency.
+    pub netns: Option<Vec<u32>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    pub probe: ProbeName,
+    pub params: ProbeParams,
+    pub filter: Filter,
+    pub thresholds: Vec<Threshold>,
+    pub output: Output,
+}
+
+/// The one threshold the kernel checks: the lowest on the probe's own metric (the rest are checked on the
+/// breaching events in user space), in kernel units, and whether it is inclusive.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KernelThresholdValue {
+    pub value: u64,
+    pub inclusive: bool,
+}
+
+impl ProbeConfig {
+    pub fn validate(&self) -> Result<()> {
+        let info = catalogue::info(self.probe);
+        for t in &self.thresholds {
+            let ok = t.metric == Metric::EventsPerSecond || info.kernel_threshold.is_some_and(|k| k.metric == t.metric);
+            if !ok {
+                return Err(Error::BadParams {
+                    probe: self.probe,
+                    message: format!("threshold metric {} is not produced by this probe", t.metric.as_str()),
+                });
+            }
+        }
+        let sets = self.params.set_sections();
+        if sets.iter().any(|s| *s != self.probe.params_key()) {
+            return Err(Error::BadParams {
+                probe: self.probe,
+                message: format!("params sets {sets:?}; only params.{} belongs to this probe", self.probe.params_key()),
+            });
+        }
+        if let Some(c) = self.filter.comms.iter().flatten().find(|c| c.is_empty() || c.len() > 15) {
+            return Err(Error::BadParams { probe: self.probe, message: format!("comm {c:?} must be 1-15 bytes") });
+        }
+        Ok(())
+    }
+
+    pub fn kernel_threshold(&self) -> Option<KernelThresholdValue> {
+        let k = catalogue::info(self.probe).kernel_threshold?;
+        self.thresholds
+            .iter()
+            .filter(|t| t.metric == k.metric)
+            .map(|t| KernelThresholdValue {
+                value: (t.value * k.scale).round().max(0.0) as u64,
+                inclusive: t.comparison == Comparison::GreaterOrEqual,
+            })
+            .min_by_key(|t| (t.value, !t.inclusive))
+    }
+
+    /// Ports of the params (packet-latency, tcp-*), at most 16.
+    pub fn ports(&self) -> Vec<u16> {
+        let p = &self.params;
+        let ports = match self.probe {
+            ProbeName::PacketLatency => p.packet_latency.as_ref().map(|x| x.ports.clone()),
+            ProbeName::TcpConnect => p.tcp_connect.as_ref().map(|x| x.ports.clone()),
+            ProbeName::TcpRetransmit => p.tcp_retransmit.as_ref().map(|x| x.ports.clone()),
+            _ => None,
+        };
+        ports.unwrap_or_default().into_iter().filter_map(|p| u16::try_from(p).ok()).take(16).collect()
+    }
+}

@@ -1,0 +1,61 @@
+//! The in-kernel target filter maps, filled at load and kept current while the probe runs.
+
+use std::collections::BTreeSet;
+
+use aya::Ebpf;
+use aya::maps::HashMap;
+use sonde_crds::ProbeName;
+use sonde_probe_abi::{CommKey, comm_key};
+
+use crate::config::ProbeConfig;
+use crate::error::{Error, Result};
+
+pub(crate) fn fill(ebpf: &mut Ebpf, cfg: &ProbeConfig) -> Result<()> {
+    let p = cfg.probe;
+    if let Some(ids) = &cfg.filter.cgroups {
+        set_u64(ebpf, p, "filter_cgroups", ids)?;
+    }
+    for pid in cfg.filter.pids.iter().flatten() {
+        insert_u32(ebpf, p, "filter_pids", *pid)?;
+    }
+    for ns in cfg.filter.netns.iter().flatten() {
+        insert_u32(ebpf, p, "filter_netns", *ns)?;
+    }
+    for comm in cfg.filter.comms.iter().flatten() {
+        let mut map: HashMap<_, CommKey, u8> = map(ebpf, p, "filter_comms")?;
+        map.insert(comm_key(comm), 1, 0).map_err(|e| map_err(p, "filter_comms", e))?;
+    }
+    Ok(())
+}
+
+fn map<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    probe: ProbeName,
+    name: &'static str,
+) -> Result<HashMap<&'a mut aya::maps::MapData, K, V>> {
+    let m = ebpf.map_mut(name).ok_or_else(|| Error::Map { probe, map: name, message: "missing".into() })?;
+    HashMap::try_from(m).map_err(|e| map_err(probe, name, e))
+}
+
+fn map_err(probe: ProbeName, map: &'static str, e: impl std::fmt::Display) -> Error {
+    Error::Map { probe, map, message: e.to_string() }
+}
+
+pub(crate) fn insert_u32(ebpf: &mut Ebpf, probe: ProbeName, name: &'static str, key: u32) -> Result<()> {
+    let mut m: HashMap<_, u32, u8> = map(ebpf, probe, name)?;
+    m.insert(key, 1, 0).map_err(|e| map_err(probe, name, e))
+}
+
+/// Makes the cgroup set exactly `ids`: new pods are admitted, gone pods dropped, others untouched.
+pub fn set_u64(ebpf: &mut Ebpf, probe: ProbeName, name: &'static str, ids: &[u64]) -> Result<()> {
+    let mut m: HashMap<_, u64, u8> = map(ebpf, probe, name)?;
+    let want: BTreeSet<u64> = ids.iter().copied().collect();
+    let have: BTreeSet<u64> = m.keys().filter_map(|k| k.ok()).collect();
+    for gone in have.difference(&want) {
+        m.remove(gone).map_err(|e| map_err(probe, name, e))?;
+    }
+    for new in want.difference(&have) {
+        m.insert(*new, 1, 0).map_err(|e| map_err(probe, name, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! Sonde's probe library: prebuilt CO-RE eBPF programs (C in `bpf/`, compiled by build.rs and embedded), the
+//! catalogue that describes them, the loader that attaches each hook through its fallback chain, and the
+//! decoders and aggregators that turn kernel records into events, summaries, histograms and flame graphs.
+
+pub mod aggregate;
+pub mod catalogue;
+pub mod config;
+pub mod error;
+mod filter;
+pub mod histogram;
+pub mod loader;
+mod objects;
+pub mod profile;
+pub mod results;
+pub mod run;
+
+pub use aggregate::{Event, Findings};
+pub use catalogue::{CATALOGUE, ProbeInfo};
+pub use config::{Filter, ProbeConfig};
+pub use error::{AttachAttempt, Error, Result};
+pub use run::{KernelStats, Running};

@@ -1,0 +1,167 @@
+//! Loading a probe's object with its config and attaching each hook through its fallback chain.
+
+use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::programs::{BtfTracePoint, FEntry, KProbe, PerfEvent, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
+use sonde_crds::ProbeName;
+
+use crate::catalogue::{self, Attach};
+use crate::config::ProbeConfig;
+use crate::error::{AttachAttempt, Error, Result};
+
+/// A probe loaded and attached. Dropping it detaches and unloads everything: no pins, so a killed process
+/// leaves nothing in the kernel.
+pub struct Loaded {
+    pub probe: ProbeName,
+    pub ebpf: Ebpf,
+    /// Every attempt, in order, including failures of hooks that later attached another way.
+    pub attempts: Vec<AttachAttempt>,
+    /// (hook, strategy) that attached.
+    pub attached: Vec<(&'static str, &'static str)>,
+    pub programs: Vec<&'static str>,
+}
+
+impl Loaded {
+    /// The strategies used, e.g. `tp_btf` or `tracepoint+tp_btf`, for status and reports.
+    pub fn strategy(&self) -> String {
+        let mut s: Vec<&str> = self.attached.iter().map(|(_, s)| *s).collect();
+        s.dedup();
+        s.join("+")
+    }
+}
+
+pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
+    cfg.validate()?;
+    let probe = cfg.probe;
+    let flag = |on: bool| -> u8 { on as u8 };
+    let filter_cgroup = flag(cfg.filter.cgroups.is_some());
+    let filter_pid = flag(cfg.filter.pids.is_some());
+    let filter_comm = flag(cfg.filter.comms.is_some());
+    let filter_netns = flag(cfg.filter.netns.is_some());
+    let emit = flag(cfg.output.events);
+    let sample = cfg.output.sample_every.max(1);
+    let threshold = cfg.kernel_threshold();
+    let (thr, thr_ge) = threshold.map(|t| (t.value.max(1), flag(t.inclusive))).unwrap_or((0, 0));
+    let ports_vec = cfg.ports();
+    let mut ports = [0u16; 16];
+    ports[..ports_vec.len()].copy_from_slice(&ports_vec);
+    let nports = ports_vec.len() as u32;
+    let user_stacks = flag(cfg.params.cpu_profile.as_ref().and_then(|p| p.user_stacks).unwrap_or(true));
+    let syscalls: Vec<u32> = cfg.params.syscall_latency.as_ref().map(|p| p.syscalls.clone()).unwrap_or_default();
+    let filter_syscall = flag(!syscalls.is_empty());
+
+    let btf = Btf::from_sys_fs().ok();
+    let mut loader = EbpfLoader::new();
+    loader
+        .btf(btf.as_ref())
+        .override_global("cfg_filter_cgroup", &filter_cgroup, true)
+        .override_global("cfg_filter_pid", &filter_pid, true)
+        .override_global("cfg_filter_comm", &filter_comm, true)
+        .override_global("cfg_emit_events", &emit, true)
+        .override_global("cfg_sample_every", &sample, true)
+        .override_global("cfg_threshold", &thr, true)
+        .override_global("cfg_threshold_ge", &thr_ge, true)
+        .override_global("cfg_filter_netns", &filter_netns, false)
+        .override_global("cfg_ports", &ports, false)
+        .override_global("cfg_nports", &nports, false)
+        .override_global("cfg_user_stacks", &user_stacks, false)
+        .override_global("cfg_filter_syscall", &filter_syscall, false);
+    let mut ebpf = loader.load(crate::objects::object(probe)).map_err(|e| Error::Load {
+        probe,
+        hint: "is this root (or CAP_BPF+CAP_PERFMON) on a kernel with BTF (/sys/kernel/btf/vmlinux)?",
+        source: Box::new(e),
+    })?;
+
+    crate::filter::fill(&mut ebpf, cfg)?;
+    for nr in syscalls {
+        crate::filter::insert_u32(&mut ebpf, probe, "filter_syscalls", nr)?;
+    }
+
+    let info = catalogue::info(probe);
+    let mut attempts = Vec::new();
+    let mut attached = Vec::new();
+    let mut programs = Vec::new();
+    for hook in info.hooks {
+        let mut ok = false;
+        let first = attempts.len();
+        for attach in hook.chain {
+            let result = attach_one(&mut ebpf, attach, btf.as_ref(), cfg);
+            attempts.push(AttachAttempt {
+                hook: hook.name,
+                strategy: attach.strategy(),
+                target: attach.target(),
+                error: result.as_ref().err().cloned(),
+            });
+            if result.is_ok() {
+                attached.push((hook.name, attach.strategy()));
+                programs.push(attach.program());
+                ok = true;
+                break;
+            }
+        }
+        if !ok && hook.required {
+            return Err(Error::UnsupportedKernel { probe, hook: hook.name, attempts: attempts[first..].to_vec() });
+        }
+        if !ok {
+            tracing::warn!(probe = %probe, hook = hook.name, "optional hook unavailable on this kernel");
+        }
+    }
+    Ok(Loaded { probe, ebpf, attempts, attached, programs })
+}
+
+fn attach_one(ebpf: &mut Ebpf, attach: &Attach, btf: Option<&Btf>, cfg: &ProbeConfig) -> Result<(), String> {
+    let name = attach.program();
+    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
+    let need_btf = || btf.ok_or_else(|| "kernel has no BTF (/sys/kernel/btf/vmlinux)".to_string());
+    let err = |e: aya::programs::ProgramError| chain_error(&e);
+    match *attach {
+        Attach::Fentry { func, .. } => {
+            let p: &mut FEntry = prog.try_into().map_err(err)?;
+            p.load(func, need_btf()?).map_err(err)?;
+            p.attach().map_err(err).map(drop)
+        }
+        Attach::Kprobe { func, .. } => {
+            let p: &mut KProbe = prog.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            p.attach(func, 0).map_err(err).map(drop)
+        }
+        Attach::TpBtf { event, .. } => {
+            let p: &mut BtfTracePoint = prog.try_into().map_err(err)?;
+            p.load(event, need_btf()?).map_err(err)?;
+            p.attach().map_err(err).map(drop)
+        }
+        Attach::Tracepoint { category, name, .. } => {
+            let p: &mut TracePoint = prog.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            p.attach(category, name).map_err(err).map(drop)
+        }
+        Attach::PerfCpuClock { .. } => {
+            let hz = cfg.params.cpu_profile.as_ref().and_then(|p| p.frequency_hz).unwrap_or(99) as u64;
+            let p: &mut PerfEvent = prog.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            let cpus = aya::util::online_cpus().map_err(|(f, e)| format!("{f}: {e}"))?;
+            for cpu in cpus {
+                p.attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(hz),
+                    false,
+                )
+                .map_err(err)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// An error with its causes, so "EPERM" or "no such function" reaches the report.
+fn chain_error(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs what building and testing Sonde needs on a Debian machine: clang/llvm for the eBPF programs, libbpf
+# headers, bpftool, bpftrace (the benchmark's reference), ping/iproute2/perf for the kernel tests.
+set -euo pipefail
+pkgs=(clang llvm libbpf-dev bpftool bpftrace iputils-ping iproute2 linux-perf procps)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs, builds (or reuses) the Kubernetes control plane, checks format
+# and lints, then runs every test -- unit, kernel (root) and end-to-end against a real kube-apiserver + etcd.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/deps.sh
+export SONDE_CONTROLPLANE_DIR
+SONDE_CONTROLPLANE_DIR=$(tests/controlplane/build.sh)
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.log
+# One line for the whole run: cargo prints a summary per test binary.
+awk '/^test result:/ {p+=$4; f+=$6; i+=$8} END {printf "\nALL TESTS: %d passed, %d failed, %d ignored\n", p, f, i; exit (f>0 || i>0)}' target/test-output.log

@@ -1,0 +1,1 @@
+//! Shared helpers of the end-to-end tests (control plane, namespaces, node and pod fixtures) land here.
