@@ -22,9 +22,22 @@ fn main() {
         .collect();
     sources.sort();
     for src in sources {
-        let name = src.file_name().unwrap().to_string_lossy().replace(".bpf.c", ".bpf.o");
+        let name = src
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".bpf.c", ".bpf.o");
         let status = Command::new(&clang)
-            .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror", "-Wno-unused-function"])
+            .args([
+                "-O2",
+                "-g",
+                "-target",
+                "bpf",
+                "-mcpu=v3",
+                "-Wall",
+                "-Werror",
+                "-Wno-unused-function",
+            ])
             .arg(format!("-D{arch_def}"))
             .arg("-I")
             .arg(dir.join(arch_dir))
@@ -35,7 +48,9 @@ fn main() {
             .arg("-o")
             .arg(out.join(&name))
             .status()
-            .unwrap_or_else(|e| panic!("cannot run {clang} (install clang: ./scripts/deps.sh): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run {clang} (install clang: ./scripts/deps.sh): {e}")
+            });
         assert!(status.success(), "clang failed on {}", src.display());
     }
 }

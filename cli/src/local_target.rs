@@ -11,7 +11,9 @@ use sonde_probes::Filter;
 /// The cgroup v2 mount: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid ones.
 pub fn cgroup_root() -> PathBuf {
     let unified = Path::new("/sys/fs/cgroup/unified");
-    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() && unified.join("cgroup.procs").exists() {
+    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        && unified.join("cgroup.procs").exists()
+    {
         unified.to_path_buf()
     } else {
         PathBuf::from("/sys/fs/cgroup")
@@ -31,7 +33,10 @@ pub fn resolve(spec: &TraceJobSpec) -> Result<LocalTarget> {
     }
     let mut filter = Filter {
         comms: t.comms.clone(),
-        pids: t.pids.as_ref().map(|p| p.iter().map(|&p| p as u32).collect()),
+        pids: t
+            .pids
+            .as_ref()
+            .map(|p| p.iter().map(|&p| p as u32).collect()),
         ..Default::default()
     };
     if let Some(paths) = &t.cgroup_paths {
@@ -39,7 +44,10 @@ pub fn resolve(spec: &TraceJobSpec) -> Result<LocalTarget> {
         for p in paths {
             let dir = cgroup_dir(p);
             if !dir.is_dir() {
-                bail!("spec.target.cgroupPaths: {} is not a cgroup v2 directory", dir.display());
+                bail!(
+                    "spec.target.cgroupPaths: {} is not a cgroup v2 directory",
+                    dir.display()
+                );
             }
             collect_cgroup_ids(&dir, &mut ids)?;
         }
@@ -56,14 +64,20 @@ pub fn resolve(spec: &TraceJobSpec) -> Result<LocalTarget> {
             .into_iter()
             .collect();
         for pid in filter.pids.take().unwrap_or_default() {
-            let meta = std::fs::metadata(format!("/proc/{pid}/ns/net")).with_context(|| format!("spec.target.pids: no process {pid}"))?;
+            let meta = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .with_context(|| format!("spec.target.pids: no process {pid}"))?;
             netns.push(meta.ino() as u32);
         }
         if filter.comms.take().is_some() {
-            notes.push("packet-latency filters by network namespace and port; comms are ignored".into());
+            notes.push(
+                "packet-latency filters by network namespace and port; comms are ignored".into(),
+            );
         }
         if filter.cgroups.take().is_some() {
-            notes.push("packet-latency filters by network namespace and port; cgroupPaths are ignored".into());
+            notes.push(
+                "packet-latency filters by network namespace and port; cgroupPaths are ignored"
+                    .into(),
+            );
         }
         filter.netns = (!netns.is_empty()).then_some(netns);
     }
@@ -75,12 +89,20 @@ pub fn resolve(spec: &TraceJobSpec) -> Result<LocalTarget> {
 
 fn cgroup_dir(p: &str) -> PathBuf {
     let path = Path::new(p);
-    if path.starts_with("/sys/fs/cgroup") { path.to_path_buf() } else { cgroup_root().join(p.trim_start_matches('/')) }
+    if path.starts_with("/sys/fs/cgroup") {
+        path.to_path_buf()
+    } else {
+        cgroup_root().join(p.trim_start_matches('/'))
+    }
 }
 
 /// A cgroup v2 id is the inode number of its directory; tasks live in leaves, so take the whole subtree.
 pub fn collect_cgroup_ids(dir: &Path, out: &mut Vec<u64>) -> Result<()> {
-    out.push(std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?.ino());
+    out.push(
+        std::fs::metadata(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .ino(),
+    );
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let entry = entry?;
         if entry.file_type()?.is_dir() {

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sonde", version, about = "Declarative eBPF probes: the same TraceJob on one machine or a cluster")]
+#[command(
+    name = "sonde",
+    version,
+    about = "Declarative eBPF probes: the same TraceJob on one machine or a cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,9 +46,25 @@ fn main() -> ExitCode {
                 let chain: Vec<String> = p
                     .hooks
                     .iter()
-                    .map(|h| format!("{}[{}]", h.name, h.chain.iter().map(|a| a.strategy()).collect::<Vec<_>>().join(">")))
+                    .map(|h| {
+                        format!(
+                            "{}[{}]",
+                            h.name,
+                            h.chain
+                                .iter()
+                                .map(|a| a.strategy())
+                                .collect::<Vec<_>>()
+                                .join(">")
+                        )
+                    })
                     .collect();
-                println!("{:<16} {}\n{:<16} hooks: {}", p.name.as_str(), p.description, "", chain.join(" "));
+                println!(
+                    "{:<16} {}\n{:<16} hooks: {}",
+                    p.name.as_str(),
+                    p.description,
+                    "",
+                    chain.join(" ")
+                );
             }
             Ok(())
         }
@@ -61,7 +81,8 @@ fn main() -> ExitCode {
 
 fn validate(files: &[PathBuf]) -> anyhow::Result<()> {
     for f in files {
-        let text = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         sonde_crds::parse_manifests(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         println!("{}: valid", f.display());
     }

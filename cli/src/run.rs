@@ -48,16 +48,25 @@ pub struct Report {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let manifests = sonde_crds::parse_manifests(&text).with_context(|| format!("{}", args.file.display()))?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let manifests =
+        sonde_crds::parse_manifests(&text).with_context(|| format!("{}", args.file.display()))?;
     let job: TraceJob = match manifests.into_iter().next() {
         Some(Manifest::TraceJob(j)) => *j,
-        Some(Manifest::ProbePolicy(_)) => bail!("{}: sonde run takes a TraceJob; a ProbePolicy is a standing probe for a cluster", args.file.display()),
+        Some(Manifest::ProbePolicy(_)) => bail!(
+            "{}: sonde run takes a TraceJob; a ProbePolicy is a standing probe for a cluster",
+            args.file.display()
+        ),
         None => bail!("{}: no TraceJob found", args.file.display()),
     };
     let name = job.metadata.name.clone().unwrap_or_default();
-    let duration_text = args.duration.clone().unwrap_or_else(|| job.spec.duration.clone());
-    let duration = sonde_crds::parse_duration(&duration_text).map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
+    let duration_text = args
+        .duration
+        .clone()
+        .unwrap_or_else(|| job.spec.duration.clone());
+    let duration = sonde_crds::parse_duration(&duration_text)
+        .map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
     let target = local_target::resolve(&job.spec)?;
     ensure_tracefs();
     let config = ProbeConfig {
@@ -68,11 +77,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         output: job.spec.output.clone(),
     };
     let out_dir = args.output.clone().unwrap_or_else(|| {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         PathBuf::from("results").join(format!("{name}-{now}"))
     });
-    let mut writer = ResultsWriter::create(&out_dir, job.spec.output.events, job.spec.output.max_events)?;
-    let mut running = Running::start(config).with_context(|| format!("starting TraceJob {name}"))?;
+    let mut writer =
+        ResultsWriter::create(&out_dir, job.spec.output.events, job.spec.output.max_events)?;
+    let mut running =
+        Running::start(config).with_context(|| format!("starting TraceJob {name}"))?;
     for n in &target.notes {
         eprintln!("note: {n}");
     }
@@ -85,7 +99,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     );
 
     let stopped_by = trace_loop(&mut running, &mut writer, duration, args.json)?;
-    let top = job.spec.params.as_ref().and_then(|p| p.wakeups.as_ref()).and_then(|w| w.top).unwrap_or(10) as usize;
+    let top = job
+        .spec
+        .params
+        .as_ref()
+        .and_then(|p| p.wakeups.as_ref())
+        .and_then(|w| w.top)
+        .unwrap_or(10) as usize;
     let mut write_err = None;
     let findings = running.finish(top, |ev| {
         if let Err(e) = writer.event(ev) {
@@ -116,7 +136,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     let title = format!("sonde {} {}", job.spec.probe, name);
     report.results = writer.finish(&report, &findings, &title)?;
     // summary.json is written before the file list is known; rewrite it with the list.
-    std::fs::write(out_dir.join("summary.json"), serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(
+        out_dir.join("summary.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -128,12 +151,21 @@ pub fn run(args: RunArgs) -> Result<()> {
 fn ensure_tracefs() {
     if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
         // Classic tracepoints need tracefs; a failure here surfaces as the attach error that names it.
-        let _ = std::process::Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]).status();
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+            .status();
     }
 }
 
-fn trace_loop(running: &mut Running, writer: &mut ResultsWriter, duration: Duration, quiet: bool) -> Result<&'static str> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+fn trace_loop(
+    running: &mut Running,
+    writer: &mut ResultsWriter,
+    duration: Duration,
+    quiet: bool,
+) -> Result<&'static str> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let deadline = Instant::now() + duration;
         let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
@@ -181,12 +213,28 @@ fn print_report(r: &Report, findings: &sonde_probes::Findings) {
     eprintln!();
     println!(
         "{} ({}) via {}: {:.1}s, stopped by {}; {} events captured, {} dropped, {} breaches",
-        r.job, r.probe, r.attach_strategy, r.duration_seconds, r.stopped_by, r.events_captured, r.kernel.dropped, r.kernel.breaches
+        r.job,
+        r.probe,
+        r.attach_strategy,
+        r.duration_seconds,
+        r.stopped_by,
+        r.events_captured,
+        r.kernel.dropped,
+        r.kernel.breaches
     );
     if !r.summary.rows.is_empty() {
-        println!("\n{:>10} {:>10} {:>10}  {}", "COUNT", "PER SEC", "MAX", r.summary.key_meaning.to_uppercase());
+        println!(
+            "\n{:>10} {:>10} {:>10}  {}",
+            "COUNT",
+            "PER SEC",
+            "MAX",
+            r.summary.key_meaning.to_uppercase()
+        );
         for row in &r.summary.rows {
-            let rate = row.per_second.map(|v| format!("{v:.1}")).unwrap_or_default();
+            let rate = row
+                .per_second
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_default();
             let max = row.max.map(|v| format!("{v:.3}")).unwrap_or_default();
             println!("{:>10} {:>10} {:>10}  {}", row.count, rate, max, row.key);
         }

@@ -76,7 +76,9 @@ impl Metric {
 }
 
 /// How the observed value compares with `value` to count as a breach.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum Comparison {
     #[default]
     GreaterThan,
@@ -84,7 +86,9 @@ pub enum Comparison {
 }
 
 /// What a breach does.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum ThresholdAction {
     /// Record the breaching event, count it and raise the ThresholdBreached condition.
     #[default]
@@ -129,7 +133,11 @@ pub struct Output {
 
 impl Default for Output {
     fn default() -> Self {
-        Output { events: true, sample_every: 1, max_events: default_max_events() }
+        Output {
+            events: true,
+            sample_every: 1,
+            max_events: default_max_events(),
+        }
     }
 }
 
@@ -165,7 +173,9 @@ pub struct Budget {
 
 impl Default for Budget {
     fn default() -> Self {
-        Budget { max_kernel_cpu_percent: default_cpu_percent() }
+        Budget {
+            max_kernel_cpu_percent: default_cpu_percent(),
+        }
     }
 }
 
@@ -174,7 +184,9 @@ fn default_cpu_percent() -> f64 {
 }
 
 /// Lifecycle phase of a TraceJob or ProbeSession.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum Phase {
     #[default]
     Pending,

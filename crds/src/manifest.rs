@@ -18,11 +18,19 @@ pub enum Manifest {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("document {doc}: not valid YAML: {source}")]
-    Yaml { doc: usize, source: serde_yaml::Error },
+    Yaml {
+        doc: usize,
+        source: serde_yaml::Error,
+    },
     #[error("document {doc}: {message}")]
     Kind { doc: usize, message: String },
     #[error("document {doc} ({kind} {name}) is invalid:\n  - {}", problems.join("\n  - "))]
-    Invalid { doc: usize, kind: String, name: String, problems: Vec<String> },
+    Invalid {
+        doc: usize,
+        kind: String,
+        name: String,
+        problems: Vec<String>,
+    },
     #[error("no TraceJob or ProbePolicy found in the input")]
     Empty,
 }
@@ -43,7 +51,10 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Manifest>, ManifestError> {
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let doc_no = i + 1;
         let value: Value =
-            serde::Deserialize::deserialize(doc).map_err(|source| ManifestError::Yaml { doc: doc_no, source })?;
+            serde::Deserialize::deserialize(doc).map_err(|source| ManifestError::Yaml {
+                doc: doc_no,
+                source,
+            })?;
         if value.is_null() {
             continue;
         }
@@ -56,8 +67,15 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Manifest>, ManifestError> {
 }
 
 fn parse_one(doc: usize, value: Value) -> Result<Manifest, ManifestError> {
-    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let want = format!("{}/v1alpha1", crate::GROUP);
     if api_version != want {
         return Err(ManifestError::Kind {
@@ -66,8 +84,12 @@ fn parse_one(doc: usize, value: Value) -> Result<Manifest, ManifestError> {
         });
     }
     match kind.as_str() {
-        "TraceJob" => Ok(Manifest::TraceJob(Box::new(validated::<TraceJob>(doc, &kind, value)?))),
-        "ProbePolicy" => Ok(Manifest::ProbePolicy(Box::new(validated::<ProbePolicy>(doc, &kind, value)?))),
+        "TraceJob" => Ok(Manifest::TraceJob(Box::new(validated::<TraceJob>(
+            doc, &kind, value,
+        )?))),
+        "ProbePolicy" => Ok(Manifest::ProbePolicy(Box::new(validated::<ProbePolicy>(
+            doc, &kind, value,
+        )?))),
         other => Err(ManifestError::Kind {
             doc,
             message: format!("kind {other:?} cannot be run; expected TraceJob or ProbePolicy"),
@@ -80,9 +102,22 @@ pub fn validated<K>(doc: usize, kind: &str, value: Value) -> Result<K, ManifestE
 where
     K: CustomResourceExt + serde::de::DeserializeOwned,
 {
-    let name = value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<unnamed>").to_string();
-    let invalid = |problems: Vec<String>| ManifestError::Invalid { doc, kind: kind.to_string(), name: name.clone(), problems };
-    if value.pointer("/metadata/name").and_then(Value::as_str).is_none_or(str::is_empty) {
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("<unnamed>")
+        .to_string();
+    let invalid = |problems: Vec<String>| ManifestError::Invalid {
+        doc,
+        kind: kind.to_string(),
+        name: name.clone(),
+        problems,
+    };
+    if value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
         return Err(invalid(vec!["metadata.name: Required value".into()]));
     }
     let schema = openapi_schema::<K>();
@@ -93,12 +128,17 @@ where
         obj.remove("apiVersion");
         obj.remove("kind");
     }
-    let structural: Vec<String> = schema_check::check(&schema, &body, "").iter().map(|e| e.to_string()).collect();
+    let structural: Vec<String> = schema_check::check(&schema, &body, "")
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
     if !structural.is_empty() {
         return Err(invalid(structural));
     }
     if let Err(errors) = Validator::new().validate(&schema, &value, None) {
-        return Err(invalid(errors.into_vec().iter().map(|e| e.to_string()).collect()));
+        return Err(invalid(
+            errors.into_vec().iter().map(|e| e.to_string()).collect(),
+        ));
     }
     serde_json::from_value(value).map_err(|e| invalid(vec![e.to_string()]))
 }
@@ -106,6 +146,9 @@ where
 /// The `openAPIV3Schema` of a kind's CRD as JSON.
 pub fn openapi_schema<K: CustomResourceExt>() -> Value {
     let crd = K::crd();
-    let schema = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref());
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref());
     serde_json::to_value(schema.expect("derived CRDs have a schema")).expect("schemas serialize")
 }

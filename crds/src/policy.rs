@@ -23,9 +23,22 @@ use crate::tracejob::NodeCounts;
     cel,
     doc = "A standing eBPF probe for matching pods, with thresholds that raise Events, conditions and metrics.",
     printcolumn(name = "Probe", type_ = "string", json_path = ".spec.probe"),
-    printcolumn(name = "Nodes", type_ = "string", json_path = ".status.progress", description = "nodes attached/targeted"),
-    printcolumn(name = "Breaches", type_ = "integer", json_path = ".status.counts.breaches"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Nodes",
+        type_ = "string",
+        json_path = ".status.progress",
+        description = "nodes attached/targeted"
+    ),
+    printcolumn(
+        name = "Breaches",
+        type_ = "integer",
+        json_path = ".status.counts.breaches"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(

@@ -5,7 +5,19 @@ use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
 /// A probe from Sonde's prebuilt library.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProbeName {
     /// Who wakes whom: waker comm/pid -> wakee comm/pid with counts and rates (sched_waking).
@@ -81,10 +93,13 @@ impl std::fmt::Display for ProbeName {
 impl std::str::FromStr for ProbeName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        ProbeName::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
-            let known: Vec<_> = ProbeName::ALL.iter().map(|p| p.as_str()).collect();
-            format!("unknown probe {s:?}; the library has: {}", known.join(", "))
-        })
+        ProbeName::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<_> = ProbeName::ALL.iter().map(|p| p.as_str()).collect();
+                format!("unknown probe {s:?}; the library has: {}", known.join(", "))
+            })
     }
 }
 

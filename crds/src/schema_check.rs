@@ -24,14 +24,23 @@ pub fn check(schema: &Value, value: &Value, path: &str) -> Vec<SchemaError> {
 }
 
 fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<SchemaError>) {
-    let mut err = |message: String| out.push(SchemaError { path: path.to_string(), message });
+    let mut err = |message: String| {
+        out.push(SchemaError {
+            path: path.to_string(),
+            message,
+        })
+    };
     if value.is_null() {
         if schema.get("nullable").and_then(Value::as_bool) != Some(true) {
             err("must not be null".into());
         }
         return;
     }
-    if schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         return;
     }
     let ty = schema.get("type").and_then(Value::as_str);
@@ -45,14 +54,21 @@ fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<SchemaError>) {
         _ => true,
     };
     if !type_ok {
-        err(format!("must be of type {}, got {}", ty.unwrap_or("?"), json_type(value)));
+        err(format!(
+            "must be of type {}, got {}",
+            ty.unwrap_or("?"),
+            json_type(value)
+        ));
         return;
     }
     if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
         && !allowed.contains(value)
     {
         let names: Vec<String> = allowed.iter().map(|v| v.to_string()).collect();
-        err(format!("unsupported value {value}: supported values: {}", names.join(", ")));
+        err(format!(
+            "unsupported value {value}: supported values: {}",
+            names.join(", ")
+        ));
     }
     if let Some(s) = value.as_str() {
         let len = s.chars().count() as u64;
@@ -106,12 +122,23 @@ fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<SchemaError>) {
     if let Some(fields) = value.as_object() {
         let props = schema.get("properties").and_then(Value::as_object);
         let additional = schema.get("additionalProperties");
-        let preserve = schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true);
-        for req in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+        let preserve = schema
+            .get("x-kubernetes-preserve-unknown-fields")
+            .and_then(Value::as_bool)
+            == Some(true);
+        for req in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(name) = req.as_str()
                 && !fields.contains_key(name)
             {
-                out.push(SchemaError { path: join(path, name), message: "Required value".into() });
+                out.push(SchemaError {
+                    path: join(path, name),
+                    message: "Required value".into(),
+                });
             }
         }
         for (name, v) in fields {
@@ -120,14 +147,21 @@ fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<SchemaError>) {
                 (Some(s), _) => walk(s, v, &child, out),
                 (None, Some(s)) if s.is_object() => walk(s, v, &child, out),
                 (None, _) if preserve || props.is_none() => {}
-                (None, _) => out.push(SchemaError { path: child, message: "field not declared in schema".into() }),
+                (None, _) => out.push(SchemaError {
+                    path: child,
+                    message: "field not declared in schema".into(),
+                }),
             }
         }
     }
 }
 
 fn join(path: &str, name: &str) -> String {
-    if path.is_empty() { name.to_string() } else { format!("{path}.{name}") }
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
 }
 
 fn json_type(v: &Value) -> &'static str {

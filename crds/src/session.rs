@@ -27,9 +27,21 @@ pub const NODE_LABEL: &str = "sonde.dev/node";
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
     printcolumn(name = "Probe", type_ = "string", json_path = ".spec.probe"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Strategy", type_ = "string", json_path = ".status.attachStrategy"),
-    printcolumn(name = "Events", type_ = "integer", json_path = ".status.counts.captured"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Strategy",
+        type_ = "string",
+        json_path = ".status.attachStrategy"
+    ),
+    printcolumn(
+        name = "Events",
+        type_ = "integer",
+        json_path = ".status.counts.captured"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(
@@ -76,7 +88,9 @@ pub struct ProbeSessionSpec {
 }
 
 /// A pod the session traces.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, KubeSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, KubeSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetPod {
     pub uid: String,

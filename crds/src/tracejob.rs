@@ -23,9 +23,22 @@ use crate::rules::*;
     doc = "A one-shot eBPF trace: a probe from the library, run on the targeted pods for a duration.",
     printcolumn(name = "Probe", type_ = "string", json_path = ".spec.probe"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Nodes", type_ = "string", json_path = ".status.progress", description = "nodes done/targeted"),
-    printcolumn(name = "Breaches", type_ = "integer", json_path = ".status.counts.breaches"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Nodes",
+        type_ = "string",
+        json_path = ".status.progress",
+        description = "nodes done/targeted"
+    ),
+    printcolumn(
+        name = "Breaches",
+        type_ = "integer",
+        json_path = ".status.counts.breaches"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(

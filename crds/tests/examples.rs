@@ -21,13 +21,18 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn every_example_parses() {
     let files = yaml_files(&examples_dir());
-    assert!(files.len() >= 4, "expected the field-case examples, found {files:?}");
+    assert!(
+        files.len() >= 4,
+        "expected the field-case examples, found {files:?}"
+    );
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         let parsed = parse_manifests(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         for m in parsed {
             match m {
-                Manifest::TraceJob(j) => assert!(sonde_crds::parse_duration(&j.spec.duration).is_ok()),
+                Manifest::TraceJob(j) => {
+                    assert!(sonde_crds::parse_duration(&j.spec.duration).is_ok())
+                }
                 Manifest::ProbePolicy(p) => assert!(!p.spec.thresholds.is_empty()),
             }
         }
@@ -41,7 +46,12 @@ fn bad_manifests_are_refused_naming_the_field() {
     assert!(files.len() >= 10);
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        let field = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).expect("expect line").trim();
+        let field = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .expect("expect line")
+            .trim();
         let err = match parse_manifests(&text) {
             Ok(_) => panic!("{} was accepted", file.display()),
             Err(e) => e,
@@ -58,11 +68,14 @@ fn bad_manifests_are_refused_naming_the_field() {
 #[test]
 fn spec_is_immutable() {
     let text = std::fs::read_to_string(examples_dir().join("wakeups.yaml")).unwrap();
-    let Manifest::TraceJob(job) = parse_manifests(&text).unwrap().remove(0) else { panic!("not a TraceJob") };
+    let Manifest::TraceJob(job) = parse_manifests(&text).unwrap().remove(0) else {
+        panic!("not a TraceJob")
+    };
     let mut changed = (*job).clone();
     changed.spec.duration = "30s".into();
-    let err = changed.validate_cel_update(&job).expect_err("a changed spec must be refused");
+    let err = changed
+        .validate_cel_update(&job)
+        .expect_err("a changed spec must be refused");
     assert!(err.to_string().contains("immutable"), "{err}");
     assert!(job.validate_cel_update(&job).is_ok());
 }
-

@@ -11,16 +11,37 @@ fn committed_crds_match_the_types() {
             drift.push(file);
         }
     }
-    assert!(drift.is_empty(), "crds/{drift:?} differ from the types: run `cargo run -p sonde-crds --bin crdgen`");
+    assert!(
+        drift.is_empty(),
+        "crds/{drift:?} differ from the types: run `cargo run -p sonde-crds --bin crdgen`"
+    );
 }
 
 #[test]
 fn crds_have_status_short_names_and_columns() {
     for (_, crd) in sonde_crds::all_crds() {
         let v = &crd.spec.versions[0];
-        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{}", crd.spec.names.kind);
-        assert!(crd.spec.names.short_names.as_ref().is_some_and(|s| !s.is_empty()));
-        let cols: Vec<_> = v.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "{}",
+            crd.spec.names.kind
+        );
+        assert!(
+            crd.spec
+                .names
+                .short_names
+                .as_ref()
+                .is_some_and(|s| !s.is_empty())
+        );
+        let cols: Vec<_> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
         assert!(cols.contains(&"Age"), "{cols:?}");
     }
 }

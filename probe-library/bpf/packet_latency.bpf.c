@@ -120,7 +120,10 @@ static __always_inline int on_xmit(struct sk_buff *skb)
 	return 0;
 }
 
-static __always_inline int on_receive(struct sk_buff *skb, unsigned char *nh, __u8 stage)
+/* `dev` is the receiving device at __netif_receive_skb; in the TCP functions skb->dev is no longer reliable,
+ * so the socket gives the namespace and skb_iif the interface. */
+static __always_inline int on_receive(struct sk_buff *skb, unsigned char *nh, __u8 stage, struct net_device *dev,
+				      __u32 netns)
 {
 	struct seg s = {};
 	if (!parse(nh, &s))
@@ -128,8 +131,6 @@ static __always_inline int on_receive(struct sk_buff *skb, unsigned char *nh, __
 	struct seg_val *v = bpf_map_lookup_elem(&inflight, &s.key);
 	if (!v)
 		return 0;
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
-	__u32 netns = dev_netns(dev);
 	if (cfg_filter_netns && !bpf_map_lookup_elem(&filter_netns, &netns))
 		return 0;
 	stat_inc(STAT_SEEN);
@@ -151,8 +152,12 @@ static __always_inline int on_receive(struct sk_buff *skb, unsigned char *nh, __
 	e->delta_ns = delta;
 	e->stage_delta_ns = stage_delta;
 	e->netns = netns;
-	e->ifindex = BPF_CORE_READ(dev, ifindex);
-	BPF_CORE_READ_STR_INTO(&e->ifname, dev, name);
+	if (dev) {
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+		BPF_CORE_READ_STR_INTO(&e->ifname, dev, name);
+	} else {
+		e->ifindex = BPF_CORE_READ(skb, skb_iif);
+	}
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->cpu = bpf_get_smp_processor_id();
 	e->seq = s.key.seq;
@@ -174,14 +179,16 @@ static __always_inline int on_receive(struct sk_buff *skb, unsigned char *nh, __
 /* At __netif_receive_skb the mac header has been pulled: skb->data is the network header. */
 static __always_inline int on_netif_receive(struct sk_buff *skb)
 {
-	return on_receive(skb, BPF_CORE_READ(skb, data), STAGE_NETIF_RECEIVE);
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	return on_receive(skb, BPF_CORE_READ(skb, data), STAGE_NETIF_RECEIVE, dev, dev_netns(dev));
 }
 
 /* In the TCP receive functions the network header offset is valid again. */
-static __always_inline int on_tcp(struct sk_buff *skb, __u8 stage)
+static __always_inline int on_tcp(struct sock *sk, struct sk_buff *skb, __u8 stage)
 {
 	unsigned char *head = BPF_CORE_READ(skb, head);
-	return on_receive(skb, head + BPF_CORE_READ(skb, network_header), stage);
+	__u32 netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return on_receive(skb, head + BPF_CORE_READ(skb, network_header), stage, NULL, netns);
 }
 
 SEC("fentry/__dev_queue_xmit")
@@ -205,33 +212,33 @@ int tp_netif_receive_skb(struct trace_event_raw_net_dev_template *ctx) { return 
 SEC("fentry/tcp_rcv_established")
 int BPF_PROG(fentry_tcp_rcv_established, struct sock *sk, struct sk_buff *skb)
 {
-	return on_tcp(skb, STAGE_TCP_RCV_ESTABLISHED);
+	return on_tcp(sk, skb, STAGE_TCP_RCV_ESTABLISHED);
 }
 SEC("kprobe/tcp_rcv_established")
 int BPF_KPROBE(kprobe_tcp_rcv_established, struct sock *sk, struct sk_buff *skb)
 {
-	return on_tcp(skb, STAGE_TCP_RCV_ESTABLISHED);
+	return on_tcp(sk, skb, STAGE_TCP_RCV_ESTABLISHED);
 }
 SEC("tp_btf/tcp_probe")
 int BPF_PROG(tp_btf_tcp_probe, struct sock *sk, struct sk_buff *skb)
 {
-	return on_tcp(skb, STAGE_TCP_RCV_ESTABLISHED);
+	return on_tcp(sk, skb, STAGE_TCP_RCV_ESTABLISHED);
 }
 SEC("tracepoint/tcp/tcp_probe")
 int tp_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
 {
-	return on_tcp((struct sk_buff *)ctx->skbaddr, STAGE_TCP_RCV_ESTABLISHED);
+	return on_tcp((struct sock *)ctx->skaddr, (struct sk_buff *)ctx->skbaddr, STAGE_TCP_RCV_ESTABLISHED);
 }
 
 SEC("fentry/tcp_rcv_state_process")
 int BPF_PROG(fentry_tcp_rcv_state_process, struct sock *sk, struct sk_buff *skb)
 {
-	return on_tcp(skb, STAGE_TCP_RCV_STATE_PROCESS);
+	return on_tcp(sk, skb, STAGE_TCP_RCV_STATE_PROCESS);
 }
 SEC("kprobe/tcp_rcv_state_process")
 int BPF_KPROBE(kprobe_tcp_rcv_state_process, struct sock *sk, struct sk_buff *skb)
 {
-	return on_tcp(skb, STAGE_TCP_RCV_STATE_PROCESS);
+	return on_tcp(sk, skb, STAGE_TCP_RCV_STATE_PROCESS);
 }
 
 char LICENSE[] SEC("license") = "GPL";

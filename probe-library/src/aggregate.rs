@@ -42,7 +42,10 @@ pub fn aggregator(probe: ProbeName) -> Box<dyn Aggregator> {
         ProbeName::RunqLatency => Box::new(Latency::new("runq latency", 1, "us", 1e3)),
         ProbeName::SyscallLatency => Box::new(Latency::new("syscall latency", 512, "us", 1e6)),
         ProbeName::TcpConnect => Box::new(Latency::new("connect latency", 1, "us", 1e6)),
-        ProbeName::TcpRetransmit | ProbeName::Exec | ProbeName::OomKill => Box::new(Notes { probe, counts: HashMap::new() }),
+        ProbeName::TcpRetransmit | ProbeName::Exec | ProbeName::OomKill => Box::new(Notes {
+            probe,
+            counts: HashMap::new(),
+        }),
     }
 }
 
@@ -88,7 +91,8 @@ impl Aggregator for Wakeups {
         let mut by_pair: HashMap<String, (u64, u32)> = HashMap::new();
         let mut total = 0;
         if let Some(map) = ebpf.map("pairs")
-            && let Ok(pairs) = aya::maps::HashMap::<_, abi::WakeupKey, abi::WakeupVal>::try_from(map)
+            && let Ok(pairs) =
+                aya::maps::HashMap::<_, abi::WakeupKey, abi::WakeupVal>::try_from(map)
         {
             for (k, v) in pairs.iter().filter_map(|r| r.ok()) {
                 // Threads of one process are one row: pid is the tgid.
@@ -108,15 +112,28 @@ impl Aggregator for Wakeups {
         let s = secs(elapsed);
         let rows = by_pair
             .into_iter()
-            .map(|(key, (count, _))| SummaryRow { key, count, per_second: Some(count as f64 / s), max: None })
+            .map(|(key, (count, _))| SummaryRow {
+                key,
+                count,
+                per_second: Some(count as f64 / s),
+                max: None,
+            })
             .collect();
         Findings {
             summary: Summary {
                 key_meaning: "waker comm/pid -> wakee comm/pid".into(),
                 rows: top_rows(rows, top),
                 figures: vec![
-                    Figure { name: "wakeups".into(), value: total as f64, unit: "count".into() },
-                    Figure { name: "wakeup rate".into(), value: total as f64 / s, unit: "per second".into() },
+                    Figure {
+                        name: "wakeups".into(),
+                        value: total as f64,
+                        unit: "count".into(),
+                    },
+                    Figure {
+                        name: "wakeup rate".into(),
+                        value: total as f64 / s,
+                        unit: "per second".into(),
+                    },
                 ],
             },
             ..Default::default()
@@ -133,8 +150,21 @@ struct PacketLatency {
 }
 
 pub fn tcp_flags(f: u8) -> String {
-    let names = [(0x01, "F"), (0x02, "S"), (0x04, "R"), (0x08, "P"), (0x10, "."), (0x20, "U"), (0x40, "E"), (0x80, "C")];
-    names.iter().filter(|(bit, _)| f & bit != 0).map(|(_, n)| *n).collect()
+    let names = [
+        (0x01, "F"),
+        (0x02, "S"),
+        (0x04, "R"),
+        (0x08, "P"),
+        (0x10, "."),
+        (0x20, "U"),
+        (0x40, "E"),
+        (0x80, "C"),
+    ];
+    names
+        .iter()
+        .filter(|(bit, _)| f & bit != 0)
+        .map(|(_, n)| *n)
+        .collect()
 }
 
 impl Aggregator for PacketLatency {
@@ -143,11 +173,17 @@ impl Aggregator for PacketLatency {
         let breach = e.flags & EV_BREACH != 0;
         let src = format!("{}:{}", addr(e.family, &e.saddr), e.sport);
         let dst = format!("{}:{}", addr(e.family, &e.daddr), e.dport);
-        let function = abi::stage::NAMES.get(e.stage as usize).copied().unwrap_or("?");
+        let function = abi::stage::NAMES
+            .get(e.stage as usize)
+            .copied()
+            .unwrap_or("?");
         let ms = e.delta_ns as f64 / 1e6;
         let stage_ms = e.stage_delta_ns as f64 / 1e6;
         if breach {
-            let row = self.slow.entry((e.stage, format!("{function} {src} -> {dst}"))).or_default();
+            let row = self
+                .slow
+                .entry((e.stage, format!("{function} {src} -> {dst}")))
+                .or_default();
             row.0 += 1;
             row.1 = row.1.max(ms);
         }
@@ -164,24 +200,44 @@ impl Aggregator for PacketLatency {
     }
 
     fn finish(&mut self, ebpf: &mut Ebpf, _elapsed: Duration, top: usize) -> Findings {
-        let names = ["xmit -> __netif_receive_skb", "xmit -> tcp_rcv_established", "xmit -> tcp_rcv_state_process"];
-        let histograms: Vec<Histogram> =
-            read_slots(ebpf, 3).iter().zip(names).map(|(s, n)| Histogram::from_slots(n, "ns", s)).collect();
+        let names = [
+            "xmit -> __netif_receive_skb",
+            "xmit -> tcp_rcv_established",
+            "xmit -> tcp_rcv_state_process",
+        ];
+        let histograms: Vec<Histogram> = read_slots(ebpf, 3)
+            .iter()
+            .zip(names)
+            .map(|(s, n)| Histogram::from_slots(n, "ns", s))
+            .collect();
         let mut figures = Vec::new();
         for h in &histograms {
             for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
                 if let Some(v) = h.quantile(q) {
-                    figures.push(Figure { name: format!("{label} {} (<=)", h.name), value: v as f64 / 1e6, unit: "ms".into() });
+                    figures.push(Figure {
+                        name: format!("{label} {} (<=)", h.name),
+                        value: v as f64 / 1e6,
+                        unit: "ms".into(),
+                    });
                 }
             }
         }
         let rows = self
             .slow
             .iter()
-            .map(|((_, k), (count, max))| SummaryRow { key: k.clone(), count: *count, per_second: None, max: Some(*max) })
+            .map(|((_, k), (count, max))| SummaryRow {
+                key: k.clone(),
+                count: *count,
+                per_second: None,
+                max: Some(*max),
+            })
             .collect();
         Findings {
-            summary: Summary { key_meaning: "receive function, flow of slow segments (max ms)".into(), rows: top_rows(rows, top), figures },
+            summary: Summary {
+                key_meaning: "receive function, flow of slow segments (max ms)".into(),
+                rows: top_rows(rows, top),
+                figures,
+            },
             histograms,
             folded: vec![],
         }
@@ -201,7 +257,13 @@ struct Latency {
 
 impl Latency {
     fn new(name: &'static str, hists: usize, unit: &'static str, metric_ns: f64) -> Self {
-        Latency { name, hists, unit, metric_ns, slow: HashMap::new() }
+        Latency {
+            name,
+            hists,
+            unit,
+            metric_ns,
+            slow: HashMap::new(),
+        }
     }
 }
 
@@ -228,7 +290,11 @@ impl Aggregator for Latency {
         let row = self.slow.entry(key).or_default();
         row.0 += 1;
         row.1 = row.1.max(value);
-        Some(Event { json, breach, value: Some(value) })
+        Some(Event {
+            json,
+            breach,
+            value: Some(value),
+        })
     }
 
     fn finish(&mut self, ebpf: &mut Ebpf, _elapsed: Duration, top: usize) -> Findings {
@@ -238,7 +304,11 @@ impl Aggregator for Latency {
             .enumerate()
             .filter(|(_, s)| self.hists == 1 || s.iter().any(|c| *c > 0))
             .map(|(i, s)| {
-                let name = if self.hists == 1 { self.name.to_string() } else { format!("{} nr {i}", self.name) };
+                let name = if self.hists == 1 {
+                    self.name.to_string()
+                } else {
+                    format!("{} nr {i}", self.name)
+                };
                 Histogram::from_slots(name, self.unit, s)
             })
             .collect();
@@ -249,19 +319,36 @@ impl Aggregator for Latency {
             }
         }
         let merged = Histogram::from_slots(self.name, self.unit, &all);
-        let mut figures = vec![Figure { name: format!("{} samples", self.name), value: merged.total as f64, unit: "count".into() }];
+        let mut figures = vec![Figure {
+            name: format!("{} samples", self.name),
+            value: merged.total as f64,
+            unit: "count".into(),
+        }];
         for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
             if let Some(v) = merged.quantile(q) {
-                figures.push(Figure { name: format!("{label} {} (<=)", self.name), value: v as f64, unit: self.unit.into() });
+                figures.push(Figure {
+                    name: format!("{label} {} (<=)", self.name),
+                    value: v as f64,
+                    unit: self.unit.into(),
+                });
             }
         }
         let rows = self
             .slow
             .iter()
-            .map(|(k, (count, max))| SummaryRow { key: k.clone(), count: *count, per_second: None, max: Some(*max) })
+            .map(|(k, (count, max))| SummaryRow {
+                key: k.clone(),
+                count: *count,
+                per_second: None,
+                max: Some(*max),
+            })
             .collect();
         Findings {
-            summary: Summary { key_meaning: format!("{} events by key (max in threshold unit)", self.name), rows: top_rows(rows, top), figures },
+            summary: Summary {
+                key_meaning: format!("{} events by key (max in threshold unit)", self.name),
+                rows: top_rows(rows, top),
+                figures,
+            },
             histograms,
             folded: vec![],
         }
@@ -276,8 +363,19 @@ struct Notes {
 }
 
 const TCP_STATES: [&str; 13] = [
-    "", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK",
-    "LISTEN", "CLOSING", "NEW_SYN_RECV",
+    "",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+    "NEW_SYN_RECV",
 ];
 
 impl Aggregator for Notes {
@@ -286,7 +384,10 @@ impl Aggregator for Notes {
         let (json, key) = match self.probe {
             ProbeName::Exec => {
                 let file = cstr(&e.text);
-                (json!({"ts_ns": e.ts_ns, "pid": e.pid, "ppid": e.ppid, "comm": cstr(&e.comm), "filename": file}), file)
+                (
+                    json!({"ts_ns": e.ts_ns, "pid": e.pid, "ppid": e.ppid, "comm": cstr(&e.comm), "filename": file}),
+                    file,
+                )
             }
             ProbeName::OomKill => {
                 let victim = cstr(&e.text);
@@ -299,11 +400,18 @@ impl Aggregator for Notes {
                 let src = format!("{}:{}", addr(e.family, &e.saddr), e.sport);
                 let dst = format!("{}:{}", addr(e.family, &e.daddr), e.dport);
                 let state = TCP_STATES.get(e.value as usize).copied().unwrap_or("?");
-                (json!({"ts_ns": e.ts_ns, "pid": e.pid, "comm": cstr(&e.comm), "src": src, "dst": dst, "state": state}), format!("{src} -> {dst}"))
+                (
+                    json!({"ts_ns": e.ts_ns, "pid": e.pid, "comm": cstr(&e.comm), "src": src, "dst": dst, "state": state}),
+                    format!("{src} -> {dst}"),
+                )
             }
         };
         *self.counts.entry(key).or_default() += 1;
-        Some(Event { json, breach: false, value: None })
+        Some(Event {
+            json,
+            breach: false,
+            value: None,
+        })
     }
 
     fn finish(&mut self, _ebpf: &mut Ebpf, elapsed: Duration, top: usize) -> Findings {
@@ -311,14 +419,26 @@ impl Aggregator for Notes {
         let rows = self
             .counts
             .iter()
-            .map(|(k, c)| SummaryRow { key: k.clone(), count: *c, per_second: Some(*c as f64 / s), max: None })
+            .map(|(k, c)| SummaryRow {
+                key: k.clone(),
+                count: *c,
+                per_second: Some(*c as f64 / s),
+                max: None,
+            })
             .collect();
         let meaning = match self.probe {
             ProbeName::Exec => "executed file",
             ProbeName::OomKill => "victim comm",
             _ => "connection",
         };
-        Findings { summary: Summary { key_meaning: meaning.into(), rows: top_rows(rows, top), figures: vec![] }, ..Default::default() }
+        Findings {
+            summary: Summary {
+                key_meaning: meaning.into(),
+                rows: top_rows(rows, top),
+                figures: vec![],
+            },
+            ..Default::default()
+        }
     }
 }
 
@@ -335,7 +455,17 @@ mod tests {
 
     #[test]
     fn packet_events_decode_every_column() {
-        let mut e = abi::PktEvent { delta_ns: 12_500_000, stage: 1, flags: EV_BREACH, family: 2, sport: 5201, dport: 40000, seq: 7, tcp_flags: 0x10, ..Default::default() };
+        let mut e = abi::PktEvent {
+            delta_ns: 12_500_000,
+            stage: 1,
+            flags: EV_BREACH,
+            family: 2,
+            sport: 5201,
+            dport: 40000,
+            seq: 7,
+            tcp_flags: 0x10,
+            ..Default::default()
+        };
         e.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
         e.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
         e.ifname[..4].copy_from_slice(b"veth");
@@ -347,7 +477,10 @@ mod tests {
         assert_eq!(ev.json["function"], "__netif_receive_skb");
         assert_eq!(ev.json["ifname"], "veth");
         assert_eq!(ev.value, Some(12.5));
-        assert!(PacketLatency::default().record(&bytes[..10]).is_none(), "short records are refused");
+        assert!(
+            PacketLatency::default().record(&bytes[..10]).is_none(),
+            "short records are refused"
+        );
     }
 
     fn to_bytes(e: &abi::PktEvent) -> Vec<u8> {

@@ -7,13 +7,26 @@ use sonde_crds::{Metric, ProbeName};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attach {
     /// BTF-typed function entry (`fentry/<func>`): cheapest, needs BPF trampolines.
-    Fentry { program: &'static str, func: &'static str },
+    Fentry {
+        program: &'static str,
+        func: &'static str,
+    },
     /// Dynamic kernel probe (`kprobe/<func>`): needs CONFIG_KPROBES.
-    Kprobe { program: &'static str, func: &'static str },
+    Kprobe {
+        program: &'static str,
+        func: &'static str,
+    },
     /// BTF-typed raw tracepoint: typed pointers (task, skb) at a stable tracepoint.
-    TpBtf { program: &'static str, event: &'static str },
+    TpBtf {
+        program: &'static str,
+        event: &'static str,
+    },
     /// Classic tracepoint with its format-defined record.
-    Tracepoint { program: &'static str, category: &'static str, name: &'static str },
+    Tracepoint {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+    },
     /// Sampling on the cpu-clock software event on every CPU.
     PerfCpuClock { program: &'static str },
 }
@@ -75,16 +88,29 @@ pub struct ProbeInfo {
 }
 
 const fn tp(program: &'static str, category: &'static str, name: &'static str) -> Attach {
-    Attach::Tracepoint { program, category, name }
+    Attach::Tracepoint {
+        program,
+        category,
+        name,
+    }
 }
 
 const WAKEUPS: &[Hook] = &[Hook {
     name: "wakeup",
     required: true,
     chain: &[
-        Attach::Fentry { program: "fentry_try_to_wake_up", func: "try_to_wake_up" },
-        Attach::Kprobe { program: "kprobe_try_to_wake_up", func: "try_to_wake_up" },
-        Attach::TpBtf { program: "tp_btf_sched_waking", event: "sched_waking" },
+        Attach::Fentry {
+            program: "fentry_try_to_wake_up",
+            func: "try_to_wake_up",
+        },
+        Attach::Kprobe {
+            program: "kprobe_try_to_wake_up",
+            func: "try_to_wake_up",
+        },
+        Attach::TpBtf {
+            program: "tp_btf_sched_waking",
+            event: "sched_waking",
+        },
         tp("tp_sched_waking", "sched", "sched_waking"),
     ],
 }];
@@ -94,9 +120,18 @@ const PACKET_LATENCY: &[Hook] = &[
         name: "xmit",
         required: true,
         chain: &[
-            Attach::Fentry { program: "fentry_dev_queue_xmit", func: "__dev_queue_xmit" },
-            Attach::Kprobe { program: "kprobe_dev_queue_xmit", func: "__dev_queue_xmit" },
-            Attach::TpBtf { program: "tp_btf_net_dev_queue", event: "net_dev_queue" },
+            Attach::Fentry {
+                program: "fentry_dev_queue_xmit",
+                func: "__dev_queue_xmit",
+            },
+            Attach::Kprobe {
+                program: "kprobe_dev_queue_xmit",
+                func: "__dev_queue_xmit",
+            },
+            Attach::TpBtf {
+                program: "tp_btf_net_dev_queue",
+                event: "net_dev_queue",
+            },
             tp("tp_net_dev_queue", "net", "net_dev_queue"),
         ],
     },
@@ -104,9 +139,18 @@ const PACKET_LATENCY: &[Hook] = &[
         name: "netif_receive",
         required: true,
         chain: &[
-            Attach::Fentry { program: "fentry_netif_receive_skb", func: "__netif_receive_skb" },
-            Attach::Kprobe { program: "kprobe_netif_receive_skb", func: "__netif_receive_skb" },
-            Attach::TpBtf { program: "tp_btf_netif_receive_skb", event: "netif_receive_skb" },
+            Attach::Fentry {
+                program: "fentry_netif_receive_skb",
+                func: "__netif_receive_skb",
+            },
+            Attach::Kprobe {
+                program: "kprobe_netif_receive_skb",
+                func: "__netif_receive_skb",
+            },
+            Attach::TpBtf {
+                program: "tp_btf_netif_receive_skb",
+                event: "netif_receive_skb",
+            },
             tp("tp_netif_receive_skb", "net", "netif_receive_skb"),
         ],
     },
@@ -114,10 +158,19 @@ const PACKET_LATENCY: &[Hook] = &[
         name: "tcp_rcv_established",
         required: false,
         chain: &[
-            Attach::Fentry { program: "fentry_tcp_rcv_established", func: "tcp_rcv_established" },
-            Attach::Kprobe { program: "kprobe_tcp_rcv_established", func: "tcp_rcv_established" },
+            Attach::Fentry {
+                program: "fentry_tcp_rcv_established",
+                func: "tcp_rcv_established",
+            },
+            Attach::Kprobe {
+                program: "kprobe_tcp_rcv_established",
+                func: "tcp_rcv_established",
+            },
             // tcp_probe fires inside tcp_rcv_established with the skb.
-            Attach::TpBtf { program: "tp_btf_tcp_probe", event: "tcp_probe" },
+            Attach::TpBtf {
+                program: "tp_btf_tcp_probe",
+                event: "tcp_probe",
+            },
             tp("tp_tcp_probe", "tcp", "tcp_probe"),
         ],
     },
@@ -125,21 +178,35 @@ const PACKET_LATENCY: &[Hook] = &[
         name: "tcp_rcv_state_process",
         required: false,
         chain: &[
-            Attach::Fentry { program: "fentry_tcp_rcv_state_process", func: "tcp_rcv_state_process" },
-            Attach::Kprobe { program: "kprobe_tcp_rcv_state_process", func: "tcp_rcv_state_process" },
+            Attach::Fentry {
+                program: "fentry_tcp_rcv_state_process",
+                func: "tcp_rcv_state_process",
+            },
+            Attach::Kprobe {
+                program: "kprobe_tcp_rcv_state_process",
+                func: "tcp_rcv_state_process",
+            },
         ],
     },
 ];
 
-const CPU_PROFILE: &[Hook] =
-    &[Hook { name: "sample", required: true, chain: &[Attach::PerfCpuClock { program: "profile_sample" }] }];
+const CPU_PROFILE: &[Hook] = &[Hook {
+    name: "sample",
+    required: true,
+    chain: &[Attach::PerfCpuClock {
+        program: "profile_sample",
+    }],
+}];
 
 const RUNQ_LATENCY: &[Hook] = &[
     Hook {
         name: "wakeup",
         required: true,
         chain: &[
-            Attach::TpBtf { program: "tp_btf_sched_wakeup", event: "sched_wakeup" },
+            Attach::TpBtf {
+                program: "tp_btf_sched_wakeup",
+                event: "sched_wakeup",
+            },
             tp("tp_sched_wakeup", "sched", "sched_wakeup"),
         ],
     },
@@ -147,7 +214,10 @@ const RUNQ_LATENCY: &[Hook] = &[
         name: "wakeup_new",
         required: true,
         chain: &[
-            Attach::TpBtf { program: "tp_btf_sched_wakeup_new", event: "sched_wakeup_new" },
+            Attach::TpBtf {
+                program: "tp_btf_sched_wakeup_new",
+                event: "sched_wakeup_new",
+            },
             tp("tp_sched_wakeup_new", "sched", "sched_wakeup_new"),
         ],
     },
@@ -155,7 +225,10 @@ const RUNQ_LATENCY: &[Hook] = &[
         name: "switch",
         required: true,
         chain: &[
-            Attach::TpBtf { program: "tp_btf_sched_switch", event: "sched_switch" },
+            Attach::TpBtf {
+                program: "tp_btf_sched_switch",
+                event: "sched_switch",
+            },
             tp("tp_sched_switch", "sched", "sched_switch"),
         ],
     },
@@ -165,8 +238,14 @@ const TCP_RETRANSMIT: &[Hook] = &[Hook {
     name: "retransmit",
     required: true,
     chain: &[
-        Attach::Fentry { program: "fentry_tcp_retransmit_skb", func: "tcp_retransmit_skb" },
-        Attach::Kprobe { program: "kprobe_tcp_retransmit_skb", func: "tcp_retransmit_skb" },
+        Attach::Fentry {
+            program: "fentry_tcp_retransmit_skb",
+            func: "tcp_retransmit_skb",
+        },
+        Attach::Kprobe {
+            program: "kprobe_tcp_retransmit_skb",
+            func: "tcp_retransmit_skb",
+        },
         tp("tp_tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
     ],
 }];
@@ -175,7 +254,10 @@ const TCP_CONNECT: &[Hook] = &[Hook {
     name: "state",
     required: true,
     chain: &[
-        Attach::TpBtf { program: "tp_btf_inet_sock_set_state", event: "inet_sock_set_state" },
+        Attach::TpBtf {
+            program: "tp_btf_inet_sock_set_state",
+            event: "inet_sock_set_state",
+        },
         tp("tp_inet_sock_set_state", "sock", "inet_sock_set_state"),
     ],
 }];
@@ -184,7 +266,10 @@ const EXEC: &[Hook] = &[Hook {
     name: "exec",
     required: true,
     chain: &[
-        Attach::TpBtf { program: "tp_btf_sched_process_exec", event: "sched_process_exec" },
+        Attach::TpBtf {
+            program: "tp_btf_sched_process_exec",
+            event: "sched_process_exec",
+        },
         tp("tp_sched_process_exec", "sched", "sched_process_exec"),
     ],
 }];
@@ -193,14 +278,25 @@ const OOM_KILL: &[Hook] = &[Hook {
     name: "victim",
     required: true,
     chain: &[
-        Attach::Kprobe { program: "kprobe_oom_kill_process", func: "oom_kill_process" },
+        Attach::Kprobe {
+            program: "kprobe_oom_kill_process",
+            func: "oom_kill_process",
+        },
         tp("tp_mark_victim", "oom", "mark_victim"),
     ],
 }];
 
 const SYSCALL_LATENCY: &[Hook] = &[
-    Hook { name: "enter", required: true, chain: &[tp("tp_sys_enter", "raw_syscalls", "sys_enter")] },
-    Hook { name: "exit", required: true, chain: &[tp("tp_sys_exit", "raw_syscalls", "sys_exit")] },
+    Hook {
+        name: "enter",
+        required: true,
+        chain: &[tp("tp_sys_enter", "raw_syscalls", "sys_enter")],
+    },
+    Hook {
+        name: "exit",
+        required: true,
+        chain: &[tp("tp_sys_exit", "raw_syscalls", "sys_exit")],
+    },
 ];
 
 pub const CATALOGUE: &[ProbeInfo] = &[
@@ -208,13 +304,19 @@ pub const CATALOGUE: &[ProbeInfo] = &[
         name: ProbeName::Wakeups,
         description: "who wakes whom: waker comm/pid -> wakee comm/pid, counts and rates; flags pairs over a rate",
         hooks: WAKEUPS,
-        kernel_threshold: Some(KernelThreshold { metric: Metric::WakeupsPerSecond, scale: 1.0 }),
+        kernel_threshold: Some(KernelThreshold {
+            metric: Metric::WakeupsPerSecond,
+            scale: 1.0,
+        }),
     },
     ProbeInfo {
         name: ProbeName::PacketLatency,
         description: "per TCP segment latency from device xmit to netif receive and the TCP receive functions",
         hooks: PACKET_LATENCY,
-        kernel_threshold: Some(KernelThreshold { metric: Metric::SegmentLatencyMs, scale: 1e6 }),
+        kernel_threshold: Some(KernelThreshold {
+            metric: Metric::SegmentLatencyMs,
+            scale: 1e6,
+        }),
     },
     ProbeInfo {
         name: ProbeName::CpuProfile,
@@ -226,7 +328,10 @@ pub const CATALOGUE: &[ProbeInfo] = &[
         name: ProbeName::RunqLatency,
         description: "run-queue latency (wakeup to on-CPU) as a log2 histogram; flags long waits",
         hooks: RUNQ_LATENCY,
-        kernel_threshold: Some(KernelThreshold { metric: Metric::RunqLatencyUs, scale: 1e3 }),
+        kernel_threshold: Some(KernelThreshold {
+            metric: Metric::RunqLatencyUs,
+            scale: 1e3,
+        }),
     },
     ProbeInfo {
         name: ProbeName::TcpRetransmit,
@@ -238,9 +343,17 @@ pub const CATALOGUE: &[ProbeInfo] = &[
         name: ProbeName::TcpConnect,
         description: "TCP active connect latency (SYN_SENT -> ESTABLISHED)",
         hooks: TCP_CONNECT,
-        kernel_threshold: Some(KernelThreshold { metric: Metric::ConnectLatencyMs, scale: 1e6 }),
+        kernel_threshold: Some(KernelThreshold {
+            metric: Metric::ConnectLatencyMs,
+            scale: 1e6,
+        }),
     },
-    ProbeInfo { name: ProbeName::Exec, description: "process executions with filename", hooks: EXEC, kernel_threshold: None },
+    ProbeInfo {
+        name: ProbeName::Exec,
+        description: "process executions with filename",
+        hooks: EXEC,
+        kernel_threshold: None,
+    },
     ProbeInfo {
         name: ProbeName::OomKill,
         description: "OOM killer victims with their memory at the kill",
@@ -251,10 +364,16 @@ pub const CATALOGUE: &[ProbeInfo] = &[
         name: ProbeName::SyscallLatency,
         description: "per-syscall latency histograms; flags slow syscalls",
         hooks: SYSCALL_LATENCY,
-        kernel_threshold: Some(KernelThreshold { metric: Metric::SyscallLatencyMs, scale: 1e6 }),
+        kernel_threshold: Some(KernelThreshold {
+            metric: Metric::SyscallLatencyMs,
+            scale: 1e6,
+        }),
     },
 ];
 
 pub fn info(name: ProbeName) -> &'static ProbeInfo {
-    CATALOGUE.iter().find(|p| p.name == name).expect("every ProbeName has a catalogue entry")
+    CATALOGUE
+        .iter()
+        .find(|p| p.name == name)
+        .expect("every ProbeName has a catalogue entry")
 }

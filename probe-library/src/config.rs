@@ -38,11 +38,15 @@ impl ProbeConfig {
     pub fn validate(&self) -> Result<()> {
         let info = catalogue::info(self.probe);
         for t in &self.thresholds {
-            let ok = t.metric == Metric::EventsPerSecond || info.kernel_threshold.is_some_and(|k| k.metric == t.metric);
+            let ok = t.metric == Metric::EventsPerSecond
+                || info.kernel_threshold.is_some_and(|k| k.metric == t.metric);
             if !ok {
                 return Err(Error::BadParams {
                     probe: self.probe,
-                    message: format!("threshold metric {} is not produced by this probe", t.metric.as_str()),
+                    message: format!(
+                        "threshold metric {} is not produced by this probe",
+                        t.metric.as_str()
+                    ),
                 });
             }
         }
@@ -50,11 +54,23 @@ impl ProbeConfig {
         if sets.iter().any(|s| *s != self.probe.params_key()) {
             return Err(Error::BadParams {
                 probe: self.probe,
-                message: format!("params sets {sets:?}; only params.{} belongs to this probe", self.probe.params_key()),
+                message: format!(
+                    "params sets {sets:?}; only params.{} belongs to this probe",
+                    self.probe.params_key()
+                ),
             });
         }
-        if let Some(c) = self.filter.comms.iter().flatten().find(|c| c.is_empty() || c.len() > 15) {
-            return Err(Error::BadParams { probe: self.probe, message: format!("comm {c:?} must be 1-15 bytes") });
+        if let Some(c) = self
+            .filter
+            .comms
+            .iter()
+            .flatten()
+            .find(|c| c.is_empty() || c.len() > 15)
+        {
+            return Err(Error::BadParams {
+                probe: self.probe,
+                message: format!("comm {c:?} must be 1-15 bytes"),
+            });
         }
         Ok(())
     }
@@ -80,6 +96,11 @@ impl ProbeConfig {
             ProbeName::TcpRetransmit => p.tcp_retransmit.as_ref().map(|x| x.ports.clone()),
             _ => None,
         };
-        ports.unwrap_or_default().into_iter().filter_map(|p| u16::try_from(p).ok()).take(16).collect()
+        ports
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| u16::try_from(p).ok())
+            .take(16)
+            .collect()
     }
 }

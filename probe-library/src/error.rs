@@ -12,16 +12,34 @@ pub struct AttachAttempt {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("probe {probe}: hook {hook} could not attach on this kernel:\n{}", format_attempts(attempts))]
-    UnsupportedKernel { probe: ProbeName, hook: &'static str, attempts: Vec<AttachAttempt> },
+    #[error(
+        "probe {probe}: hook {hook} could not attach on this kernel:\n{}",
+        format_attempts(attempts)
+    )]
+    UnsupportedKernel {
+        probe: ProbeName,
+        hook: &'static str,
+        attempts: Vec<AttachAttempt>,
+    },
     #[error("probe {probe}: the kernel refused the eBPF object ({source}); {hint}")]
-    Load { probe: ProbeName, hint: &'static str, source: Box<aya::EbpfError> },
+    Load {
+        probe: ProbeName,
+        hint: &'static str,
+        source: Box<aya::EbpfError>,
+    },
     #[error("probe {probe}: invalid parameter: {message}")]
     BadParams { probe: ProbeName, message: String },
     #[error("probe {probe}: map {map}: {message}")]
-    Map { probe: ProbeName, map: &'static str, message: String },
+    Map {
+        probe: ProbeName,
+        map: &'static str,
+        message: String,
+    },
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -40,7 +58,14 @@ impl Error {
 fn format_attempts(attempts: &[AttachAttempt]) -> String {
     attempts
         .iter()
-        .map(|a| format!("  - {} {}: {}", a.strategy, a.target, a.error.as_deref().unwrap_or("attached")))
+        .map(|a| {
+            format!(
+                "  - {} {}: {}",
+                a.strategy,
+                a.target,
+                a.error.as_deref().unwrap_or("attached")
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -23,7 +23,8 @@ pub(crate) fn fill(ebpf: &mut Ebpf, cfg: &ProbeConfig) -> Result<()> {
     }
     for comm in cfg.filter.comms.iter().flatten() {
         let mut map: HashMap<_, CommKey, u8> = map(ebpf, p, "filter_comms")?;
-        map.insert(comm_key(comm), 1, 0).map_err(|e| map_err(p, "filter_comms", e))?;
+        map.insert(comm_key(comm), 1, 0)
+            .map_err(|e| map_err(p, "filter_comms", e))?;
     }
     Ok(())
 }
@@ -33,15 +34,28 @@ fn map<'a, K: aya::Pod, V: aya::Pod>(
     probe: ProbeName,
     name: &'static str,
 ) -> Result<HashMap<&'a mut aya::maps::MapData, K, V>> {
-    let m = ebpf.map_mut(name).ok_or_else(|| Error::Map { probe, map: name, message: "missing".into() })?;
+    let m = ebpf.map_mut(name).ok_or_else(|| Error::Map {
+        probe,
+        map: name,
+        message: "missing".into(),
+    })?;
     HashMap::try_from(m).map_err(|e| map_err(probe, name, e))
 }
 
 fn map_err(probe: ProbeName, map: &'static str, e: impl std::fmt::Display) -> Error {
-    Error::Map { probe, map, message: e.to_string() }
+    Error::Map {
+        probe,
+        map,
+        message: e.to_string(),
+    }
 }
 
-pub(crate) fn insert_u32(ebpf: &mut Ebpf, probe: ProbeName, name: &'static str, key: u32) -> Result<()> {
+pub(crate) fn insert_u32(
+    ebpf: &mut Ebpf,
+    probe: ProbeName,
+    name: &'static str,
+    key: u32,
+) -> Result<()> {
     let mut m: HashMap<_, u32, u8> = map(ebpf, probe, name)?;
     m.insert(key, 1, 0).map_err(|e| map_err(probe, name, e))
 }

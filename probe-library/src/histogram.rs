@@ -28,9 +28,18 @@ impl Histogram {
             .iter()
             .enumerate()
             .filter(|(_, c)| **c > 0)
-            .map(|(i, &count)| Bucket { low: if i == 0 { 0 } else { 1u64 << i }, high: 1u64 << (i + 1).min(63), count })
+            .map(|(i, &count)| Bucket {
+                low: if i == 0 { 0 } else { 1u64 << i },
+                high: 1u64 << (i + 1).min(63),
+                count,
+            })
             .collect();
-        Histogram { name: name.into(), unit: unit.into(), total: slots.iter().sum(), buckets }
+        Histogram {
+            name: name.into(),
+            unit: unit.into(),
+            total: slots.iter().sum(),
+            buckets,
+        }
     }
 
     /// Upper bound of the bucket holding the q-quantile (0..=1): log2 resolution, an overestimate by < 2x.
@@ -40,20 +49,31 @@ impl Histogram {
         }
         let rank = (q * self.total as f64).ceil().max(1.0) as u64;
         let mut seen = 0;
-        self.buckets.iter().find(|b| {
-            seen += b.count;
-            seen >= rank
-        })
-        .map(|b| b.high)
+        self.buckets
+            .iter()
+            .find(|b| {
+                seen += b.count;
+                seen >= rank
+            })
+            .map(|b| b.high)
     }
 
     /// A text rendering like libbpf-tools' `print_log2_hist`.
     pub fn render(&self) -> String {
-        let max = self.buckets.iter().map(|b| b.count).max().unwrap_or(0).max(1);
+        let max = self
+            .buckets
+            .iter()
+            .map(|b| b.count)
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let mut out = format!("{} ({}), {} samples\n", self.name, self.unit, self.total);
         for b in &self.buckets {
             let bar = "*".repeat(((b.count * 40) / max) as usize);
-            out.push_str(&format!("{:>12} -> {:<12} : {:<10} |{:<40}|\n", b.low, b.high, b.count, bar));
+            out.push_str(&format!(
+                "{:>12} -> {:<12} : {:<10} |{:<40}|\n",
+                b.low, b.high, b.count, bar
+            ));
         }
         out
     }
@@ -61,8 +81,12 @@ impl Histogram {
 
 /// Reads `n` histograms of HIST_SLOTS slots each, summing the per-CPU values.
 pub fn read_slots(ebpf: &Ebpf, n: usize) -> Vec<Vec<u64>> {
-    let Some(map) = ebpf.map("hists") else { return vec![vec![0; HIST_SLOTS]; n] };
-    let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else { return vec![vec![0; HIST_SLOTS]; n] };
+    let Some(map) = ebpf.map("hists") else {
+        return vec![vec![0; HIST_SLOTS]; n];
+    };
+    let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+        return vec![vec![0; HIST_SLOTS]; n];
+    };
     (0..n)
         .map(|h| {
             (0..HIST_SLOTS)
@@ -88,6 +112,9 @@ mod tests {
         assert_eq!(h.total, 100);
         assert_eq!(h.quantile(0.5), Some(16));
         assert_eq!(h.quantile(0.95), Some(2048));
-        assert_eq!(Histogram::from_slots("e", "ns", &[0; 64]).quantile(0.5), None);
+        assert_eq!(
+            Histogram::from_slots("e", "ns", &[0; 64]).quantile(0.5),
+            None
+        );
     }
 }

@@ -41,13 +41,26 @@ pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
     let emit = flag(cfg.output.events);
     let sample = cfg.output.sample_every.max(1);
     let threshold = cfg.kernel_threshold();
-    let (thr, thr_ge) = threshold.map(|t| (t.value.max(1), flag(t.inclusive))).unwrap_or((0, 0));
+    let (thr, thr_ge) = threshold
+        .map(|t| (t.value.max(1), flag(t.inclusive)))
+        .unwrap_or((0, 0));
     let ports_vec = cfg.ports();
     let mut ports = [0u16; 16];
     ports[..ports_vec.len()].copy_from_slice(&ports_vec);
     let nports = ports_vec.len() as u32;
-    let user_stacks = flag(cfg.params.cpu_profile.as_ref().and_then(|p| p.user_stacks).unwrap_or(true));
-    let syscalls: Vec<u32> = cfg.params.syscall_latency.as_ref().map(|p| p.syscalls.clone()).unwrap_or_default();
+    let user_stacks = flag(
+        cfg.params
+            .cpu_profile
+            .as_ref()
+            .and_then(|p| p.user_stacks)
+            .unwrap_or(true),
+    );
+    let syscalls: Vec<u32> = cfg
+        .params
+        .syscall_latency
+        .as_ref()
+        .map(|p| p.syscalls.clone())
+        .unwrap_or_default();
     let filter_syscall = flag(!syscalls.is_empty());
 
     let btf = Btf::from_sys_fs().ok();
@@ -100,18 +113,35 @@ pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
             }
         }
         if !ok && hook.required {
-            return Err(Error::UnsupportedKernel { probe, hook: hook.name, attempts: attempts[first..].to_vec() });
+            return Err(Error::UnsupportedKernel {
+                probe,
+                hook: hook.name,
+                attempts: attempts[first..].to_vec(),
+            });
         }
         if !ok {
             tracing::warn!(probe = %probe, hook = hook.name, "optional hook unavailable on this kernel");
         }
     }
-    Ok(Loaded { probe, ebpf, attempts, attached, programs })
+    Ok(Loaded {
+        probe,
+        ebpf,
+        attempts,
+        attached,
+        programs,
+    })
 }
 
-fn attach_one(ebpf: &mut Ebpf, attach: &Attach, btf: Option<&Btf>, cfg: &ProbeConfig) -> Result<(), String> {
+fn attach_one(
+    ebpf: &mut Ebpf,
+    attach: &Attach,
+    btf: Option<&Btf>,
+    cfg: &ProbeConfig,
+) -> Result<(), String> {
     let name = attach.program();
-    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?;
     let need_btf = || btf.ok_or_else(|| "kernel has no BTF (/sys/kernel/btf/vmlinux)".to_string());
     let err = |e: aya::programs::ProgramError| chain_error(&e);
     match *attach {
@@ -136,7 +166,12 @@ fn attach_one(ebpf: &mut Ebpf, attach: &Attach, btf: Option<&Btf>, cfg: &ProbeCo
             p.attach(category, name).map_err(err).map(drop)
         }
         Attach::PerfCpuClock { .. } => {
-            let hz = cfg.params.cpu_profile.as_ref().and_then(|p| p.frequency_hz).unwrap_or(99) as u64;
+            let hz = cfg
+                .params
+                .cpu_profile
+                .as_ref()
+                .and_then(|p| p.frequency_hz)
+                .unwrap_or(99) as u64;
             let p: &mut PerfEvent = prog.try_into().map_err(err)?;
             p.load().map_err(err)?;
             let cpus = aya::util::online_cpus().map_err(|(f, e)| format!("{f}: {e}"))?;

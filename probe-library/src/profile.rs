@@ -20,7 +20,10 @@ fn frames(stacks: &StackTraceMap<&aya::maps::MapData>, id: i32) -> Vec<u64> {
     if id < 0 {
         return vec![];
     }
-    stacks.get(&(id as u32), 0).map(|s| s.frames().iter().map(|f| f.ip).collect()).unwrap_or_default()
+    stacks
+        .get(&(id as u32), 0)
+        .map(|s| s.frames().iter().map(|f| f.ip).collect())
+        .unwrap_or_default()
 }
 
 fn names(symbolizer: &Symbolizer, src: &Source, addrs: &[u64]) -> Vec<String> {
@@ -52,10 +55,17 @@ impl Aggregator for Profile {
         {
             counted = counts.iter().filter_map(|r| r.ok()).collect();
         }
-        let Some(stack_map) = ebpf.map("stacks") else { return Findings::default() };
-        let Ok(stacks) = StackTraceMap::try_from(stack_map) else { return Findings::default() };
+        let Some(stack_map) = ebpf.map("stacks") else {
+            return Findings::default();
+        };
+        let Ok(stacks) = StackTraceMap::try_from(stack_map) else {
+            return Findings::default();
+        };
         let symbolizer = Symbolizer::new();
-        let kernel = Source::Kernel(Kernel { vmlinux: MaybeDefault::None, ..Default::default() });
+        let kernel = Source::Kernel(Kernel {
+            vmlinux: MaybeDefault::None,
+            ..Default::default()
+        });
         let mut folded: HashMap<String, u64> = HashMap::new();
         let mut by_leaf: HashMap<String, u64> = HashMap::new();
         let mut total = 0;
@@ -71,15 +81,29 @@ impl Aggregator for Profile {
             kstack.iter_mut().for_each(|f| f.push_str("_[k]"));
             path.extend(ustack);
             path.extend(kstack);
-            *by_leaf.entry(format!("{} {}", path[0], path.last().cloned().unwrap_or_default())).or_default() += count;
+            *by_leaf
+                .entry(format!(
+                    "{} {}",
+                    path[0],
+                    path.last().cloned().unwrap_or_default()
+                ))
+                .or_default() += count;
             *folded.entry(path.join(";")).or_default() += count;
         }
-        let mut lines: Vec<String> = folded.into_iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let mut lines: Vec<String> = folded
+            .into_iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         lines.sort();
         let s = elapsed.as_secs_f64().max(1e-3);
         let mut rows: Vec<SummaryRow> = by_leaf
             .into_iter()
-            .map(|(key, count)| SummaryRow { key, count, per_second: Some(count as f64 / s), max: None })
+            .map(|(key, count)| SummaryRow {
+                key,
+                count,
+                per_second: Some(count as f64 / s),
+                max: None,
+            })
             .collect();
         rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
         rows.truncate(top);
@@ -87,7 +111,11 @@ impl Aggregator for Profile {
             summary: Summary {
                 key_meaning: "comm, hottest leaf frame (samples)".into(),
                 rows,
-                figures: vec![Figure { name: "samples".into(), value: total as f64, unit: "count".into() }],
+                figures: vec![Figure {
+                    name: "samples".into(),
+                    value: total as f64,
+                    unit: "count".into(),
+                }],
             },
             histograms: vec![],
             folded: lines,
@@ -100,6 +128,7 @@ pub fn flamegraph_svg(folded: &[String], title: &str) -> Result<Vec<u8>, String>
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = title.to_string();
     let mut svg = Vec::new();
-    inferno::flamegraph::from_lines(&mut opts, folded.iter().map(String::as_str), &mut svg).map_err(|e| e.to_string())?;
+    inferno::flamegraph::from_lines(&mut opts, folded.iter().map(String::as_str), &mut svg)
+        .map_err(|e| e.to_string())?;
     Ok(svg)
 }

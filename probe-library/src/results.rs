@@ -26,11 +26,18 @@ impl ResultsWriter {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let events = if keep_events {
             let path = dir.join("events.ndjson");
-            Some(BufWriter::new(File::create(&path).map_err(io(format!("creating {}", path.display())))?))
+            Some(BufWriter::new(
+                File::create(&path).map_err(io(format!("creating {}", path.display())))?,
+            ))
         } else {
             None
         };
-        Ok(ResultsWriter { dir: dir.to_path_buf(), events, max_events, written: 0 })
+        Ok(ResultsWriter {
+            dir: dir.to_path_buf(),
+            events,
+            max_events,
+            written: 0,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -43,8 +50,12 @@ impl ResultsWriter {
             return Ok(());
         }
         if let Some(w) = self.events.as_mut() {
-            serde_json::to_writer(&mut *w, &ev.json).map_err(|e| Error::Io { context: "writing event".into(), source: e.into() })?;
-            w.write_all(b"\n").map_err(io("writing events.ndjson".into()))?;
+            serde_json::to_writer(&mut *w, &ev.json).map_err(|e| Error::Io {
+                context: "writing event".into(),
+                source: e.into(),
+            })?;
+            w.write_all(b"\n")
+                .map_err(io("writing events.ndjson".into()))?;
             self.written += 1;
         }
         Ok(())
@@ -58,7 +69,12 @@ impl ResultsWriter {
     }
 
     /// Writes the end-of-trace files; returns the paths written.
-    pub fn finish(&mut self, report: &impl Serialize, findings: &Findings, title: &str) -> Result<Vec<PathBuf>> {
+    pub fn finish(
+        &mut self,
+        report: &impl Serialize,
+        findings: &Findings,
+        title: &str,
+    ) -> Result<Vec<PathBuf>> {
         self.flush()?;
         let mut files = Vec::new();
         if self.events.is_some() {
@@ -67,20 +83,30 @@ impl ResultsWriter {
         files.push(self.write_json("summary.json", report)?);
         if !findings.histograms.is_empty() {
             files.push(self.write_json("histograms.json", &findings.histograms)?);
-            let text: String = findings.histograms.iter().map(|h| h.render() + "\n").collect();
+            let text: String = findings
+                .histograms
+                .iter()
+                .map(|h| h.render() + "\n")
+                .collect();
             files.push(self.write("histograms.txt", text.as_bytes())?);
         }
         if !findings.folded.is_empty() {
             files.push(self.write("folded.txt", (findings.folded.join("\n") + "\n").as_bytes())?);
-            let svg = crate::profile::flamegraph_svg(&findings.folded, title)
-                .map_err(|e| Error::Io { context: "rendering flame graph".into(), source: std::io::Error::other(e) })?;
+            let svg =
+                crate::profile::flamegraph_svg(&findings.folded, title).map_err(|e| Error::Io {
+                    context: "rendering flame graph".into(),
+                    source: std::io::Error::other(e),
+                })?;
             files.push(self.write("flamegraph.svg", &svg)?);
         }
         Ok(files)
     }
 
     fn write_json(&self, name: &str, value: &impl Serialize) -> Result<PathBuf> {
-        let body = serde_json::to_vec_pretty(value).map_err(|e| Error::Io { context: format!("encoding {name}"), source: e.into() })?;
+        let body = serde_json::to_vec_pretty(value).map_err(|e| Error::Io {
+            context: format!("encoding {name}"),
+            source: e.into(),
+        })?;
         self.write(name, &body)
     }
 

@@ -36,7 +36,10 @@ pub struct Running {
 impl Running {
     pub fn start(config: ProbeConfig) -> Result<Running> {
         let mut loaded = loader::load(&config)?;
-        let ring = loaded.ebpf.take_map("events").and_then(|m| RingBuf::try_from(m).ok());
+        let ring = loaded
+            .ebpf
+            .take_map("events")
+            .and_then(|m| RingBuf::try_from(m).ok());
         Ok(Running {
             aggregator: aggregator(config.probe),
             loaded,
@@ -50,7 +53,9 @@ impl Running {
 
     /// Decodes every record waiting in the ring buffer, handing each event to `sink`.
     pub fn drain(&mut self, mut sink: impl FnMut(&Event)) -> usize {
-        let Some(ring) = self.ring.as_mut() else { return 0 };
+        let Some(ring) = self.ring.as_mut() else {
+            return 0;
+        };
         let mut n = 0;
         while let Some(item) = ring.next() {
             if let Some(ev) = self.aggregator.record(&item) {
@@ -64,25 +69,28 @@ impl Running {
         self.captured += n as u64;
         n
     }
-
 }
 
 fn is_stop_breach(config: &ProbeConfig, ev: &Event) -> bool {
-        let Some(value) = ev.value else { return false };
-        config.thresholds.iter().any(|t| {
-            t.action == ThresholdAction::Stop
-                && t.metric != Metric::EventsPerSecond
-                && match t.comparison {
-                    sonde_crds::Comparison::GreaterThan => value > t.value,
-                    sonde_crds::Comparison::GreaterOrEqual => value >= t.value,
-                }
-        })
+    let Some(value) = ev.value else { return false };
+    config.thresholds.iter().any(|t| {
+        t.action == ThresholdAction::Stop
+            && t.metric != Metric::EventsPerSecond
+            && match t.comparison {
+                sonde_crds::Comparison::GreaterThan => value > t.value,
+                sonde_crds::Comparison::GreaterOrEqual => value >= t.value,
+            }
+    })
 }
 
 impl Running {
     pub fn kernel_stats(&self) -> KernelStats {
-        let Some(map) = self.loaded.ebpf.map("stats") else { return KernelStats::default() };
-        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else { return KernelStats::default() };
+        let Some(map) = self.loaded.ebpf.map("stats") else {
+            return KernelStats::default();
+        };
+        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+            return KernelStats::default();
+        };
         let get = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
         KernelStats {
             seen: get(stat::SEEN),
@@ -113,7 +121,12 @@ impl Running {
 
     /// Replaces the admitted cgroups (pods came or went).
     pub fn set_cgroups(&mut self, ids: &[u64]) -> Result<()> {
-        crate::filter::set_u64(&mut self.loaded.ebpf, self.config.probe, "filter_cgroups", ids)
+        crate::filter::set_u64(
+            &mut self.loaded.ebpf,
+            self.config.probe,
+            "filter_cgroups",
+            ids,
+        )
     }
 
     /// Drains what is left, then reads the kernel aggregates. Detaches when the returned value drops.

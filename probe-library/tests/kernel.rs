@@ -15,8 +15,19 @@ struct Outcome {
     strategy: String,
 }
 
-fn config(probe: ProbeName, filter: Filter, thresholds: Vec<Threshold>, params: ProbeParams) -> ProbeConfig {
-    ProbeConfig { probe, params, filter, thresholds, output: Output::default() }
+fn config(
+    probe: ProbeName,
+    filter: Filter,
+    thresholds: Vec<Threshold>,
+    params: ProbeParams,
+) -> ProbeConfig {
+    ProbeConfig {
+        probe,
+        params,
+        filter,
+        thresholds,
+        output: Output::default(),
+    }
 }
 
 /// Loads the probe, runs `load` while tracing for `duration`, and returns everything the probe reported.
@@ -32,7 +43,12 @@ fn trace(cfg: ProbeConfig, duration: Duration, load: impl FnOnce() + Send + 'sta
     }
     worker.join().expect("workload thread");
     let findings = running.finish(50, |e| events.push(e.json.clone()));
-    Outcome { events, findings, stats: running.kernel_stats(), strategy }
+    Outcome {
+        events,
+        findings,
+        stats: running.kernel_stats(),
+        strategy,
+    }
 }
 
 struct Kill(Vec<Child>);
@@ -46,7 +62,12 @@ impl Drop for Kill {
 }
 
 fn spawn(cmd: &str, args: &[&str]) -> Child {
-    Command::new(cmd).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{cmd}: {e}"))
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
 
 /// Field case A: a raw ICMP listener named isc-socket is woken by every packet `ping -i 0.002 127.0.0.1` sends.
@@ -54,26 +75,62 @@ fn spawn(cmd: &str, args: &[&str]) -> Child {
 fn wakeups_finds_ping_waking_the_noisy_neighbour() {
     let listener = spawn(
         "python3",
-        &["-c", "import ctypes,socket\nctypes.CDLL(None).prctl(15, b'isc-socket', 0, 0, 0)\ns=socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\nwhile True: s.recv(2048)"],
+        &[
+            "-c",
+            "import ctypes,socket\nctypes.CDLL(None).prctl(15, b'isc-socket', 0, 0, 0)\ns=socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\nwhile True: s.recv(2048)",
+        ],
     );
     std::thread::sleep(Duration::from_millis(300));
     let ping = spawn("ping", &["-q", "-i", "0.002", "127.0.0.1"]);
     let (ping_pid, listener_pid) = (ping.id(), listener.id());
     let _guard = Kill(vec![ping, listener]);
-    let filter = Filter { comms: Some(vec!["ping".into()]), ..Default::default() };
-    let thresholds = vec![Threshold { metric: Metric::WakeupsPerSecond, comparison: Comparison::GreaterThan, value: 20.0, action: ThresholdAction::Record }];
-    let out = trace(config(ProbeName::Wakeups, filter, thresholds, ProbeParams::default()), Duration::from_secs(3), || {});
-    assert!(["fentry", "kprobe", "tp_btf", "tracepoint"].contains(&out.strategy.as_str()), "{}", out.strategy);
+    let filter = Filter {
+        comms: Some(vec!["ping".into()]),
+        ..Default::default()
+    };
+    let thresholds = vec![Threshold {
+        metric: Metric::WakeupsPerSecond,
+        comparison: Comparison::GreaterThan,
+        value: 20.0,
+        action: ThresholdAction::Record,
+    }];
+    let out = trace(
+        config(
+            ProbeName::Wakeups,
+            filter,
+            thresholds,
+            ProbeParams::default(),
+        ),
+        Duration::from_secs(3),
+        || {},
+    );
+    assert!(
+        ["fentry", "kprobe", "tp_btf", "tracepoint"].contains(&out.strategy.as_str()),
+        "{}",
+        out.strategy
+    );
     let key = format!("ping/{ping_pid} -> isc-socket/{listener_pid}");
     let row = out.findings.summary.rows.iter().find(|r| r.key == key);
     let row = row.unwrap_or_else(|| panic!("no {key} in {:#?}", out.findings.summary.rows));
     let rate = row.per_second.unwrap();
     // 500 echo requests/s, each delivered to the raw socket (plus the replies): well over 50/s, under 2500/s.
     assert!((50.0..2500.0).contains(&rate), "implausible rate {rate}");
-    assert!(out.stats.breaches >= 1, "a pair over 20/s must breach: {:?}", out.stats);
-    assert!(out.events.iter().any(|e| e["breach"] == true && e["wakee_comm"] == "isc-socket"));
+    assert!(
+        out.stats.breaches >= 1,
+        "a pair over 20/s must breach: {:?}",
+        out.stats
+    );
+    assert!(
+        out.events
+            .iter()
+            .any(|e| e["breach"] == true && e["wakee_comm"] == "isc-socket")
+    );
     // The comm filter admits only wakeups where ping is waker or wakee.
-    assert!(out.events.iter().all(|e| e["waker_comm"] == "ping" || e["wakee_comm"] == "ping"));
+    assert!(
+        out.events
+            .iter()
+            .all(|e| e["waker_comm"] == "ping" || e["wakee_comm"] == "ping")
+    );
 }
 
 /// A busy function of this test process shows up in the folded stacks and the flame graph renders.
@@ -90,11 +147,24 @@ fn sonde_profile_busy_loop(until: Instant) -> u64 {
 
 #[test]
 fn cpu_profile_folds_a_busy_function() {
-    let filter = Filter { pids: Some(vec![std::process::id()]), ..Default::default() };
-    let params = ProbeParams { cpu_profile: Some(CpuProfileParams { frequency_hz: Some(499), user_stacks: Some(true) }), ..Default::default() };
-    let out = trace(config(ProbeName::CpuProfile, filter, vec![], params), Duration::from_secs(2), || {
-        sonde_profile_busy_loop(Instant::now() + Duration::from_millis(1800));
-    });
+    let filter = Filter {
+        pids: Some(vec![std::process::id()]),
+        ..Default::default()
+    };
+    let params = ProbeParams {
+        cpu_profile: Some(CpuProfileParams {
+            frequency_hz: Some(499),
+            user_stacks: Some(true),
+        }),
+        ..Default::default()
+    };
+    let out = trace(
+        config(ProbeName::CpuProfile, filter, vec![], params),
+        Duration::from_secs(2),
+        || {
+            sonde_profile_busy_loop(Instant::now() + Duration::from_millis(1800));
+        },
+    );
     assert_eq!(out.strategy, "perf_event");
     let hits: u64 = out
         .findings
@@ -103,7 +173,11 @@ fn cpu_profile_folds_a_busy_function() {
         .filter(|l| l.contains("sonde_profile_busy_loop"))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
-    assert!(hits >= 50, "busy loop sampled {hits} times in {:#?}", &out.findings.folded[..out.findings.folded.len().min(5)]);
+    assert!(
+        hits >= 50,
+        "busy loop sampled {hits} times in {:#?}",
+        &out.findings.folded[..out.findings.folded.len().min(5)]
+    );
     let svg = sonde_probes::profile::flamegraph_svg(&out.findings.folded, "test").unwrap();
     let svg = String::from_utf8(svg).unwrap();
     assert!(svg.starts_with("<?xml") && svg.contains("sonde_profile_busy_loop"));
@@ -111,55 +185,133 @@ fn cpu_profile_folds_a_busy_function() {
 
 #[test]
 fn exec_sees_a_spawned_binary() {
-    let filter = Filter { comms: Some(vec!["sonde-exec-t".into()]), ..Default::default() };
-    let out = trace(config(ProbeName::Exec, filter, vec![], ProbeParams::default()), Duration::from_millis(1500), || {
-        std::thread::sleep(Duration::from_millis(300));
-        // exec -a does not change comm; a symlink named sonde-exec-t does.
-        let dir = tempfile::tempdir().unwrap();
-        let link = dir.path().join("sonde-exec-t");
-        std::os::unix::fs::symlink("/bin/true", &link).unwrap();
-        Command::new(&link).status().unwrap();
-    });
-    assert!(out.events.iter().any(|e| e["filename"].as_str().is_some_and(|f| f.ends_with("sonde-exec-t"))), "{:?}", out.events);
+    let filter = Filter {
+        comms: Some(vec!["sonde-exec-t".into()]),
+        ..Default::default()
+    };
+    let out = trace(
+        config(ProbeName::Exec, filter, vec![], ProbeParams::default()),
+        Duration::from_millis(1500),
+        || {
+            std::thread::sleep(Duration::from_millis(300));
+            // exec -a does not change comm; a symlink named sonde-exec-t does.
+            let dir = tempfile::tempdir().unwrap();
+            let link = dir.path().join("sonde-exec-t");
+            std::os::unix::fs::symlink("/bin/true", &link).unwrap();
+            Command::new(&link).status().unwrap();
+        },
+    );
+    assert!(
+        out.events.iter().any(|e| e["filename"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("sonde-exec-t"))),
+        "{:?}",
+        out.events
+    );
     assert!(out.events.iter().all(|e| e["comm"] == "sonde-exec-t"));
 }
 
 #[test]
 fn syscall_latency_flags_a_slow_sleep() {
-    let filter = Filter { pids: Some(vec![std::process::id()]), ..Default::default() };
-    let thresholds = vec![Threshold { metric: Metric::SyscallLatencyMs, comparison: Comparison::GreaterThan, value: 20.0, action: ThresholdAction::Record }];
-    let out = trace(config(ProbeName::SyscallLatency, filter, thresholds, ProbeParams::default()), Duration::from_millis(1500), || {
-        std::thread::sleep(Duration::from_millis(60));
-    });
-    let slow: Vec<&Value> = out.events.iter().filter(|e| e["latency_us"].as_f64().unwrap() > 20_000.0).collect();
-    assert!(!slow.is_empty(), "the 60 ms sleep must be flagged: {:?}", out.events);
-    assert!(out.events.iter().all(|e| e["latency_us"].as_f64().unwrap() > 20_000.0), "nothing under the threshold is sent");
+    let filter = Filter {
+        pids: Some(vec![std::process::id()]),
+        ..Default::default()
+    };
+    let thresholds = vec![Threshold {
+        metric: Metric::SyscallLatencyMs,
+        comparison: Comparison::GreaterThan,
+        value: 20.0,
+        action: ThresholdAction::Record,
+    }];
+    let out = trace(
+        config(
+            ProbeName::SyscallLatency,
+            filter,
+            thresholds,
+            ProbeParams::default(),
+        ),
+        Duration::from_millis(1500),
+        || {
+            std::thread::sleep(Duration::from_millis(60));
+        },
+    );
+    let slow: Vec<&Value> = out
+        .events
+        .iter()
+        .filter(|e| e["latency_us"].as_f64().unwrap() > 20_000.0)
+        .collect();
+    assert!(
+        !slow.is_empty(),
+        "the 60 ms sleep must be flagged: {:?}",
+        out.events
+    );
+    assert!(
+        out.events
+            .iter()
+            .all(|e| e["latency_us"].as_f64().unwrap() > 20_000.0),
+        "nothing under the threshold is sent"
+    );
     assert!(out.findings.histograms.iter().map(|h| h.total).sum::<u64>() >= 1);
 }
 
 #[test]
 fn runq_latency_histograms_our_threads() {
-    let filter = Filter { pids: Some(vec![std::process::id()]), ..Default::default() };
-    let out = trace(config(ProbeName::RunqLatency, filter, vec![], ProbeParams::default()), Duration::from_millis(1500), || {
-        // More runnable threads than CPUs: they wait on the run queue.
-        let hs: Vec<_> = (0..4).map(|_| std::thread::spawn(|| sonde_profile_busy_loop(Instant::now() + Duration::from_millis(800)))).collect();
-        hs.into_iter().for_each(|h| drop(h.join()));
-    });
-    assert!(out.findings.histograms[0].total >= 10, "{:?}", out.findings.histograms);
+    let filter = Filter {
+        pids: Some(vec![std::process::id()]),
+        ..Default::default()
+    };
+    let out = trace(
+        config(
+            ProbeName::RunqLatency,
+            filter,
+            vec![],
+            ProbeParams::default(),
+        ),
+        Duration::from_millis(1500),
+        || {
+            // More runnable threads than CPUs: they wait on the run queue.
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    std::thread::spawn(|| {
+                        sonde_profile_busy_loop(Instant::now() + Duration::from_millis(800))
+                    })
+                })
+                .collect();
+            hs.into_iter().for_each(|h| drop(h.join()));
+        },
+    );
+    assert!(
+        out.findings.histograms[0].total >= 10,
+        "{:?}",
+        out.findings.histograms
+    );
 }
 
 #[test]
 fn tcp_connect_times_a_local_connect() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let params = ProbeParams { tcp_connect: Some(PortParams { ports: vec![port as u32] }), ..Default::default() };
-    let out = trace(config(ProbeName::TcpConnect, Filter::default(), vec![], params), Duration::from_millis(1200), move || {
-        std::thread::sleep(Duration::from_millis(200));
-        let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let _s = listener.accept().unwrap();
-    });
+    let params = ProbeParams {
+        tcp_connect: Some(PortParams {
+            ports: vec![port as u32],
+        }),
+        ..Default::default()
+    };
+    let out = trace(
+        config(ProbeName::TcpConnect, Filter::default(), vec![], params),
+        Duration::from_millis(1200),
+        move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let _s = listener.accept().unwrap();
+        },
+    );
     let dst = format!("127.0.0.1:{port}");
-    assert!(out.events.iter().any(|e| e["dst"] == dst.as_str()), "{:?}", out.events);
+    assert!(
+        out.events.iter().any(|e| e["dst"] == dst.as_str()),
+        "{:?}",
+        out.events
+    );
 }
 
 /// The memory controller's limit file: cgroup v2 if it has the controller, else the v1 memory hierarchy.
@@ -167,9 +319,15 @@ fn memory_cgroup(name: &str) -> (std::path::PathBuf, &'static str) {
     let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers");
     if std::fs::read_to_string(v2).is_ok_and(|c| c.contains("memory")) {
         let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
-        (std::path::Path::new("/sys/fs/cgroup").join(name), "memory.max")
+        (
+            std::path::Path::new("/sys/fs/cgroup").join(name),
+            "memory.max",
+        )
     } else {
-        (std::path::Path::new("/sys/fs/cgroup/memory").join(name), "memory.limit_in_bytes")
+        (
+            std::path::Path::new("/sys/fs/cgroup/memory").join(name),
+            "memory.limit_in_bytes",
+        )
     }
 }
 
@@ -188,10 +346,30 @@ fn oom_kill_reports_the_victim() {
     std::fs::write(cg.join(limit), "33554432").unwrap();
     let _ = std::fs::write(cg.join("memory.swap.max"), "0");
     let procs = cg.join("cgroup.procs");
-    let out = trace(config(ProbeName::OomKill, Filter::default(), vec![], ProbeParams::default()), Duration::from_secs(3), move || {
-        let script = format!("echo $$ > {}; exec python3 -c \"x = b'x' * (256 << 20)\"", procs.display());
-        let status = Command::new("sh").args(["-c", &script]).stderr(Stdio::null()).status().unwrap();
-        assert!(!status.success(), "the allocation must be OOM-killed");
-    });
-    assert!(out.events.iter().any(|e| e["victim_comm"] == "python3"), "{:?}", out.events);
+    let out = trace(
+        config(
+            ProbeName::OomKill,
+            Filter::default(),
+            vec![],
+            ProbeParams::default(),
+        ),
+        Duration::from_secs(3),
+        move || {
+            let script = format!(
+                "echo $$ > {}; exec python3 -c \"x = b'x' * (256 << 20)\"",
+                procs.display()
+            );
+            let status = Command::new("sh")
+                .args(["-c", &script])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(!status.success(), "the allocation must be OOM-killed");
+        },
+    );
+    assert!(
+        out.events.iter().any(|e| e["victim_comm"] == "python3"),
+        "{:?}",
+        out.events
+    );
 }

@@ -61,7 +61,12 @@ pub mod stage {
     pub const NETIF_RECEIVE: u8 = 1;
     pub const TCP_RCV_ESTABLISHED: u8 = 2;
     pub const TCP_RCV_STATE_PROCESS: u8 = 3;
-    pub const NAMES: [&str; 4] = ["dev_queue_xmit", "__netif_receive_skb", "tcp_rcv_established", "tcp_rcv_state_process"];
+    pub const NAMES: [&str; 4] = [
+        "dev_queue_xmit",
+        "__netif_receive_skb",
+        "tcp_rcv_established",
+        "tcp_rcv_state_process",
+    ];
 }
 
 /// C `struct pkt_event`.

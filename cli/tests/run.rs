@@ -1,0 +1,123 @@
+//! `sonde run` end to end as a user runs it (root, real kernel), and its refusals of bad input.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn sonde(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sonde"))
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .output()
+        .expect("sonde runs")
+}
+
+#[test]
+fn run_wakeups_example_writes_results_and_json() {
+    let mut ping = Command::new("ping")
+        .args(["-q", "-i", "0.01", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("r");
+    let out = sonde(&[
+        "run",
+        "-f",
+        "examples/wakeups.yaml",
+        "--duration",
+        "2s",
+        "--json",
+        "--output",
+        out_dir.to_str().unwrap(),
+    ]);
+    let _ = ping.kill();
+    let _ = ping.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("--json prints the report");
+    assert_eq!(report["probe"], "wakeups");
+    assert_eq!(report["stopped_by"], "deadline");
+    let secs = report["duration_seconds"].as_f64().unwrap();
+    assert!((2.0..4.0).contains(&secs), "{secs}");
+    assert!(
+        report["events_captured"].as_u64().unwrap() > 0,
+        "ping wakes something: {report}"
+    );
+    let attempts = report["attach_attempts"].as_array().unwrap();
+    assert!(
+        attempts.iter().any(|a| a["error"].is_null()),
+        "one attach attempt succeeded"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["summary"], report["summary"]);
+    let lines = std::fs::read_to_string(out_dir.join("events.ndjson")).unwrap();
+    assert_eq!(
+        lines.lines().count() as u64,
+        report["events_written"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn run_refuses_bad_input_naming_the_problem() {
+    let out = sonde(&[
+        "run",
+        "-f",
+        "examples/bad/unknown-probe.yaml",
+        "--duration",
+        "1s",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.probe") && err.contains("wakeupz"),
+        "{err}"
+    );
+
+    let out = sonde(&["run", "-f", "examples/probepolicy-runq.yaml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ProbePolicy"));
+
+    let out = sonde(&["run", "-f", "examples/wakeups.yaml", "--duration", "soon"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--duration"));
+
+    let out = sonde(&["run", "-f", "examples/does-not-exist.yaml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does-not-exist.yaml"));
+}
+
+#[test]
+fn validate_accepts_examples_and_probes_lists_the_library() {
+    let out = sonde(&[
+        "validate",
+        "-f",
+        "examples/wakeups.yaml",
+        "-f",
+        "examples/packet-latency.yaml",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = sonde(&["probes"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for p in [
+        "wakeups",
+        "packet-latency",
+        "cpu-profile",
+        "runq-latency",
+        "tcp-retransmit",
+        "tcp-connect",
+        "exec",
+        "oom-kill",
+        "syscall-latency",
+    ] {
+        assert!(text.contains(p), "{p} missing from {text}");
+    }
+}
