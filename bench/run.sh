@@ -22,10 +22,11 @@ sleep "$secs"
 kill "$load_pid" 2>/dev/null || true
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 sonde_rss=$(hwm "$sonde_pid"); bt_rss=$(hwm "$bt_pid")
-# bpftrace's program stats, read while it is attached.
+# bpftrace's program stats, read while it is attached. bpftrace names a program after its probe
+# (sched_waking, a classic tracepoint); Sonde's are tp_btf_* / tp_* programs of its own.
 bt_stats=$(bpftool prog show -j | python3 -c '
 import json, sys
-progs = [p for p in json.load(sys.stdin) if any(x.get("comm") == "bpftrace" for x in p.get("pids", []))]
+progs = [p for p in json.load(sys.stdin) if p.get("type") == "tracepoint" and p.get("name") == "sched_waking"]
 print(sum(p.get("run_time_ns", 0) for p in progs), sum(p.get("run_cnt", 0) for p in progs))')
 kill -INT "$bt_pid"; wait "$bt_pid" || true
 wait "$sonde_pid"

@@ -11,34 +11,42 @@ struct {
 	__type(value, struct wakeup_val);
 } pairs SEC(".maps");
 
-static __always_inline int on_wakeup(__u32 wakee_pid, __u32 wakee_tid, __u64 wakee_cgroup,
-				     const char *wakee_comm, bool wakee_ok)
+/* Filter on the wakee; the cgroup walk is only paid when a cgroup filter is on. */
+static __always_inline bool wakee_admitted(struct task_struct *p, __u32 tgid, const char *comm)
+{
+	if (!cfg_filter_cgroup && !cfg_filter_pid && !cfg_filter_comm)
+		return true;
+	return admitted(cfg_filter_cgroup && p ? task_cgroup_id(p) : 0, tgid, comm);
+}
+
+/* `key->wakee_comm` is filled by the caller; `p` is NULL on the classic tracepoint. */
+static __always_inline int on_wakeup(struct wakeup_key *key, __u32 wakee_pid, __u32 wakee_tid,
+				     struct task_struct *p, bool wakee_ok)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct wakeup_key key = {};
-	bpf_get_current_comm(key.waker_comm, sizeof(key.waker_comm));
-	if (!wakee_ok && !admitted(bpf_get_current_cgroup_id(), id >> 32, key.waker_comm))
+	bpf_get_current_comm(key->waker_comm, sizeof(key->waker_comm));
+	if (!wakee_ok && !admitted(bpf_get_current_cgroup_id(), id >> 32, key->waker_comm))
 		return 0;
 	stat_inc(STAT_SEEN);
-	key.waker_tid = (__u32)id;
-	key.wakee_tid = wakee_tid;
-	bpf_probe_read_kernel_str(key.wakee_comm, sizeof(key.wakee_comm), wakee_comm);
+	key->waker_tid = (__u32)id;
+	key->wakee_tid = wakee_tid;
 
 	__u64 now = bpf_ktime_get_ns();
-	struct wakeup_val *v = bpf_map_lookup_elem(&pairs, &key);
+	struct wakeup_val *v = bpf_map_lookup_elem(&pairs, key);
 	if (!v) {
 		struct wakeup_val init = { .window_start_ns = now, .waker_pid = id >> 32, .wakee_pid = wakee_pid };
-		bpf_map_update_elem(&pairs, &key, &init, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(&pairs, &key);
+		bpf_map_update_elem(&pairs, key, &init, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&pairs, key);
 		if (!v)
 			return 0;
 	}
 	__sync_fetch_and_add(&v->count, 1);
+	/* The one-second window is per pair; a lost race between CPUs only blurs a window's edge. */
 	if (now - v->window_start_ns >= 1000000000ull) {
 		v->window_start_ns = now;
 		v->window_count = 0;
 	}
-	__u32 in_window = __sync_add_and_fetch(&v->window_count, 1);
+	__u32 in_window = ++v->window_count;
 	/* A pair breaches once per window: the wakeup that crosses the rate. */
 	bool breach = cfg_threshold && in_window == (cfg_threshold_ge ? cfg_threshold : cfg_threshold + 1);
 	if (breach) {
@@ -55,49 +63,55 @@ static __always_inline int on_wakeup(__u32 wakee_pid, __u32 wakee_tid, __u64 wak
 	e->waker_tid = (__u32)id;
 	e->wakee_pid = wakee_pid;
 	e->wakee_tid = wakee_tid;
-	e->wakee_cgroup = wakee_cgroup;
+	e->wakee_cgroup = p ? task_cgroup_id(p) : 0;
 	e->window_count = in_window;
 	e->flags = breach ? EV_BREACH : 0;
 	e->cpu = bpf_get_smp_processor_id();
 	e->_pad = 0;
-	__builtin_memcpy(e->waker_comm, key.waker_comm, TASK_COMM_LEN);
-	__builtin_memcpy(e->wakee_comm, key.wakee_comm, TASK_COMM_LEN);
+	__builtin_memcpy(e->waker_comm, key->waker_comm, TASK_COMM_LEN);
+	__builtin_memcpy(e->wakee_comm, key->wakee_comm, TASK_COMM_LEN);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
 
-static __always_inline int on_task(struct task_struct *p)
+/* fentry and tp_btf get a BTF-typed task: plain loads, no probe-read helper calls. */
+static __always_inline int on_btf_task(struct task_struct *p)
 {
-	return on_wakeup(BPF_CORE_READ(p, tgid), BPF_CORE_READ(p, pid), task_cgroup_id(p), p->comm,
-			 task_admitted(p));
+	struct wakeup_key key = {};
+	__builtin_memcpy(key.wakee_comm, p->comm, TASK_COMM_LEN);
+	__u32 tgid = p->tgid;
+	return on_wakeup(&key, tgid, p->pid, p, wakee_admitted(p, tgid, key.wakee_comm));
 }
 
 SEC("fentry/try_to_wake_up")
 int BPF_PROG(fentry_try_to_wake_up, struct task_struct *p)
 {
-	return on_task(p);
+	return on_btf_task(p);
 }
 
 SEC("kprobe/try_to_wake_up")
 int BPF_KPROBE(kprobe_try_to_wake_up, struct task_struct *p)
 {
-	return on_task(p);
+	struct wakeup_key key = {};
+	BPF_CORE_READ_STR_INTO(&key.wakee_comm, p, comm);
+	__u32 tgid = BPF_CORE_READ(p, tgid);
+	return on_wakeup(&key, tgid, BPF_CORE_READ(p, pid), p, wakee_admitted(p, tgid, key.wakee_comm));
 }
 
 SEC("tp_btf/sched_waking")
 int BPF_PROG(tp_btf_sched_waking, struct task_struct *p)
 {
-	return on_task(p);
+	return on_btf_task(p);
 }
 
 /* Without BTF the tracepoint gives only the wakee's tid and comm: its tgid and cgroup are unknown here. */
 SEC("tracepoint/sched/sched_waking")
 int tp_sched_waking(struct trace_event_raw_sched_wakeup_template *ctx)
 {
-	bool wakee_ok = !cfg_filter_cgroup && !cfg_filter_pid && (!cfg_filter_comm || comm_admitted(ctx->comm));
-	if (cfg_filter_pid && bpf_map_lookup_elem(&filter_pids, &ctx->pid))
-		wakee_ok = !cfg_filter_comm || comm_admitted(ctx->comm);
-	return on_wakeup(ctx->pid, ctx->pid, 0, ctx->comm, wakee_ok);
+	struct wakeup_key key = {};
+	__builtin_memcpy(key.wakee_comm, ctx->comm, TASK_COMM_LEN);
+	bool ok = !cfg_filter_cgroup && admitted(0, ctx->pid, key.wakee_comm);
+	return on_wakeup(&key, ctx->pid, ctx->pid, NULL, ok);
 }
 
 char LICENSE[] SEC("license") = "GPL";
