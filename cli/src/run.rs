@@ -83,8 +83,12 @@ pub fn run(args: RunArgs) -> Result<()> {
             .as_secs();
         PathBuf::from("results").join(format!("{name}-{now}"))
     });
-    let mut writer =
-        ResultsWriter::create(&out_dir, job.spec.output.events, job.spec.output.max_events)?;
+    // With events off, breaching events still arrive and are kept.
+    let mut writer = ResultsWriter::create(
+        &out_dir,
+        job.spec.output.events || !job.spec.thresholds.is_empty(),
+        job.spec.output.max_events,
+    )?;
     let mut running =
         Running::start(config).with_context(|| format!("starting TraceJob {name}"))?;
     for n in &target.notes {
