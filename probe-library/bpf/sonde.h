@@ -114,13 +114,22 @@ static __always_inline bool current_admitted(void)
 	return admitted(bpf_get_current_cgroup_id(), bpf_get_current_pid_tgid() >> 32, comm);
 }
 
+/* A task whose tgid and comm the caller already has (e.g. from BTF-typed loads); the cgroup walk is only paid
+ * when a cgroup filter is on. */
+static __always_inline bool task_admitted_as(struct task_struct *t, __u32 tgid, const char comm[TASK_COMM_LEN])
+{
+	if (!cfg_filter_cgroup && !cfg_filter_pid && !cfg_filter_comm)
+		return true;
+	return admitted(cfg_filter_cgroup ? task_cgroup_id(t) : 0, tgid, comm);
+}
+
 static __always_inline bool task_admitted(struct task_struct *t)
 {
 	char comm[TASK_COMM_LEN] = {};
 	if (!cfg_filter_cgroup && !cfg_filter_pid && !cfg_filter_comm)
 		return true;
 	BPF_CORE_READ_STR_INTO(&comm, t, comm);
-	return admitted(task_cgroup_id(t), BPF_CORE_READ(t, tgid), comm);
+	return task_admitted_as(t, BPF_CORE_READ(t, tgid), comm);
 }
 
 static __always_inline bool breaches(__u64 value)

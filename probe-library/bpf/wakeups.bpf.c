@@ -11,14 +11,6 @@ struct {
 	__type(value, struct wakeup_val);
 } pairs SEC(".maps");
 
-/* Filter on the wakee; the cgroup walk is only paid when a cgroup filter is on. */
-static __always_inline bool wakee_admitted(struct task_struct *p, __u32 tgid, const char *comm)
-{
-	if (!cfg_filter_cgroup && !cfg_filter_pid && !cfg_filter_comm)
-		return true;
-	return admitted(cfg_filter_cgroup && p ? task_cgroup_id(p) : 0, tgid, comm);
-}
-
 /* `key->wakee_comm` is filled by the caller; `p` is NULL on the classic tracepoint. */
 static __always_inline int on_wakeup(struct wakeup_key *key, __u32 wakee_pid, __u32 wakee_tid,
 				     struct task_struct *p, bool wakee_ok)
@@ -80,7 +72,7 @@ static __always_inline int on_btf_task(struct task_struct *p)
 	struct wakeup_key key = {};
 	__builtin_memcpy(key.wakee_comm, p->comm, TASK_COMM_LEN);
 	__u32 tgid = p->tgid;
-	return on_wakeup(&key, tgid, p->pid, p, wakee_admitted(p, tgid, key.wakee_comm));
+	return on_wakeup(&key, tgid, p->pid, p, task_admitted_as(p, tgid, key.wakee_comm));
 }
 
 SEC("fentry/try_to_wake_up")
@@ -95,7 +87,7 @@ int BPF_KPROBE(kprobe_try_to_wake_up, struct task_struct *p)
 	struct wakeup_key key = {};
 	BPF_CORE_READ_STR_INTO(&key.wakee_comm, p, comm);
 	__u32 tgid = BPF_CORE_READ(p, tgid);
-	return on_wakeup(&key, tgid, BPF_CORE_READ(p, pid), p, wakee_admitted(p, tgid, key.wakee_comm));
+	return on_wakeup(&key, tgid, BPF_CORE_READ(p, pid), p, task_admitted_as(p, tgid, key.wakee_comm));
 }
 
 SEC("tp_btf/sched_waking")
