@@ -83,10 +83,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             .as_secs();
         PathBuf::from("results").join(format!("{name}-{now}"))
     });
-    // With events off, breaching events still arrive and are kept.
     let mut writer = ResultsWriter::create(
         &out_dir,
-        job.spec.output.events || !job.spec.thresholds.is_empty(),
+        config.events_expected(),
         job.spec.output.max_events,
     )?;
     let mut running =
@@ -111,11 +110,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         .and_then(|w| w.top)
         .unwrap_or(10) as usize;
     let mut write_err = None;
-    let findings = running.finish(top, |ev| {
-        if let Err(e) = writer.event(ev) {
-            write_err.get_or_insert(e);
-        }
-    });
+    let findings = running.finish(top, write_events(&mut writer, &mut write_err));
     if let Some(e) = write_err {
         return Err(e.into());
     }
@@ -138,18 +133,26 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     drop(running); // detach before writing: the trace is over
     let title = format!("sonde {} {}", job.spec.probe, name);
-    report.results = writer.finish(&report, &findings, &title)?;
-    // summary.json is written before the file list is known; rewrite it with the list.
-    std::fs::write(
-        out_dir.join("summary.json"),
-        serde_json::to_vec_pretty(&report)?,
-    )?;
+    report.results = writer.finish(&findings, &title)?;
+    writer.write_summary(&report)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report, &findings);
     }
     Ok(())
+}
+
+/// Hands events to the writer, keeping the first write error to report once the drain is done.
+fn write_events<'a>(
+    writer: &'a mut ResultsWriter,
+    err: &'a mut Option<sonde_probes::Error>,
+) -> impl FnMut(&sonde_probes::Event) + 'a {
+    move |ev| {
+        if let Err(e) = writer.event(ev) {
+            err.get_or_insert(e);
+        }
+    }
 }
 
 fn ensure_tracefs() {
@@ -181,11 +184,7 @@ fn trace_loop(
                 _ = tick.tick() => {}
             }
             let mut err = None;
-            running.drain(|ev| {
-                if let Err(e) = writer.event(ev) {
-                    err.get_or_insert(e);
-                }
-            });
+            running.drain(write_events(writer, &mut err));
             if let Some(e) = err {
                 return Err(e.into());
             }

@@ -87,6 +87,12 @@ impl ProbeConfig {
             .min_by_key(|t| (t.value, !t.inclusive))
     }
 
+    /// Will events cross the ring buffer? All of them with `output.events`; with it off, still the ones that
+    /// breach the kernel threshold.
+    pub fn events_expected(&self) -> bool {
+        self.output.events || self.kernel_threshold().is_some()
+    }
+
     /// Ports of the params (packet-latency, tcp-*), at most 16.
     pub fn ports(&self) -> Vec<u16> {
         let p = &self.params;

@@ -68,19 +68,15 @@ impl ResultsWriter {
         Ok(())
     }
 
-    /// Writes the end-of-trace files; returns the paths written.
-    pub fn finish(
-        &mut self,
-        report: &impl Serialize,
-        findings: &Findings,
-        title: &str,
-    ) -> Result<Vec<PathBuf>> {
+    /// Writes the end-of-trace files and returns every result file, summary.json included: the caller writes
+    /// that last with `write_summary`, so the summary can list them all.
+    pub fn finish(&mut self, findings: &Findings, title: &str) -> Result<Vec<PathBuf>> {
         self.flush()?;
         let mut files = Vec::new();
         if self.events.is_some() {
             files.push(self.dir.join("events.ndjson"));
         }
-        files.push(self.write_json("summary.json", report)?);
+        files.push(self.dir.join("summary.json"));
         if !findings.histograms.is_empty() {
             files.push(self.write_json("histograms.json", &findings.histograms)?);
             let text: String = findings
@@ -100,6 +96,10 @@ impl ResultsWriter {
             files.push(self.write("flamegraph.svg", &svg)?);
         }
         Ok(files)
+    }
+
+    pub fn write_summary(&self, report: &impl Serialize) -> Result<PathBuf> {
+        self.write_json("summary.json", report)
     }
 
     fn write_json(&self, name: &str, value: &impl Serialize) -> Result<PathBuf> {
