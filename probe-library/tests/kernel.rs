@@ -4,62 +4,12 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Kill, config, trace};
 use serde_json::Value;
 use sonde_crds::*;
-use sonde_probes::{Filter, Findings, KernelStats, ProbeConfig, Running};
-
-struct Outcome {
-    events: Vec<Value>,
-    findings: Findings,
-    stats: KernelStats,
-    strategy: String,
-}
-
-fn config(
-    probe: ProbeName,
-    filter: Filter,
-    thresholds: Vec<Threshold>,
-    params: ProbeParams,
-) -> ProbeConfig {
-    ProbeConfig {
-        probe,
-        params,
-        filter,
-        thresholds,
-        output: Output::default(),
-    }
-}
-
-/// Loads the probe, runs `load` while tracing for `duration`, and returns everything the probe reported.
-fn trace(cfg: ProbeConfig, duration: Duration, load: impl FnOnce() + Send + 'static) -> Outcome {
-    let mut running = Running::start(cfg).expect("probe loads through its attach chain");
-    let strategy = running.loaded.strategy();
-    let worker = std::thread::spawn(load);
-    let mut events = Vec::new();
-    let end = Instant::now() + duration;
-    while Instant::now() < end {
-        running.drain(|e| events.push(e.json.clone()));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    worker.join().expect("workload thread");
-    let findings = running.finish(50, |e| events.push(e.json.clone()));
-    Outcome {
-        events,
-        findings,
-        stats: running.kernel_stats(),
-        strategy,
-    }
-}
-
-struct Kill(Vec<Child>);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use sonde_probes::Filter;
 
 fn spawn(cmd: &str, args: &[&str]) -> Child {
     Command::new(cmd)

@@ -2,13 +2,14 @@
 //! and a TCP bulk flow across it. The delay must show between device xmit and receive, not in the TCP stage.
 //! Needs root; namespaces, links and qdiscs are removed even when a test fails.
 
+mod common;
+
 use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::Value;
 use sonde_crds::*;
-use sonde_probes::{Filter, ProbeConfig, Running};
+use sonde_probes::{Filter, ProbeConfig};
 
 struct Pair {
     a: String,
@@ -109,19 +110,6 @@ impl Drop for Pair {
     }
 }
 
-fn run(cfg: ProbeConfig, secs: u64) -> (Vec<Value>, sonde_probes::Findings, String) {
-    let mut running = Running::start(cfg).expect("probe loads through its attach chain");
-    let strategy = running.loaded.strategy();
-    let mut events = Vec::new();
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        running.drain(|e| events.push(e.json.clone()));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let findings = running.finish(20, |e| events.push(e.json.clone()));
-    (events, findings, strategy)
-}
-
 #[test]
 fn packet_latency_puts_the_tbf_delay_between_xmit_and_receive() {
     let mut pair = Pair::new(
@@ -157,7 +145,12 @@ fn packet_latency_puts_the_tbf_delay_between_xmit_and_receive() {
         },
     };
     pair.bulk_flow(77, 3.0);
-    let (events, findings, strategy) = run(cfg, 4);
+    let common::Outcome {
+        events,
+        findings,
+        strategy,
+        ..
+    } = common::trace(cfg, Duration::from_secs(4), || {});
     assert!(
         strategy.contains("tp_btf")
             || strategy.contains("tracepoint")
@@ -238,7 +231,9 @@ fn tcp_retransmit_sees_drops_at_a_tiny_queue() {
         output: Output::default(),
     };
     pair.bulk_flow(78, 3.0);
-    let (events, findings, _) = run(cfg, 4);
+    let common::Outcome {
+        events, findings, ..
+    } = common::trace(cfg, Duration::from_secs(4), || {});
     assert!(
         events.iter().any(|e| e["src"]
             .as_str()

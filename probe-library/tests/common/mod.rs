@@ -1,0 +1,67 @@
+//! Shared by the kernel tests: load a probe, run a workload while tracing, collect what it reported.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sonde_crds::*;
+use sonde_probes::{Filter, Findings, KernelStats, ProbeConfig, Running};
+
+pub struct Outcome {
+    pub events: Vec<Value>,
+    pub findings: Findings,
+    pub stats: KernelStats,
+    pub strategy: String,
+}
+
+pub fn config(
+    probe: ProbeName,
+    filter: Filter,
+    thresholds: Vec<Threshold>,
+    params: ProbeParams,
+) -> ProbeConfig {
+    ProbeConfig {
+        probe,
+        params,
+        filter,
+        thresholds,
+        output: Output::default(),
+    }
+}
+
+/// Loads the probe, runs `load` while tracing for `duration`, and returns everything the probe reported.
+pub fn trace(
+    cfg: ProbeConfig,
+    duration: Duration,
+    load: impl FnOnce() + Send + 'static,
+) -> Outcome {
+    let mut running = Running::start(cfg).expect("probe loads through its attach chain");
+    let strategy = running.loaded.strategy();
+    let worker = std::thread::spawn(load);
+    let mut events = Vec::new();
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        running.drain(|e| events.push(e.json.clone()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    worker.join().expect("workload thread");
+    let findings = running.finish(50, |e| events.push(e.json.clone()));
+    Outcome {
+        events,
+        findings,
+        stats: running.kernel_stats(),
+        strategy,
+    }
+}
+
+/// Kills and reaps the workload processes, even when a test fails.
+pub struct Kill(pub Vec<Child>);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
