@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Kill, config, trace};
+use common::{Kill, config, threshold, trace};
 use serde_json::Value;
 use sonde_crds::*;
 use sonde_probes::Filter;
@@ -38,12 +38,11 @@ fn wakeups_finds_ping_waking_the_noisy_neighbour() {
         comms: Some(vec!["ping".into()]),
         ..Default::default()
     };
-    let thresholds = vec![Threshold {
-        metric: Metric::WakeupsPerSecond,
-        comparison: Comparison::GreaterThan,
-        value: 20.0,
-        action: ThresholdAction::Record,
-    }];
+    let thresholds = vec![threshold(
+        Metric::WakeupsPerSecond,
+        Comparison::GreaterThan,
+        20.0,
+    )];
     let out = trace(
         config(
             ProbeName::Wakeups,
@@ -167,12 +166,11 @@ fn syscall_latency_flags_a_slow_sleep() {
         pids: Some(vec![std::process::id()]),
         ..Default::default()
     };
-    let thresholds = vec![Threshold {
-        metric: Metric::SyscallLatencyMs,
-        comparison: Comparison::GreaterThan,
-        value: 20.0,
-        action: ThresholdAction::Record,
-    }];
+    let thresholds = vec![threshold(
+        Metric::SyscallLatencyMs,
+        Comparison::GreaterThan,
+        20.0,
+    )];
     let out = trace(
         config(
             ProbeName::SyscallLatency,

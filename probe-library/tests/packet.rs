@@ -125,12 +125,7 @@ fn packet_latency_puts_the_tbf_delay_between_xmit_and_receive() {
         }),
         ..Default::default()
     };
-    let threshold = Threshold {
-        metric: Metric::SegmentLatencyMs,
-        comparison: Comparison::GreaterOrEqual,
-        value: 5.0,
-        action: ThresholdAction::Record,
-    };
+    let threshold = common::threshold(Metric::SegmentLatencyMs, Comparison::GreaterOrEqual, 5.0);
     let cfg = ProbeConfig {
         probe: ProbeName::PacketLatency,
         params,

@@ -30,6 +30,16 @@ pub fn config(
     }
 }
 
+/// A threshold that records breaches.
+pub fn threshold(metric: Metric, comparison: Comparison, value: f64) -> Threshold {
+    Threshold {
+        metric,
+        comparison,
+        value,
+        action: ThresholdAction::Record,
+    }
+}
+
 /// Loads the probe, runs `load` while tracing for `duration`, and returns everything the probe reported.
 pub fn trace(
     cfg: ProbeConfig,
