@@ -9,9 +9,14 @@ SONDE_CONTROLPLANE_DIR=$(tests/controlplane/build.sh)
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 mkdir -p target
+# One control plane for every e2e test binary (the harness reuses it through SONDE_CP_DIR); its logs stay in
+# target/controlplane when the run fails.
+export SONDE_CP_DIR=$PWD/target/controlplane
+tests/controlplane/up.sh "$SONDE_CP_DIR" >/dev/null
 set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.log
 status=${PIPESTATUS[0]}
+KEEP_LOGS=$([ "$status" = 0 ] && echo 0 || echo 1) tests/controlplane/down.sh "$SONDE_CP_DIR"
 set -e
 # One line for the whole run (cargo prints a summary per test binary). An ignored test counts as a failure.
 awk -v status="$status" '/^test result:/ {p+=$4; f+=$6; i+=$8}

@@ -6,19 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use sonde_crds::{ProbeName, TraceJobSpec};
-use sonde_probes::Filter;
-
-/// The cgroup v2 mount: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid ones.
-pub fn cgroup_root() -> PathBuf {
-    let unified = Path::new("/sys/fs/cgroup/unified");
-    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
-        && unified.join("cgroup.procs").exists()
-    {
-        unified.to_path_buf()
-    } else {
-        PathBuf::from("/sys/fs/cgroup")
-    }
-}
+use sonde_probes::{Filter, cgroup};
 
 pub struct LocalTarget {
     pub filter: Filter,
@@ -49,7 +37,7 @@ pub fn resolve(spec: &TraceJobSpec) -> Result<LocalTarget> {
                     dir.display()
                 );
             }
-            collect_cgroup_ids(&dir, &mut ids)?;
+            cgroup::subtree_ids(&dir, &mut ids)?;
         }
         filter.cgroups = Some(ids);
     }
@@ -92,22 +80,6 @@ fn cgroup_dir(p: &str) -> PathBuf {
     if path.starts_with("/sys/fs/cgroup") {
         path.to_path_buf()
     } else {
-        cgroup_root().join(p.trim_start_matches('/'))
+        cgroup::v2_root().join(p.trim_start_matches('/'))
     }
-}
-
-/// A cgroup v2 id is the inode number of its directory; tasks live in leaves, so take the whole subtree.
-pub fn collect_cgroup_ids(dir: &Path, out: &mut Vec<u64>) -> Result<()> {
-    out.push(
-        std::fs::metadata(dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .ino(),
-    );
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            collect_cgroup_ids(&entry.path(), out)?;
-        }
-    }
-    Ok(())
 }

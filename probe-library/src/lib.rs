@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod catalogue;
+pub mod cgroup;
 pub mod config;
 pub mod error;
 mod filter;
