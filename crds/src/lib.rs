@@ -3,6 +3,7 @@
 //! fails when the committed YAML drifts from them. No I/O lives here.
 
 pub mod common;
+pub mod conditions;
 pub mod manifest;
 pub mod policy;
 pub mod probe;
@@ -15,7 +16,10 @@ pub use common::*;
 pub use manifest::{Manifest, ManifestError, parse_manifests};
 pub use policy::{ProbePolicy, ProbePolicySpec, ProbePolicyStatus};
 pub use probe::*;
-pub use session::{NODE_LABEL, ProbeSession, ProbeSessionSpec, ProbeSessionStatus, TargetPod};
+pub use session::{
+    NODE_LABEL, OWNER_UID_LABEL, ProbeSession, ProbeSessionSpec, ProbeSessionStatus, TargetPod,
+    node_label_value,
+};
 pub use tracejob::{NodeCounts, NodeResult, TraceJob, TraceJobSpec, TraceJobStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -9,8 +9,24 @@ use crate::common::{Budget, Counts, Output, Phase, Storage, Summary, Threshold};
 use crate::probe::{ProbeName, ProbeParams};
 use crate::rules::*;
 
-/// Label carrying the node name, so each agent watches only its own sessions.
+/// Label carrying the node name (see [`node_label_value`]), so each agent watches only its own sessions.
 pub const NODE_LABEL: &str = "sonde.dev/node";
+/// Label carrying the uid of the TraceJob or ProbePolicy a session belongs to.
+pub const OWNER_UID_LABEL: &str = "sonde.dev/owner-uid";
+
+/// The [`NODE_LABEL`] value for a node. Label values stop at 63 characters and node names may not, so long
+/// names are cut and suffixed with a hash of the whole name; operator and agent both call this.
+pub fn node_label_value(node: &str) -> String {
+    if node.len() <= 63 {
+        return node.to_string();
+    }
+    // FNV-1a: stable across processes and versions, unlike std's hasher.
+    let hash = node.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    let head: String = node.chars().take(46).collect();
+    format!("{}-{hash:016x}", head.trim_end_matches(['-', '.']))
+}
 
 /// One node's share of a trace. Written by the operator, run and reported on by the node's agent.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -128,4 +144,20 @@ pub struct ProbeSessionStatus {
     pub results: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn node_label_values_fit_and_stay_distinct() {
+        assert_eq!(super::node_label_value("node-a"), "node-a");
+        let long_a = format!("{}a", "n".repeat(80));
+        let long_b = format!("{}b", "n".repeat(80));
+        let (a, b) = (
+            super::node_label_value(&long_a),
+            super::node_label_value(&long_b),
+        );
+        assert!(a.len() <= 63 && b.len() <= 63, "{a}");
+        assert_ne!(a, b);
+    }
 }

@@ -1,3 +1,13 @@
-//! Sonde's node agent. It will watch only its node's ProbeSessions and Pods, resolve pods to cgroup ids, run
-//! each session with `sonde_probes::Running` under a local deadline and overhead budget, and upload results
-//! (issue 5). Today the same probe path runs through `sonde run` on one machine.
+//! Sonde's node agent: watches only its node's ProbeSessions and Pods, turns target pods into cgroup v2 ids
+//! (and network namespaces), runs each session with the probe library under a local deadline and an overhead
+//! budget, and uploads results through `object_store`. Kernel objects belong to the process (nothing is
+//! pinned), so a killed agent leaves nothing attached.
+
+pub mod agent;
+pub mod cgroups;
+pub mod error;
+pub mod session;
+pub mod upload;
+
+pub use agent::{Agent, AgentConfig};
+pub use error::{Error, Result};

@@ -1,2 +1,12 @@
-//! Sonde's operator. It will reconcile TraceJobs and ProbePolicies into per-node ProbeSessions (owned, so the
-//! garbage collector cleans up), roll their statuses up, emit Events and serve results over REST (issue 5).
+//! Sonde's operator: reconciles TraceJobs into per-node ProbeSessions (owned, labelled with their node), rolls
+//! the sessions' statuses up into the job, emits Events, and leads through a Lease so one replica acts.
+
+pub mod context;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod rollup;
+pub mod tracejob;
+
+pub use context::Context;
+pub use error::{Error, Result};

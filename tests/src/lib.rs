@@ -2,10 +2,12 @@
 //! binary), the Sonde CRDs installed, a namespace per test, this host registered as a Node and Pods bound to it
 //! whose containers are real processes in cgroups named the way the kubelet names them.
 
+mod components;
 mod controlplane;
 mod namespace;
 mod node;
 
+pub use components::Component;
 pub use controlplane::{ControlPlane, Identity};
 pub use namespace::TestNamespace;
 pub use node::{CgroupDriver, RealPod, register_this_node, this_node_name};
@@ -16,4 +18,41 @@ pub fn repo_root() -> std::path::PathBuf {
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
+}
+
+/// Polls `check` every 200 ms until it holds or `limit` passes; returns whether it held.
+pub async fn wait_for<F, Fut>(limit: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Ids of loaded eBPF programs whose names start with one of `prefixes` (kernel names stop at 15 characters).
+pub fn bpf_programs(prefixes: &[&str]) -> Vec<u64> {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .expect("bpftool runs");
+    let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    progs
+        .iter()
+        .filter(|p| {
+            let name = p["name"].as_str().unwrap_or_default();
+            prefixes
+                .iter()
+                .any(|pre| !name.is_empty() && pre.starts_with(name) || name.starts_with(pre))
+        })
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
 }

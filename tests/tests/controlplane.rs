@@ -9,6 +9,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use sonde_crds::{ProbeSession, TraceJob};
 use sonde_tests::{
     CgroupDriver, ControlPlane, Identity, RealPod, TestNamespace, register_this_node, repo_root,
+    wait_for,
 };
 
 const WAKEUPS_JOB: &str = r#"
@@ -271,21 +272,6 @@ async fn real_pods_run_in_kubelet_named_cgroups() {
         drop(pod);
         assert!(!cgroup.exists(), "{} left behind", cgroup.display());
     }
-}
-
-async fn wait_for<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < until {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
 }
 
 fn tempfile_with(text: &str) -> String {

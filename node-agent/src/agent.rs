@@ -1,0 +1,254 @@
+//! The agent's control loop: its node's ProbeSessions (label `sonde.dev/node=<node>`) and Pods
+//! (`spec.nodeName=<node>`) are the only things it watches. Each live session is a task; pod changes
+//! recompute every session's targets and the task updates its kernel filter.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::{Config, Event};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+use sonde_crds::{NODE_LABEL, Phase, ProbeSession, ProbeSessionSpec, node_label_value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::cgroups::PodCgroups;
+use crate::error::Result;
+use crate::session::{self, SessionJob, Targets};
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node: String,
+    /// The cgroup v2 mount where the kubelet's `kubepods` hierarchy lives.
+    pub cgroup_root: PathBuf,
+    /// Local results before upload (kept when an upload fails).
+    pub spool: PathBuf,
+    /// Default object store for sessions without `spec.storage`.
+    pub storage_url: String,
+}
+
+pub struct Agent {
+    client: Client,
+    cfg: AgentConfig,
+    cgroups: PodCgroups,
+    live: HashMap<String, Live>,
+    /// Sessions this process ran to the end; never started again even if their final status write was lost.
+    done: HashSet<String>,
+}
+
+struct Live {
+    spec: ProbeSessionSpec,
+    targets: watch::Sender<Targets>,
+    deleted: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Agent {
+    pub fn new(client: Client, cfg: AgentConfig) -> Agent {
+        Agent {
+            cgroups: PodCgroups::new(&cfg.cgroup_root),
+            client,
+            cfg,
+            live: HashMap::new(),
+            done: HashSet::new(),
+        }
+    }
+
+    pub async fn run(mut self) -> Result<()> {
+        // Per-program run time for the overhead budget; the counters cost a few ns per run.
+        if let Err(e) = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1") {
+            tracing::warn!(error = %e, "cannot enable kernel.bpf_stats_enabled; budgets cannot be enforced");
+        }
+        let node = self.cfg.node.clone();
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let (pod_store, writer) = reflector::store::<Pod>();
+        let pod_events = reflector(
+            writer,
+            watcher(
+                pods,
+                Config::default().fields(&format!("spec.nodeName={node}")),
+            ),
+        )
+        .default_backoff()
+        .boxed();
+        let sessions: Api<ProbeSession> = Api::all(self.client.clone());
+        let mut session_events = watcher(
+            sessions,
+            Config::default().labels(&format!("{NODE_LABEL}={}", node_label_value(&node))),
+        )
+        .default_backoff()
+        .boxed();
+        let mut pod_events = pod_events;
+        let mut listed: Option<HashSet<String>> = None;
+        let mut reap = tokio::time::interval(Duration::from_millis(500));
+        tracing::info!(%node, cgroup_root = %self.cfg.cgroup_root.display(), "agent started");
+        loop {
+            tokio::select! {
+                ev = session_events.next() => match ev {
+                    Some(Ok(Event::Init)) => listed = Some(HashSet::new()),
+                    Some(Ok(Event::InitApply(s))) => {
+                        if let Some(l) = listed.as_mut() { l.insert(s.uid().unwrap_or_default()); }
+                        self.upsert(s, &pod_store);
+                    }
+                    Some(Ok(Event::InitDone)) => {
+                        // Sessions deleted while the watch was down get no Delete event.
+                        let seen = listed.take().unwrap_or_default();
+                        let gone: Vec<String> = self.live.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+                        for uid in gone { self.cancel(&uid); }
+                    }
+                    Some(Ok(Event::Apply(s))) => self.upsert(s, &pod_store),
+                    Some(Ok(Event::Delete(s))) => self.cancel(&s.uid().unwrap_or_default()),
+                    Some(Err(e)) => tracing::warn!(error = %e, "session watch"),
+                    None => return Ok(()),
+                },
+                ev = pod_events.next() => match ev {
+                    Some(Ok(_)) => self.retarget(&pod_store),
+                    Some(Err(e)) => tracing::warn!(error = %e, "pod watch"),
+                    None => return Ok(()),
+                },
+                _ = reap.tick() => {
+                    let finished: Vec<String> =
+                        self.live.iter().filter(|(_, l)| l.task.is_finished()).map(|(k, _)| k.clone()).collect();
+                    for uid in finished {
+                        self.live.remove(&uid);
+                        self.done.insert(uid);
+                    }
+                    // Containers can start after their pod event; cgroup directories are not watched.
+                    self.retarget(&pod_store);
+                }
+            }
+        }
+    }
+
+    fn upsert(&mut self, s: ProbeSession, pods: &Store<Pod>) {
+        let uid = s.uid().unwrap_or_default();
+        if s.spec.node_name != self.cfg.node || self.done.contains(&uid) {
+            return;
+        }
+        if let Some(live) = self.live.get_mut(&uid) {
+            if live.spec != s.spec {
+                live.spec = s.spec.clone();
+                let t = targets(&self.cgroups, &live.spec, pods);
+                live.targets
+                    .send_if_modified(|old| replace_if_changed(old, t));
+            }
+            return;
+        }
+        let phase = s.status.as_ref().map(|st| st.phase).unwrap_or_default();
+        if phase.is_finished() {
+            return;
+        }
+        // Running with no task here: a previous agent process had it and died with its kernel objects.
+        let resumed_note = (phase == Phase::Running).then(|| {
+            format!(
+                "the agent restarted at {} and attached again; events before that were lost with the previous process",
+                k8s_openapi::jiff::Timestamp::now()
+            )
+        });
+        let t = targets(&self.cgroups, &s.spec, pods);
+        let (targets_tx, targets_rx) = watch::channel(t);
+        let (deleted_tx, deleted_rx) = watch::channel(false);
+        let namespace = s.namespace().unwrap_or_default();
+        let job = SessionJob {
+            api: Api::namespaced(self.client.clone(), &namespace),
+            name: s.name_any(),
+            namespace,
+            generation: s.metadata.generation,
+            spec: s.spec.clone(),
+            spool: self.cfg.spool.clone(),
+            storage_url: s
+                .spec
+                .storage
+                .as_ref()
+                .map(|st| st.url.clone())
+                .unwrap_or_else(|| self.cfg.storage_url.clone()),
+            resumed_note,
+        };
+        tracing::info!(session = %job.name, namespace = %job.namespace, probe = %s.spec.probe, "starting session");
+        let task = tokio::spawn(session::run(job, targets_rx, deleted_rx));
+        self.live.insert(
+            uid,
+            Live {
+                spec: s.spec,
+                targets: targets_tx,
+                deleted: deleted_tx,
+                task,
+            },
+        );
+    }
+
+    fn cancel(&mut self, uid: &str) {
+        if let Some(live) = self.live.get(uid) {
+            let _ = live.deleted.send(true);
+        }
+    }
+
+    fn retarget(&mut self, pods: &Store<Pod>) {
+        for live in self.live.values() {
+            let t = targets(&self.cgroups, &live.spec, pods);
+            live.targets
+                .send_if_modified(|old| replace_if_changed(old, t));
+        }
+    }
+}
+
+fn replace_if_changed(old: &mut Targets, new: Targets) -> bool {
+    if *old == new {
+        return false;
+    }
+    *old = new;
+    true
+}
+
+/// The session's target pods as cgroup ids and network namespaces, from the pods this node runs.
+pub fn targets(cgroups: &PodCgroups, spec: &ProbeSessionSpec, pods: &Store<Pod>) -> Targets {
+    if spec.all_pods {
+        return Targets::default();
+    }
+    let mut t = Targets {
+        cgroups: Some(Vec::new()),
+        ..Default::default()
+    };
+    for target in &spec.pods {
+        let pod = pods
+            .get(&ObjectRef::new(&target.name).within(&target.namespace))
+            .filter(|p| p.metadata.uid.as_deref() == Some(target.uid.as_str()));
+        let resolved = pod.map(|p| cgroups.resolve(&p)).unwrap_or_default();
+        let Some(dir) = resolved.dir else {
+            t.unresolved
+                .push(format!("{}/{}", target.namespace, target.name));
+            continue;
+        };
+        t.cgroups.get_or_insert_default().extend(resolved.ids);
+        if let Some(ns) = netns_of(&dir)
+            && !t.netns.contains(&ns)
+        {
+            t.netns.push(ns);
+        }
+    }
+    if let Some(ids) = t.cgroups.as_mut() {
+        ids.sort_unstable();
+        ids.dedup();
+    }
+    t
+}
+
+/// The network namespace of any process in the pod's cgroup subtree (all containers of a pod share one).
+fn netns_of(dir: &Path) -> Option<u32> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    if let Some(pid) = procs.lines().next() {
+        return std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .ok()
+            .map(|m| m.ino() as u32);
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .find_map(|e| netns_of(&e.path()))
+}

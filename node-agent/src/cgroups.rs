@@ -1,0 +1,155 @@
+//! Pods to cgroup v2 ids, the way the kubelet lays cgroups out. Both kubelet cgroup drivers and the three QoS
+//! classes are tried, so the agent needs no configuration beyond the cgroup root:
+//!
+//! - systemd: `kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid_>.slice/<runtime>-<id>.scope`;
+//!   Guaranteed pods sit directly under `kubepods.slice/kubepods-pod<uid_>.slice`.
+//! - cgroupfs: `kubepods/<qos>/pod<uid>/<id>`; Guaranteed: `kubepods/pod<uid>/<id>`.
+//!
+//! `<runtime>` is `cri-containerd`, `crio` or `docker`. The filter admits the whole pod subtree (every
+//! container, including ones started later, once the pod is resolved again).
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Pod;
+
+#[derive(Clone, Debug)]
+pub struct PodCgroups {
+    root: PathBuf,
+}
+
+/// What resolving one pod found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resolved {
+    /// The pod's cgroup directory, when present on this node.
+    pub dir: Option<PathBuf>,
+    /// Ids of the pod cgroup and everything below it.
+    pub ids: Vec<u64>,
+    /// Running containers whose own cgroup was not found under the pod (a runtime naming we do not know).
+    pub missing_containers: Vec<String>,
+}
+
+const QOS: [&str; 3] = ["besteffort", "burstable", "guaranteed"];
+
+impl PodCgroups {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        PodCgroups { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the pod's cgroup can be, most likely first (its QoS class when known).
+    pub fn candidates(&self, uid: &str, qos: Option<&str>) -> Vec<PathBuf> {
+        let underscored = uid.replace('-', "_");
+        let mut classes: Vec<String> = qos.map(|q| q.to_lowercase()).into_iter().collect();
+        classes.extend(
+            QOS.iter()
+                .map(|q| q.to_string())
+                .filter(|q| Some(q.as_str()) != qos.map(|q| q.to_lowercase()).as_deref()),
+        );
+        let mut out = Vec::new();
+        for class in &classes {
+            if class == "guaranteed" {
+                out.push(
+                    self.root
+                        .join(format!("kubepods.slice/kubepods-pod{underscored}.slice")),
+                );
+                out.push(self.root.join(format!("kubepods/pod{uid}")));
+            } else {
+                out.push(self.root.join(format!(
+                    "kubepods.slice/kubepods-{class}.slice/kubepods-{class}-pod{underscored}.slice"
+                )));
+                out.push(self.root.join(format!("kubepods/{class}/pod{uid}")));
+            }
+        }
+        out
+    }
+
+    pub fn resolve(&self, pod: &Pod) -> Resolved {
+        let Some(uid) = pod.metadata.uid.as_deref() else {
+            return Resolved::default();
+        };
+        let status = pod.status.as_ref();
+        let qos = status.and_then(|s| s.qos_class.as_deref());
+        let Some(dir) = self.candidates(uid, qos).into_iter().find(|d| d.is_dir()) else {
+            return Resolved::default();
+        };
+        let mut ids = Vec::new();
+        if sonde_probes::cgroup::subtree_ids(&dir, &mut ids).is_err() {
+            // The pod went away between the lookup and the walk.
+            return Resolved::default();
+        }
+        let children: Vec<String> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let missing_containers = status
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.container_id.as_deref())
+            .filter_map(|id| id.split_once("://").map(|(_, id)| id))
+            .filter(|id| !children.iter().any(|name| container_dir_matches(name, id)))
+            .map(String::from)
+            .collect();
+        Resolved {
+            dir: Some(dir),
+            ids,
+            missing_containers,
+        }
+    }
+}
+
+fn container_dir_matches(name: &str, id: &str) -> bool {
+    name == id
+        || ["cri-containerd-", "crio-", "docker-"]
+            .iter()
+            .any(|p| name.strip_prefix(p).and_then(|r| r.strip_suffix(".scope")) == Some(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(uid: &str, qos: &str, container: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "uid": uid},
+            "status": {"qosClass": qos, "containerStatuses": [{
+                "name": "c", "ready": true, "restartCount": 0, "image": "i", "imageID": "",
+                "containerID": container}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn finds_systemd_and_cgroupfs_layouts_and_reports_unknown_containers() {
+        let root = tempfile::tempdir().unwrap();
+        let uid = "0a1b-2c3d";
+        let sys = root
+            .path()
+            .join("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0a1b_2c3d.slice");
+        std::fs::create_dir_all(sys.join("cri-containerd-abc.scope")).unwrap();
+        let cg = PodCgroups::new(root.path());
+        let r = cg.resolve(&pod(uid, "Burstable", "containerd://abc"));
+        assert_eq!(r.dir.as_deref(), Some(sys.as_path()));
+        assert_eq!(r.ids.len(), 2);
+        assert!(r.missing_containers.is_empty());
+        let r = cg.resolve(&pod(uid, "Burstable", "cri-o://zzz"));
+        assert_eq!(r.missing_containers, vec!["zzz".to_string()]);
+
+        let root = tempfile::tempdir().unwrap();
+        let fs = root.path().join("kubepods/pod0a1b-2c3d");
+        std::fs::create_dir_all(fs.join("abc")).unwrap();
+        let r = PodCgroups::new(root.path()).resolve(&pod(uid, "Guaranteed", "containerd://abc"));
+        assert_eq!(r.dir.as_deref(), Some(fs.as_path()));
+        assert!(r.missing_containers.is_empty());
+        // A pod whose cgroup is not on this node resolves to nothing.
+        let r =
+            PodCgroups::new(root.path()).resolve(&pod("ffff", "BestEffort", "containerd://abc"));
+        assert_eq!(r, Resolved::default());
+    }
+}

@@ -1,0 +1,76 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use sonde_agent::{Agent, AgentConfig};
+
+/// Sonde's node agent: runs this node's ProbeSessions.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// This node's name (the Downward API's spec.nodeName in the DaemonSet).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// The cgroup v2 mount holding the kubelet's kubepods hierarchy (default: detected).
+    #[arg(long, env = "SONDE_CGROUP_ROOT")]
+    cgroup_root: Option<PathBuf>,
+    /// Local results folder, kept when an upload fails.
+    #[arg(long, env = "SONDE_SPOOL", default_value = "/var/lib/sonde/spool")]
+    spool: PathBuf,
+    /// Default object store for results (file:///dir or s3://bucket/prefix).
+    #[arg(
+        long,
+        env = "SONDE_STORAGE_URL",
+        default_value = "file:///var/lib/sonde/results"
+    )]
+    storage_url: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let node = match args.node_name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("--node-name not given and no hostname")?
+            .trim()
+            .to_lowercase(),
+    };
+    if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
+        // Classic tracepoints need tracefs; without it the attach error names the problem.
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+            .status();
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server")?;
+    let cfg = AgentConfig {
+        node,
+        cgroup_root: args
+            .cgroup_root
+            .unwrap_or_else(sonde_probes::cgroup::v2_root),
+        spool: args.spool,
+        storage_url: args.storage_url,
+    };
+    tokio::select! {
+        r = Agent::new(client, cfg).run() => r?,
+        _ = shutdown() => tracing::info!("shutting down; sessions detach with the process"),
+    }
+    Ok(())
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

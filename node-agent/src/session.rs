@@ -1,0 +1,424 @@
+//! One ProbeSession on this node: load the probe through its attach chain, keep the in-kernel filter current,
+//! stop at the deadline by the local clock (the API server may be gone), at a Stop threshold, over budget or
+//! when the session is deleted; then write, upload and report the results.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use sonde_crds::conditions::{self, types};
+use sonde_crds::{Counts, Phase, ProbeName, ProbeSession, ProbeSessionSpec, ProbeSessionStatus};
+use sonde_probes::results::ResultsWriter;
+use sonde_probes::{Filter, ProbeConfig, Running};
+use tokio::sync::watch;
+
+use crate::upload;
+
+/// Field manager of everything the agent writes.
+pub const MANAGER: &str = "sonde-agent";
+/// How often status is written while a session runs (its heartbeat).
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// The overhead budget is averaged over this window.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+/// What the kernel filter should admit, recomputed by the agent as pods come and go.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Targets {
+    /// None: no cgroup filter (the whole node).
+    pub cgroups: Option<Vec<u64>>,
+    /// Network namespaces of the target pods (packet-latency filters on these).
+    pub netns: Vec<u32>,
+    /// Target pods not (yet) running on this node, for the status message.
+    pub unresolved: Vec<String>,
+}
+
+/// Everything a session task needs to run on its own.
+pub struct SessionJob {
+    pub api: Api<ProbeSession>,
+    pub name: String,
+    pub namespace: String,
+    pub generation: Option<i64>,
+    pub spec: ProbeSessionSpec,
+    pub spool: PathBuf,
+    pub storage_url: String,
+    /// Set when a restarted agent picks up a session its previous process had started.
+    pub resumed_note: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Stop {
+    Deadline,
+    Threshold,
+    OverBudget(String),
+    Deleted,
+}
+
+/// Writes status by server-side apply; failures are logged and retried on the next beat, never fatal: the
+/// trace goes on (and ends on time) without the API server.
+struct Reporter {
+    api: Api<ProbeSession>,
+    name: String,
+    generation: Option<i64>,
+    status: ProbeSessionStatus,
+}
+
+impl Reporter {
+    fn condition(&mut self, type_: &str, status: bool, reason: &str, message: impl Into<String>) {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        conditions::set(
+            &mut self.status.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            self.generation,
+            &now,
+        );
+    }
+
+    async fn write(&mut self) -> bool {
+        self.status.heartbeat = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        self.status.observed_generation = self.generation;
+        let body = serde_json::json!({
+            "apiVersion": "sonde.dev/v1alpha1", "kind": "ProbeSession", "status": self.status,
+        });
+        match self
+            .api
+            .patch_status(
+                &self.name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(session = %self.name, error = %e, "status update failed; will retry");
+                false
+            }
+        }
+    }
+}
+
+pub async fn run(
+    job: SessionJob,
+    mut targets: watch::Receiver<Targets>,
+    mut deleted: watch::Receiver<bool>,
+) {
+    let mut rep = Reporter {
+        api: job.api.clone(),
+        name: job.name.clone(),
+        generation: job.generation,
+        status: ProbeSessionStatus::default(),
+    };
+    let deadline = job.spec.deadline.as_ref().map(|t| to_system(&t.0));
+    if let Some(d) = deadline
+        && d <= SystemTime::now()
+    {
+        rep.status.phase = Phase::Failed;
+        rep.status.message = Some(match &job.resumed_note {
+            Some(note) => format!("{note}; the deadline passed before it could attach again"),
+            None => "the deadline passed before the agent could attach".into(),
+        });
+        rep.condition(
+            types::FAILED,
+            true,
+            "DeadlinePassed",
+            rep.status.message.clone().unwrap_or_default(),
+        );
+        rep.write().await;
+        return;
+    }
+
+    let t = targets.borrow_and_update().clone();
+    let config = probe_config(&job.spec, &t);
+    let spool = job.spool.join(&job.namespace).join(&job.name);
+    let writer =
+        ResultsWriter::create(&spool, config.events_expected(), job.spec.output.max_events);
+    let started =
+        writer.and_then(|w| tokio::task::block_in_place(|| Running::start(config)).map(|r| (w, r)));
+    let (mut writer, mut running) = match started {
+        Ok(ok) => ok,
+        Err(e) => {
+            tracing::warn!(session = %job.name, error = %e, "attach failed");
+            rep.status.phase = Phase::Failed;
+            rep.status.message = Some(e.to_string());
+            rep.condition(types::ATTACHED, false, e.label(), e.to_string());
+            rep.condition(types::FAILED, true, e.label(), e.to_string());
+            rep.write().await;
+            return;
+        }
+    };
+    let strategy = running.loaded.strategy();
+    tracing::info!(session = %job.name, probe = %job.spec.probe, %strategy, "attached");
+    rep.status.phase = Phase::Running;
+    rep.status.attach_strategy = Some(strategy.clone());
+    rep.status.attached_at = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    rep.status.message = job.resumed_note.clone().or_else(|| unresolved_message(&t));
+    rep.condition(
+        types::ATTACHED,
+        true,
+        "Attached",
+        format!("attached via {strategy}"),
+    );
+    rep.write().await;
+
+    let deadline_at = deadline.map(|d| {
+        let left = d.duration_since(SystemTime::now()).unwrap_or_default();
+        tokio::time::Instant::now() + left
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_status = Instant::now();
+    let mut budget = BudgetWindow::default();
+    let mut write_error = None;
+    let stop = loop {
+        tokio::select! {
+            _ = sleep_until(deadline_at) => break Stop::Deadline,
+            r = deleted.changed() => if r.is_err() || *deleted.borrow() { break Stop::Deleted },
+            r = targets.changed() => {
+                if r.is_ok() {
+                    let t = targets.borrow_and_update().clone();
+                    if let Some(ids) = &t.cgroups
+                        && let Err(e) = running.set_cgroups(ids)
+                    {
+                        tracing::warn!(session = %job.name, error = %e, "updating the cgroup filter");
+                    }
+                    rep.status.message = job.resumed_note.clone().or_else(|| unresolved_message(&t));
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        running.drain(|ev| {
+            if let Err(e) = writer.event(ev) {
+                write_error.get_or_insert(e);
+            }
+        });
+        if running.stop_requested {
+            break Stop::Threshold;
+        }
+        let (run_time, _) = running.kernel_runtime();
+        if let Some(pct) = budget.sample(run_time)
+            && pct > job.spec.budget.max_kernel_cpu_percent
+        {
+            break Stop::OverBudget(format!(
+                "probe used {pct:.2}% of a CPU in the kernel over the last {:.0}s, budget {}%",
+                budget.span().as_secs_f64(),
+                job.spec.budget.max_kernel_cpu_percent
+            ));
+        }
+        if last_status.elapsed() >= STATUS_EVERY {
+            last_status = Instant::now();
+            fill_counts(&mut rep.status, &running);
+            rep.write().await;
+        }
+    };
+    tracing::info!(session = %job.name, ?stop, "stopping");
+
+    let top = top_rows(&job.spec);
+    let findings = tokio::task::block_in_place(|| {
+        running.finish(top, |ev| {
+            if let Err(e) = writer.event(ev) {
+                write_error.get_or_insert(e);
+            }
+        })
+    });
+    fill_counts(&mut rep.status, &running);
+    let (run_time, runs) = running.kernel_runtime();
+    let elapsed = running.elapsed();
+    let attempts = running.loaded.attempts.clone();
+    drop(running); // detach now: the trace is over, writing results must not extend it
+
+    let title = format!("sonde {} {}/{}", job.spec.probe, job.namespace, job.name);
+    let mut problems: Vec<String> = write_error
+        .into_iter()
+        .map(|e| format!("writing events: {e}"))
+        .collect();
+    let mut files = match writer.finish(&findings, &title) {
+        Ok(files) => files,
+        Err(e) => {
+            problems.push(format!("writing results: {e}"));
+            Vec::new()
+        }
+    };
+    let report = serde_json::json!({
+        "session": format!("{}/{}", job.namespace, job.name),
+        "node": job.spec.node_name,
+        "probe": job.spec.probe.to_string(),
+        "attach_strategy": strategy,
+        "attach_attempts": attempts,
+        "duration_seconds": elapsed.as_secs_f64(),
+        "stopped_by": stop_label(&stop),
+        "counts": rep.status.counts,
+        "kernel_run_time_ns": run_time.as_nanos() as u64,
+        "kernel_runs": runs,
+        "summary": findings.summary,
+        "note": job.resumed_note,
+    });
+    match writer.write_summary(&report) {
+        Ok(p) => files.push(p),
+        Err(e) => problems.push(format!("writing summary.json: {e}")),
+    }
+    match upload::upload(&job.storage_url, &job.spec.result_prefix, &files).await {
+        Ok(urls) => rep.status.results = urls,
+        Err(e) => problems.push(format!(
+            "{e} (results kept on the node in {})",
+            spool.display()
+        )),
+    }
+    if stop == Stop::Deleted {
+        return; // nothing to report to: the object is gone (its results are uploaded all the same)
+    }
+    rep.status.summary = Some(findings.summary);
+    rep.status.kernel_cpu_percent =
+        Some(run_time.as_secs_f64() / elapsed.as_secs_f64().max(1e-3) * 100.0);
+    if rep.status.counts.breaches > 0 {
+        let n = rep.status.counts.breaches;
+        rep.condition(
+            types::THRESHOLD_BREACHED,
+            true,
+            "Breached",
+            format!("{n} threshold breaches"),
+        );
+    }
+    let (phase, reason, message) = match &stop {
+        Stop::OverBudget(m) => (Phase::Failed, "OverBudget", m.clone()),
+        _ if !problems.is_empty() => (Phase::Failed, "ResultsLost", problems.join("; ")),
+        Stop::Threshold => (
+            Phase::Succeeded,
+            "ThresholdStop",
+            "stopped by a threshold with action Stop".into(),
+        ),
+        _ => (
+            Phase::Succeeded,
+            "DeadlineReached",
+            "traced until the deadline".into(),
+        ),
+    };
+    if let Stop::OverBudget(m) = &stop {
+        rep.condition(types::OVER_BUDGET, true, "OverBudget", m.clone());
+    }
+    rep.status.phase = phase;
+    rep.condition(
+        types::COMPLETE,
+        phase == Phase::Succeeded,
+        reason,
+        message.clone(),
+    );
+    if phase == Phase::Failed {
+        rep.condition(types::FAILED, true, reason, message.clone());
+    }
+    rep.status.message = Some(match &job.resumed_note {
+        Some(note) => format!("{message}; {note}"),
+        None => message,
+    });
+    // The final status matters: keep trying for a while if the API server is briefly away.
+    for _ in 0..30 {
+        if rep.write().await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn stop_label(stop: &Stop) -> &'static str {
+    match stop {
+        Stop::Deadline => "deadline",
+        Stop::Threshold => "threshold",
+        Stop::OverBudget(_) => "budget",
+        Stop::Deleted => "deleted",
+    }
+}
+
+fn probe_config(spec: &ProbeSessionSpec, t: &Targets) -> ProbeConfig {
+    let mut filter = Filter {
+        comms: (!spec.comms.is_empty()).then(|| spec.comms.clone()),
+        ..Default::default()
+    };
+    if spec.probe == ProbeName::PacketLatency {
+        // Softirq context has no task to match: the receiving pods' network namespaces are the filter.
+        filter.netns = (!spec.all_pods).then(|| t.netns.clone());
+        filter.comms = None;
+    } else if !spec.all_pods {
+        filter.cgroups = Some(t.cgroups.clone().unwrap_or_default());
+    }
+    ProbeConfig {
+        probe: spec.probe,
+        params: spec.params.clone().unwrap_or_default(),
+        filter,
+        thresholds: spec.thresholds.clone(),
+        output: spec.output.clone(),
+    }
+}
+
+fn top_rows(spec: &ProbeSessionSpec) -> usize {
+    spec.params
+        .as_ref()
+        .and_then(|p| p.wakeups.as_ref())
+        .and_then(|w| w.top)
+        .unwrap_or(10) as usize
+}
+
+fn fill_counts(status: &mut ProbeSessionStatus, running: &Running) {
+    let k = running.kernel_stats();
+    status.counts = Counts {
+        captured: running.captured,
+        dropped: k.dropped,
+        breaches: k.breaches,
+    };
+}
+
+fn unresolved_message(t: &Targets) -> Option<String> {
+    (!t.unresolved.is_empty()).then(|| {
+        format!(
+            "waiting for pods to run on this node: {}",
+            t.unresolved.join(", ")
+        )
+    })
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn to_system(ts: &k8s_openapi::jiff::Timestamp) -> SystemTime {
+    let ns = ts.as_nanosecond();
+    if ns >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        SystemTime::UNIX_EPOCH
+    }
+}
+
+/// Kernel run time sampled once per tick, averaged over the last [`BUDGET_WINDOW`].
+#[derive(Default)]
+struct BudgetWindow {
+    samples: VecDeque<(Instant, Duration)>,
+}
+
+impl BudgetWindow {
+    /// Percent of one CPU over the window, once it spans at least 2 s.
+    fn sample(&mut self, run_time: Duration) -> Option<f64> {
+        let now = Instant::now();
+        self.samples.push_back((now, run_time));
+        while self.samples.len() > 2 && now - self.samples[1].0 >= BUDGET_WINDOW {
+            self.samples.pop_front();
+        }
+        let span = self.span();
+        let (_, first) = self.samples.front()?;
+        (span >= Duration::from_secs(2))
+            .then(|| run_time.saturating_sub(*first).as_secs_f64() / span.as_secs_f64() * 100.0)
+    }
+
+    fn span(&self) -> Duration {
+        match (self.samples.front(), self.samples.back()) {
+            (Some(a), Some(b)) => b.0 - a.0,
+            _ => Duration::ZERO,
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! From per-node ProbeSession statuses to one TraceJob status. Pure: the reconciler reads, this decides.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use sonde_crds::conditions::{self, types};
+use sonde_crds::{
+    Counts, NodeCounts, NodeResult, Phase, ProbeSession, Summary, SummaryRow, TraceJobStatus,
+};
+
+/// A session whose agent has not reported for this long after the deadline is counted as failed.
+pub const REPORT_GRACE: SignedDuration = SignedDuration::from_secs(30);
+
+pub struct Input<'a> {
+    pub old: Option<&'a TraceJobStatus>,
+    pub sessions: &'a [ProbeSession],
+    pub generation: Option<i64>,
+    pub start: Timestamp,
+    pub deadline: Timestamp,
+    pub now: Timestamp,
+    /// Why nothing was scheduled, when nothing matched (None when sessions exist or were just made).
+    pub no_targets: Option<String>,
+    /// Notes about the target that the cluster cannot honour (pids, cgroupPaths).
+    pub notes: Vec<String>,
+    pub top: usize,
+}
+
+pub fn rollup(i: &Input) -> TraceJobStatus {
+    let mut st = i.old.cloned().unwrap_or_default();
+    let now_t = Time(i.now);
+    st.observed_generation = i.generation;
+    st.start_time.get_or_insert(Time(i.start));
+
+    let mut nodes = NodeCounts {
+        targeted: i.sessions.len() as u32,
+        ..Default::default()
+    };
+    let mut counts = Counts::default();
+    let mut node_results = Vec::new();
+    let mut results = Vec::new();
+    let mut strategies = BTreeMap::<String, u32>::new();
+    let mut failures = Vec::new();
+    let overdue = i.now > i.deadline + REPORT_GRACE;
+    for s in i.sessions {
+        let ss = s.status.clone().unwrap_or_default();
+        let mut phase = ss.phase;
+        let mut message = ss.message.clone();
+        if !phase.is_finished() && overdue {
+            phase = Phase::Failed;
+            message = Some(format!(
+                "the agent on {} did not report a result within {}s of the deadline",
+                s.spec.node_name,
+                REPORT_GRACE.as_secs()
+            ));
+        }
+        if ss.attached_at.is_some() {
+            nodes.attached += 1;
+        }
+        match phase {
+            Phase::Succeeded => nodes.done += 1,
+            Phase::Failed => {
+                nodes.failed += 1;
+                failures.push(format!(
+                    "{}: {}",
+                    s.spec.node_name,
+                    message.clone().unwrap_or_default()
+                ));
+            }
+            _ => {}
+        }
+        if let Some(strategy) = &ss.attach_strategy {
+            *strategies.entry(strategy.clone()).or_default() += 1;
+        }
+        counts.captured += ss.counts.captured;
+        counts.dropped += ss.counts.dropped;
+        counts.breaches += ss.counts.breaches;
+        results.extend(ss.results.iter().cloned());
+        node_results.push(NodeResult {
+            node: s.spec.node_name.clone(),
+            phase,
+            attach_strategy: ss.attach_strategy.clone(),
+            counts: ss.counts.clone(),
+            message,
+        });
+    }
+    node_results.sort_by(|a, b| a.node.cmp(&b.node));
+    let finished_nodes = nodes.done + nodes.failed;
+    let all_finished = !i.sessions.is_empty() && finished_nodes == nodes.targeted;
+
+    let phase = if i.sessions.is_empty() {
+        if i.now >= i.deadline {
+            Phase::Failed
+        } else {
+            Phase::Pending
+        }
+    } else if all_finished {
+        if nodes.failed > 0 {
+            Phase::Failed
+        } else {
+            Phase::Succeeded
+        }
+    } else if nodes.attached > 0 {
+        Phase::Running
+    } else {
+        Phase::Pending
+    };
+
+    let g = i.generation;
+    let c = &mut st.conditions;
+    match (&i.no_targets, i.sessions.is_empty()) {
+        (Some(why), true) => conditions::set(
+            c,
+            types::SCHEDULED,
+            false,
+            "NoMatchingPods",
+            why.clone(),
+            g,
+            &now_t,
+        ),
+        _ => {
+            let mut msg = format!("{} node(s) targeted", nodes.targeted);
+            for n in &i.notes {
+                msg.push_str("; ");
+                msg.push_str(n);
+            }
+            conditions::set(c, types::SCHEDULED, true, "SessionsCreated", msg, g, &now_t);
+        }
+    }
+    if nodes.attached > 0 {
+        let how: Vec<String> = strategies
+            .iter()
+            .map(|(s, n)| format!("{s} on {n} node(s)"))
+            .collect();
+        conditions::set(
+            c,
+            types::ATTACHED,
+            true,
+            "Attached",
+            format!("attached via {}", how.join(", ")),
+            g,
+            &now_t,
+        );
+    } else if !conditions::is_true(c, types::ATTACHED) {
+        conditions::set(
+            c,
+            types::ATTACHED,
+            false,
+            "Waiting",
+            "no node has attached yet",
+            g,
+            &now_t,
+        );
+    }
+    if counts.breaches > 0 {
+        let msg = format!("{} threshold breaches", counts.breaches);
+        conditions::set(
+            c,
+            types::THRESHOLD_BREACHED,
+            true,
+            "Breached",
+            msg,
+            g,
+            &now_t,
+        );
+    }
+    match phase {
+        Phase::Succeeded => {
+            conditions::set(
+                c,
+                types::COMPLETE,
+                true,
+                "Completed",
+                format!("{} node(s) done", nodes.done),
+                g,
+                &now_t,
+            );
+        }
+        Phase::Failed => {
+            let (reason, msg) = if i.sessions.is_empty() {
+                (
+                    "NoMatchingPods",
+                    i.no_targets
+                        .clone()
+                        .unwrap_or_else(|| "nothing matched the target".into()),
+                )
+            } else {
+                ("NodesFailed", failures.join("; "))
+            };
+            conditions::set(c, types::COMPLETE, false, reason, msg.clone(), g, &now_t);
+            conditions::set(c, types::FAILED, true, reason, msg, g, &now_t);
+        }
+        _ => {}
+    }
+    if phase.is_finished() {
+        st.completion_time.get_or_insert(now_t.clone());
+    }
+    st.phase = phase;
+    st.progress = Some(format!("{}/{}", finished_nodes, nodes.targeted));
+    st.nodes = nodes;
+    st.counts = counts;
+    st.results = results;
+    st.node_results = node_results;
+    st.summary = merge_summaries(i.sessions, i.top);
+    st
+}
+
+/// Rows with the same key are summed over nodes (counts and rates; the max of maxima), then the top N kept.
+/// Figures are per node, so they keep the node name when several nodes report.
+pub fn merge_summaries(sessions: &[ProbeSession], top: usize) -> Option<Summary> {
+    let summaries: Vec<(&str, &Summary)> = sessions
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s.spec.node_name.as_str(),
+                s.status.as_ref()?.summary.as_ref()?,
+            ))
+        })
+        .collect();
+    let (_, first) = summaries.first()?;
+    let mut rows: BTreeMap<&str, SummaryRow> = BTreeMap::new();
+    let mut figures = Vec::new();
+    for (node, s) in &summaries {
+        for r in &s.rows {
+            let e = rows.entry(r.key.as_str()).or_insert_with(|| SummaryRow {
+                key: r.key.clone(),
+                ..Default::default()
+            });
+            e.count += r.count;
+            e.per_second = add_opt(e.per_second, r.per_second, |a, b| a + b);
+            e.max = add_opt(e.max, r.max, f64::max);
+        }
+        for f in &s.figures {
+            let mut f = f.clone();
+            if summaries.len() > 1 {
+                f.name = format!("{node}: {}", f.name);
+            }
+            figures.push(f);
+        }
+    }
+    let mut rows: Vec<SummaryRow> = rows.into_values().collect();
+    rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+    rows.truncate(top);
+    Some(Summary {
+        key_meaning: first.key_meaning.clone(),
+        rows,
+        figures,
+    })
+}
+
+fn add_opt(a: Option<f64>, b: Option<f64>, f: impl Fn(f64, f64) -> f64) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(f(a, b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sonde_crds::ProbeSessionStatus;
+
+    fn session(node: &str, status: Option<ProbeSessionStatus>) -> ProbeSession {
+        let mut s: ProbeSession = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sonde.dev/v1alpha1", "kind": "ProbeSession",
+            "metadata": {"name": node},
+            "spec": {"nodeName": node, "probe": "wakeups", "resultPrefix": "p"},
+        }))
+        .unwrap();
+        s.status = status;
+        s
+    }
+
+    fn done(rows: &[(&str, u64)], breaches: u64) -> ProbeSessionStatus {
+        ProbeSessionStatus {
+            phase: Phase::Succeeded,
+            attach_strategy: Some("tp_btf".into()),
+            attached_at: Some(Time(Timestamp::from_second(100).unwrap())),
+            counts: Counts {
+                captured: 10,
+                dropped: 1,
+                breaches,
+            },
+            summary: Some(Summary {
+                key_meaning: "waker -> wakee".into(),
+                rows: rows
+                    .iter()
+                    .map(|(k, n)| SummaryRow {
+                        key: k.to_string(),
+                        count: *n,
+                        ..Default::default()
+                    })
+                    .collect(),
+                figures: vec![],
+            }),
+            results: vec![format!("file:///r/{}", rows.len())],
+            ..Default::default()
+        }
+    }
+
+    fn input<'a>(sessions: &'a [ProbeSession], now: i64) -> Input<'a> {
+        Input {
+            old: None,
+            sessions,
+            generation: Some(1),
+            start: Timestamp::from_second(100).unwrap(),
+            deadline: Timestamp::from_second(160).unwrap(),
+            now: Timestamp::from_second(now).unwrap(),
+            no_targets: None,
+            notes: vec![],
+            top: 2,
+        }
+    }
+
+    #[test]
+    fn finished_nodes_merge_into_one_answer() {
+        let sessions = [
+            session("a", Some(done(&[("x", 5), ("y", 1)], 2))),
+            session("b", Some(done(&[("x", 7), ("z", 3)], 0))),
+        ];
+        let st = rollup(&input(&sessions, 161));
+        assert_eq!(st.phase, Phase::Succeeded);
+        assert_eq!(st.progress.as_deref(), Some("2/2"));
+        assert_eq!(
+            st.counts,
+            Counts {
+                captured: 20,
+                dropped: 2,
+                breaches: 2
+            }
+        );
+        let rows = &st.summary.as_ref().unwrap().rows;
+        assert_eq!((rows[0].key.as_str(), rows[0].count), ("x", 12));
+        assert_eq!((rows[1].key.as_str(), rows[1].count), ("z", 3));
+        assert_eq!(rows.len(), 2);
+        assert!(conditions::is_true(&st.conditions, types::COMPLETE));
+        assert!(conditions::is_true(
+            &st.conditions,
+            types::THRESHOLD_BREACHED
+        ));
+        assert!(st.completion_time.is_some());
+        assert_eq!(st.results.len(), 2);
+    }
+
+    #[test]
+    fn running_pending_and_silent_agents() {
+        let running = ProbeSessionStatus {
+            phase: Phase::Running,
+            attached_at: Some(Time(Timestamp::from_second(101).unwrap())),
+            attach_strategy: Some("tracepoint".into()),
+            ..Default::default()
+        };
+        let sessions = [session("a", Some(running)), session("b", None)];
+        let st = rollup(&input(&sessions, 120));
+        assert_eq!(st.phase, Phase::Running);
+        assert_eq!(st.nodes.attached, 1);
+        // Long after the deadline nobody reported: failed, naming the node.
+        let st = rollup(&input(&sessions, 200));
+        assert_eq!(st.phase, Phase::Failed);
+        let failed = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::FAILED)
+            .unwrap();
+        assert!(
+            failed.message.contains("b: the agent on b did not report"),
+            "{}",
+            failed.message
+        );
+    }
+
+    #[test]
+    fn nothing_matching_is_pending_then_failed_with_the_reason() {
+        let mut i = input(&[], 120);
+        i.no_targets = Some("no running pod matches app=ping".into());
+        let st = rollup(&i);
+        assert_eq!(st.phase, Phase::Pending);
+        let sched = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::SCHEDULED)
+            .unwrap();
+        assert_eq!(
+            (sched.status.as_str(), sched.reason.as_str()),
+            ("False", "NoMatchingPods")
+        );
+        i.now = Timestamp::from_second(161).unwrap();
+        let st = rollup(&i);
+        assert_eq!(st.phase, Phase::Failed);
+        assert!(conditions::is_true(&st.conditions, types::FAILED));
+    }
+}
