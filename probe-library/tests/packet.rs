@@ -4,111 +4,11 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
-use std::process::{Child, Command, Stdio};
+use sonde_crds::*;
 use std::time::Duration;
 
-use sonde_crds::*;
 use sonde_probes::{Filter, ProbeConfig};
-
-struct Pair {
-    a: String,
-    b: String,
-    children: Vec<Child>,
-}
-
-fn ip(args: &[&str]) {
-    let st = Command::new("ip")
-        .args(args)
-        .status()
-        .expect("ip from iproute2");
-    assert!(st.success(), "ip {}", args.join(" "));
-}
-
-impl Pair {
-    /// `sa` --veth--> `sb` (10.<net>.0.1 -> 10.<net>.0.2) with `tbf` args on sa's end.
-    fn new(tag: &str, net: u8, tbf: &[&str]) -> Pair {
-        let (a, b) = (format!("sa-{tag}"), format!("sb-{tag}"));
-        let _ = Command::new("ip").args(["netns", "del", &a]).status();
-        let _ = Command::new("ip").args(["netns", "del", &b]).status();
-        let pair = Pair {
-            a: a.clone(),
-            b: b.clone(),
-            children: vec![],
-        };
-        let (va, vb) = (format!("va-{tag}"), format!("vb-{tag}"));
-        ip(&["netns", "add", &a]);
-        ip(&["netns", "add", &b]);
-        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
-        ip(&["link", "set", &va, "netns", &a]);
-        ip(&["link", "set", &vb, "netns", &b]);
-        ip(&[
-            "-n",
-            &a,
-            "addr",
-            "add",
-            &format!("10.{net}.0.1/24"),
-            "dev",
-            &va,
-        ]);
-        ip(&[
-            "-n",
-            &b,
-            "addr",
-            "add",
-            &format!("10.{net}.0.2/24"),
-            "dev",
-            &vb,
-        ]);
-        for (ns, dev) in [(&a, &va), (&b, &vb)] {
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        let mut qdisc = vec![
-            "netns", "exec", &a, "tc", "qdisc", "add", "dev", &va, "root", "tbf",
-        ];
-        qdisc.extend_from_slice(tbf);
-        let st = Command::new("ip").args(&qdisc).status().unwrap();
-        assert!(st.success(), "tc {qdisc:?}");
-        pair
-    }
-
-    fn netns_inode(&self, ns: &str) -> u32 {
-        std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino() as u32
-    }
-
-    /// A sink on sb:5201 and a sender in sa pushing bytes for `secs`.
-    fn bulk_flow(&mut self, net: u8, secs: f64) {
-        let server = format!(
-            "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('10.{net}.0.2', 5201)); s.listen(1)\nc,_=s.accept()\nwhile c.recv(1<<16): pass"
-        );
-        let client = format!(
-            "import socket,time\nc=socket.create_connection(('10.{net}.0.2', 5201))\nend=time.time()+{secs}\nb=b'x'*65536\nwhile time.time()<end: c.send(b)"
-        );
-        let spawn = |ns: &str, code: &str| {
-            Command::new("ip")
-                .args(["netns", "exec", ns, "python3", "-c", code])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        };
-        self.children.push(spawn(&self.b, &server));
-        std::thread::sleep(Duration::from_millis(300));
-        self.children.push(spawn(&self.a, &client));
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
-    }
-}
+use sonde_tests::NetPair as Pair;
 
 #[test]
 fn packet_latency_puts_the_tbf_delay_between_xmit_and_receive() {
@@ -139,7 +39,7 @@ fn packet_latency_puts_the_tbf_delay_between_xmit_and_receive() {
             ..Default::default()
         },
     };
-    pair.bulk_flow(77, 3.0);
+    pair.bulk_flow(3.0);
     let common::Outcome {
         events,
         findings,
@@ -225,7 +125,7 @@ fn tcp_retransmit_sees_drops_at_a_tiny_queue() {
         thresholds: vec![],
         output: Output::default(),
     };
-    pair.bulk_flow(78, 3.0);
+    pair.bulk_flow(3.0);
     let common::Outcome {
         events, findings, ..
     } = common::trace(cfg, Duration::from_secs(4), || {});

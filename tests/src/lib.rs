@@ -5,11 +5,13 @@
 mod components;
 mod controlplane;
 mod namespace;
+mod netpair;
 mod node;
 
 pub use components::Component;
 pub use controlplane::{ControlPlane, Identity};
 pub use namespace::TestNamespace;
+pub use netpair::NetPair;
 pub use node::{CgroupDriver, RealPod, register_this_node, this_node_name};
 
 /// The repository root, for examples/ and crds/.

@@ -1,0 +1,138 @@
+//! Field case B's network: two namespaces joined by a veth pair with a tight tbf qdisc on the sender's end, and
+//! a TCP bulk flow across it, so segments queue in the qdisc. Needs root; namespaces go away on drop.
+
+use std::os::unix::fs::MetadataExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct NetPair {
+    /// The sending namespace `sa-<tag>` (10.<net>.0.1, tbf on its veth end `va-<tag>`).
+    pub a: String,
+    /// The receiving namespace `sb-<tag>` (10.<net>.0.2 on `vb-<tag>`).
+    pub b: String,
+    pub net: u8,
+    children: Vec<Child>,
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("ip from iproute2");
+    assert!(st.success(), "ip {}", args.join(" "));
+}
+
+impl NetPair {
+    /// `sa-<tag>` --veth--> `sb-<tag>` with `tbf` arguments on sa's end.
+    pub fn new(tag: &str, net: u8, tbf: &[&str]) -> NetPair {
+        let (a, b) = (format!("sa-{tag}"), format!("sb-{tag}"));
+        for ns in [&a, &b] {
+            // Left over from a killed run, if anything.
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+        let pair = NetPair {
+            a: a.clone(),
+            b: b.clone(),
+            net,
+            children: vec![],
+        };
+        let (va, vb) = (format!("va-{tag}"), format!("vb-{tag}"));
+        ip(&["netns", "add", &a]);
+        ip(&["netns", "add", &b]);
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        ip(&["link", "set", &va, "netns", &a]);
+        ip(&["link", "set", &vb, "netns", &b]);
+        ip(&[
+            "-n",
+            &a,
+            "addr",
+            "add",
+            &format!("10.{net}.0.1/24"),
+            "dev",
+            &va,
+        ]);
+        ip(&[
+            "-n",
+            &b,
+            "addr",
+            "add",
+            &format!("10.{net}.0.2/24"),
+            "dev",
+            &vb,
+        ]);
+        for (ns, dev) in [(&a, &va), (&b, &vb)] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        let mut qdisc = vec![
+            "netns", "exec", &a, "tc", "qdisc", "add", "dev", &va, "root", "tbf",
+        ];
+        qdisc.extend_from_slice(tbf);
+        let st = Command::new("ip").args(&qdisc).status().unwrap();
+        assert!(st.success(), "tc {qdisc:?}");
+        pair
+    }
+
+    pub fn netns_inode(&self, ns: &str) -> u32 {
+        std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino() as u32
+    }
+
+    /// argv of the sink: a TCP server on 10.<net>.0.2:5201 in the receiving namespace, reading until EOF.
+    pub fn sink_argv(&self) -> Vec<String> {
+        let code = format!(
+            "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('10.{}.0.2', 5201)); s.listen(1)\nc,_=s.accept()\nwhile c.recv(1<<16): pass",
+            self.net
+        );
+        ["ip", "netns", "exec", &self.b, "python3", "-c", &code]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    /// Starts the sender in `sa`, pushing bytes to the sink for `secs`.
+    pub fn start_sender(&mut self, secs: f64) {
+        let code = format!(
+            "import socket,time\nc=socket.create_connection(('10.{}.0.2', 5201))\nend=time.time()+{secs}\nb=b'x'*65536\nwhile time.time()<end: c.send(b)",
+            self.net
+        );
+        self.spawn(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.a.clone(),
+            "python3",
+            "-c",
+            &code,
+        ]);
+    }
+
+    /// The sink and the sender, both as plain processes.
+    pub fn bulk_flow(&mut self, secs: f64) {
+        let sink = self.sink_argv();
+        self.spawn(&sink.iter().map(String::as_str).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(300));
+        self.start_sender(secs);
+    }
+
+    fn spawn(&mut self, argv: &[&str]) {
+        let child = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning a flow process");
+        self.children.push(child);
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
