@@ -28,7 +28,10 @@ impl NetPair {
         let (a, b) = (format!("sa-{tag}"), format!("sb-{tag}"));
         for ns in [&a, &b] {
             // Left over from a killed run, if anything.
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
         }
         let pair = NetPair {
             a: a.clone(),
