@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 export SONDE_CONTROLPLANE_DIR
 SONDE_CONTROLPLANE_DIR=$(tests/controlplane/build.sh)
+export SONDE_HELM
+SONDE_HELM=$(scripts/tools.sh)
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 mkdir -p target

@@ -1,7 +1,7 @@
 //! Sonde's own processes under test: the operator and the node agent, run from the workspace's binaries with
 //! the admin kubeconfig, logging into a file that is printed when a test fails.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
@@ -42,11 +42,11 @@ pub struct Component {
 }
 
 impl Component {
-    fn spawn(plane: &ControlPlane, name: &'static str, args: &[String], log: PathBuf) -> Component {
+    fn spawn(kubeconfig: &Path, name: &'static str, args: &[String], log: PathBuf) -> Component {
         let out = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin_dir().join(name))
             .args(args)
-            .env("KUBECONFIG", plane.kubeconfig(Identity::Admin))
+            .env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",
                 "info,kube=warn,sonde_agent=debug,sonde_operator=debug",
@@ -59,29 +59,37 @@ impl Component {
         Component { name, child, log }
     }
 
-    /// The operator, leading through a Lease in `lease_namespace`.
-    pub fn operator(
-        plane: &ControlPlane,
-        lease_namespace: &str,
-        dir: &std::path::Path,
-    ) -> Component {
-        let args = [
-            "--metrics-addr=127.0.0.1:0".to_string(),
-            format!("--lease-namespace={lease_namespace}"),
-            "--identity=e2e-operator".into(),
-            "--lease-seconds=4".into(),
-        ];
-        Self::spawn(plane, "sonde-operator", &args, dir.join("operator.log"))
+    /// The operator acting as the identity in `kubeconfig`, leading through a Lease in `lease_namespace`.
+    pub fn operator(kubeconfig: &Path, lease_namespace: &str, dir: &Path) -> Component {
+        Self::operator_named(kubeconfig, lease_namespace, dir, "e2e-operator", 0)
     }
 
-    /// The agent for this host's Node, writing results to `dir/results`.
-    pub fn agent(plane: &ControlPlane, dir: &std::path::Path) -> Component {
+    /// An operator replica with its own Lease identity and metrics port (0: any free port).
+    pub fn operator_named(
+        kubeconfig: &Path,
+        lease_namespace: &str,
+        dir: &Path,
+        identity: &str,
+        metrics_port: u16,
+    ) -> Component {
+        let args = [
+            format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+            format!("--lease-namespace={lease_namespace}"),
+            format!("--identity={identity}"),
+            "--lease-seconds=4".into(),
+        ];
+        let log = dir.join(format!("{identity}.log"));
+        Self::spawn(kubeconfig, "sonde-operator", &args, log)
+    }
+
+    /// The agent for this host's Node acting as the identity in `kubeconfig`, writing results to `dir/results`.
+    pub fn agent(kubeconfig: &Path, dir: &Path) -> Component {
         let args = [
             format!("--node-name={}", crate::this_node_name()),
             format!("--spool={}", dir.join("spool").display()),
             format!("--storage-url=file://{}", dir.join("results").display()),
         ];
-        Self::spawn(plane, "sonde-agent", &args, dir.join("agent.log"))
+        Self::spawn(kubeconfig, "sonde-agent", &args, dir.join("agent.log"))
     }
 
     pub fn kill(&mut self) {
@@ -106,4 +114,69 @@ impl Drop for Component {
             );
         }
     }
+}
+
+/// The chart's helm binary: $SONDE_HELM (scripts/tools.sh builds it) or `helm` on PATH.
+pub fn helm(args: &[&str]) -> (bool, String, String) {
+    let bin = std::env::var("SONDE_HELM").unwrap_or_else(|_| "helm".into());
+    let out = Command::new(&bin)
+        .args(args)
+        .current_dir(crate::repo_root())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{bin}: {e} (scripts/tools.sh builds helm into ~/.cache/sonde)")
+        });
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Installs the chart's service accounts and RBAC (rendered by helm into `namespace`) and returns kubeconfigs
+/// for the operator and agent service accounts, so tests run them with exactly the chart's privileges.
+pub fn chart_identities(plane: &ControlPlane, namespace: &str) -> (PathBuf, PathBuf) {
+    let (ok, rbac, err) = helm(&[
+        "template",
+        "--kube-version=1.35.4",
+        "sonde",
+        "helm/sonde",
+        "-n",
+        namespace,
+        "--show-only",
+        "templates/rbac.yaml",
+    ]);
+    assert!(ok, "helm template: {err}");
+    let file = plane.dir.join(format!("chart-rbac-{namespace}.yaml"));
+    std::fs::write(&file, rbac).unwrap();
+    let _ = plane.kubectl(Identity::Admin, &["create", "namespace", namespace]);
+    let (ok, _, err) = plane.kubectl(
+        Identity::Admin,
+        &["apply", "--server-side", "-f", file.to_str().unwrap()],
+    );
+    assert!(ok, "applying the chart's RBAC: {err}");
+    let admin = std::fs::read_to_string(plane.kubeconfig(Identity::Admin)).unwrap();
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("server in kubeconfig")
+        .to_string();
+    let mut out = Vec::new();
+    for sa in ["sonde-operator", "sonde-agent"] {
+        let (ok, token, err) = plane.kubectl(
+            Identity::Admin,
+            &["create", "token", sa, "-n", namespace, "--duration=2h"],
+        );
+        assert!(ok, "token for {sa}: {err}");
+        let kc = plane.dir.join(format!("{sa}-{namespace}.kubeconfig"));
+        let ca = plane.dir.join("pki/ca.crt");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: '{server}', certificate-authority: '{}'}}\nusers:\n- name: {sa}\n  user: {{token: '{}'}}\ncontexts:\n- name: {sa}\n  context: {{cluster: c, user: {sa}}}\ncurrent-context: {sa}\n",
+            ca.display(),
+            token.trim()
+        );
+        std::fs::write(&kc, text).unwrap();
+        out.push(kc);
+    }
+    (out.remove(0), out.remove(0))
 }

@@ -8,7 +8,7 @@ mod namespace;
 mod netpair;
 mod node;
 
-pub use components::Component;
+pub use components::{Component, chart_identities, helm};
 pub use controlplane::{ControlPlane, Identity};
 pub use namespace::TestNamespace;
 pub use netpair::NetPair;
@@ -23,7 +23,20 @@ pub fn repo_root() -> std::path::PathBuf {
 }
 
 /// Polls `check` every 200 ms until it holds or `limit` passes; returns whether it held.
-pub async fn wait_for<F, Fut>(limit: std::time::Duration, mut check: F) -> bool
+pub async fn wait_for<F, Fut>(limit: std::time::Duration, check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_for_every(limit, std::time::Duration::from_millis(200), check).await
+}
+
+/// [`wait_for`] with a chosen polling interval, for measurements.
+pub async fn wait_for_every<F, Fut>(
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    mut check: F,
+) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -36,7 +49,7 @@ where
         if tokio::time::Instant::now() >= until {
             return false;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

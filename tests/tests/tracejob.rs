@@ -13,7 +13,7 @@ use sonde_crds::conditions::{is_true, types};
 use sonde_crds::{Phase, ProbeSession, TraceJob};
 use sonde_tests::{
     CgroupDriver, Component, ControlPlane, Identity, RealPod, TestNamespace, bpf_programs,
-    register_this_node, wait_for,
+    chart_identities, register_this_node, wait_for, wait_for_every,
 };
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -27,6 +27,14 @@ const WAKEUPS_PROGS: &[&str] = &[
     "tp_sched_waking",
 ];
 
+/// Who the operator and agent act as.
+enum As {
+    /// The test cluster's admin.
+    Admin,
+    /// The Helm chart's service accounts, with exactly the chart's RBAC.
+    Chart,
+}
+
 struct Scene {
     // Drop order: processes first, then pods, then the namespace.
     agent: Option<Component>,
@@ -34,14 +42,20 @@ struct Scene {
     pods: Vec<RealPod>,
     host: Vec<Child>,
     client: Client,
-    plane: &'static ControlPlane,
     ns: TestNamespace,
     dir: tempfile::TempDir,
+    operator_kc: std::path::PathBuf,
+    agent_kc: std::path::PathBuf,
+    lease_ns: String,
     _serial: MutexGuard<'static, ()>,
 }
 
 impl Scene {
     async fn new(prefix: &str) -> Scene {
+        Self::acting_as(prefix, As::Admin).await
+    }
+
+    async fn acting_as(prefix: &str, who: As) -> Scene {
         let serial = SERIAL.lock().await;
         let plane = ControlPlane::get().await;
         let client = plane.client(Identity::Admin).await;
@@ -57,15 +71,28 @@ impl Scene {
             "wakeups programs attached before the test started: {:?}",
             bpf_programs(WAKEUPS_PROGS)
         );
+        let (operator_kc, agent_kc, lease_ns) = match who {
+            As::Admin => (
+                plane.kubeconfig(Identity::Admin),
+                plane.kubeconfig(Identity::Admin),
+                ns.name.clone(),
+            ),
+            As::Chart => {
+                let (o, a) = chart_identities(plane, "sonde-system");
+                (o, a, "sonde-system".to_string())
+            }
+        };
         let mut s = Scene {
             agent: None,
             operator: None,
             pods: vec![],
             host: vec![],
             client,
-            plane,
             ns,
             dir,
+            operator_kc,
+            agent_kc,
+            lease_ns,
             _serial: serial,
         };
         s.start_operator();
@@ -75,14 +102,14 @@ impl Scene {
 
     fn start_operator(&mut self) {
         self.operator = Some(Component::operator(
-            self.plane,
-            &self.ns.name,
+            &self.operator_kc,
+            &self.lease_ns,
             self.dir.path(),
         ));
     }
 
     fn start_agent(&mut self) {
-        self.agent = Some(Component::agent(self.plane, self.dir.path()));
+        self.agent = Some(Component::agent(&self.agent_kc, self.dir.path()));
     }
 
     fn jobs(&self) -> Api<TraceJob> {
@@ -195,9 +222,10 @@ fn finished(j: &TraceJob) -> bool {
 }
 
 /// Field case A on the cluster path: the job targets pods `app=ping`; the answer names the noisy neighbour.
+/// The operator and agent run as the Helm chart's service accounts: its RBAC is enough for the whole path.
 #[tokio::test(flavor = "multi_thread")]
 async fn wakeups_job_on_a_ping_pod_names_the_wakee() {
-    let mut s = Scene::new("wakeups").await;
+    let mut s = Scene::acting_as("wakeups", As::Chart).await;
     let listener = s.isc_socket();
     let ping = s.ping_pod("ping").await;
     s.create_job(&wakeups_job("ping-wakeups", "4s")).await;
@@ -620,21 +648,25 @@ async fn apply_to_attached_latency_over_20_jobs() {
         let name = format!("quick-{i}");
         let t0 = Instant::now();
         s.create_job(&wakeups_job(&name, "1s")).await;
-        let attached = wait_for(Duration::from_secs(20), || async {
-            sessions
-                .list(&ListParams::default())
-                .await
-                .map(|l| {
-                    l.items.iter().any(|p| {
-                        p.metadata
-                            .name
-                            .as_deref()
-                            .is_some_and(|n| n.starts_with(&name))
-                            && p.status.as_ref().is_some_and(|st| st.attached_at.is_some())
+        let attached = wait_for_every(
+            Duration::from_secs(20),
+            Duration::from_millis(10),
+            || async {
+                sessions
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| {
+                        l.items.iter().any(|p| {
+                            p.metadata
+                                .name
+                                .as_deref()
+                                .is_some_and(|n| n.starts_with(&name))
+                                && p.status.as_ref().is_some_and(|st| st.attached_at.is_some())
+                        })
                     })
-                })
-                .unwrap_or(false)
-        })
+                    .unwrap_or(false)
+            },
+        )
         .await;
         assert!(attached, "{name} never attached");
         took.push(t0.elapsed());
@@ -653,4 +685,107 @@ async fn apply_to_attached_latency_over_20_jobs() {
         p(0.95),
         took[took.len() - 1]
     );
+}
+
+/// Two replicas: one leads, the other takes over when the leader dies, and reconciles from then on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_operator_takes_over_the_lease() {
+    let mut s = Scene::new("leader").await;
+    let port = free_port();
+    let standby = Component::operator_named(
+        &s.operator_kc,
+        &s.lease_ns,
+        s.dir.path(),
+        "e2e-standby",
+        port,
+    );
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(s.client.clone(), &s.lease_ns);
+    let holder = || async {
+        leases
+            .get_opt("sonde-operator")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            holder().await == "e2e-operator"
+        })
+        .await,
+        "first replica never led"
+    );
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    assert_eq!(
+        http_status(&ready).await,
+        Some(503),
+        "the standby claims to be ready"
+    );
+    s.operator.as_mut().unwrap().kill();
+    let t0 = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(15), || async {
+            holder().await == "e2e-standby"
+        })
+        .await,
+        "the standby never took over"
+    );
+    eprintln!(
+        "standby took the lease {:?} after the leader died (lease 4 s)",
+        t0.elapsed()
+    );
+    assert_eq!(http_status(&ready).await, Some(200));
+    s.operator = Some(standby);
+    s.ping_pod("ping").await;
+    s.create_job(&(wakeups_job("after-failover", "2s") + "  ttlSecondsAfterFinished: 1\n"))
+        .await;
+    s.wait_job("after-failover", Duration::from_secs(30), finished)
+        .await;
+    // The TTL deletes the finished job.
+    let jobs = s.jobs();
+    let gone = wait_for(Duration::from_secs(15), || async {
+        jobs.get_opt("after-failover")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    })
+    .await;
+    assert!(gone, "ttlSecondsAfterFinished did not delete the job");
+    let metrics = http_body(&format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap_or_default();
+    assert!(
+        metrics.contains("sonde_operator_reconciles_total{kind=\"tracejob\"}"),
+        "{metrics}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn http_get(url: &str) -> Option<(u16, String)> {
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", url])
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_string()))
+}
+
+async fn http_status(url: &str) -> Option<u16> {
+    http_get(url).await.map(|(c, _)| c)
+}
+
+async fn http_body(url: &str) -> Option<String> {
+    http_get(url).await.map(|(_, b)| b)
 }
