@@ -102,13 +102,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     );
 
     let stopped_by = trace_loop(&mut running, &mut writer, duration, args.json)?;
-    let top = job
-        .spec
-        .params
-        .as_ref()
-        .and_then(|p| p.wakeups.as_ref())
-        .and_then(|w| w.top)
-        .unwrap_or(10) as usize;
+    let top = sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref());
     let mut write_err = None;
     let findings = running.finish(top, write_events(&mut writer, &mut write_err));
     if let Some(e) = write_err {

@@ -128,6 +128,14 @@ pub struct ProbeParams {
 }
 
 impl ProbeParams {
+    /// How many summary rows to keep: `params.wakeups.top` where the probe has it, else 10.
+    pub fn top_rows(params: Option<&ProbeParams>) -> usize {
+        params
+            .and_then(|p| p.wakeups.as_ref())
+            .and_then(|w| w.top)
+            .unwrap_or(10) as usize
+    }
+
     /// Sections that are set, by their manifest key.
     pub fn set_sections(&self) -> Vec<&'static str> {
         let mut out = Vec::new();

@@ -217,7 +217,7 @@ pub async fn run(
     };
     tracing::info!(session = %job.name, ?stop, "stopping");
 
-    let top = top_rows(&job.spec);
+    let top = sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref());
     let findings = tokio::task::block_in_place(|| {
         running.finish(top, |ev| {
             if let Err(e) = writer.event(ev) {
@@ -351,14 +351,6 @@ fn probe_config(spec: &ProbeSessionSpec, t: &Targets) -> ProbeConfig {
         thresholds: spec.thresholds.clone(),
         output: spec.output.clone(),
     }
-}
-
-fn top_rows(spec: &ProbeSessionSpec) -> usize {
-    spec.params
-        .as_ref()
-        .and_then(|p| p.wakeups.as_ref())
-        .and_then(|w| w.top)
-        .unwrap_or(10) as usize
 }
 
 fn fill_counts(status: &mut ProbeSessionStatus, running: &Running) {

@@ -148,13 +148,7 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
         }
         sessions = owned_sessions(&sessions_api, &uid).await?;
     }
-    let top = job
-        .spec
-        .params
-        .as_ref()
-        .and_then(|p| p.wakeups.as_ref())
-        .and_then(|w| w.top)
-        .unwrap_or(10) as usize;
+    let top = sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref());
     let status = rollup::rollup(&rollup::Input {
         old: old.as_ref(),
         sessions: &sessions,

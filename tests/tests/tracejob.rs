@@ -180,6 +180,21 @@ impl Scene {
         job
     }
 
+    async fn wait_attached(&self, name: &str) -> TraceJob {
+        self.wait_job(name, Duration::from_secs(30), |j| {
+            j.status.as_ref().is_some_and(|st| st.nodes.attached == 1)
+        })
+        .await
+    }
+
+    async fn session_list(&self) -> Vec<ProbeSession> {
+        self.sessions()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+
     async fn events_for(&self, name: &str) -> Vec<(String, String)> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
         api.list(&ListParams::default())
@@ -313,14 +328,7 @@ async fn a_job_matching_nothing_says_so() {
         .wait_job("lonely", Duration::from_secs(20), finished)
         .await;
     assert_eq!(job.status.as_ref().unwrap().phase, Phase::Failed);
-    assert!(
-        s.sessions()
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert!(s.session_list().await.is_empty());
     let reasons: Vec<String> = s
         .events_for("lonely")
         .await
@@ -335,10 +343,7 @@ async fn deleting_a_job_detaches_within_a_second() {
     let mut s = Scene::new("delete").await;
     s.ping_pod("ping").await;
     s.create_job(&wakeups_job("long", "10m")).await;
-    s.wait_job("long", Duration::from_secs(30), |j| {
-        j.status.as_ref().is_some_and(|st| st.nodes.attached == 1)
-    })
-    .await;
+    s.wait_attached("long").await;
     assert!(
         !bpf_programs(WAKEUPS_PROGS).is_empty(),
         "attached per status but no program loaded"
@@ -364,18 +369,9 @@ async fn the_deadline_holds_while_the_operator_is_down() {
     let mut s = Scene::new("deadline").await;
     s.ping_pod("ping").await;
     s.create_job(&wakeups_job("short", "6s")).await;
-    s.wait_job("short", Duration::from_secs(30), |j| {
-        j.status.as_ref().is_some_and(|st| st.nodes.attached == 1)
-    })
-    .await;
+    s.wait_attached("short").await;
     s.operator.as_mut().unwrap().kill();
-    let session = s
-        .sessions()
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .remove(0);
+    let session = s.session_list().await.remove(0);
     let deadline = session
         .spec
         .deadline
@@ -422,27 +418,14 @@ async fn an_operator_restart_mid_job_keeps_one_session_per_node() {
     let mut s = Scene::new("restart").await;
     s.ping_pod("ping").await;
     s.create_job(&wakeups_job("steady", "8s")).await;
-    s.wait_job("steady", Duration::from_secs(30), |j| {
-        j.status.as_ref().is_some_and(|st| st.nodes.attached == 1)
-    })
-    .await;
-    let before = s
-        .sessions()
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
+    s.wait_attached("steady").await;
+    let before = s.session_list().await;
     s.operator.as_mut().unwrap().kill();
     s.start_operator();
     let job = s
         .wait_job("steady", Duration::from_secs(40), finished)
         .await;
-    let after = s
-        .sessions()
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
+    let after = s.session_list().await;
     assert_eq!(before.len(), 1);
     assert_eq!(
         after.len(),
@@ -467,10 +450,7 @@ async fn a_killed_agent_leaves_nothing_attached_and_its_successor_is_truthful() 
     let mut s = Scene::new("agentkill").await;
     s.ping_pod("ping").await;
     s.create_job(&wakeups_job("orphan", "12s")).await;
-    s.wait_job("orphan", Duration::from_secs(30), |j| {
-        j.status.as_ref().is_some_and(|st| st.nodes.attached == 1)
-    })
-    .await;
+    s.wait_attached("orphan").await;
     assert!(!bpf_programs(WAKEUPS_PROGS).is_empty());
     s.agent.as_mut().unwrap().kill();
     assert!(
@@ -498,10 +478,7 @@ async fn a_pod_added_mid_run_is_traced() {
     let listener = s.isc_socket();
     let first = s.ping_pod("ping-1").await;
     s.create_job(&wakeups_job("growing", "8s")).await;
-    s.wait_job("growing", Duration::from_secs(30), |j| {
-        j.status.as_ref().is_some_and(|st| st.nodes.attached == 1)
-    })
-    .await;
+    s.wait_attached("growing").await;
     let second = s.ping_pod("ping-2").await;
     let sessions = s.sessions();
     let listed = wait_for(Duration::from_secs(10), || async {
@@ -537,13 +514,7 @@ async fn a_session_over_its_budget_is_stopped() {
     assert_eq!(st.phase, Phase::Failed);
     let msg = st.node_results[0].message.clone().unwrap_or_default();
     assert!(msg.contains("budget"), "{msg}");
-    let session = s
-        .sessions()
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .remove(0);
+    let session = s.session_list().await.remove(0);
     assert!(is_true(
         &session.status.unwrap().conditions,
         types::OVER_BUDGET
@@ -586,10 +557,7 @@ spec:
   output: {events: false}
 "#;
     s.create_job(yaml).await;
-    s.wait_job("slow-segments", Duration::from_secs(30), |j| {
-        j.status.as_ref().is_some_and(|st| st.nodes.attached == 1)
-    })
-    .await;
+    s.wait_attached("slow-segments").await;
     pair.start_sender(3.0);
     let job = s
         .wait_job("slow-segments", Duration::from_secs(40), finished)
