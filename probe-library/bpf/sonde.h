@@ -30,7 +30,7 @@ enum sonde_stat {
 /* --- config set before load --- */
 const volatile __u8 cfg_filter_cgroup = 0;
 const volatile __u8 cfg_filter_pid = 0;
-const volatile __u8 cfg_filter_comm = 0;
+const volatile __u8 cfg_filter_comm = 0;    /* how many of cfg_comms are set (0: no comm filter) */
 const volatile __u8 cfg_emit_events = 1;    /* send every admitted event, not only breaches */
 const volatile __u32 cfg_sample_every = 1;  /* keep 1 in N non-breaching events */
 const volatile __u64 cfg_threshold = 0;     /* 0: no threshold; unit depends on the probe */
@@ -55,12 +55,9 @@ struct comm_key {
 	char comm[TASK_COMM_LEN];
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, struct comm_key);
-	__type(value, __u8);
-} filter_comms SEC(".maps");
+#define MAX_COMMS 8
+/* The comm filter is read-only config: compared word by word, cheaper than a hash lookup on every event. */
+const volatile struct comm_key cfg_comms[MAX_COMMS] = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -83,9 +80,18 @@ static __always_inline void stat_inc(__u32 slot)
 
 static __always_inline bool comm_admitted(const char comm[TASK_COMM_LEN])
 {
-	struct comm_key k = {};
-	__builtin_memcpy(k.comm, comm, TASK_COMM_LEN);
-	return bpf_map_lookup_elem(&filter_comms, &k) != NULL;
+	__u64 lo, hi;
+	__builtin_memcpy(&lo, comm, 8);
+	__builtin_memcpy(&hi, comm + 8, 8);
+#pragma unroll
+	for (int i = 0; i < MAX_COMMS; i++) {
+		if (i >= cfg_filter_comm)
+			break;
+		const volatile __u64 *want = (const volatile __u64 *)cfg_comms[i].comm;
+		if (want[0] == lo && want[1] == hi)
+			return true;
+	}
+	return false;
 }
 
 /* Does the target filter admit a task with this cgroup, tgid and comm? Unset filters admit everything. */
@@ -210,11 +216,11 @@ struct wakeup_event {
 };
 
 /* wakeups: the in-kernel aggregate, keyed by pair. */
+/* A pair is keyed by thread ids only: 8 bytes hash faster than ids plus two comms. The comms are taken when the
+ * pair is first seen (a thread that execs later keeps its old name in this pair). */
 struct wakeup_key {
 	__u32 waker_tid;
 	__u32 wakee_tid;
-	char waker_comm[TASK_COMM_LEN];
-	char wakee_comm[TASK_COMM_LEN];
 };
 
 struct wakeup_val {
@@ -224,6 +230,8 @@ struct wakeup_val {
 	__u32 breached_windows;
 	__u32 waker_pid;
 	__u32 wakee_pid;
+	char waker_comm[TASK_COMM_LEN];
+	char wakee_comm[TASK_COMM_LEN];
 };
 
 /* packet-latency stages */
@@ -301,8 +309,8 @@ struct note_event {
 
 /* Layouts are shared with Rust (sonde_probe_abi); both sides assert the sizes. */
 _Static_assert(sizeof(struct wakeup_event) == 80, "wakeup_event layout");
-_Static_assert(sizeof(struct wakeup_key) == 40, "wakeup_key layout");
-_Static_assert(sizeof(struct wakeup_val) == 32, "wakeup_val layout");
+_Static_assert(sizeof(struct wakeup_key) == 8, "wakeup_key layout");
+_Static_assert(sizeof(struct wakeup_val) == 64, "wakeup_val layout");
 _Static_assert(sizeof(struct pkt_event) == 128, "pkt_event layout");
 _Static_assert(sizeof(struct stack_key) == 28, "stack_key layout");
 _Static_assert(sizeof(struct latency_event) == 96, "latency_event layout");

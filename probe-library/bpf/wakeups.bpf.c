@@ -11,28 +11,40 @@ struct {
 	__type(value, struct wakeup_val);
 } pairs SEC(".maps");
 
-/* `key->wakee_comm` is filled by the caller; `p` is NULL on the classic tracepoint. */
-static __always_inline int on_wakeup(struct wakeup_key *key, __u32 wakee_pid, __u32 wakee_tid,
+/* `p` is NULL on the classic tracepoint. Without a threshold no clock is read: the count alone is kept. */
+static __always_inline int on_wakeup(const char wakee_comm[TASK_COMM_LEN], __u32 wakee_pid, __u32 wakee_tid,
 				     struct task_struct *p, bool wakee_ok)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	bpf_get_current_comm(key->waker_comm, sizeof(key->waker_comm));
-	if (!wakee_ok && !admitted(bpf_get_current_cgroup_id(), id >> 32, key->waker_comm))
-		return 0;
+	char waker_comm[TASK_COMM_LEN] = {};
+	bool have_waker_comm = false;
+	if (!wakee_ok) {
+		if (cfg_filter_comm) {
+			bpf_get_current_comm(waker_comm, sizeof(waker_comm));
+			have_waker_comm = true;
+		}
+		if (!admitted(cfg_filter_cgroup ? bpf_get_current_cgroup_id() : 0, id >> 32, waker_comm))
+			return 0;
+	}
 	stat_inc(STAT_SEEN);
-	key->waker_tid = (__u32)id;
-	key->wakee_tid = wakee_tid;
-
-	__u64 now = bpf_ktime_get_ns();
-	struct wakeup_val *v = bpf_map_lookup_elem(&pairs, key);
+	struct wakeup_key key = { .waker_tid = (__u32)id, .wakee_tid = wakee_tid };
+	__u64 now = cfg_threshold || cfg_emit_events ? bpf_ktime_get_ns() : 0;
+	struct wakeup_val *v = bpf_map_lookup_elem(&pairs, &key);
 	if (!v) {
 		struct wakeup_val init = { .window_start_ns = now, .waker_pid = id >> 32, .wakee_pid = wakee_pid };
-		bpf_map_update_elem(&pairs, key, &init, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(&pairs, key);
+		if (have_waker_comm)
+			__builtin_memcpy(init.waker_comm, waker_comm, TASK_COMM_LEN);
+		else
+			bpf_get_current_comm(init.waker_comm, sizeof(init.waker_comm));
+		__builtin_memcpy(init.wakee_comm, wakee_comm, TASK_COMM_LEN);
+		bpf_map_update_elem(&pairs, &key, &init, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&pairs, &key);
 		if (!v)
 			return 0;
 	}
 	__sync_fetch_and_add(&v->count, 1);
+	if (!cfg_threshold && !cfg_emit_events)
+		return 0;
 	/* The one-second window is per pair; a lost race between CPUs only blurs a window's edge. */
 	if (now - v->window_start_ns >= 1000000000ull) {
 		v->window_start_ns = now;
@@ -60,8 +72,8 @@ static __always_inline int on_wakeup(struct wakeup_key *key, __u32 wakee_pid, __
 	e->flags = breach ? EV_BREACH : 0;
 	e->cpu = bpf_get_smp_processor_id();
 	e->_pad = 0;
-	__builtin_memcpy(e->waker_comm, key->waker_comm, TASK_COMM_LEN);
-	__builtin_memcpy(e->wakee_comm, key->wakee_comm, TASK_COMM_LEN);
+	__builtin_memcpy(e->waker_comm, v->waker_comm, TASK_COMM_LEN);
+	__builtin_memcpy(e->wakee_comm, wakee_comm, TASK_COMM_LEN);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
@@ -69,10 +81,10 @@ static __always_inline int on_wakeup(struct wakeup_key *key, __u32 wakee_pid, __
 /* fentry and tp_btf get a BTF-typed task: plain loads, no probe-read helper calls. */
 static __always_inline int on_btf_task(struct task_struct *p)
 {
-	struct wakeup_key key = {};
-	__builtin_memcpy(key.wakee_comm, p->comm, TASK_COMM_LEN);
+	char comm[TASK_COMM_LEN];
+	__builtin_memcpy(comm, p->comm, TASK_COMM_LEN);
 	__u32 tgid = p->tgid;
-	return on_wakeup(&key, tgid, p->pid, p, task_admitted_as(p, tgid, key.wakee_comm));
+	return on_wakeup(comm, tgid, p->pid, p, task_admitted_as(p, tgid, comm));
 }
 
 SEC("fentry/try_to_wake_up")
@@ -84,10 +96,10 @@ int BPF_PROG(fentry_try_to_wake_up, struct task_struct *p)
 SEC("kprobe/try_to_wake_up")
 int BPF_KPROBE(kprobe_try_to_wake_up, struct task_struct *p)
 {
-	struct wakeup_key key = {};
-	BPF_CORE_READ_STR_INTO(&key.wakee_comm, p, comm);
+	char comm[TASK_COMM_LEN] = {};
+	BPF_CORE_READ_STR_INTO(&comm, p, comm);
 	__u32 tgid = BPF_CORE_READ(p, tgid);
-	return on_wakeup(&key, tgid, BPF_CORE_READ(p, pid), p, task_admitted_as(p, tgid, key.wakee_comm));
+	return on_wakeup(comm, tgid, BPF_CORE_READ(p, pid), p, task_admitted_as(p, tgid, comm));
 }
 
 SEC("tp_btf/sched_waking")
@@ -100,10 +112,10 @@ int BPF_PROG(tp_btf_sched_waking, struct task_struct *p)
 SEC("tracepoint/sched/sched_waking")
 int tp_sched_waking(struct trace_event_raw_sched_wakeup_template *ctx)
 {
-	struct wakeup_key key = {};
-	__builtin_memcpy(key.wakee_comm, ctx->comm, TASK_COMM_LEN);
-	bool ok = !cfg_filter_cgroup && admitted(0, ctx->pid, key.wakee_comm);
-	return on_wakeup(&key, ctx->pid, ctx->pid, NULL, ok);
+	char comm[TASK_COMM_LEN];
+	__builtin_memcpy(comm, ctx->comm, TASK_COMM_LEN);
+	bool ok = !cfg_filter_cgroup && admitted(0, ctx->pid, comm);
+	return on_wakeup(comm, ctx->pid, ctx->pid, NULL, ok);
 }
 
 char LICENSE[] SEC("license") = "GPL";

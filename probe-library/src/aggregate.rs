@@ -94,13 +94,13 @@ impl Aggregator for Wakeups {
             && let Ok(pairs) =
                 aya::maps::HashMap::<_, abi::WakeupKey, abi::WakeupVal>::try_from(map)
         {
-            for (k, v) in pairs.iter().filter_map(|r| r.ok()) {
+            for (_, v) in pairs.iter().filter_map(|r| r.ok()) {
                 // Threads of one process are one row: pid is the tgid.
                 let key = format!(
                     "{}/{} -> {}/{}",
-                    cstr(&k.waker_comm),
+                    cstr(&v.waker_comm),
                     v.waker_pid,
-                    cstr(&k.wakee_comm),
+                    cstr(&v.wakee_comm),
                     v.wakee_pid
                 );
                 let row = by_pair.entry(key).or_default();

@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 use aya::Ebpf;
 use aya::maps::HashMap;
 use sonde_crds::ProbeName;
-use sonde_probe_abi::{CommKey, comm_key};
 
 use crate::config::ProbeConfig;
 use crate::error::{Error, Result};
@@ -20,11 +19,6 @@ pub(crate) fn fill(ebpf: &mut Ebpf, cfg: &ProbeConfig) -> Result<()> {
     }
     for ns in cfg.filter.netns.iter().flatten() {
         insert_u32(ebpf, p, "filter_netns", *ns)?;
-    }
-    for comm in cfg.filter.comms.iter().flatten() {
-        let mut map: HashMap<_, CommKey, u8> = map(ebpf, p, "filter_comms")?;
-        map.insert(comm_key(comm), 1, 0)
-            .map_err(|e| map_err(p, "filter_comms", e))?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, S
 use aya::programs::{BtfTracePoint, FEntry, KProbe, PerfEvent, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use sonde_crds::ProbeName;
+use sonde_probe_abi::{CommKey, MAX_COMMS, TASK_COMM_LEN, comm_key};
 
 use crate::catalogue::{self, Attach};
 use crate::config::ProbeConfig;
@@ -36,7 +37,7 @@ pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
     let flag = |on: bool| -> u8 { on as u8 };
     let filter_cgroup = flag(cfg.filter.cgroups.is_some());
     let filter_pid = flag(cfg.filter.pids.is_some());
-    let filter_comm = flag(cfg.filter.comms.is_some());
+    let (filter_comm, comms) = comm_filter(cfg.filter.comms.as_deref());
     let filter_netns = flag(cfg.filter.netns.is_some());
     let emit = flag(cfg.output.events);
     let sample = cfg.output.sample_every.max(1);
@@ -70,6 +71,7 @@ pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
         .override_global("cfg_filter_cgroup", &filter_cgroup, true)
         .override_global("cfg_filter_pid", &filter_pid, true)
         .override_global("cfg_filter_comm", &filter_comm, true)
+        .override_global("cfg_comms", &comms, true)
         .override_global("cfg_emit_events", &emit, true)
         .override_global("cfg_sample_every", &sample, true)
         .override_global("cfg_threshold", &thr, true)
@@ -199,4 +201,41 @@ fn chain_error(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The comm filter as the kernel reads it: how many entries are set, and the entries. A filter that is on with
+/// no names admits nothing, so it gets one entry no task can have (comms are NUL-terminated).
+fn comm_filter(comms: Option<&[String]>) -> (u8, [CommKey; MAX_COMMS]) {
+    let mut table = [CommKey::default(); MAX_COMMS];
+    match comms {
+        None => (0, table),
+        Some([]) => {
+            table[0].comm = [0xff; TASK_COMM_LEN];
+            (1, table)
+        }
+        Some(names) => {
+            for (slot, name) in table.iter_mut().zip(names) {
+                *slot = comm_key(name);
+            }
+            (names.len().min(MAX_COMMS) as u8, table)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_filter_table() {
+        assert_eq!(comm_filter(None).0, 0);
+        let (n, t) = comm_filter(Some(&[]));
+        assert_eq!((n, t[0].comm), (1, [0xff; TASK_COMM_LEN]));
+        let names = ["ping".to_string(), "a-very-long-command-name".to_string()];
+        let (n, t) = comm_filter(Some(&names));
+        assert_eq!(n, 2);
+        assert_eq!(&t[0].comm[..5], b"ping\0");
+        // Truncated like the kernel's comm, NUL-terminated.
+        assert_eq!(&t[1].comm, b"a-very-long-com\0");
+    }
 }

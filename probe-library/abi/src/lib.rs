@@ -39,8 +39,6 @@ pub struct WakeupEvent {
 pub struct WakeupKey {
     pub waker_tid: u32,
     pub wakee_tid: u32,
-    pub waker_comm: [u8; TASK_COMM_LEN],
-    pub wakee_comm: [u8; TASK_COMM_LEN],
 }
 
 /// C `struct wakeup_val`.
@@ -53,6 +51,8 @@ pub struct WakeupVal {
     pub breached_windows: u32,
     pub waker_pid: u32,
     pub wakee_pid: u32,
+    pub waker_comm: [u8; TASK_COMM_LEN],
+    pub wakee_comm: [u8; TASK_COMM_LEN],
 }
 
 /// C `enum pkt_stage`.
@@ -143,6 +143,9 @@ pub struct NoteEvent {
     pub text: [u8; 128],
 }
 
+/// C `MAX_COMMS`: entries of the `cfg_comms` filter.
+pub const MAX_COMMS: usize = 8;
+
 /// C `struct comm_key`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -152,8 +155,8 @@ pub struct CommKey {
 
 const _: () = {
     assert!(size_of::<WakeupEvent>() == 80);
-    assert!(size_of::<WakeupKey>() == 40);
-    assert!(size_of::<WakeupVal>() == 32);
+    assert!(size_of::<WakeupKey>() == 8);
+    assert!(size_of::<WakeupVal>() == 64);
     assert!(size_of::<PktEvent>() == 128);
     assert!(size_of::<StackKey>() == 28);
     assert!(size_of::<LatencyEvent>() == 96);
