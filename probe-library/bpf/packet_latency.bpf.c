@@ -9,8 +9,6 @@
 #define AF_INET 2
 #define AF_INET6 10
 
-const volatile __u16 cfg_ports[MAX_PORTS] = {};
-const volatile __u32 cfg_nports = 0;
 const volatile __u8 cfg_filter_netns = 0;
 
 struct {
@@ -50,19 +48,6 @@ struct seg {
 	__u16 win;
 	__u8 flags;
 };
-
-static __always_inline bool port_ok(__u16 sport, __u16 dport)
-{
-	if (!cfg_nports)
-		return true;
-	for (int i = 0; i < MAX_PORTS; i++) {
-		if (i >= cfg_nports)
-			break;
-		if (cfg_ports[i] == sport || cfg_ports[i] == dport)
-			return true;
-	}
-	return false;
-}
 
 /* Parse IPv4/IPv6 + TCP starting at the network header. Returns false for anything but TCP. */
 static __always_inline bool parse(unsigned char *nh, struct seg *s)

@@ -138,6 +138,36 @@ static __always_inline bool task_admitted(struct task_struct *t)
 	return task_admitted_as(t, BPF_CORE_READ(t, tgid), comm);
 }
 
+/* Port filter of the network probes: a flow passes when either port is listed (no ports: every flow). */
+const volatile __u16 cfg_ports[MAX_PORTS] = {};
+const volatile __u32 cfg_nports = 0;
+
+static __always_inline bool port_ok(__u16 sport, __u16 dport)
+{
+	if (!cfg_nports)
+		return true;
+	for (int i = 0; i < MAX_PORTS; i++) {
+		if (i >= cfg_nports)
+			break;
+		if (cfg_ports[i] == sport || cfg_ports[i] == dport)
+			return true;
+	}
+	return false;
+}
+
+/* Family and addresses of a socket into an event with `family`, `saddr[16]` and `daddr[16]` fields. */
+#define FILL_SOCK_ADDRS(e, sk)                                                                     \
+	do {                                                                                       \
+		(e)->family = BPF_CORE_READ(sk, __sk_common.skc_family);                           \
+		if ((e)->family == 2) {                                                            \
+			bpf_core_read((e)->saddr, 4, &(sk)->__sk_common.skc_rcv_saddr);            \
+			bpf_core_read((e)->daddr, 4, &(sk)->__sk_common.skc_daddr);                \
+		} else {                                                                           \
+			bpf_core_read((e)->saddr, 16, &(sk)->__sk_common.skc_v6_rcv_saddr);        \
+			bpf_core_read((e)->daddr, 16, &(sk)->__sk_common.skc_v6_daddr);            \
+		}                                                                                  \
+	} while (0)
+
 static __always_inline bool breaches(__u64 value)
 {
 	if (!cfg_threshold)

@@ -51,16 +51,9 @@ static __always_inline int on_state(struct sock *sk, int old, int new)
 			e->pid = s->pid;
 			e->cpu = bpf_get_smp_processor_id();
 			e->flags = breach ? EV_BREACH : 0;
-			e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
 			e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 			e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-			if (e->family == 2) {
-				bpf_core_read(e->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
-				bpf_core_read(e->daddr, 4, &sk->__sk_common.skc_daddr);
-			} else {
-				bpf_core_read(e->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-				bpf_core_read(e->daddr, 16, &sk->__sk_common.skc_v6_daddr);
-			}
+			FILL_SOCK_ADDRS(e, sk);
 			__builtin_memcpy(e->comm, s->comm, TASK_COMM_LEN);
 			bpf_ringbuf_submit(e, 0);
 		}
