@@ -196,10 +196,17 @@ impl RealPod {
 
 impl Drop for RealPod {
     fn drop(&mut self) {
+        // Everything in the container's cgroup goes, forked children included, as when a kubelet stops a pod.
+        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
         let _ = self.child.kill();
         let _ = self.child.wait();
         for dir in self.made.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let name = self.name.clone();

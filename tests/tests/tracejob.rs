@@ -504,7 +504,18 @@ async fn a_pod_added_mid_run_is_traced() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_over_its_budget_is_stopped() {
     let mut s = Scene::new("budget").await;
-    s.ping_pod("ping").await;
+    // Tens of thousands of wakeups a second between the pod's two tasks: far over a 0.01 % budget.
+    let pod = RealPod::start(
+        &s.client,
+        &s.ns.name,
+        "pipe",
+        &[("app", "ping")],
+        CgroupDriver::Systemd,
+        &["perf", "bench", "sched", "pipe", "-l", "1000000000"],
+    )
+    .await
+    .expect("pipe pod");
+    s.pods.push(pod);
     let yaml = wakeups_job("greedy", "60s") + "  budget: {maxKernelCpuPercent: 0.01}\n";
     s.create_job(&yaml).await;
     let job = s
