@@ -32,6 +32,8 @@ pub struct Findings {
 pub trait Aggregator: Send {
     fn record(&mut self, bytes: &[u8]) -> Option<Event>;
     fn finish(&mut self, ebpf: &mut Ebpf, elapsed: Duration, top: usize) -> Findings;
+    /// Forgets what user space kept for the window just finished (kernel maps are reset by the caller).
+    fn reset(&mut self) {}
 }
 
 pub fn aggregator(probe: ProbeName) -> Box<dyn Aggregator> {
@@ -168,6 +170,10 @@ pub fn tcp_flags(f: u8) -> String {
 }
 
 impl Aggregator for PacketLatency {
+    fn reset(&mut self) {
+        self.slow.clear();
+    }
+
     fn record(&mut self, bytes: &[u8]) -> Option<Event> {
         let e: abi::PktEvent = read(bytes)?;
         let breach = e.flags & EV_BREACH != 0;
@@ -268,6 +274,10 @@ impl Latency {
 }
 
 impl Aggregator for Latency {
+    fn reset(&mut self) {
+        self.slow.clear();
+    }
+
     fn record(&mut self, bytes: &[u8]) -> Option<Event> {
         let e: abi::LatencyEvent = read(bytes)?;
         let breach = e.flags & EV_BREACH != 0;
@@ -379,6 +389,10 @@ const TCP_STATES: [&str; 13] = [
 ];
 
 impl Aggregator for Notes {
+    fn reset(&mut self) {
+        self.counts.clear();
+    }
+
     fn record(&mut self, bytes: &[u8]) -> Option<Event> {
         let e: abi::NoteEvent = read(bytes)?;
         let (json, key) = match self.probe {

@@ -14,6 +14,7 @@ mod objects;
 pub mod profile;
 pub mod results;
 pub mod run;
+mod window;
 
 pub use aggregate::{Event, Findings};
 pub use catalogue::{CATALOGUE, ProbeInfo};

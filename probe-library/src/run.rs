@@ -28,6 +28,8 @@ pub struct Running {
     aggregator: Box<dyn Aggregator>,
     ring: Option<RingBuf<MapData>>,
     pub started: Instant,
+    /// Start of the current window (the start, unless [`Running::roll`] was called).
+    pub window_started: Instant,
     pub captured: u64,
     /// A breach of a threshold whose action is Stop was seen.
     pub stop_requested: bool,
@@ -46,6 +48,7 @@ impl Running {
             config,
             ring,
             started: Instant::now(),
+            window_started: Instant::now(),
             captured: 0,
             stop_requested: false,
         })
@@ -132,7 +135,17 @@ impl Running {
     /// Drains what is left, then reads the kernel aggregates. Detaches when the returned value drops.
     pub fn finish(&mut self, top: usize, sink: impl FnMut(&Event)) -> Findings {
         self.drain(sink);
-        let elapsed = self.elapsed();
+        let elapsed = self.window_started.elapsed();
         self.aggregator.finish(&mut self.loaded.ebpf, elapsed, top)
+    }
+
+    /// Ends a window of a standing probe: the findings since the last roll, then the aggregates start again
+    /// from zero. Programs stay attached.
+    pub fn roll(&mut self, top: usize, sink: impl FnMut(&Event)) -> Findings {
+        let findings = self.finish(top, sink);
+        crate::window::reset_kernel_aggregates(&mut self.loaded.ebpf);
+        self.aggregator.reset();
+        self.window_started = Instant::now();
+        findings
     }
 }

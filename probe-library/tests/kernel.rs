@@ -321,3 +321,37 @@ fn oom_kill_reports_the_victim() {
         out.events
     );
 }
+
+/// A standing probe rolls windows: the second window counts only what happened after the first was read.
+#[test]
+fn rolling_a_window_starts_the_kernel_aggregates_again() {
+    let mut load = Kill(vec![spawn("perf", &["bench", "sched", "pipe", "-l", "1000000000"])]);
+    let filter = Filter {
+        comms: Some(vec!["sched-pipe".into()]),
+        ..Default::default()
+    };
+    let cfg = config(ProbeName::Wakeups, filter, vec![], ProbeParams::default());
+    let mut running = sonde_probes::Running::start(cfg).expect("wakeups loads");
+    let wakeups = |f: &sonde_probes::Findings| {
+        f.summary
+            .figures
+            .iter()
+            .find(|f| f.name == "wakeups")
+            .map(|f| f.value)
+            .unwrap_or(0.0)
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let n1 = wakeups(&running.roll(10, |_| {}));
+    assert!(n1 > 1000.0, "first window counted {n1} wakeups of sched-pipe");
+    // The load stops; the next window must not carry the first one's counts.
+    for c in &mut load.0 {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let n2 = wakeups(&running.roll(10, |_| {}));
+    assert!(
+        n2 < n1 / 10.0,
+        "second window {n2} vs first {n1}: the pair counts were not reset"
+    );
+}
