@@ -140,10 +140,21 @@ pub struct ProbeSessionStatus {
     pub kernel_cpu_percent: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
+    /// Result URLs: of the whole trace, or of the last complete window of a standing probe.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<String>,
+    /// Windows completed (standing probes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub windows: u64,
+    /// When a window last had a threshold breach (standing probes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_breach_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

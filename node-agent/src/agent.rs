@@ -131,12 +131,21 @@ impl Agent {
             return;
         }
         if let Some(live) = self.live.get_mut(&uid) {
-            if live.spec != s.spec {
+            if live.spec == s.spec {
+                return;
+            }
+            if same_probe(&live.spec, &s.spec) {
                 live.spec = s.spec.clone();
                 let t = targets(&self.cgroups, &live.spec, pods);
                 live.targets
                     .send_if_modified(|old| replace_if_changed(old, t));
+                return;
             }
+            // The probe itself changed (a policy edited in Git): reload this session, and only this one.
+            tracing::info!(session = %s.name_any(), "spec changed; reloading the probe");
+            let _ = live.deleted.send(true);
+            self.live.remove(&uid);
+            self.start(s, pods, None);
             return;
         }
         let phase = s.status.as_ref().map(|st| st.phase).unwrap_or_default();
@@ -150,6 +159,11 @@ impl Agent {
                 k8s_openapi::jiff::Timestamp::now()
             )
         });
+        self.start(s, pods, resumed_note);
+    }
+
+    fn start(&mut self, s: ProbeSession, pods: &Store<Pod>, resumed_note: Option<String>) {
+        let uid = s.uid().unwrap_or_default();
         let t = targets(&self.cgroups, &s.spec, pods);
         let (targets_tx, targets_rx) = watch::channel(t);
         let (deleted_tx, deleted_rx) = watch::channel(false);
@@ -195,6 +209,15 @@ impl Agent {
                 .send_if_modified(|old| replace_if_changed(old, t));
         }
     }
+}
+
+/// Whether two specs load the same probe the same way, differing at most in which pods they target.
+fn same_probe(a: &ProbeSessionSpec, b: &ProbeSessionSpec) -> bool {
+    let strip = |s: &ProbeSessionSpec| ProbeSessionSpec {
+        pods: vec![],
+        ..s.clone()
+    };
+    strip(a) == strip(b)
 }
 
 fn replace_if_changed(old: &mut Targets, new: Targets) -> bool {

@@ -12,7 +12,7 @@ use kube::api::{Patch, PatchParams};
 use sonde_crds::conditions::{self, types};
 use sonde_crds::{Counts, Phase, ProbeName, ProbeSession, ProbeSessionSpec, ProbeSessionStatus};
 use sonde_probes::results::ResultsWriter;
-use sonde_probes::{Filter, ProbeConfig, Running};
+use sonde_probes::{Filter, Findings, ProbeConfig, Running};
 use tokio::sync::watch;
 
 use crate::upload;
@@ -54,6 +54,7 @@ enum Stop {
     Threshold,
     OverBudget(String),
     Deleted,
+    Failed(String),
 }
 
 /// Writes status by server-side apply; failures are logged and retried on the next beat, never fatal: the
@@ -136,8 +137,17 @@ pub async fn run(
     let t = targets.borrow_and_update().clone();
     let config = probe_config(&job.spec, &t);
     let spool = job.spool.join(&job.namespace).join(&job.name);
-    let writer =
-        ResultsWriter::create(&spool, config.events_expected(), job.spec.output.max_events);
+    let window = job
+        .spec
+        .window
+        .as_deref()
+        .and_then(|w| sonde_crds::parse_duration(w).ok());
+    let keep_events = config.events_expected();
+    let window_dir = |n: u64| match window {
+        Some(_) => spool.join(format!("window-{n:06}")),
+        None => spool.clone(),
+    };
+    let writer = ResultsWriter::create(&window_dir(0), keep_events, job.spec.output.max_events);
     let started =
         writer.and_then(|w| tokio::task::block_in_place(|| Running::start(config)).map(|r| (w, r)));
     let (mut writer, mut running) = match started {
@@ -174,9 +184,54 @@ pub async fn run(
     let mut last_status = Instant::now();
     let mut budget = BudgetWindow::default();
     let mut write_error = None;
+    let top = sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref());
+    let title = format!("sonde {} {}/{}", job.spec.probe, job.namespace, job.name);
+    let mut windows = window.map(|w| tokio::time::interval_at(tokio::time::Instant::now() + w, w));
+    let mut window_n = 0u64;
+    let mut breaches_before = 0u64;
     let stop = loop {
         tokio::select! {
             _ = sleep_until(deadline_at) => break Stop::Deadline,
+            _ = next_window(&mut windows) => {
+                // A standing probe: publish this window, start the next, stay attached.
+                let findings = tokio::task::block_in_place(|| {
+                    running.roll(top, |ev| {
+                        if let Err(e) = writer.event(ev) {
+                            write_error.get_or_insert(e);
+                        }
+                    })
+                });
+                window_n += 1;
+                let next = match ResultsWriter::create(&window_dir(window_n), keep_events, job.spec.output.max_events) {
+                    Ok(w) => w,
+                    Err(e) => break Stop::Failed(format!("starting window {window_n}: {e}")),
+                };
+                let done = std::mem::replace(&mut writer, next);
+                fill_counts(&mut rep.status, &running);
+                let breaches = rep.status.counts.breaches - breaches_before;
+                breaches_before = rep.status.counts.breaches;
+                let report = serde_json::json!({
+                    "session": format!("{}/{}", job.namespace, job.name),
+                    "node": job.spec.node_name, "probe": job.spec.probe.to_string(),
+                    "window": window_n, "window_seconds": window.map(|w| w.as_secs_f64()),
+                    "breaches": breaches, "counts": rep.status.counts, "summary": findings.summary,
+                });
+                let prefix = format!("{}/window-{window_n:06}", job.spec.result_prefix);
+                let (urls, problems) = publish(done, &findings, &title, &report, &job.storage_url, &prefix).await;
+                rep.status.windows = window_n;
+                rep.status.results = urls;
+                rep.status.summary = Some(findings.summary);
+                if breaches > 0 {
+                    rep.status.last_breach_time = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+                    rep.condition(types::THRESHOLD_BREACHED, true, "Breached", format!("{breaches} breaches in window {window_n}"));
+                } else {
+                    rep.condition(types::THRESHOLD_BREACHED, false, "Quiet", format!("no breach in window {window_n}"));
+                }
+                rep.status.message = (!problems.is_empty()).then(|| problems.join("; "));
+                last_status = Instant::now();
+                rep.write().await;
+                continue;
+            }
             r = deleted.changed() => if r.is_err() || *deleted.borrow() { break Stop::Deleted },
             r = targets.changed() => {
                 if r.is_ok() {
@@ -196,7 +251,8 @@ pub async fn run(
                 write_error.get_or_insert(e);
             }
         });
-        if running.stop_requested {
+        // A standing probe records; only a one-shot trace ends on a Stop threshold.
+        if running.stop_requested && window.is_none() {
             break Stop::Threshold;
         }
         let (run_time, _) = running.kernel_runtime();
@@ -217,7 +273,6 @@ pub async fn run(
     };
     tracing::info!(session = %job.name, ?stop, "stopping");
 
-    let top = sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref());
     let findings = tokio::task::block_in_place(|| {
         running.finish(top, |ev| {
             if let Err(e) = writer.event(ev) {
@@ -231,18 +286,6 @@ pub async fn run(
     let attempts = running.loaded.attempts.clone();
     drop(running); // detach now: the trace is over, writing results must not extend it
 
-    let title = format!("sonde {} {}/{}", job.spec.probe, job.namespace, job.name);
-    let mut problems: Vec<String> = write_error
-        .into_iter()
-        .map(|e| format!("writing events: {e}"))
-        .collect();
-    let mut files = match writer.finish(&findings, &title) {
-        Ok(files) => files,
-        Err(e) => {
-            problems.push(format!("writing results: {e}"));
-            Vec::new()
-        }
-    };
     let report = serde_json::json!({
         "session": format!("{}/{}", job.namespace, job.name),
         "node": job.spec.node_name,
@@ -257,17 +300,25 @@ pub async fn run(
         "summary": findings.summary,
         "note": job.resumed_note,
     });
-    match writer.write_summary(&report) {
-        Ok(p) => files.push(p),
-        Err(e) => problems.push(format!("writing summary.json: {e}")),
-    }
-    match upload::upload(&job.storage_url, &job.spec.result_prefix, &files).await {
-        Ok(urls) => rep.status.results = urls,
-        Err(e) => problems.push(format!(
-            "{e} (results kept on the node in {})",
-            spool.display()
-        )),
-    }
+    let prefix = match window {
+        Some(_) => format!("{}/window-{:06}", job.spec.result_prefix, window_n + 1),
+        None => job.spec.result_prefix.clone(),
+    };
+    let (urls, mut problems) = publish(
+        writer,
+        &findings,
+        &title,
+        &report,
+        &job.storage_url,
+        &prefix,
+    )
+    .await;
+    problems.extend(
+        write_error
+            .into_iter()
+            .map(|e| format!("writing events: {e}")),
+    );
+    rep.status.results = urls;
     if stop == Stop::Deleted {
         return; // nothing to report to: the object is gone (its results are uploaded all the same)
     }
@@ -285,6 +336,7 @@ pub async fn run(
     }
     let (phase, reason, message) = match &stop {
         Stop::OverBudget(m) => (Phase::Failed, "OverBudget", m.clone()),
+        Stop::Failed(m) => (Phase::Failed, "AgentError", m.clone()),
         _ if !problems.is_empty() => (Phase::Failed, "ResultsLost", problems.join("; ")),
         Stop::Threshold => (
             Phase::Succeeded,
@@ -329,6 +381,7 @@ fn stop_label(stop: &Stop) -> &'static str {
         Stop::Threshold => "threshold",
         Stop::OverBudget(_) => "budget",
         Stop::Deleted => "deleted",
+        Stop::Failed(_) => "error",
     }
 }
 
@@ -369,6 +422,45 @@ fn unresolved_message(t: &Targets) -> Option<String> {
             t.unresolved.join(", ")
         )
     })
+}
+
+/// Writes a finished window's (or trace's) results and uploads them; returns their URLs and what went wrong.
+async fn publish(
+    mut writer: ResultsWriter,
+    findings: &Findings,
+    title: &str,
+    report: &serde_json::Value,
+    store_url: &str,
+    prefix: &str,
+) -> (Vec<String>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut files = writer.finish(findings, title).unwrap_or_else(|e| {
+        problems.push(format!("writing results: {e}"));
+        Vec::new()
+    });
+    match writer.write_summary(report) {
+        Ok(p) => files.push(p),
+        Err(e) => problems.push(format!("writing summary.json: {e}")),
+    }
+    match upload::upload(store_url, prefix, &files).await {
+        Ok(urls) => (urls, problems),
+        Err(e) => {
+            problems.push(format!(
+                "{e} (results kept on the node in {})",
+                writer.dir().display()
+            ));
+            (Vec::new(), problems)
+        }
+    }
+}
+
+async fn next_window(windows: &mut Option<tokio::time::Interval>) {
+    match windows {
+        Some(w) => {
+            w.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

@@ -5,6 +5,8 @@ pub mod context;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod placement;
+pub mod policy;
 pub mod rollup;
 pub mod tracejob;
 

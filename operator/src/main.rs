@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use sonde_operator::leader::LeaseLock;
 use sonde_operator::metrics::{Metrics, router};
-use sonde_operator::{Context, tracejob};
+use sonde_operator::{Context, policy, tracejob};
 
 /// Sonde's operator.
 #[derive(Parser)]
@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     metrics.ready.store(true, Ordering::Relaxed);
     let ctx = Context::new(client, metrics.clone(), Some(identity));
     tokio::select! {
-        _ = tracejob::run(ctx) => tracing::info!("controller stopped"),
+        _ = futures::future::join(tracejob::run(ctx.clone()), policy::run(ctx)) => tracing::info!("controllers stopped"),
         _ = lock.hold() => anyhow::bail!("lost the leader lease; exiting so a fresh process competes again"),
     }
     Ok(())

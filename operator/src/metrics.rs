@@ -21,6 +21,12 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    pub namespace: String,
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabel {
     pub kind: &'static str,
     pub error: &'static str,
@@ -31,6 +37,7 @@ pub struct Metrics {
     reconciles: Family<KindLabel, Counter>,
     failures: Family<FailureLabel, Counter>,
     duration: Family<KindLabel, Histogram>,
+    breaches: Family<PolicyLabel, Counter>,
     /// Set once this replica leads and its controllers run.
     pub ready: AtomicBool,
 }
@@ -54,11 +61,18 @@ impl Default for Metrics {
             "Time spent reconciling",
             duration.clone(),
         );
+        let breaches = Family::<PolicyLabel, Counter>::default();
+        registry.register(
+            "policy_breaches",
+            "Threshold breaches seen by a ProbePolicy",
+            breaches.clone(),
+        );
         Metrics {
             registry,
             reconciles,
             failures,
             duration,
+            breaches,
             ready: AtomicBool::new(false),
         }
     }
@@ -94,6 +108,14 @@ impl Metrics {
         self.failures
             .get_or_create(&FailureLabel { kind, error })
             .inc();
+    }
+
+    pub fn policy_breaches(&self, namespace: &str, policy: &str, n: u64) {
+        let label = PolicyLabel {
+            namespace: namespace.into(),
+            policy: policy.into(),
+        };
+        self.breaches.get_or_create(&label).inc_by(n);
     }
 
     pub fn encode(&self) -> String {

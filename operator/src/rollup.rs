@@ -6,7 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use sonde_crds::conditions::{self, types};
 use sonde_crds::{
-    Counts, NodeCounts, NodeResult, Phase, ProbeSession, Summary, SummaryRow, TraceJobStatus,
+    Counts, NodeCounts, NodeResult, Phase, ProbePolicyStatus, ProbeSession, Summary, SummaryRow,
+    TraceJobStatus,
 };
 
 /// A session whose agent has not reported for this long after the deadline is counted as failed.
@@ -255,6 +256,127 @@ fn add_opt(a: Option<f64>, b: Option<f64>, f: impl Fn(f64, f64) -> f64) -> Optio
     }
 }
 
+/// A standing policy's status from its sessions: nodes attached/targeted, totals over the live sessions, the
+/// last complete window merged over nodes, and whether the last window breached anywhere.
+pub fn policy_rollup(
+    old: Option<&ProbePolicyStatus>,
+    sessions: &[ProbeSession],
+    generation: Option<i64>,
+    suspended: bool,
+    no_targets: Option<String>,
+    now: Timestamp,
+    top: usize,
+) -> ProbePolicyStatus {
+    let mut st = old.cloned().unwrap_or_default();
+    let now_t = Time(now);
+    let g = generation;
+    st.observed_generation = generation;
+    let mut nodes = NodeCounts {
+        targeted: sessions.len() as u32,
+        ..Default::default()
+    };
+    let mut counts = Counts::default();
+    let mut failures = Vec::new();
+    let mut breached = Vec::new();
+    for s in sessions {
+        let ss = s.status.clone().unwrap_or_default();
+        if ss.phase == Phase::Running && ss.attached_at.is_some() {
+            nodes.attached += 1;
+        }
+        if ss.phase == Phase::Failed {
+            nodes.failed += 1;
+            failures.push(format!(
+                "{}: {}",
+                s.spec.node_name,
+                ss.message.clone().unwrap_or_default()
+            ));
+        }
+        if conditions::is_true(&ss.conditions, types::THRESHOLD_BREACHED) {
+            breached.push(s.spec.node_name.clone());
+        }
+        counts.captured += ss.counts.captured;
+        counts.dropped += ss.counts.dropped;
+        counts.breaches += ss.counts.breaches;
+        if let Some(t) = ss.last_breach_time
+            && st.last_breach_time.as_ref().is_none_or(|old| old.0 < t.0)
+        {
+            st.last_breach_time = Some(t);
+        }
+    }
+    let c = &mut st.conditions;
+    if suspended {
+        conditions::set(
+            c,
+            types::ATTACHED,
+            false,
+            "Suspended",
+            "spec.suspend is true: detached everywhere",
+            g,
+            &now_t,
+        );
+    } else if let Some(why) = no_targets.filter(|_| sessions.is_empty()) {
+        conditions::set(c, types::ATTACHED, false, "NoMatchingPods", why, g, &now_t);
+    } else if nodes.attached > 0 {
+        let msg = format!("attached on {}/{} node(s)", nodes.attached, nodes.targeted);
+        conditions::set(c, types::ATTACHED, true, "Attached", msg, g, &now_t);
+    } else {
+        conditions::set(
+            c,
+            types::ATTACHED,
+            false,
+            "Waiting",
+            "no node has attached yet",
+            g,
+            &now_t,
+        );
+    }
+    if failures.is_empty() {
+        conditions::set(c, DEGRADED, false, "AllNodesHealthy", "", g, &now_t);
+    } else {
+        conditions::set(
+            c,
+            DEGRADED,
+            true,
+            "NodesFailed",
+            failures.join("; "),
+            g,
+            &now_t,
+        );
+    }
+    if breached.is_empty() {
+        conditions::set(
+            c,
+            types::THRESHOLD_BREACHED,
+            false,
+            "Quiet",
+            "no breach in the last window",
+            g,
+            &now_t,
+        );
+    } else {
+        let msg = format!("last window breached on {}", breached.join(", "));
+        conditions::set(
+            c,
+            types::THRESHOLD_BREACHED,
+            true,
+            "Breached",
+            msg,
+            g,
+            &now_t,
+        );
+    }
+    st.progress = Some(format!("{}/{}", nodes.attached, nodes.targeted));
+    st.nodes = nodes;
+    st.counts = counts;
+    if let Some(summary) = merge_summaries(sessions, top) {
+        st.last_window = Some(summary);
+    }
+    st
+}
+
+/// Condition type of a policy with failed nodes.
+pub const DEGRADED: &str = "Degraded";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,5 +510,49 @@ mod tests {
         let st = rollup(&i);
         assert_eq!(st.phase, Phase::Failed);
         assert!(conditions::is_true(&st.conditions, types::FAILED));
+    }
+
+    #[test]
+    fn a_policy_reports_attached_nodes_breaches_and_suspension() {
+        let mut breached = done(&[("x", 9)], 3);
+        breached.phase = Phase::Running;
+        breached.last_breach_time = Some(Time(Timestamp::from_second(150).unwrap()));
+        conditions::set(
+            &mut breached.conditions,
+            types::THRESHOLD_BREACHED,
+            true,
+            "Breached",
+            "",
+            None,
+            &Time(Timestamp::from_second(150).unwrap()),
+        );
+        let sessions = [session("a", Some(breached))];
+        let now = Timestamp::from_second(200).unwrap();
+        let st = policy_rollup(None, &sessions, Some(2), false, None, now, 5);
+        assert_eq!(st.progress.as_deref(), Some("1/1"));
+        assert!(conditions::is_true(&st.conditions, types::ATTACHED));
+        assert!(conditions::is_true(
+            &st.conditions,
+            types::THRESHOLD_BREACHED
+        ));
+        assert!(!conditions::is_true(&st.conditions, DEGRADED));
+        assert_eq!(st.counts.breaches, 3);
+        assert_eq!(st.last_window.as_ref().unwrap().rows[0].key, "x");
+        assert_eq!(
+            st.last_breach_time,
+            Some(Time(Timestamp::from_second(150).unwrap()))
+        );
+        let st = policy_rollup(Some(&st), &[], Some(3), true, None, now, 5);
+        let attached = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::ATTACHED)
+            .unwrap();
+        assert_eq!(
+            (attached.status.as_str(), attached.reason.as_str()),
+            ("False", "Suspended")
+        );
+        // The last window and breach time stay for the record.
+        assert!(st.last_window.is_some() && st.last_breach_time.is_some());
     }
 }

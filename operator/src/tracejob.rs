@@ -2,29 +2,24 @@
 //! a restarted operator converges on the same objects instead of making duplicates), roll statuses up, emit
 //! Events on transitions, delete the job after its TTL.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use sonde_crds::{
-    NODE_LABEL, OWNER_UID_LABEL, Phase, ProbeSession, ProbeSessionSpec, TargetPod, TraceJob,
-    TraceJobStatus, node_label_value,
-};
+use sonde_crds::{OWNER_UID_LABEL, Phase, ProbeSession, TraceJob, TraceJobStatus};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::placement;
 use crate::rollup::{self, REPORT_GRACE};
 
 pub const MANAGER: &str = "sonde-operator";
@@ -111,7 +106,7 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
     }
 
     let duration = sonde_crds::parse_duration(&job.spec.duration).map_err(Error::Duration)?;
-    let mut sessions = owned_sessions(&sessions_api, &uid).await?;
+    let mut sessions = placement::owned_sessions(&sessions_api, &uid).await?;
     // The deadline is fixed once: by the sessions already out there, else by the recorded start, else now.
     let start = old
         .as_ref()
@@ -135,18 +130,35 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
         );
     }
     if now < deadline {
-        let placement = place(&job, ctx, ns).await?;
+        let probe = placement::Probe {
+            probe: job.spec.probe,
+            params: &job.spec.params,
+            target: &job.spec.target,
+            thresholds: &job.spec.thresholds,
+            output: &job.spec.output,
+            storage: &job.spec.storage,
+            budget: &job.spec.budget,
+        };
+        let placement = placement::place(&job.spec.target, ctx, ns).await?;
         if placement.is_empty() {
-            no_targets = Some(describe_no_targets(&job));
+            no_targets = Some(placement::describe_no_targets(&job.spec.target, ns));
         }
         for (node, pods) in placement {
-            let session = session_for(&job, ns, &node, pods, deadline);
+            let session = placement::session_for(
+                &*job,
+                "tracejobs",
+                &probe,
+                &node,
+                pods,
+                Some(deadline),
+                None,
+            );
             let pp = PatchParams::apply(MANAGER).force();
             sessions_api
                 .patch(&session.name_any(), &pp, &Patch::Apply(&session))
                 .await?;
         }
-        sessions = owned_sessions(&sessions_api, &uid).await?;
+        sessions = placement::owned_sessions(&sessions_api, &uid).await?;
     }
     let top = sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref());
     let status = rollup::rollup(&rollup::Input {
@@ -208,169 +220,6 @@ async fn after_finish(
     Ok(Action::requeue(to_std(expires.duration_since(now))))
 }
 
-async fn owned_sessions(api: &Api<ProbeSession>, uid: &str) -> Result<Vec<ProbeSession>> {
-    let lp = ListParams::default().labels(&format!("{OWNER_UID_LABEL}={uid}"));
-    Ok(api.list(&lp).await?.items)
-}
-
-/// Where the job runs: node → target pods. An empty pod list with a node means the whole node.
-async fn place(
-    job: &TraceJob,
-    ctx: &Context,
-    ns: &str,
-) -> Result<BTreeMap<String, Vec<TargetPod>>> {
-    let t = &job.spec.target;
-    let mut allowed: Option<BTreeSet<String>> =
-        t.node_names.as_ref().map(|n| n.iter().cloned().collect());
-    if let Some(sel) = &t.node_selector {
-        let nodes: Api<Node> = Api::all(ctx.client.clone());
-        let selector: Selector = sel.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let names: BTreeSet<String> = nodes
-            .list(&ListParams::default().labels_from(&selector))
-            .await?
-            .items
-            .iter()
-            .map(|n| n.name_any())
-            .collect();
-        allowed = Some(match allowed {
-            Some(a) => a.intersection(&names).cloned().collect(),
-            None => names,
-        });
-    }
-    let mut out: BTreeMap<String, Vec<TargetPod>> = BTreeMap::new();
-    match &t.pod_selector {
-        Some(sel) => {
-            let selector: Selector = sel
-                .clone()
-                .try_into()
-                .map_err(|e: kube::core::ParseExpressionError| Error::Selector(e.to_string()))?;
-            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-            for pod in pods
-                .list(&ListParams::default().labels_from(&selector))
-                .await?
-                .items
-            {
-                let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
-                    continue;
-                };
-                let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-                if pod.metadata.deletion_timestamp.is_some()
-                    || matches!(phase, Some("Succeeded" | "Failed"))
-                {
-                    continue;
-                }
-                if !selector.matches(pod.labels())
-                    || allowed.as_ref().is_some_and(|a| !a.contains(&node))
-                {
-                    continue;
-                }
-                out.entry(node).or_default().push(TargetPod {
-                    uid: pod.uid().unwrap_or_default(),
-                    namespace: ns.to_string(),
-                    name: pod.name_any(),
-                });
-            }
-            for pods in out.values_mut() {
-                pods.sort();
-            }
-        }
-        None => {
-            let nodes = match allowed {
-                Some(a) => a,
-                None => Api::<Node>::all(ctx.client.clone())
-                    .list(&ListParams::default())
-                    .await?
-                    .items
-                    .iter()
-                    .map(|n| n.name_any())
-                    .collect(),
-            };
-            for n in nodes {
-                out.insert(n, Vec::new());
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn describe_no_targets(job: &TraceJob) -> String {
-    let t = &job.spec.target;
-    match &t.pod_selector {
-        Some(sel) => {
-            let s: Result<Selector, _> = sel.clone().try_into();
-            let s = s.map(|s| s.to_string()).unwrap_or_default();
-            format!(
-                "no pod matching {{{s}}} is scheduled in namespace {}{}",
-                job.namespace().unwrap_or_default(),
-                if t.node_names.is_some() || t.node_selector.is_some() {
-                    " on the selected nodes"
-                } else {
-                    ""
-                }
-            )
-        }
-        None => "no node matches spec.target.nodeNames/nodeSelector".into(),
-    }
-}
-
-/// The session name: `<job>-<node>`, shortened with a hash when that is not a valid object name.
-pub fn session_name(job: &str, node: &str) -> String {
-    let full = format!("{job}-{node}");
-    if full.len() <= 253 {
-        return full;
-    }
-    format!(
-        "{}-{}",
-        &full[..200].trim_end_matches(['-', '.']),
-        node_label_value(&full)
-            .rsplit('-')
-            .next()
-            .unwrap_or_default()
-    )
-}
-
-fn session_for(
-    job: &TraceJob,
-    ns: &str,
-    node: &str,
-    pods: Vec<TargetPod>,
-    deadline: Timestamp,
-) -> ProbeSession {
-    let name = job.name_any();
-    let uid = job.uid().unwrap_or_default();
-    let all_pods = job.spec.target.pod_selector.is_none();
-    let spec = ProbeSessionSpec {
-        node_name: node.to_string(),
-        probe: job.spec.probe,
-        params: job.spec.params.clone(),
-        deadline: Some(Time(deadline)),
-        window: None,
-        pods,
-        all_pods,
-        comms: job.spec.target.comms.clone().unwrap_or_default(),
-        thresholds: job.spec.thresholds.clone(),
-        output: job.spec.output.clone(),
-        storage: job.spec.storage.clone(),
-        budget: job.spec.budget.clone(),
-        result_prefix: format!(
-            "tracejobs/{ns}/{name}-{}/{node}",
-            uid.get(..8).unwrap_or(&uid)
-        ),
-    };
-    let mut s = ProbeSession::new(&session_name(&name, node), spec);
-    s.metadata.namespace = Some(ns.to_string());
-    s.metadata.labels = Some(BTreeMap::from([
-        (NODE_LABEL.to_string(), node_label_value(node)),
-        (OWNER_UID_LABEL.to_string(), uid),
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            "sonde-operator".to_string(),
-        ),
-    ]));
-    s.metadata.owner_references = job.controller_owner_ref(&()).map(|o| vec![o]);
-    s
-}
-
 /// Kubernetes Events for what changed between two statuses.
 async fn publish_transitions(
     ctx: &Context,
@@ -425,16 +274,7 @@ async fn publish_transitions(
     }
     let reference = job.object_ref(&());
     for (type_, reason, note) in events {
-        let ev = KubeEvent {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
-            tracing::warn!(error = %e, reason, "publishing an Event");
-        }
+        ctx.publish(&reference, type_, reason, note).await;
     }
 }
 

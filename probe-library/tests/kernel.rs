@@ -325,7 +325,10 @@ fn oom_kill_reports_the_victim() {
 /// A standing probe rolls windows: the second window counts only what happened after the first was read.
 #[test]
 fn rolling_a_window_starts_the_kernel_aggregates_again() {
-    let mut load = Kill(vec![spawn("perf", &["bench", "sched", "pipe", "-l", "1000000000"])]);
+    let mut load = Kill(vec![spawn(
+        "perf",
+        &["bench", "sched", "pipe", "-l", "1000000000"],
+    )]);
     let filter = Filter {
         comms: Some(vec!["sched-pipe".into()]),
         ..Default::default()
@@ -342,7 +345,10 @@ fn rolling_a_window_starts_the_kernel_aggregates_again() {
     };
     std::thread::sleep(Duration::from_millis(1500));
     let n1 = wakeups(&running.roll(10, |_| {}));
-    assert!(n1 > 1000.0, "first window counted {n1} wakeups of sched-pipe");
+    assert!(
+        n1 > 1000.0,
+        "first window counted {n1} wakeups of sched-pipe"
+    );
     // The load stops; the next window must not carry the first one's counts.
     for c in &mut load.0 {
         let _ = c.kill();

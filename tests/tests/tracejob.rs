@@ -42,6 +42,7 @@ struct Scene {
     pods: Vec<RealPod>,
     host: Vec<Child>,
     client: Client,
+    plane: &'static ControlPlane,
     ns: TestNamespace,
     dir: tempfile::TempDir,
     operator_kc: std::path::PathBuf,
@@ -88,6 +89,7 @@ impl Scene {
             pods: vec![],
             host: vec![],
             client,
+            plane,
             ns,
             dir,
             operator_kc,
@@ -193,6 +195,10 @@ impl Scene {
             .await
             .unwrap()
             .items
+    }
+
+    fn plane_kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        self.plane.kubectl(Identity::Admin, args)
     }
 
     async fn events_for(&self, name: &str) -> Vec<(String, String)> {
@@ -767,4 +773,148 @@ async fn http_status(url: &str) -> Option<u16> {
 
 async fn http_body(url: &str) -> Option<String> {
     http_get(url).await.map(|(_, b)| b)
+}
+
+fn wakeups_policy(name: &str, per_second: u32, suspend: bool) -> String {
+    format!(
+        r#"
+apiVersion: sonde.dev/v1alpha1
+kind: ProbePolicy
+metadata: {{name: {name}}}
+spec:
+  probe: wakeups
+  target: {{podSelector: {{matchLabels: {{app: ping}}}}}}
+  window: 10s
+  thresholds: [{{metric: wakeupsPerSecond, value: {per_second}}}]
+  output: {{events: false}}
+  suspend: {suspend}
+"#
+    )
+}
+
+/// A standing probe: windows roll with their summary, breaches raise the condition and an Event; editing the
+/// policy (as GitOps would re-apply it) reloads its sessions only, not another policy's; suspend detaches.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_probe_policy_rolls_windows_raises_breaches_and_converges_on_edits() {
+    let mut s = Scene::new("policy").await;
+    let listener = s.isc_socket();
+    let ping = s.ping_pod("ping").await;
+    let apply = |yaml: String| {
+        let file = s.dir.path().join("policy.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let (ok, _, err) =
+            s.plane_kubectl(&["apply", "-n", &s.ns.name, "-f", file.to_str().unwrap()]);
+        assert!(ok, "kubectl apply: {err}");
+    };
+    apply(wakeups_policy("noisy", 20, false));
+    // A second, unrelated policy on the same pods must not be disturbed by edits of the first.
+    let other = r#"
+apiVersion: sonde.dev/v1alpha1
+kind: ProbePolicy
+metadata: {name: runq}
+spec:
+  probe: runq-latency
+  target: {podSelector: {matchLabels: {app: ping}}}
+  window: 10s
+  thresholds: [{metric: runqLatencyUs, value: 1000000}]
+"#;
+    let file = s.dir.path().join("other.yaml");
+    std::fs::write(&file, other).unwrap();
+    let (ok, _, err) = s.plane_kubectl(&["apply", "-n", &s.ns.name, "-f", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+
+    let policies: Api<sonde_crds::ProbePolicy> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let status = |name: &'static str| {
+        let policies = policies.clone();
+        async move { policies.get(name).await.ok().and_then(|p| p.status) }
+    };
+    let key = format!("ping/{ping} -> isc-socket/{listener}");
+    let breached = wait_for(Duration::from_secs(45), || async {
+        status("noisy").await.is_some_and(|st| {
+            is_true(&st.conditions, types::THRESHOLD_BREACHED)
+                && st
+                    .last_window
+                    .as_ref()
+                    .is_some_and(|w| w.rows.iter().any(|r| r.key == key))
+        })
+    })
+    .await;
+    let st = status("noisy").await.unwrap_or_default();
+    assert!(breached, "no breaching window with {key}: {st:#?}");
+    assert!(st.last_breach_time.is_some() && st.counts.breaches > 0);
+    assert_eq!(st.progress.as_deref(), Some("1/1"));
+    let reasons: Vec<String> = s
+        .events_for("noisy")
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "ThresholdBreached"),
+        "{reasons:?}"
+    );
+
+    // Edit: a threshold nothing reaches. Only this policy's session reloads, and its windows go quiet.
+    let runq_before = s
+        .session_list()
+        .await
+        .into_iter()
+        .find(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("runq-"))
+        })
+        .unwrap();
+    apply(wakeups_policy("noisy", 1_000_000, false));
+    let quiet = wait_for(Duration::from_secs(45), || async {
+        status("noisy").await.is_some_and(|st| {
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == types::THRESHOLD_BREACHED && c.status == "False")
+        })
+    })
+    .await;
+    assert!(
+        quiet,
+        "the edited policy still breaches: {:#?}",
+        status("noisy").await
+    );
+    let runq_after = s
+        .session_list()
+        .await
+        .into_iter()
+        .find(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("runq-"))
+        })
+        .unwrap();
+    assert_eq!(runq_before.metadata.uid, runq_after.metadata.uid);
+    assert_eq!(
+        runq_before.status.and_then(|st| st.attached_at),
+        runq_after.status.and_then(|st| st.attached_at),
+        "the unrelated policy was re-attached"
+    );
+
+    // Suspend: its sessions go and its programs detach; the other policy stays.
+    apply(wakeups_policy("noisy", 1_000_000, true));
+    let detached = wait_for(Duration::from_secs(15), || async {
+        bpf_programs(WAKEUPS_PROGS).is_empty()
+    })
+    .await;
+    assert!(detached, "wakeups programs still attached after suspend");
+    let st = status("noisy").await.unwrap();
+    let attached = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == types::ATTACHED)
+        .unwrap();
+    assert_eq!(attached.reason, "Suspended", "{attached:?}");
+    assert_eq!(
+        s.session_list().await.len(),
+        1,
+        "only the runq policy's session remains"
+    );
 }

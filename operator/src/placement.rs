@@ -1,0 +1,198 @@
+//! Where a TraceJob or ProbePolicy runs, and the per-node ProbeSessions that carry it there.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::core::{Selector, SelectorExt};
+use kube::{Resource, ResourceExt};
+use sonde_crds::{
+    NODE_LABEL, OWNER_UID_LABEL, ProbeSession, ProbeSessionSpec, Target, TargetPod,
+    node_label_value,
+};
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+pub async fn owned_sessions(api: &Api<ProbeSession>, uid: &str) -> Result<Vec<ProbeSession>> {
+    let lp = ListParams::default().labels(&format!("{OWNER_UID_LABEL}={uid}"));
+    Ok(api.list(&lp).await?.items)
+}
+
+/// Where a target runs: node → target pods. An empty pod list with a node means the whole node.
+pub async fn place(
+    t: &Target,
+    ctx: &Context,
+    ns: &str,
+) -> Result<BTreeMap<String, Vec<TargetPod>>> {
+    let mut allowed: Option<BTreeSet<String>> =
+        t.node_names.as_ref().map(|n| n.iter().cloned().collect());
+    if let Some(sel) = &t.node_selector {
+        let nodes: Api<Node> = Api::all(ctx.client.clone());
+        let selector: Selector = sel.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let names: BTreeSet<String> = nodes
+            .list(&ListParams::default().labels_from(&selector))
+            .await?
+            .items
+            .iter()
+            .map(|n| n.name_any())
+            .collect();
+        allowed = Some(match allowed {
+            Some(a) => a.intersection(&names).cloned().collect(),
+            None => names,
+        });
+    }
+    let mut out: BTreeMap<String, Vec<TargetPod>> = BTreeMap::new();
+    match &t.pod_selector {
+        Some(sel) => {
+            let selector: Selector = sel
+                .clone()
+                .try_into()
+                .map_err(|e: kube::core::ParseExpressionError| Error::Selector(e.to_string()))?;
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            for pod in pods
+                .list(&ListParams::default().labels_from(&selector))
+                .await?
+                .items
+            {
+                let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+                    continue;
+                };
+                let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+                if pod.metadata.deletion_timestamp.is_some()
+                    || matches!(phase, Some("Succeeded" | "Failed"))
+                {
+                    continue;
+                }
+                if !selector.matches(pod.labels())
+                    || allowed.as_ref().is_some_and(|a| !a.contains(&node))
+                {
+                    continue;
+                }
+                out.entry(node).or_default().push(TargetPod {
+                    uid: pod.uid().unwrap_or_default(),
+                    namespace: ns.to_string(),
+                    name: pod.name_any(),
+                });
+            }
+            for pods in out.values_mut() {
+                pods.sort();
+            }
+        }
+        None => {
+            let nodes = match allowed {
+                Some(a) => a,
+                None => Api::<Node>::all(ctx.client.clone())
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .iter()
+                    .map(|n| n.name_any())
+                    .collect(),
+            };
+            for n in nodes {
+                out.insert(n, Vec::new());
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn describe_no_targets(t: &Target, ns: &str) -> String {
+    match &t.pod_selector {
+        Some(sel) => {
+            let s: Result<Selector, _> = sel.clone().try_into();
+            let s = s.map(|s| s.to_string()).unwrap_or_default();
+            format!(
+                "no pod matching {{{s}}} is scheduled in namespace {}{}",
+                ns,
+                if t.node_names.is_some() || t.node_selector.is_some() {
+                    " on the selected nodes"
+                } else {
+                    ""
+                }
+            )
+        }
+        None => "no node matches spec.target.nodeNames/nodeSelector".into(),
+    }
+}
+
+/// The session name: `<job>-<node>`, shortened with a hash when that is not a valid object name.
+pub fn session_name(job: &str, node: &str) -> String {
+    let full = format!("{job}-{node}");
+    if full.len() <= 253 {
+        return full;
+    }
+    format!(
+        "{}-{}",
+        &full[..200].trim_end_matches(['-', '.']),
+        node_label_value(&full)
+            .rsplit('-')
+            .next()
+            .unwrap_or_default()
+    )
+}
+
+/// The probe-related part of a session spec, shared by TraceJobs and ProbePolicies.
+pub struct Probe<'a> {
+    pub probe: sonde_crds::ProbeName,
+    pub params: &'a Option<sonde_crds::ProbeParams>,
+    pub target: &'a Target,
+    pub thresholds: &'a [sonde_crds::Threshold],
+    pub output: &'a sonde_crds::Output,
+    pub storage: &'a Option<sonde_crds::Storage>,
+    pub budget: &'a sonde_crds::Budget,
+}
+
+/// One node's ProbeSession of `owner` (a TraceJob or ProbePolicy): named `<owner>-<node>`, labelled with its
+/// node and owner uid, controlled by the owner. `kind` is the owner's results folder (`tracejobs`, ...).
+pub fn session_for<K: Resource<DynamicType = ()>>(
+    owner: &K,
+    kind: &str,
+    p: &Probe,
+    node: &str,
+    pods: Vec<TargetPod>,
+    deadline: Option<Timestamp>,
+    window: Option<String>,
+) -> ProbeSession {
+    let name = owner.name_any();
+    let ns = owner.namespace().unwrap_or_default();
+    let uid = owner.uid().unwrap_or_default();
+    let spec = ProbeSessionSpec {
+        node_name: node.to_string(),
+        probe: p.probe,
+        params: p.params.clone(),
+        deadline: deadline.map(Time),
+        window,
+        pods,
+        all_pods: p.target.pod_selector.is_none(),
+        comms: p.target.comms.clone().unwrap_or_default(),
+        thresholds: p.thresholds.to_vec(),
+        output: p.output.clone(),
+        storage: p.storage.clone(),
+        budget: p.budget.clone(),
+        result_prefix: format!("{kind}/{ns}/{name}-{}/{node}", uid.get(..8).unwrap_or(&uid)),
+    };
+    let mut s = ProbeSession::new(&session_name(&name, node), spec);
+    s.metadata.namespace = Some(ns);
+    s.metadata.labels = Some(BTreeMap::from([
+        (NODE_LABEL.to_string(), node_label_value(node)),
+        (OWNER_UID_LABEL.to_string(), uid),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "sonde-operator".to_string(),
+        ),
+    ]));
+    s.metadata.owner_references = owner.controller_owner_ref(&()).map(|o| vec![o]);
+    s
+}
+
+/// Deletes every session of the owner with this uid.
+pub async fn delete_sessions(api: &Api<ProbeSession>, uid: &str) -> Result<()> {
+    let lp = ListParams::default().labels(&format!("{OWNER_UID_LABEL}={uid}"));
+    api.delete_collection(&DeleteParams::background(), &lp)
+        .await?;
+    Ok(())
+}
