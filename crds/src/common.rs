@@ -183,6 +183,14 @@ fn default_cpu_percent() -> f64 {
     5.0
 }
 
+impl std::ops::AddAssign<&Counts> for Counts {
+    fn add_assign(&mut self, other: &Counts) {
+        self.captured += other.captured;
+        self.dropped += other.dropped;
+        self.breaches += other.breaches;
+    }
+}
+
 /// Lifecycle phase of a TraceJob or ProbeSession.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,

@@ -17,8 +17,13 @@ use sonde_crds::{NODE_LABEL, Phase, ProbeSession, ProbeSessionSpec, node_label_v
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use std::sync::Arc;
+
+use sonde_telemetry::Health;
+
 use crate::cgroups::PodCgroups;
 use crate::error::Result;
+use crate::metrics::AgentMetrics;
 use crate::session::{self, SessionJob, Targets};
 
 #[derive(Clone, Debug)]
@@ -35,6 +40,8 @@ pub struct AgentConfig {
 pub struct Agent {
     client: Client,
     cfg: AgentConfig,
+    metrics: AgentMetrics,
+    health: Arc<Health>,
     cgroups: PodCgroups,
     live: HashMap<String, Live>,
     /// Sessions this process ran to the end; never started again even if their final status write was lost.
@@ -49,8 +56,15 @@ struct Live {
 }
 
 impl Agent {
-    pub fn new(client: Client, cfg: AgentConfig) -> Agent {
+    pub fn new(
+        client: Client,
+        cfg: AgentConfig,
+        metrics: AgentMetrics,
+        health: Arc<Health>,
+    ) -> Agent {
         Agent {
+            metrics,
+            health,
             cgroups: PodCgroups::new(&cfg.cgroup_root),
             client,
             cfg,
@@ -100,6 +114,7 @@ impl Agent {
                         let seen = listed.take().unwrap_or_default();
                         let gone: Vec<String> = self.live.keys().filter(|k| !seen.contains(*k)).cloned().collect();
                         for uid in gone { self.cancel(&uid); }
+                        self.health.set_ready(true);
                     }
                     Some(Ok(Event::Apply(s))) => self.upsert(s, &pod_store),
                     Some(Ok(Event::Delete(s))) => self.cancel(&s.uid().unwrap_or_default()),
@@ -117,7 +132,9 @@ impl Agent {
                     for uid in finished {
                         self.live.remove(&uid);
                         self.done.insert(uid);
+                        self.metrics.finished.inc();
                     }
+                    self.metrics.running.set(self.live.len() as i64);
                     // Containers can start after their pod event; cgroup directories are not watched.
                     self.retarget(&pod_store);
                 }
@@ -185,6 +202,7 @@ impl Agent {
         };
         tracing::info!(session = %job.name, namespace = %job.namespace, probe = %s.spec.probe, "starting session");
         let task = tokio::spawn(session::run(job, targets_rx, deleted_rx));
+        self.metrics.started.inc();
         self.live.insert(
             uid,
             Live {

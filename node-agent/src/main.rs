@@ -24,24 +24,25 @@ struct Args {
         default_value = "file:///var/lib/sonde/results"
     )]
     storage_url: String,
+    /// Address of /metrics, /healthz and /readyz (ready once this node's sessions are listed).
+    #[arg(long, env = "SONDE_METRICS_ADDR", default_value = "0.0.0.0:8081")]
+    metrics_addr: std::net::SocketAddr,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .init();
+    sonde_telemetry::init_logging();
     let args = Args::parse();
     let node = match args.node_name {
         Some(n) => n,
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .context("--node-name not given and no hostname")?
-            .trim()
-            .to_lowercase(),
+        None => sonde_telemetry::hostname().context("--node-name not given and no hostname")?,
     };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = sonde_agent::metrics::AgentMetrics::register(&mut registry);
+    let health = sonde_telemetry::Health::new(registry);
+    sonde_telemetry::serve(args.metrics_addr, health.clone())
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
     if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
         // Classic tracepoints need tracefs; without it the attach error names the problem.
         let _ = std::process::Command::new("mount")
@@ -60,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         storage_url: args.storage_url,
     };
     tokio::select! {
-        r = Agent::new(client, cfg).run() => r?,
+        r = Agent::new(client, cfg, metrics, health).run() => r?,
         _ = shutdown() => tracing::info!("shutting down; sessions detach with the process"),
     }
     Ok(())

@@ -216,7 +216,7 @@ pub async fn run(
                     "window": window_n, "window_seconds": window.map(|w| w.as_secs_f64()),
                     "breaches": breaches, "counts": rep.status.counts, "summary": findings.summary,
                 });
-                let prefix = format!("{}/window-{window_n:06}", job.spec.result_prefix);
+                let prefix = window_prefix(&job.spec.result_prefix);
                 let (urls, problems) = publish(done, &findings, &title, &report, &job.storage_url, &prefix).await;
                 rep.status.windows = window_n;
                 rep.status.results = urls;
@@ -301,7 +301,7 @@ pub async fn run(
         "note": job.resumed_note,
     });
     let prefix = match window {
-        Some(_) => format!("{}/window-{:06}", job.spec.result_prefix, window_n + 1),
+        Some(_) => window_prefix(&job.spec.result_prefix),
         None => job.spec.result_prefix.clone(),
     };
     let (urls, mut problems) = publish(
@@ -452,6 +452,12 @@ async fn publish(
             (Vec::new(), problems)
         }
     }
+}
+
+/// Where a window's results go: named by its end time, so windows of a reloaded session never collide.
+fn window_prefix(result_prefix: &str) -> String {
+    let end = k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+    format!("{result_prefix}/window-{end}")
 }
 
 async fn next_window(windows: &mut Option<tokio::time::Interval>) {

@@ -48,3 +48,10 @@ impl Context {
         }
     }
 }
+
+/// What a controller stream yields per reconcile; errors were already counted by the error policy.
+pub async fn log_reconcile<T, E: std::fmt::Display>(r: std::result::Result<T, E>) {
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "reconcile");
+    }
+}

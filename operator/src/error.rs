@@ -27,4 +27,15 @@ impl Error {
     }
 }
 
+/// The finalizer helper wraps the reconciler's own error; unwrap it so metrics see the real label.
+impl From<kube::runtime::finalizer::Error<Error>> for Error {
+    fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+            other => Error::Finalizer(other.to_string()),
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,13 +1,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use prometheus_client::registry::Registry;
 use sonde_operator::leader::LeaseLock;
-use sonde_operator::metrics::{Metrics, router};
+use sonde_operator::metrics::Metrics;
 use sonde_operator::{Context, policy, tracejob};
+use sonde_telemetry::Health;
 
 /// Sonde's operator.
 #[derive(Parser)]
@@ -29,26 +30,21 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .init();
+    sonde_telemetry::init_logging();
     let args = Args::parse();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
     let identity = args.identity.unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("{}-{}", host.trim(), std::process::id())
+        let host = sonde_telemetry::hostname().unwrap_or_default();
+        format!("{host}-{}", std::process::id())
     });
-    let metrics = Arc::new(Metrics::default());
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let health = Health::new(registry);
+    sonde_telemetry::serve(args.metrics_addr, health.clone())
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    tokio::spawn(axum::serve(listener, router(metrics.clone())).into_future());
 
     let lock = LeaseLock::new(
         client.clone(),
@@ -61,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
         r = lock.acquire() => r?,
         _ = tokio::signal::ctrl_c() => return Ok(()),
     }
-    metrics.ready.store(true, Ordering::Relaxed);
+    health.set_ready(true);
     let ctx = Context::new(client, metrics.clone(), Some(identity));
     tokio::select! {
         _ = futures::future::join(tracejob::run(ctx.clone()), policy::run(ctx)) => tracing::info!("controllers stopped"),

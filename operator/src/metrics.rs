@@ -1,14 +1,7 @@
-//! Prometheus metrics and the health endpoints, served on one address.
+//! The operator's Prometheus metrics (served with the health endpoints by `sonde-telemetry`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,18 +26,16 @@ pub struct FailureLabel {
 }
 
 pub struct Metrics {
-    registry: Registry,
     reconciles: Family<KindLabel, Counter>,
     failures: Family<FailureLabel, Counter>,
     duration: Family<KindLabel, Histogram>,
     breaches: Family<PolicyLabel, Counter>,
-    /// Set once this replica leads and its controllers run.
-    pub ready: AtomicBool,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("sonde_operator");
+impl Metrics {
+    /// Registers the operator's metrics (prefixed `sonde_operator_`) in `registry`.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let registry = registry.sub_registry_with_prefix("sonde_operator");
         let reconciles = Family::<KindLabel, Counter>::default();
         let failures = Family::<FailureLabel, Counter>::default();
         let duration = Family::<KindLabel, Histogram>::new_with_constructor(|| {
@@ -68,12 +59,10 @@ impl Default for Metrics {
             breaches.clone(),
         );
         Metrics {
-            registry,
             reconciles,
             failures,
             duration,
             breaches,
-            ready: AtomicBool::new(false),
         }
     }
 }
@@ -117,40 +106,4 @@ impl Metrics {
         };
         self.breaches.get_or_create(&label).inc_by(n);
     }
-
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("encoding to a String");
-        out
-    }
-}
-
-/// `/metrics`, `/healthz` (the process serves) and `/readyz` (it leads and reconciles).
-pub fn router(metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(|State(m): State<Arc<Metrics>>| async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    m.encode(),
-                )
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(|State(m): State<Arc<Metrics>>| async move {
-                if m.ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ready").into_response()
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not leading").into_response()
-                }
-            }),
-        )
-        .with_state(metrics)
 }

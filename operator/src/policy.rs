@@ -50,11 +50,7 @@ pub async fn run(ctx: Arc<Context>) {
         )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "reconcile");
-            }
-        })
+        .for_each(crate::context::log_reconcile)
         .await;
 }
 
@@ -75,11 +71,7 @@ pub async fn reconcile(policy: Arc<ProbePolicy>, ctx: Arc<Context>) -> Result<Ac
         }
     })
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    })
+    .map_err(Error::from)
 }
 
 fn error_policy(policy: Arc<ProbePolicy>, err: &Error, ctx: Arc<Context>) -> Action {

@@ -73,9 +73,7 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
         if let Some(strategy) = &ss.attach_strategy {
             *strategies.entry(strategy.clone()).or_default() += 1;
         }
-        counts.captured += ss.counts.captured;
-        counts.dropped += ss.counts.dropped;
-        counts.breaches += ss.counts.breaches;
+        counts += &ss.counts;
         results.extend(ss.results.iter().cloned());
         node_results.push(NodeResult {
             node: s.spec.node_name.clone(),
@@ -143,27 +141,11 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
             &now_t,
         );
     } else if !conditions::is_true(c, types::ATTACHED) {
-        conditions::set(
-            c,
-            types::ATTACHED,
-            false,
-            "Waiting",
-            "no node has attached yet",
-            g,
-            &now_t,
-        );
+        not_attached_yet(c, g, &now_t);
     }
     if counts.breaches > 0 {
         let msg = format!("{} threshold breaches", counts.breaches);
-        conditions::set(
-            c,
-            types::THRESHOLD_BREACHED,
-            true,
-            "Breached",
-            msg,
-            g,
-            &now_t,
-        );
+        set_breached(c, msg, g, &now_t);
     }
     match phase {
         Phase::Succeeded => {
@@ -294,9 +276,7 @@ pub fn policy_rollup(
         if conditions::is_true(&ss.conditions, types::THRESHOLD_BREACHED) {
             breached.push(s.spec.node_name.clone());
         }
-        counts.captured += ss.counts.captured;
-        counts.dropped += ss.counts.dropped;
-        counts.breaches += ss.counts.breaches;
+        counts += &ss.counts;
         if let Some(t) = ss.last_breach_time
             && st.last_breach_time.as_ref().is_none_or(|old| old.0 < t.0)
         {
@@ -320,15 +300,7 @@ pub fn policy_rollup(
         let msg = format!("attached on {}/{} node(s)", nodes.attached, nodes.targeted);
         conditions::set(c, types::ATTACHED, true, "Attached", msg, g, &now_t);
     } else {
-        conditions::set(
-            c,
-            types::ATTACHED,
-            false,
-            "Waiting",
-            "no node has attached yet",
-            g,
-            &now_t,
-        );
+        not_attached_yet(c, g, &now_t);
     }
     if failures.is_empty() {
         conditions::set(c, DEGRADED, false, "AllNodesHealthy", "", g, &now_t);
@@ -355,15 +327,7 @@ pub fn policy_rollup(
         );
     } else {
         let msg = format!("last window breached on {}", breached.join(", "));
-        conditions::set(
-            c,
-            types::THRESHOLD_BREACHED,
-            true,
-            "Breached",
-            msg,
-            g,
-            &now_t,
-        );
+        set_breached(c, msg, g, &now_t);
     }
     st.progress = Some(format!("{}/{}", nodes.attached, nodes.targeted));
     st.nodes = nodes;
@@ -372,6 +336,31 @@ pub fn policy_rollup(
         st.last_window = Some(summary);
     }
     st
+}
+
+fn set_breached(
+    c: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    msg: String,
+    g: Option<i64>,
+    now: &Time,
+) {
+    conditions::set(c, types::THRESHOLD_BREACHED, true, "Breached", msg, g, now);
+}
+
+fn not_attached_yet(
+    c: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    g: Option<i64>,
+    now: &Time,
+) {
+    conditions::set(
+        c,
+        types::ATTACHED,
+        false,
+        "Waiting",
+        "no node has attached yet",
+        g,
+        now,
+    );
 }
 
 /// Condition type of a policy with failed nodes.

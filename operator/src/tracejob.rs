@@ -48,11 +48,7 @@ pub async fn run(ctx: Arc<Context>) {
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "reconcile");
-            }
-        })
+        .for_each(crate::context::log_reconcile)
         .await;
 }
 
@@ -69,11 +65,7 @@ pub async fn reconcile(job: Arc<TraceJob>, ctx: Arc<Context>) -> Result<Action> 
         }
     })
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    })
+    .map_err(Error::from)
 }
 
 fn error_policy(job: Arc<TraceJob>, err: &Error, ctx: Arc<Context>) -> Action {

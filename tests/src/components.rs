@@ -39,6 +39,8 @@ pub struct Component {
     pub name: &'static str,
     pub child: Child,
     pub log: PathBuf,
+    /// Where its /metrics, /healthz and /readyz are (127.0.0.1), when the test chose the port.
+    pub metrics_port: Option<u16>,
 }
 
 impl Component {
@@ -56,7 +58,12 @@ impl Component {
             .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Component { name, child, log }
+        Component {
+            name,
+            child,
+            log,
+            metrics_port: None,
+        }
     }
 
     /// The operator acting as the identity in `kubeconfig`, leading through a Lease in `lease_namespace`.
@@ -79,17 +86,23 @@ impl Component {
             "--lease-seconds=4".into(),
         ];
         let log = dir.join(format!("{identity}.log"));
-        Self::spawn(kubeconfig, "sonde-operator", &args, log)
+        let mut c = Self::spawn(kubeconfig, "sonde-operator", &args, log);
+        c.metrics_port = (metrics_port != 0).then_some(metrics_port);
+        c
     }
 
     /// The agent for this host's Node acting as the identity in `kubeconfig`, writing results to `dir/results`.
     pub fn agent(kubeconfig: &Path, dir: &Path) -> Component {
+        let port = free_port();
         let args = [
             format!("--node-name={}", crate::this_node_name()),
             format!("--spool={}", dir.join("spool").display()),
             format!("--storage-url=file://{}", dir.join("results").display()),
+            format!("--metrics-addr=127.0.0.1:{port}"),
         ];
-        Self::spawn(kubeconfig, "sonde-agent", &args, dir.join("agent.log"))
+        let mut c = Self::spawn(kubeconfig, "sonde-agent", &args, dir.join("agent.log"));
+        c.metrics_port = Some(port);
+        c
     }
 
     pub fn kill(&mut self) {
@@ -179,4 +192,25 @@ pub fn chart_identities(plane: &ControlPlane, namespace: &str) -> (PathBuf, Path
         out.push(kc);
     }
     (out.remove(0), out.remove(0))
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// GET `http://127.0.0.1:<port><path>` with curl: (status, body).
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", &url])
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_string()))
 }

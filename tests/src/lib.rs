@@ -8,7 +8,7 @@ mod namespace;
 mod netpair;
 mod node;
 
-pub use components::{Component, chart_identities, helm};
+pub use components::{Component, chart_identities, free_port, helm, http_get};
 pub use controlplane::{ControlPlane, Identity};
 pub use namespace::TestNamespace;
 pub use netpair::NetPair;

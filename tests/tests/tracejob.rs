@@ -13,7 +13,7 @@ use sonde_crds::conditions::{is_true, types};
 use sonde_crds::{Phase, ProbeSession, TraceJob};
 use sonde_tests::{
     CgroupDriver, Component, ControlPlane, Identity, RealPod, TestNamespace, bpf_programs,
-    chart_identities, register_this_node, wait_for, wait_for_every,
+    chart_identities, free_port, http_get, register_this_node, wait_for, wait_for_every,
 };
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -189,6 +189,20 @@ impl Scene {
         .await
     }
 
+    async fn session_named(&self, prefix: &str) -> ProbeSession {
+        let all = self.session_list().await;
+        let named = |p: &&ProbeSession| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(prefix))
+        };
+        all.iter()
+            .find(named)
+            .cloned()
+            .unwrap_or_else(|| panic!("no session {prefix}*"))
+    }
+
     async fn session_list(&self) -> Vec<ProbeSession> {
         self.sessions()
             .list(&ListParams::default())
@@ -308,6 +322,24 @@ async fn wakeups_job_on_a_ping_pod_names_the_wakee() {
         bpf_programs(WAKEUPS_PROGS).is_empty(),
         "programs left after the job ended"
     );
+    // The agent's own endpoints, as the DaemonSet's probes and Prometheus see them.
+    let port = s.agent.as_ref().unwrap().metrics_port.unwrap();
+    assert_eq!(http_get(port, "/readyz").await.map(|(c, _)| c), Some(200));
+    let metrics = || async {
+        http_get(port, "/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    };
+    // The agent reaps finished sessions twice a second.
+    let counted = wait_for(Duration::from_secs(3), || async {
+        let m = metrics().await;
+        m.contains("sonde_agent_sessions_started_total 1")
+            && m.contains("sonde_agent_sessions_finished_total 1")
+            && m.contains("sonde_agent_sessions_running 0")
+    })
+    .await;
+    assert!(counted, "{}", metrics().await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -702,9 +734,9 @@ async fn a_standby_operator_takes_over_the_lease() {
         .await,
         "first replica never led"
     );
-    let ready = format!("http://127.0.0.1:{port}/readyz");
+    let status = |path: &'static str| async move { http_get(port, path).await.map(|(c, _)| c) };
     assert_eq!(
-        http_status(&ready).await,
+        status("/readyz").await,
         Some(503),
         "the standby claims to be ready"
     );
@@ -721,7 +753,7 @@ async fn a_standby_operator_takes_over_the_lease() {
         "standby took the lease {:?} after the leader died (lease 4 s)",
         t0.elapsed()
     );
-    assert_eq!(http_status(&ready).await, Some(200));
+    assert_eq!(status("/readyz").await, Some(200));
     s.operator = Some(standby);
     s.ping_pod("ping").await;
     s.create_job(&(wakeups_job("after-failover", "2s") + "  ttlSecondsAfterFinished: 1\n"))
@@ -739,40 +771,14 @@ async fn a_standby_operator_takes_over_the_lease() {
     })
     .await;
     assert!(gone, "ttlSecondsAfterFinished did not delete the job");
-    let metrics = http_body(&format!("http://127.0.0.1:{port}/metrics"))
+    let metrics = http_get(port, "/metrics")
         .await
+        .map(|(_, b)| b)
         .unwrap_or_default();
     assert!(
         metrics.contains("sonde_operator_reconciles_total{kind=\"tracejob\"}"),
         "{metrics}"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn http_get(url: &str) -> Option<(u16, String)> {
-    let out = tokio::process::Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", url])
-        .output()
-        .await
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n')?;
-    Some((code.trim().parse().ok()?, body.to_string()))
-}
-
-async fn http_status(url: &str) -> Option<u16> {
-    http_get(url).await.map(|(c, _)| c)
-}
-
-async fn http_body(url: &str) -> Option<String> {
-    http_get(url).await.map(|(_, b)| b)
 }
 
 fn wakeups_policy(name: &str, per_second: u32, suspend: bool) -> String {
@@ -818,10 +824,7 @@ spec:
   window: 10s
   thresholds: [{metric: runqLatencyUs, value: 1000000}]
 "#;
-    let file = s.dir.path().join("other.yaml");
-    std::fs::write(&file, other).unwrap();
-    let (ok, _, err) = s.plane_kubectl(&["apply", "-n", &s.ns.name, "-f", file.to_str().unwrap()]);
-    assert!(ok, "{err}");
+    apply(other.to_string());
 
     let policies: Api<sonde_crds::ProbePolicy> = Api::namespaced(s.client.clone(), &s.ns.name);
     let status = |name: &'static str| {
@@ -855,17 +858,7 @@ spec:
     );
 
     // Edit: a threshold nothing reaches. Only this policy's session reloads, and its windows go quiet.
-    let runq_before = s
-        .session_list()
-        .await
-        .into_iter()
-        .find(|p| {
-            p.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| n.starts_with("runq-"))
-        })
-        .unwrap();
+    let runq_before = s.session_named("runq-").await;
     apply(wakeups_policy("noisy", 1_000_000, false));
     let quiet = wait_for(Duration::from_secs(45), || async {
         status("noisy").await.is_some_and(|st| {
@@ -880,17 +873,7 @@ spec:
         "the edited policy still breaches: {:#?}",
         status("noisy").await
     );
-    let runq_after = s
-        .session_list()
-        .await
-        .into_iter()
-        .find(|p| {
-            p.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| n.starts_with("runq-"))
-        })
-        .unwrap();
+    let runq_after = s.session_named("runq-").await;
     assert_eq!(runq_before.metadata.uid, runq_after.metadata.uid);
     assert_eq!(
         runq_before.status.and_then(|st| st.attached_at),

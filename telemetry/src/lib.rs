@@ -1,0 +1,93 @@
+//! What Sonde's long-running binaries (operator, node agent) share: logging and one small HTTP server for
+//! Prometheus metrics and the health endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info,kube=warn`); `SONDE_LOG_FORMAT=json` writes one JSON
+/// object per line, with the span and event fields, for log pipelines.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if std::env::var("SONDE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// This host's name, lower-cased as Kubernetes node names are.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_lowercase())
+        .filter(|h| !h.is_empty())
+}
+
+/// The metrics registry and the readiness flag the server reports.
+pub struct Health {
+    registry: Registry,
+    ready: AtomicBool,
+}
+
+impl Health {
+    pub fn new(registry: Registry) -> Arc<Health> {
+        Arc::new(Health {
+            registry,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding to a String");
+        out
+    }
+}
+
+/// `/metrics` (OpenMetrics text), `/healthz` (the process serves) and `/readyz` (200 once `set_ready(true)`).
+pub fn router(health: Arc<Health>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(h): State<Arc<Health>>| async move {
+                let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+                ([(header::CONTENT_TYPE, kind)], h.encode())
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(h): State<Arc<Health>>| async move {
+                if h.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready").into_response()
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+                }
+            }),
+        )
+        .with_state(health)
+}
+
+/// Binds `addr` and serves [`router`] in the background; returns the bound address.
+pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(axum::serve(listener, router(health)).into_future());
+    Ok(bound)
+}
