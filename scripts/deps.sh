@@ -10,3 +10,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# The S3 server the storage tests write to (moto's server mode: real S3 over HTTP).
+python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'moto[server]==5.2.1'

@@ -1,5 +1,7 @@
 //! Results leave the node through the `object_store` crate: `file://` (the default, a directory on the node or a
-//! shared volume) or `s3://`. Files are written under `<url>/<resultPrefix>/`.
+//! shared volume) or `s3://bucket/prefix`, configured by the usual `AWS_*` environment variables
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...).
+//! Files are written under `<url>/<resultPrefix>/`.
 
 use std::path::PathBuf;
 
@@ -19,7 +21,9 @@ pub async fn upload(store_url: &str, prefix: &str, files: &[PathBuf]) -> Result<
         // LocalFileSystem writes below an existing root only.
         std::fs::create_dir_all(url.path())?;
     }
-    let (store, base) = object_store::parse_url(&url).map_err(|e| err(e.to_string()))?;
+    let aws_env = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
+    let (store, base) =
+        object_store::parse_url_opts(&url, aws_env).map_err(|e| err(e.to_string()))?;
     let mut urls = Vec::with_capacity(files.len());
     for file in files {
         let Some(name) = file.file_name().and_then(|n| n.to_str()) else {

@@ -44,11 +44,18 @@ pub struct Component {
 }
 
 impl Component {
-    fn spawn(kubeconfig: &Path, name: &'static str, args: &[String], log: PathBuf) -> Component {
+    fn spawn(
+        kubeconfig: &Path,
+        name: &'static str,
+        args: &[String],
+        log: PathBuf,
+        env: &[(String, String)],
+    ) -> Component {
         let out = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin_dir().join(name))
             .args(args)
             .env("KUBECONFIG", kubeconfig)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 "info,kube=warn,sonde_agent=debug,sonde_operator=debug",
@@ -86,13 +93,18 @@ impl Component {
             "--lease-seconds=4".into(),
         ];
         let log = dir.join(format!("{identity}.log"));
-        let mut c = Self::spawn(kubeconfig, "sonde-operator", &args, log);
+        let mut c = Self::spawn(kubeconfig, "sonde-operator", &args, log, &[]);
         c.metrics_port = (metrics_port != 0).then_some(metrics_port);
         c
     }
 
     /// The agent for this host's Node acting as the identity in `kubeconfig`, writing results to `dir/results`.
     pub fn agent(kubeconfig: &Path, dir: &Path) -> Component {
+        Self::agent_with_env(kubeconfig, dir, &[])
+    }
+
+    /// The agent with extra environment (such as an object store's `AWS_*` settings).
+    pub fn agent_with_env(kubeconfig: &Path, dir: &Path, env: &[(String, String)]) -> Component {
         let port = free_port();
         let args = [
             format!("--node-name={}", crate::this_node_name()),
@@ -100,7 +112,8 @@ impl Component {
             format!("--storage-url=file://{}", dir.join("results").display()),
             format!("--metrics-addr=127.0.0.1:{port}"),
         ];
-        let mut c = Self::spawn(kubeconfig, "sonde-agent", &args, dir.join("agent.log"));
+        let log = dir.join("agent.log");
+        let mut c = Self::spawn(kubeconfig, "sonde-agent", &args, log, env);
         c.metrics_port = Some(port);
         c
     }

@@ -7,12 +7,14 @@ mod controlplane;
 mod namespace;
 mod netpair;
 mod node;
+mod s3;
 
 pub use components::{Component, chart_identities, free_port, helm, http_get};
 pub use controlplane::{ControlPlane, Identity};
 pub use namespace::TestNamespace;
 pub use netpair::NetPair;
 pub use node::{CgroupDriver, RealPod, register_this_node, this_node_name};
+pub use s3::S3Server;
 
 /// The repository root, for examples/ and crds/.
 pub fn repo_root() -> std::path::PathBuf {

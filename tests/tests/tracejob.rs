@@ -901,3 +901,51 @@ spec:
         "only the runq policy's session remains"
     );
 }
+
+/// Results go to a real S3 server when the job names one: the status links s3:// URLs and the objects are there.
+#[tokio::test(flavor = "multi_thread")]
+async fn results_go_to_s3_when_the_job_says_so() {
+    let mut s = Scene::new("s3").await;
+    let s3 = sonde_tests::S3Server::start();
+    s3.create_bucket("sonde-e2e");
+    s.agent.as_mut().unwrap().kill();
+    s.agent = Some(Component::agent_with_env(
+        &s.agent_kc,
+        s.dir.path(),
+        &s3.env(),
+    ));
+    s.ping_pod("ping").await;
+    let yaml = wakeups_job("to-s3", "3s") + "  storage: {url: s3://sonde-e2e/runs}\n";
+    s.create_job(&yaml).await;
+    let job = s.wait_job("to-s3", Duration::from_secs(40), finished).await;
+    let st = job.status.unwrap();
+    assert_eq!(st.phase, Phase::Succeeded, "{st:#?}");
+    assert!(
+        !st.results.is_empty()
+            && st
+                .results
+                .iter()
+                .all(|u| u.starts_with("s3://sonde-e2e/runs/tracejobs/")),
+        "{:?}",
+        st.results
+    );
+    let keys = s3.keys("sonde-e2e");
+    let summary_key = keys
+        .iter()
+        .find(|k| k.ends_with("/summary.json"))
+        .unwrap_or_else(|| panic!("no summary.json in {keys:?}"));
+    assert!(
+        st.results
+            .iter()
+            .any(|u| u == &format!("s3://sonde-e2e/{summary_key}")),
+        "{summary_key} vs {:?}",
+        st.results
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&s3.get("sonde-e2e", summary_key)).unwrap();
+    assert_eq!(summary["probe"], "wakeups");
+    assert_eq!(
+        summary["counts"]["captured"].as_u64(),
+        Some(st.counts.captured)
+    );
+}
