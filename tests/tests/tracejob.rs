@@ -708,14 +708,6 @@ async fn apply_to_attached_latency_over_20_jobs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_operator_takes_over_the_lease() {
     let mut s = Scene::new("leader").await;
-    let port = free_port();
-    let standby = Component::operator_named(
-        &s.operator_kc,
-        &s.lease_ns,
-        s.dir.path(),
-        "e2e-standby",
-        port,
-    );
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(s.client.clone(), &s.lease_ns);
     let holder = || async {
@@ -733,6 +725,27 @@ async fn a_standby_operator_takes_over_the_lease() {
         })
         .await,
         "first replica never led"
+    );
+    // Only now the standby: started together, either could win the lease.
+    let port = free_port();
+    let standby = Component::operator_named(
+        &s.operator_kc,
+        &s.lease_ns,
+        s.dir.path(),
+        "e2e-standby",
+        port,
+    );
+    let up = wait_for(Duration::from_secs(10), || async {
+        http_get(port, "/healthz")
+            .await
+            .is_some_and(|(c, _)| c == 200)
+    })
+    .await;
+    assert!(up, "the standby never served /healthz");
+    assert_eq!(
+        holder().await,
+        "e2e-operator",
+        "the standby took a lease that was held"
     );
     let status = |path: &'static str| async move { http_get(port, path).await.map(|(c, _)| c) };
     assert_eq!(
