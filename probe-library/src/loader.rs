@@ -64,10 +64,9 @@ pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
         .unwrap_or_default();
     let filter_syscall = flag(!syscalls.is_empty());
 
-    let btf = Btf::from_sys_fs().ok();
     let mut loader = EbpfLoader::new();
     loader
-        .btf(btf.as_ref())
+        .btf(kernel_btf())
         .override_global("cfg_filter_cgroup", &filter_cgroup, true)
         .override_global("cfg_filter_pid", &filter_pid, true)
         .override_global("cfg_filter_comm", &filter_comm, true)
@@ -100,7 +99,7 @@ pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
         let mut ok = false;
         let first = attempts.len();
         for attach in hook.chain {
-            let result = attach_one(&mut ebpf, attach, btf.as_ref(), cfg);
+            let result = attach_one(&mut ebpf, attach, kernel_btf(), cfg);
             attempts.push(AttachAttempt {
                 hook: hook.name,
                 strategy: attach.strategy(),
@@ -201,6 +200,12 @@ fn chain_error(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The kernel's BTF, parsed once per process: an agent starting many sessions pays for it once.
+fn kernel_btf() -> Option<&'static Btf> {
+    static BTF: std::sync::OnceLock<Option<Btf>> = std::sync::OnceLock::new();
+    BTF.get_or_init(|| Btf::from_sys_fs().ok()).as_ref()
 }
 
 /// The comm filter as the kernel reads it: how many entries are set, and the entries. A filter that is on with
