@@ -143,11 +143,11 @@ pub async fn run(
         .as_deref()
         .and_then(|w| sonde_crds::parse_duration(w).ok());
     let keep_events = config.events_expected();
-    let window_dir = |n: u64| match window {
-        Some(_) => spool.join(format!("window-{n:06}")),
+    let first_dir = match window {
+        Some(_) => spool.join("window-000000"),
         None => spool.clone(),
     };
-    let writer = ResultsWriter::create(&window_dir(0), keep_events, job.spec.output.max_events);
+    let writer = ResultsWriter::create(&first_dir, keep_events, job.spec.output.max_events);
     let started =
         writer.and_then(|w| tokio::task::block_in_place(|| Running::start(config)).map(|r| (w, r)));
     let (mut writer, mut running) = match started {
@@ -186,50 +186,25 @@ pub async fn run(
     let mut write_error = None;
     let top = sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref());
     let title = format!("sonde {} {}/{}", job.spec.probe, job.namespace, job.name);
-    let mut windows = window.map(|w| tokio::time::interval_at(tokio::time::Instant::now() + w, w));
-    let mut window_n = 0u64;
-    let mut breaches_before = 0u64;
+    let mut windows = window.map(|every| Windows {
+        every,
+        ticker: tokio::time::interval_at(tokio::time::Instant::now() + every, every),
+        n: 0,
+        breaches_before: 0,
+        spool: spool.clone(),
+        keep_events,
+    });
     let stop = loop {
         tokio::select! {
             _ = sleep_until(deadline_at) => break Stop::Deadline,
             _ = next_window(&mut windows) => {
                 // A standing probe: publish this window, start the next, stay attached.
-                let findings = tokio::task::block_in_place(|| {
-                    running.roll(top, |ev| {
-                        if let Err(e) = writer.event(ev) {
-                            write_error.get_or_insert(e);
-                        }
-                    })
-                });
-                window_n += 1;
-                let next = match ResultsWriter::create(&window_dir(window_n), keep_events, job.spec.output.max_events) {
-                    Ok(w) => w,
-                    Err(e) => break Stop::Failed(format!("starting window {window_n}: {e}")),
-                };
-                let done = std::mem::replace(&mut writer, next);
-                fill_counts(&mut rep.status, &running);
-                let breaches = rep.status.counts.breaches - breaches_before;
-                breaches_before = rep.status.counts.breaches;
-                let report = serde_json::json!({
-                    "session": format!("{}/{}", job.namespace, job.name),
-                    "node": job.spec.node_name, "probe": job.spec.probe.to_string(),
-                    "window": window_n, "window_seconds": window.map(|w| w.as_secs_f64()),
-                    "breaches": breaches, "counts": rep.status.counts, "summary": findings.summary,
-                });
-                let prefix = window_prefix(&job.spec.result_prefix);
-                let (urls, problems) = publish(done, &findings, &title, &report, &job.storage_url, &prefix).await;
-                rep.status.windows = window_n;
-                rep.status.results = urls;
-                rep.status.summary = Some(findings.summary);
-                if breaches > 0 {
-                    rep.status.last_breach_time = Some(Time(k8s_openapi::jiff::Timestamp::now()));
-                    rep.condition(types::THRESHOLD_BREACHED, true, "Breached", format!("{breaches} breaches in window {window_n}"));
-                } else {
-                    rep.condition(types::THRESHOLD_BREACHED, false, "Quiet", format!("no breach in window {window_n}"));
+                if let Some(w) = windows.as_mut()
+                    && let Err(e) = end_window(&job, w, &mut running, &mut writer, &mut rep, top, &title).await
+                {
+                    break Stop::Failed(e);
                 }
-                rep.status.message = (!problems.is_empty()).then(|| problems.join("; "));
                 last_status = Instant::now();
-                rep.write().await;
                 continue;
             }
             r = deleted.changed() => if r.is_err() || *deleted.borrow() { break Stop::Deleted },
@@ -252,7 +227,7 @@ pub async fn run(
             }
         });
         // A standing probe records; only a one-shot trace ends on a Stop threshold.
-        if running.stop_requested && window.is_none() {
+        if running.stop_requested && windows.is_none() {
             break Stop::Threshold;
         }
         let (run_time, _) = running.kernel_runtime();
@@ -300,7 +275,7 @@ pub async fn run(
         "summary": findings.summary,
         "note": job.resumed_note,
     });
-    let prefix = match window {
+    let prefix = match windows {
         Some(_) => window_prefix(&job.spec.result_prefix),
         None => job.spec.result_prefix.clone(),
     };
@@ -460,13 +435,86 @@ fn window_prefix(result_prefix: &str) -> String {
     format!("{result_prefix}/window-{end}")
 }
 
-async fn next_window(windows: &mut Option<tokio::time::Interval>) {
+/// The rolling windows of a standing probe.
+struct Windows {
+    every: Duration,
+    ticker: tokio::time::Interval,
+    /// Windows completed.
+    n: u64,
+    breaches_before: u64,
+    spool: PathBuf,
+    keep_events: bool,
+}
+
+async fn next_window(windows: &mut Option<Windows>) {
     match windows {
         Some(w) => {
-            w.tick().await;
+            w.ticker.tick().await;
         }
         None => std::future::pending().await,
     }
+}
+
+/// Ends a window: its findings and events are published, the kernel aggregates and the events file start
+/// again, and status reports the window (its summary, results, whether it breached). Err only when the next
+/// window cannot be written.
+async fn end_window(
+    job: &SessionJob,
+    w: &mut Windows,
+    running: &mut Running,
+    writer: &mut ResultsWriter,
+    rep: &mut Reporter,
+    top: usize,
+    title: &str,
+) -> Result<(), String> {
+    let mut write_error = None;
+    let findings = tokio::task::block_in_place(|| {
+        running.roll(top, |ev| {
+            if let Err(e) = writer.event(ev) {
+                write_error.get_or_insert(e);
+            }
+        })
+    });
+    let mut problems: Vec<String> = write_error
+        .into_iter()
+        .map(|e| format!("writing events: {e}"))
+        .collect();
+    w.n += 1;
+    let dir = w.spool.join(format!("window-{:06}", w.n));
+    let next = ResultsWriter::create(&dir, w.keep_events, job.spec.output.max_events)
+        .map_err(|e| format!("starting window {}: {e}", w.n))?;
+    let done = std::mem::replace(writer, next);
+    fill_counts(&mut rep.status, running);
+    let breaches = rep.status.counts.breaches - w.breaches_before;
+    w.breaches_before = rep.status.counts.breaches;
+    let report = serde_json::json!({
+        "session": format!("{}/{}", job.namespace, job.name),
+        "node": job.spec.node_name,
+        "probe": job.spec.probe.to_string(),
+        "window": w.n,
+        "window_seconds": w.every.as_secs_f64(),
+        "breaches": breaches,
+        "counts": rep.status.counts,
+        "summary": findings.summary,
+    });
+    let prefix = window_prefix(&job.spec.result_prefix);
+    let (urls, more) = publish(done, &findings, title, &report, &job.storage_url, &prefix).await;
+    problems.extend(more);
+    rep.status.windows = w.n;
+    rep.status.results = urls;
+    rep.status.summary = Some(findings.summary);
+    let n = w.n;
+    if breaches > 0 {
+        rep.status.last_breach_time = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        let msg = format!("{breaches} breaches in window {n}");
+        rep.condition(types::THRESHOLD_BREACHED, true, "Breached", msg);
+    } else {
+        let msg = format!("no breach in window {n}");
+        rep.condition(types::THRESHOLD_BREACHED, false, "Quiet", msg);
+    }
+    rep.status.message = (!problems.is_empty()).then(|| problems.join("; "));
+    rep.write().await;
+    Ok(())
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
