@@ -81,7 +81,7 @@ impl Agent {
         let node = self.cfg.node.clone();
         let pods: Api<Pod> = Api::all(self.client.clone());
         let (pod_store, writer) = reflector::store::<Pod>();
-        let pod_events = reflector(
+        let mut pod_events = reflector(
             writer,
             watcher(
                 pods,
@@ -97,7 +97,6 @@ impl Agent {
         )
         .default_backoff()
         .boxed();
-        let mut pod_events = pod_events;
         let mut listed: Option<HashSet<String>> = None;
         let mut reap = tokio::time::interval(Duration::from_millis(500));
         tracing::info!(%node, cgroup_root = %self.cfg.cgroup_root.display(), "agent started");

@@ -211,10 +211,14 @@ pub async fn run(
             r = targets.changed() => {
                 if r.is_ok() {
                     let t = targets.borrow_and_update().clone();
-                    if let Some(ids) = &t.cgroups
-                        && let Err(e) = running.set_cgroups(ids)
-                    {
-                        tracing::warn!(session = %job.name, error = %e, "updating the cgroup filter");
+                    let updated = match (&t.cgroups, job.spec.probe, job.spec.all_pods) {
+                        (_, _, true) => Ok(()),
+                        (_, ProbeName::PacketLatency, _) => running.set_netns(&t.netns),
+                        (Some(ids), _, _) => running.set_cgroups(ids),
+                        (None, _, _) => Ok(()),
+                    };
+                    if let Err(e) = updated {
+                        tracing::warn!(session = %job.name, error = %e, "updating the target filter");
                     }
                     rep.status.message = job.resumed_note.clone().or_else(|| unresolved_message(&t));
                 }

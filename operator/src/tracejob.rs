@@ -8,14 +8,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use sonde_crds::{OWNER_UID_LABEL, Phase, ProbeSession, TraceJob, TraceJobStatus};
+use sonde_crds::{Phase, ProbeSession, TraceJob, TraceJobStatus};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -79,9 +79,7 @@ fn error_policy(job: Arc<TraceJob>, err: &Error, ctx: Arc<Context>) -> Action {
 async fn cleanup(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
     let api: Api<ProbeSession> = Api::namespaced(ctx.client.clone(), ns);
     let uid = job.uid().unwrap_or_default();
-    let lp = ListParams::default().labels(&format!("{OWNER_UID_LABEL}={uid}"));
-    api.delete_collection(&DeleteParams::background(), &lp)
-        .await?;
+    placement::delete_sessions(&api, &uid).await?;
     Ok(Action::await_change())
 }
 

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 pub(crate) fn fill(ebpf: &mut Ebpf, cfg: &ProbeConfig) -> Result<()> {
     let p = cfg.probe;
     if let Some(ids) = &cfg.filter.cgroups {
-        set_u64(ebpf, p, "filter_cgroups", ids)?;
+        set_exactly(ebpf, p, "filter_cgroups", ids)?;
     }
     for pid in cfg.filter.pids.iter().flatten() {
         insert_u32(ebpf, p, "filter_pids", *pid)?;
@@ -54,11 +54,16 @@ pub(crate) fn insert_u32(
     m.insert(key, 1, 0).map_err(|e| map_err(probe, name, e))
 }
 
-/// Makes the cgroup set exactly `ids`: new pods are admitted, gone pods dropped, others untouched.
-pub fn set_u64(ebpf: &mut Ebpf, probe: ProbeName, name: &'static str, ids: &[u64]) -> Result<()> {
-    let mut m: HashMap<_, u64, u8> = map(ebpf, probe, name)?;
-    let want: BTreeSet<u64> = ids.iter().copied().collect();
-    let have: BTreeSet<u64> = m.keys().filter_map(|k| k.ok()).collect();
+/// Makes a filter set exactly `ids`: new members are admitted, gone ones dropped, others untouched.
+pub fn set_exactly<K: aya::Pod + Ord>(
+    ebpf: &mut Ebpf,
+    probe: ProbeName,
+    name: &'static str,
+    ids: &[K],
+) -> Result<()> {
+    let mut m: HashMap<_, K, u8> = map(ebpf, probe, name)?;
+    let want: BTreeSet<K> = ids.iter().copied().collect();
+    let have: BTreeSet<K> = m.keys().filter_map(|k| k.ok()).collect();
     for gone in have.difference(&want) {
         m.remove(gone).map_err(|e| map_err(probe, name, e))?;
     }

@@ -124,12 +124,14 @@ impl Running {
 
     /// Replaces the admitted cgroups (pods came or went).
     pub fn set_cgroups(&mut self, ids: &[u64]) -> Result<()> {
-        crate::filter::set_u64(
-            &mut self.loaded.ebpf,
-            self.config.probe,
-            "filter_cgroups",
-            ids,
-        )
+        let probe = self.config.probe;
+        crate::filter::set_exactly(&mut self.loaded.ebpf, probe, "filter_cgroups", ids)
+    }
+
+    /// Replaces the admitted network namespaces (packet-latency: the target pods' namespaces changed).
+    pub fn set_netns(&mut self, inodes: &[u32]) -> Result<()> {
+        let probe = self.config.probe;
+        crate::filter::set_exactly(&mut self.loaded.ebpf, probe, "filter_netns", inodes)
     }
 
     /// Drains what is left, then reads the kernel aggregates. Detaches when the returned value drops.

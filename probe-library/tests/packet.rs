@@ -144,3 +144,55 @@ fn tcp_retransmit_sees_drops_at_a_tiny_queue() {
             .any(|r| r.key.ends_with("10.78.0.2:5201"))
     );
 }
+
+/// The agent keeps packet-latency's namespace filter current: an empty filter admits nothing, and a namespace
+/// added while the probe runs is traced from then on.
+#[test]
+fn packet_latency_namespace_filter_updates_while_attached() {
+    let mut pair = Pair::new(
+        "pn",
+        76,
+        &["rate", "4mbit", "burst", "16kb", "latency", "100ms"],
+    );
+    let netns = pair.netns_inode(&pair.b.clone());
+    let params = ProbeParams {
+        packet_latency: Some(PacketLatencyParams {
+            ports: vec![5201],
+            netns: None,
+        }),
+        ..Default::default()
+    };
+    let threshold = common::threshold(Metric::SegmentLatencyMs, Comparison::GreaterOrEqual, 5.0);
+    let cfg = ProbeConfig {
+        probe: ProbeName::PacketLatency,
+        params,
+        filter: Filter {
+            netns: Some(vec![]),
+            ..Default::default()
+        },
+        thresholds: vec![threshold],
+        output: Output {
+            events: false,
+            ..Default::default()
+        },
+    };
+    let mut running = sonde_probes::Running::start(cfg).expect("packet-latency loads");
+    pair.bulk_flow(5.0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut before = 0;
+    running.drain(|_| before += 1);
+    assert_eq!(
+        before, 0,
+        "an empty namespace filter let {before} segments through"
+    );
+    running
+        .set_netns(&[netns])
+        .expect("namespace filter updated");
+    std::thread::sleep(Duration::from_millis(2000));
+    let mut after = 0;
+    running.drain(|_| after += 1);
+    assert!(
+        after >= 5,
+        "only {after} slow segments after the namespace was admitted"
+    );
+}
