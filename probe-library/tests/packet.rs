@@ -8,29 +8,23 @@ use sonde_crds::*;
 use std::time::Duration;
 
 use sonde_probes::{Filter, ProbeConfig};
-use sonde_tests::NetPair as Pair;
+use sonde_tests::{NetPair as Pair, TIGHT_TBF};
 
-#[test]
-fn packet_latency_puts_the_tbf_delay_between_xmit_and_receive() {
-    let mut pair = Pair::new(
-        "pl",
-        77,
-        &["rate", "4mbit", "burst", "16kb", "latency", "100ms"],
-    );
-    let netns = pair.netns_inode(&pair.b.clone());
+/// packet-latency on port 5201 keeping only segments of 5 ms or more, filtered to `filter_netns`.
+fn slow_segments(param_netns: Option<u64>, filter_netns: Vec<u32>) -> ProbeConfig {
     let params = ProbeParams {
         packet_latency: Some(PacketLatencyParams {
             ports: vec![5201],
-            netns: Some(netns as u64),
+            netns: param_netns,
         }),
         ..Default::default()
     };
     let threshold = common::threshold(Metric::SegmentLatencyMs, Comparison::GreaterOrEqual, 5.0);
-    let cfg = ProbeConfig {
+    ProbeConfig {
         probe: ProbeName::PacketLatency,
         params,
         filter: Filter {
-            netns: Some(vec![netns]),
+            netns: Some(filter_netns),
             ..Default::default()
         },
         thresholds: vec![threshold],
@@ -38,7 +32,14 @@ fn packet_latency_puts_the_tbf_delay_between_xmit_and_receive() {
             events: false,
             ..Default::default()
         },
-    };
+    }
+}
+
+#[test]
+fn packet_latency_puts_the_tbf_delay_between_xmit_and_receive() {
+    let mut pair = Pair::new("pl", 77, TIGHT_TBF);
+    let netns = pair.netns_inode(&pair.b.clone());
+    let cfg = slow_segments(Some(netns as u64), vec![netns]);
     pair.bulk_flow(3.0);
     let common::Outcome {
         events,
@@ -149,33 +150,9 @@ fn tcp_retransmit_sees_drops_at_a_tiny_queue() {
 /// added while the probe runs is traced from then on.
 #[test]
 fn packet_latency_namespace_filter_updates_while_attached() {
-    let mut pair = Pair::new(
-        "pn",
-        76,
-        &["rate", "4mbit", "burst", "16kb", "latency", "100ms"],
-    );
+    let mut pair = Pair::new("pn", 76, TIGHT_TBF);
     let netns = pair.netns_inode(&pair.b.clone());
-    let params = ProbeParams {
-        packet_latency: Some(PacketLatencyParams {
-            ports: vec![5201],
-            netns: None,
-        }),
-        ..Default::default()
-    };
-    let threshold = common::threshold(Metric::SegmentLatencyMs, Comparison::GreaterOrEqual, 5.0);
-    let cfg = ProbeConfig {
-        probe: ProbeName::PacketLatency,
-        params,
-        filter: Filter {
-            netns: Some(vec![]),
-            ..Default::default()
-        },
-        thresholds: vec![threshold],
-        output: Output {
-            events: false,
-            ..Default::default()
-        },
-    };
+    let cfg = slow_segments(None, vec![]);
     let mut running = sonde_probes::Running::start(cfg).expect("packet-latency loads");
     pair.bulk_flow(5.0);
     std::thread::sleep(Duration::from_millis(1500));

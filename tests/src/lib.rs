@@ -12,7 +12,7 @@ mod s3;
 pub use components::{Component, chart_identities, free_port, helm, http_get};
 pub use controlplane::{ControlPlane, Identity};
 pub use namespace::TestNamespace;
-pub use netpair::NetPair;
+pub use netpair::{NetPair, TIGHT_TBF};
 pub use node::{CgroupDriver, RealPod, register_this_node, this_node_name};
 pub use s3::S3Server;
 

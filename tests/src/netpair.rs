@@ -14,6 +14,9 @@ pub struct NetPair {
     children: Vec<Child>,
 }
 
+/// Field case B's bottleneck: a 4 Mbit/s token bucket that queues up to 100 ms.
+pub const TIGHT_TBF: &[&str] = &["rate", "4mbit", "burst", "16kb", "latency", "100ms"];
+
 fn ip(args: &[&str]) {
     let st = Command::new("ip")
         .args(args)

@@ -575,11 +575,7 @@ async fn a_session_over_its_budget_is_stopped() {
 #[tokio::test(flavor = "multi_thread")]
 async fn packet_latency_job_reports_slow_segments_of_the_pod() {
     let mut s = Scene::new("packets").await;
-    let mut pair = sonde_tests::NetPair::new(
-        "e2e",
-        79,
-        &["rate", "4mbit", "burst", "16kb", "latency", "100ms"],
-    );
+    let mut pair = sonde_tests::NetPair::new("e2e", 79, sonde_tests::TIGHT_TBF);
     let sink = pair.sink_argv();
     let argv: Vec<&str> = sink.iter().map(String::as_str).collect();
     let pod = RealPod::start(
