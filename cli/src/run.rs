@@ -68,7 +68,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let duration = sonde_crds::parse_duration(&duration_text)
         .map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
     let target = local_target::resolve(&job.spec)?;
-    ensure_tracefs();
+    sonde_probes::loader::ensure_tracefs();
     let config = ProbeConfig {
         probe: job.spec.probe,
         params: job.spec.params.clone().unwrap_or_default(),
@@ -104,7 +104,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let stopped_by = trace_loop(&mut running, &mut writer, duration, args.json)?;
     let top = sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref());
     let mut write_err = None;
-    let findings = running.finish(top, write_events(&mut writer, &mut write_err));
+    let findings = running.finish(top, writer.sink(&mut write_err));
     if let Some(e) = write_err {
         return Err(e.into());
     }
@@ -137,27 +137,6 @@ pub fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Hands events to the writer, keeping the first write error to report once the drain is done.
-fn write_events<'a>(
-    writer: &'a mut ResultsWriter,
-    err: &'a mut Option<sonde_probes::Error>,
-) -> impl FnMut(&sonde_probes::Event) + 'a {
-    move |ev| {
-        if let Err(e) = writer.event(ev) {
-            err.get_or_insert(e);
-        }
-    }
-}
-
-fn ensure_tracefs() {
-    if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
-        // Classic tracepoints need tracefs; a failure here surfaces as the attach error that names it.
-        let _ = std::process::Command::new("mount")
-            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-            .status();
-    }
-}
-
 fn trace_loop(
     running: &mut Running,
     writer: &mut ResultsWriter,
@@ -178,7 +157,7 @@ fn trace_loop(
                 _ = tick.tick() => {}
             }
             let mut err = None;
-            running.drain(write_events(writer, &mut err));
+            running.drain(writer.sink(&mut err));
             if let Some(e) = err {
                 return Err(e.into());
             }

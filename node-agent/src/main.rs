@@ -43,12 +43,7 @@ async fn main() -> anyhow::Result<()> {
     sonde_telemetry::serve(args.metrics_addr, health.clone())
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;
-    if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
-        // Classic tracepoints need tracefs; without it the attach error names the problem.
-        let _ = std::process::Command::new("mount")
-            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-            .status();
-    }
+    sonde_probes::loader::ensure_tracefs();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;

@@ -225,11 +225,7 @@ pub async fn run(
             }
             _ = tick.tick() => {}
         }
-        running.drain(|ev| {
-            if let Err(e) = writer.event(ev) {
-                write_error.get_or_insert(e);
-            }
-        });
+        running.drain(writer.sink(&mut write_error));
         // A standing probe records; only a one-shot trace ends on a Stop threshold.
         if running.stop_requested && windows.is_none() {
             break Stop::Threshold;
@@ -252,13 +248,8 @@ pub async fn run(
     };
     tracing::info!(session = %job.name, ?stop, "stopping");
 
-    let findings = tokio::task::block_in_place(|| {
-        running.finish(top, |ev| {
-            if let Err(e) = writer.event(ev) {
-                write_error.get_or_insert(e);
-            }
-        })
-    });
+    let findings =
+        tokio::task::block_in_place(|| running.finish(top, writer.sink(&mut write_error)));
     fill_counts(&mut rep.status, &running);
     let (run_time, runs) = running.kernel_runtime();
     let elapsed = running.elapsed();
@@ -472,13 +463,7 @@ async fn end_window(
     title: &str,
 ) -> Result<(), String> {
     let mut write_error = None;
-    let findings = tokio::task::block_in_place(|| {
-        running.roll(top, |ev| {
-            if let Err(e) = writer.event(ev) {
-                write_error.get_or_insert(e);
-            }
-        })
-    });
+    let findings = tokio::task::block_in_place(|| running.roll(top, writer.sink(&mut write_error)));
     let mut problems: Vec<String> = write_error
         .into_iter()
         .map(|e| format!("writing events: {e}"))

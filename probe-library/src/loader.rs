@@ -202,6 +202,16 @@ fn chain_error(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Classic tracepoints need tracefs mounted; when it is not, mount it. A failure here surfaces as the attach
+/// error that names the missing tracepoint.
+pub fn ensure_tracefs() {
+    if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+            .status();
+    }
+}
+
 /// The kernel's BTF, parsed once per process: an agent starting many sessions pays for it once.
 fn kernel_btf() -> Option<&'static Btf> {
     static BTF: std::sync::OnceLock<Option<Btf>> = std::sync::OnceLock::new();

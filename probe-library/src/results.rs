@@ -45,6 +45,16 @@ impl ResultsWriter {
     }
 
     /// Appends one event; past `max_events` events are counted by the caller but no longer written.
+    /// An event sink for `Running::drain`/`finish`/`roll`: writes each event and keeps the first error, to be
+    /// reported once the drain is done.
+    pub fn sink<'a>(&'a mut self, err: &'a mut Option<Error>) -> impl FnMut(&Event) + 'a {
+        move |ev| {
+            if let Err(e) = self.event(ev) {
+                err.get_or_insert(e);
+            }
+        }
+    }
+
     pub fn event(&mut self, ev: &Event) -> Result<()> {
         if self.written >= self.max_events {
             return Ok(());
