@@ -230,6 +230,19 @@ impl Scene {
 
 impl Drop for Scene {
     fn drop(&mut self) {
+        // While the operator still runs, so its finalizers let go: otherwise a policy's sessions outlive the
+        // test in a Terminating namespace and the next test's agent runs them.
+        let _ = self.plane.kubectl(
+            Identity::Admin,
+            &[
+                "delete",
+                "tracejobs,probepolicies",
+                "--all",
+                "-n",
+                &self.ns.name,
+                "--timeout=30s",
+            ],
+        );
         for c in &mut self.host {
             let _ = c.kill();
             let _ = c.wait();
