@@ -16,10 +16,11 @@ sonde_pid=$!
 bpftrace -q bench/wakeups.bt >"$out/bpftrace.out" 2>&1 &
 bt_pid=$!
 sleep 2 # both attached
-perf bench sched pipe -l 100000000 >/dev/null 2>&1 &
+# Bounded by timeout, which leads its own process group: killing the group also ends perf's second task.
+timeout -s KILL "$((secs + 10))" perf bench sched pipe -l 100000000 >/dev/null 2>&1 &
 load_pid=$!
 sleep "$secs"
-kill "$load_pid" 2>/dev/null || true
+kill -KILL -- "-$load_pid" 2>/dev/null || true
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 sonde_rss=$(hwm "$sonde_pid"); bt_rss=$(hwm "$bt_pid")
 # bpftrace's program stats, read while it is attached. bpftrace names a program after its probe

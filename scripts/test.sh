@@ -18,6 +18,10 @@ tests/controlplane/up.sh "$SONDE_CP_DIR" >/dev/null
 set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.log
 status=${PIPESTATUS[0]}
+# The overload tests again on release builds: bounds and accounting must hold whatever the decoder's speed.
+cargo test --release --locked --no-fail-fast -p sonde-probes -p sonde-cli --test overload 2>&1 |
+  tee -a target/test-output.log
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 KEEP_LOGS=$([ "$status" = 0 ] && echo 0 || echo 1) tests/controlplane/down.sh "$SONDE_CP_DIR"
 set -e
 # One line for the whole run (cargo prints a summary per test binary). An ignored test counts as a failure.

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use sonde_crds::{Manifest, Summary, TraceJob};
-use sonde_probes::{AttachAttempt, KernelStats, ProbeConfig, Running, results::ResultsWriter};
+use sonde_probes::{
+    AttachAttempt, Drops, KernelStats, ProbeConfig, Running, results::ResultsWriter,
+};
 
 use crate::local_target;
 
@@ -40,6 +42,10 @@ pub struct Report {
     pub events_captured: u64,
     pub events_written: u64,
     pub kernel: KernelStats,
+    /// Events that never reached the results, by reason (ring buffer full, unread at stop).
+    pub drops: Drops,
+    /// Dropped events as a percentage of all the kernel produced (captured + dropped).
+    pub dropped_percent: f64,
     pub kernel_run_time_ns: u64,
     pub kernel_runs: u64,
     pub notes: Vec<String>,
@@ -119,6 +125,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         events_captured: running.captured,
         events_written: writer.written,
         kernel: running.kernel_stats(),
+        drops: running.drops(),
+        dropped_percent: dropped_percent(running.captured, running.drops().total()),
         kernel_run_time_ns: run_time.as_nanos() as u64,
         kernel_runs: runs,
         notes: target.notes,
@@ -149,15 +157,21 @@ fn trace_loop(
     rt.block_on(async {
         let deadline = Instant::now() + duration;
         let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+        let mut at_deadline = std::pin::pin!(tokio::time::sleep(duration));
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_progress = Instant::now();
+        let mut backlog = false;
         loop {
+            // With a backlog the next slice starts at once (after a yield that lets a signal or the deadline
+            // win); without one the ring is read every tick.
             tokio::select! {
                 _ = &mut ctrl_c => return Ok("interrupt"),
-                _ = tick.tick() => {}
+                _ = &mut at_deadline => return Ok("deadline"),
+                _ = tick.tick(), if !backlog => {}
+                _ = tokio::task::yield_now(), if backlog => {}
             }
             let mut err = None;
-            running.drain(writer.sink(&mut err));
+            backlog = running.drain(writer.sink(&mut err)).backlog;
             if let Some(e) = err {
                 return Err(e.into());
             }
@@ -172,17 +186,22 @@ fn trace_loop(
                 last_progress = now;
                 let k = running.kernel_stats();
                 eprint!(
-                    "\r  elapsed {:>4}s  remaining {:>4}s  events {:>8}  dropped {:>6}  breaches {:>6} ",
+                    "\r  elapsed {:>4}s  remaining {:>4}s  events {:>8}  dropped {:>6} ({:.1}%)  breaches {:>6} ",
                     running.elapsed().as_secs(),
                     (deadline - now).as_secs(),
                     running.captured,
                     k.dropped,
+                    dropped_percent(running.captured, k.dropped),
                     k.breaches
                 );
                 let _ = std::io::stderr().flush();
             }
         }
     })
+}
+
+fn dropped_percent(captured: u64, dropped: u64) -> f64 {
+    sonde_crds::Counts::percent_of(dropped, captured + dropped)
 }
 
 fn print_report(r: &Report, findings: &sonde_probes::Findings) {
@@ -195,9 +214,16 @@ fn print_report(r: &Report, findings: &sonde_probes::Findings) {
         r.duration_seconds,
         r.stopped_by,
         r.events_captured,
-        r.kernel.dropped,
+        r.drops.total(),
         r.kernel.breaches
     );
+    if r.drops.total() > 0 {
+        println!(
+            "dropped {:.1}% of events (ring buffer full: {}, unread at stop: {}): user space could not keep up; \
+             the kernel's aggregates (pair counts, histograms) still count them",
+            r.dropped_percent, r.drops.ring_buffer_full, r.drops.unread_at_stop
+        );
+    }
     if !r.summary.rows.is_empty() {
         println!(
             "\n{:>10} {:>10} {:>10}  {}",

@@ -1,7 +1,7 @@
 //! `sonde run` end to end as a user runs it (root, real kernel), and its refusals of bad input.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn sonde(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sonde"))
@@ -13,11 +13,7 @@ fn sonde(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn run_wakeups_example_writes_results_and_json() {
-    let mut ping = Command::new("ping")
-        .args(["-q", "-i", "0.01", "127.0.0.1"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut ping = sonde_tests::Load::self_bounded(&sonde_tests::fast_ping_argv());
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("r");
     let out = sonde(&[
@@ -30,8 +26,7 @@ fn run_wakeups_example_writes_results_and_json() {
         "--output",
         out_dir.to_str().unwrap(),
     ]);
-    let _ = ping.kill();
-    let _ = ping.wait();
+    ping.stop();
     assert!(
         out.status.success(),
         "{}",

@@ -187,7 +187,57 @@ impl std::ops::AddAssign<&Counts> for Counts {
     fn add_assign(&mut self, other: &Counts) {
         self.captured += other.captured;
         self.dropped += other.dropped;
+        self.dropped_unread_at_stop += other.dropped_unread_at_stop;
         self.breaches += other.breaches;
+        self.dropped_percent = self.drop_rate();
+    }
+}
+
+impl Counts {
+    /// Counts of one trace; `dropped_ring_full` is the kernel's count, `dropped_unread_at_stop` the final drain's.
+    pub fn new(
+        captured: u64,
+        dropped_ring_full: u64,
+        dropped_unread_at_stop: u64,
+        breaches: u64,
+    ) -> Counts {
+        let mut c = Counts {
+            captured,
+            dropped: dropped_ring_full + dropped_unread_at_stop,
+            dropped_unread_at_stop,
+            dropped_percent: None,
+            breaches,
+        };
+        c.dropped_percent = c.drop_rate();
+        c
+    }
+
+    /// `part` as a percentage of `whole` (0 for an empty whole), rounded to 0.01.
+    pub fn percent_of(part: u64, whole: u64) -> f64 {
+        if whole == 0 {
+            return 0.0;
+        }
+        (part as f64 / whole as f64 * 10_000.0).round() / 100.0
+    }
+
+    fn drop_rate(&self) -> Option<f64> {
+        (self.dropped > 0).then(|| Self::percent_of(self.dropped, self.captured + self.dropped))
+    }
+
+    /// One sentence for a condition or a message, when events were dropped.
+    pub fn drop_message(&self) -> Option<String> {
+        (self.dropped > 0).then(|| {
+            format!(
+                "{} of {} events ({:.2}%) dropped: {} with the ring buffer full, {} unread at stop; user space \
+                 could not keep up, so event lists miss them, while aggregates kept in the kernel (pair counts, \
+                 histograms) still count them",
+                self.dropped,
+                self.captured + self.dropped,
+                self.dropped_percent.unwrap_or_default(),
+                self.dropped - self.dropped_unread_at_stop,
+                self.dropped_unread_at_stop
+            )
+        })
     }
 }
 
@@ -251,8 +301,16 @@ pub struct Summary {
 pub struct Counts {
     /// Events that reached the agent.
     pub captured: u64,
-    /// Events lost because the ring buffer was full (counted in the kernel).
+    /// Events that never reached the results: the ring buffer was full when the kernel submitted them (counted
+    /// in the kernel), or they were still unread when the final drain's time bound ran out. Aggregates kept in
+    /// kernel maps (pair counts, histograms) count them all the same.
     pub dropped: u64,
+    /// Of `dropped`, those still unread in the ring buffer at stop.
+    #[serde(default)]
+    pub dropped_unread_at_stop: u64,
+    /// `dropped` as a percentage of the events the kernel produced (`captured + dropped`); absent with no drops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_percent: Option<f64>,
     /// Threshold breaches.
     pub breaches: u64,
 }

@@ -11,6 +11,8 @@ pub mod types {
     pub const FAILED: &str = "Failed";
     pub const THRESHOLD_BREACHED: &str = "ThresholdBreached";
     pub const OVER_BUDGET: &str = "OverBudget";
+    /// Events were dropped because user space could not keep up (reason `UserSpaceBehind`).
+    pub const EVENTS_DROPPED: &str = "EventsDropped";
 }
 
 /// Sets (or adds) the condition of `type_`, keeping its transition time when the status is unchanged.

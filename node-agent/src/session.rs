@@ -194,6 +194,8 @@ pub async fn run(
         spool: spool.clone(),
         keep_events,
     });
+    // Set when the last drain slice stopped at its limit: the next slice starts after a yield, not a tick.
+    let mut backlog = false;
     let stop = loop {
         tokio::select! {
             _ = sleep_until(deadline_at) => break Stop::Deadline,
@@ -223,9 +225,11 @@ pub async fn run(
                     rep.status.message = job.resumed_note.clone().or_else(|| unresolved_message(&t));
                 }
             }
-            _ = tick.tick() => {}
+            _ = tick.tick(), if !backlog => {}
+            _ = tokio::task::yield_now(), if backlog => {}
         }
-        running.drain(writer.sink(&mut write_error));
+        backlog =
+            tokio::task::block_in_place(|| running.drain(writer.sink(&mut write_error))).backlog;
         // A standing probe records; only a one-shot trace ends on a Stop threshold.
         if running.stop_requested && windows.is_none() {
             break Stop::Threshold;
@@ -242,7 +246,7 @@ pub async fn run(
         }
         if last_status.elapsed() >= STATUS_EVERY {
             last_status = Instant::now();
-            fill_counts(&mut rep.status, &running);
+            fill_counts(&mut rep, &running);
             rep.write().await;
         }
     };
@@ -250,7 +254,7 @@ pub async fn run(
 
     let findings =
         tokio::task::block_in_place(|| running.finish(top, writer.sink(&mut write_error)));
-    fill_counts(&mut rep.status, &running);
+    fill_counts(&mut rep, &running);
     let (run_time, runs) = running.kernel_runtime();
     let elapsed = running.elapsed();
     let attempts = running.loaded.attempts.clone();
@@ -376,13 +380,19 @@ fn probe_config(spec: &ProbeSessionSpec, t: &Targets) -> ProbeConfig {
     }
 }
 
-fn fill_counts(status: &mut ProbeSessionStatus, running: &Running) {
+/// Counts from the kernel and the drain; `EventsDropped` once any event was dropped.
+fn fill_counts(rep: &mut Reporter, running: &Running) {
     let k = running.kernel_stats();
-    status.counts = Counts {
-        captured: running.captured,
-        dropped: k.dropped,
-        breaches: k.breaches,
-    };
+    let drops = running.drops();
+    rep.status.counts = Counts::new(
+        running.captured,
+        drops.ring_buffer_full,
+        drops.unread_at_stop,
+        k.breaches,
+    );
+    if let Some(msg) = rep.status.counts.drop_message() {
+        rep.condition(types::EVENTS_DROPPED, true, "UserSpaceBehind", msg);
+    }
 }
 
 fn unresolved_message(t: &Targets) -> Option<String> {
@@ -473,7 +483,7 @@ async fn end_window(
     let next = ResultsWriter::create(&dir, w.keep_events, job.spec.output.max_events)
         .map_err(|e| format!("starting window {}: {e}", w.n))?;
     let done = std::mem::replace(writer, next);
-    fill_counts(&mut rep.status, running);
+    fill_counts(rep, running);
     let breaches = rep.status.counts.breaches - w.breaches_before;
     w.breaches_before = rep.status.counts.breaches;
     let report = serde_json::json!({

@@ -147,6 +147,7 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
         let msg = format!("{} threshold breaches", counts.breaches);
         set_breached(c, msg, g, &now_t);
     }
+    set_dropped(c, &counts, g, &now_t);
     match phase {
         Phase::Succeeded => {
             conditions::set(
@@ -329,6 +330,7 @@ pub fn policy_rollup(
         let msg = format!("last window breached on {}", breached.join(", "));
         set_breached(c, msg, g, &now_t);
     }
+    set_dropped(c, &counts, g, &now_t);
     st.progress = Some(format!("{}/{}", nodes.attached, nodes.targeted));
     st.nodes = nodes;
     st.counts = counts;
@@ -336,6 +338,26 @@ pub fn policy_rollup(
         st.last_window = Some(summary);
     }
     st
+}
+
+/// `EventsDropped` once any node dropped events (user space behind the kernel), with the rate and reasons.
+fn set_dropped(
+    c: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    counts: &Counts,
+    g: Option<i64>,
+    now: &Time,
+) {
+    if let Some(msg) = counts.drop_message() {
+        conditions::set(
+            c,
+            types::EVENTS_DROPPED,
+            true,
+            "UserSpaceBehind",
+            msg,
+            g,
+            now,
+        );
+    }
 }
 
 fn set_breached(
@@ -387,11 +409,7 @@ mod tests {
             phase: Phase::Succeeded,
             attach_strategy: Some("tp_btf".into()),
             attached_at: Some(Time(Timestamp::from_second(100).unwrap())),
-            counts: Counts {
-                captured: 10,
-                dropped: 1,
-                breaches,
-            },
+            counts: Counts::new(10, 1, 0, breaches),
             summary: Some(Summary {
                 key_meaning: "waker -> wakee".into(),
                 rows: rows
@@ -432,14 +450,14 @@ mod tests {
         let st = rollup(&input(&sessions, 161));
         assert_eq!(st.phase, Phase::Succeeded);
         assert_eq!(st.progress.as_deref(), Some("2/2"));
-        assert_eq!(
-            st.counts,
-            Counts {
-                captured: 20,
-                dropped: 2,
-                breaches: 2
-            }
-        );
+        assert_eq!(st.counts, Counts::new(20, 2, 0, 2));
+        assert_eq!(st.counts.dropped_percent, Some(9.09));
+        let dropped = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::EVENTS_DROPPED);
+        let msg = &dropped.expect("EventsDropped set").message;
+        assert!(msg.contains("2 of 22 events (9.09%)"), "{msg}");
         let rows = &st.summary.as_ref().unwrap().rows;
         assert_eq!((rows[0].key.as_str(), rows[0].count), ("x", 12));
         assert_eq!((rows[1].key.as_str(), rows[1].count), ("z", 3));

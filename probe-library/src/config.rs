@@ -87,6 +87,23 @@ impl ProbeConfig {
             .min_by_key(|t| (t.value, !t.inclusive))
     }
 
+    /// Does a breach of the kernel threshold mean Stop? Then the kernel's breach count alone ends the trace,
+    /// which holds even when the breaching event itself was dropped with the ring buffer full.
+    pub fn kernel_threshold_stops(&self) -> bool {
+        let Some(k) = catalogue::info(self.probe).kernel_threshold else {
+            return false;
+        };
+        let Some(lowest) = self.kernel_threshold() else {
+            return false;
+        };
+        self.thresholds.iter().any(|t| {
+            t.metric == k.metric
+                && t.action == sonde_crds::ThresholdAction::Stop
+                && (t.value * k.scale).round().max(0.0) as u64 == lowest.value
+                && (t.comparison == Comparison::GreaterOrEqual) == lowest.inclusive
+        })
+    }
+
     /// Will events cross the ring buffer? All of them with `output.events`; with it off, still the ones that
     /// breach the kernel threshold.
     pub fn events_expected(&self) -> bool {

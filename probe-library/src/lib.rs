@@ -20,4 +20,4 @@ pub use aggregate::{Event, Findings};
 pub use catalogue::{CATALOGUE, ProbeInfo};
 pub use config::{Filter, ProbeConfig};
 pub use error::{AttachAttempt, Error, Result};
-pub use run::{KernelStats, Running};
+pub use run::{DrainLimit, Drained, Drops, KernelStats, Running};

@@ -1,7 +1,7 @@
 //! Loading a probe's object with its config and attaching each hook through its fallback chain.
 
 use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
-use aya::programs::{BtfTracePoint, FEntry, KProbe, PerfEvent, TracePoint};
+use aya::programs::{BtfTracePoint, FEntry, KProbe, PerfEvent, Program, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use sonde_crds::ProbeName;
 use sonde_probe_abi::{CommKey, MAX_COMMS, TASK_COMM_LEN, comm_key};
@@ -131,6 +131,25 @@ pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
         attached,
         programs,
     })
+}
+
+/// Detaches and unloads every program of a probe, keeping its maps: the trace stops producing at once, and the
+/// kernel aggregates can still be read (dropping `Loaded` would also close the maps).
+pub fn detach(loaded: &mut Loaded) {
+    for (name, prog) in loaded.ebpf.programs_mut() {
+        let r = match prog {
+            Program::FEntry(p) => p.unload(),
+            Program::KProbe(p) => p.unload(),
+            Program::BtfTracePoint(p) => p.unload(),
+            Program::TracePoint(p) => p.unload(),
+            Program::PerfEvent(p) => p.unload(),
+            Program::RawTracePoint(p) => p.unload(),
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::debug!(program = name, error = %chain_error(&e), "unloading");
+        }
+    }
 }
 
 fn attach_one(

@@ -1,5 +1,14 @@
-//! A running probe: drains the ring buffer through the probe's aggregator, keeps counts, reads kernel stats
-//! (drops, breaches, program run time) and produces the findings at the end.
+//! A running probe: drains the ring buffer through the probe's aggregator in bounded slices, keeps counts,
+//! reads kernel stats (drops, breaches, program run time) and produces the findings at the end.
+//!
+//! The kernel can produce events faster than user space decodes them (a scheduler-heavy node, a debug build).
+//! A drain that reads until the ring is empty then never returns, and everything that must happen on time
+//! (the deadline, Ctrl-C, Stop thresholds, the budget, status heartbeats) starves. So every drain is bounded
+//! ([`DrainLimit`]): callers get control back after a slice and loop again at once while a backlog remains.
+//! The kernel counts what it could not submit while the ring was full; at stop the programs are detached first,
+//! so the final drain has a finite amount to read, and what it cannot read within its time bound is counted as
+//! dropped too ([`Drops`]). Aggregates kept in kernel maps (pair counts, histograms) never depend on the ring
+//! and stay exact.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +31,50 @@ pub struct KernelStats {
     pub breaches: u64,
 }
 
+/// How much one drain call may do: at most `records` records or `time`, whichever ends first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DrainLimit {
+    pub records: usize,
+    pub time: Duration,
+}
+
+impl DrainLimit {
+    /// One slice of a trace loop: short enough that a 100 ms tick, a deadline or a signal is never held up.
+    pub const SLICE: DrainLimit = DrainLimit {
+        records: 65_536,
+        time: Duration::from_millis(20),
+    };
+    /// The final drain after the programs are detached: what is still unread after this is counted as dropped.
+    pub const FINAL: DrainLimit = DrainLimit {
+        records: usize::MAX,
+        time: Duration::from_millis(250),
+    };
+}
+
+/// What one drain call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Drained {
+    /// Events handed to the sink.
+    pub events: usize,
+    /// The limit ended the call with records still waiting: call again soon (without sleeping).
+    pub backlog: bool,
+}
+
+/// Events the kernel produced that never reached the results, by reason.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct Drops {
+    /// The ring buffer was full when the kernel tried to submit (user space behind); counted in the kernel.
+    pub ring_buffer_full: u64,
+    /// Still in the ring buffer when the final drain's time bound ran out.
+    pub unread_at_stop: u64,
+}
+
+impl Drops {
+    pub fn total(&self) -> u64 {
+        self.ring_buffer_full + self.unread_at_stop
+    }
+}
+
 pub struct Running {
     pub loaded: Loaded,
     pub config: ProbeConfig,
@@ -33,6 +86,12 @@ pub struct Running {
     pub captured: u64,
     /// A breach of a threshold whose action is Stop was seen.
     pub stop_requested: bool,
+    /// Records left in the ring buffer by the final drain.
+    unread_at_stop: u64,
+    /// The kernel threshold is a Stop threshold: its breach count in the kernel stops the trace.
+    kernel_stop: bool,
+    /// Programs' run time and count, read just before they were detached (after that the kernel has none).
+    detached_runtime: Option<(Duration, u64)>,
 }
 
 impl Running {
@@ -43,6 +102,7 @@ impl Running {
             .take_map("events")
             .and_then(|m| RingBuf::try_from(m).ok());
         Ok(Running {
+            kernel_stop: config.kernel_threshold_stops(),
             aggregator: aggregator(config.probe),
             loaded,
             config,
@@ -51,26 +111,72 @@ impl Running {
             window_started: Instant::now(),
             captured: 0,
             stop_requested: false,
+            unread_at_stop: 0,
+            detached_runtime: None,
         })
     }
 
-    /// Decodes every record waiting in the ring buffer, handing each event to `sink`.
-    pub fn drain(&mut self, mut sink: impl FnMut(&Event)) -> usize {
+    /// One slice of [`DrainLimit::SLICE`]: decodes waiting records, handing each event to `sink`.
+    pub fn drain(&mut self, sink: impl FnMut(&Event)) -> Drained {
+        self.drain_within(DrainLimit::SLICE, sink)
+    }
+
+    /// Decodes waiting records until the ring is empty or `limit` is reached.
+    pub fn drain_within(&mut self, limit: DrainLimit, mut sink: impl FnMut(&Event)) -> Drained {
         let Some(ring) = self.ring.as_mut() else {
-            return 0;
+            return Drained::default();
         };
-        let mut n = 0;
-        while let Some(item) = ring.next() {
+        let start = Instant::now();
+        let mut out = Drained::default();
+        let mut read = 0usize;
+        loop {
+            // Checking the clock every 64 records keeps its cost out of the per-record path.
+            if read >= limit.records || (read % 64 == 63 && start.elapsed() >= limit.time) {
+                out.backlog = true;
+                break;
+            }
+            let Some(item) = ring.next() else { break };
+            read += 1;
             if let Some(ev) = self.aggregator.record(&item) {
-                n += 1;
+                out.events += 1;
                 if ev.breach && is_stop_breach(&self.config, &ev) {
                     self.stop_requested = true;
                 }
                 sink(&ev);
             }
         }
-        self.captured += n as u64;
-        n
+        self.captured += out.events as u64;
+        if self.kernel_stop && !self.stop_requested && self.kernel_stats().breaches > 0 {
+            self.stop_requested = true;
+        }
+        out
+    }
+
+    /// Events that never reached the results, by reason.
+    pub fn drops(&self) -> Drops {
+        Drops {
+            ring_buffer_full: self.kernel_stats().dropped,
+            unread_at_stop: self.unread_at_stop,
+        }
+    }
+
+    /// Detaches and unloads every program: the kernel produces nothing more, the maps stay readable.
+    fn detach(&mut self) {
+        if self.detached_runtime.is_some() {
+            return;
+        }
+        self.detached_runtime = Some(self.kernel_runtime());
+        loader::detach(&mut self.loaded);
+    }
+
+    /// Counts and discards what is left in the ring (cheap: nothing is decoded). Only after [`Self::detach`],
+    /// when the ring cannot refill.
+    fn discard_unread(&mut self) {
+        if let Some(ring) = self.ring.as_mut() {
+            while ring.next().is_some() {
+                self.unread_at_stop += 1;
+            }
+        }
     }
 }
 
@@ -105,6 +211,9 @@ impl Running {
 
     /// Total kernel time spent in this probe's programs (needs `kernel.bpf_stats_enabled=1`) and run count.
     pub fn kernel_runtime(&self) -> (Duration, u64) {
+        if let Some(r) = self.detached_runtime {
+            return r;
+        }
         let mut total = Duration::ZERO;
         let mut runs = 0;
         for name in &self.loaded.programs {
@@ -134,17 +243,24 @@ impl Running {
         crate::filter::set_exactly(&mut self.loaded.ebpf, probe, "filter_netns", inodes)
     }
 
-    /// Drains what is left, then reads the kernel aggregates. Detaches when the returned value drops.
+    /// Ends the trace: detaches (the kernel aggregates are final and the ring stops filling), drains what is
+    /// left for at most [`DrainLimit::FINAL`], counts the rest as dropped ([`Drops::unread_at_stop`]), then reads
+    /// the kernel aggregates. Bounded in time however fast events arrived.
     pub fn finish(&mut self, top: usize, sink: impl FnMut(&Event)) -> Findings {
-        self.drain(sink);
         let elapsed = self.window_started.elapsed();
+        self.detach();
+        self.drain_within(DrainLimit::FINAL, sink);
+        self.discard_unread();
         self.aggregator.finish(&mut self.loaded.ebpf, elapsed, top)
     }
 
     /// Ends a window of a standing probe: the findings since the last roll, then the aggregates start again
-    /// from zero. Programs stay attached.
+    /// from zero. Programs stay attached; one bounded slice is drained first, and records still waiting belong
+    /// to the next window's events (the kernel aggregates are read and reset here, whatever the backlog).
     pub fn roll(&mut self, top: usize, sink: impl FnMut(&Event)) -> Findings {
-        let findings = self.finish(top, sink);
+        self.drain(sink);
+        let elapsed = self.window_started.elapsed();
+        let findings = self.aggregator.finish(&mut self.loaded.ebpf, elapsed, top);
         crate::window::reset_kernel_aggregates(&mut self.loaded.ebpf);
         self.aggregator.reset();
         self.window_started = Instant::now();

@@ -1,39 +1,24 @@
 //! Kernel tests: every probe loads through its attach chain on this kernel and sees events it caused.
 //! They need root and a BTF kernel; CI runs them as root. Each test cleans up what it creates, even on failure.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Kill, config, threshold, trace};
+use common::{config, threshold, trace};
 use serde_json::Value;
 use sonde_crds::*;
 use sonde_probes::Filter;
-
-fn spawn(cmd: &str, args: &[&str]) -> Child {
-    Command::new(cmd)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
-}
+use sonde_tests::{Load, fast_ping_argv, isc_socket_argv};
 
 /// Field case A: a raw ICMP listener named isc-socket is woken by every packet `ping -i 0.002 127.0.0.1` sends.
 #[test]
 fn wakeups_finds_ping_waking_the_noisy_neighbour() {
-    let listener = spawn(
-        "python3",
-        &[
-            "-c",
-            "import ctypes,socket\nctypes.CDLL(None).prctl(15, b'isc-socket', 0, 0, 0)\ns=socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\nwhile True: s.recv(2048)",
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let ping = spawn("ping", &["-q", "-i", "0.002", "127.0.0.1"]);
-    let (ping_pid, listener_pid) = (ping.id(), listener.id());
-    let _guard = Kill(vec![ping, listener]);
+    let listener = Load::self_bounded(&isc_socket_argv());
+    listener.wait_for_comm("isc-socket");
+    let ping = Load::self_bounded(&fast_ping_argv());
+    let (ping_pid, listener_pid) = (ping.pid(), listener.pid());
     let filter = Filter {
         comms: Some(vec!["ping".into()]),
         ..Default::default()
@@ -325,10 +310,7 @@ fn oom_kill_reports_the_victim() {
 /// A standing probe rolls windows: the second window counts only what happened after the first was read.
 #[test]
 fn rolling_a_window_starts_the_kernel_aggregates_again() {
-    let mut load = Kill(vec![spawn(
-        "perf",
-        &["bench", "sched", "pipe", "-l", "1000000000"],
-    )]);
+    let mut load = Load::sched_pipe();
     let filter = Filter {
         comms: Some(vec!["sched-pipe".into()]),
         ..Default::default()
@@ -350,10 +332,7 @@ fn rolling_a_window_starts_the_kernel_aggregates_again() {
         "first window counted {n1} wakeups of sched-pipe"
     );
     // The load stops; the next window must not carry the first one's counts.
-    for c in &mut load.0 {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    load.stop();
     std::thread::sleep(Duration::from_millis(500));
     let n2 = wakeups(&running.roll(10, |_| {}));
     assert!(

@@ -4,6 +4,7 @@
 
 mod components;
 mod controlplane;
+mod load;
 mod namespace;
 mod netpair;
 mod node;
@@ -11,6 +12,9 @@ mod s3;
 
 pub use components::{Component, chart_identities, free_port, helm, http_get};
 pub use controlplane::{ControlPlane, Identity};
+pub use load::{
+    LOAD_BOUND, Load, SCHED_PIPE, bounded_argv, fast_ping_argv, isc_socket_argv, processes_matching,
+};
 pub use namespace::TestNamespace;
 pub use netpair::{NetPair, TIGHT_TBF};
 pub use node::{CgroupDriver, RealPod, register_this_node, this_node_name};
@@ -56,12 +60,25 @@ where
 }
 
 /// Ids of loaded eBPF programs whose names start with one of `prefixes` (kernel names stop at 15 characters).
+/// Panics when bpftool fails or prints something else than a program list: an empty answer must mean nothing
+/// is attached, never that the question could not be asked.
 pub fn bpf_programs(prefixes: &[&str]) -> Vec<u64> {
     let out = std::process::Command::new("bpftool")
         .args(["prog", "show", "-j"])
         .output()
         .expect("bpftool runs");
-    let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "bpftool prog show failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bpftool prog show -j printed no JSON list ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
     progs
         .iter()
         .filter(|p| {

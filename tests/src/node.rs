@@ -72,8 +72,9 @@ impl RealPod {
         name: &str,
         labels: &[(&str, &str)],
         driver: CgroupDriver,
-        argv: &[&str],
+        argv: &[impl AsRef<str>],
     ) -> Result<RealPod> {
+        let argv: Vec<&str> = argv.iter().map(AsRef::as_ref).collect();
         let node = this_node_name();
         let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
@@ -120,7 +121,7 @@ impl RealPod {
         let script = format!("echo $$ > {}/cgroup.procs && exec \"$@\"", dir.display());
         let child = Command::new("sh")
             .args(["-c", &script, "sh"])
-            .args(argv)
+            .args(&argv)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

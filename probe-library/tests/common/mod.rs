@@ -1,7 +1,6 @@
 //! Shared by the kernel tests: load a probe, run a workload while tracing, collect what it reported.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -52,8 +51,9 @@ pub fn trace(
     let mut events = Vec::new();
     let end = Instant::now() + duration;
     while Instant::now() < end {
-        running.drain(|e| events.push(e.json.clone()));
-        std::thread::sleep(Duration::from_millis(50));
+        if !running.drain(|e| events.push(e.json.clone())).backlog {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     worker.join().expect("workload thread");
     let findings = running.finish(50, |e| events.push(e.json.clone()));
@@ -62,16 +62,5 @@ pub fn trace(
         findings,
         stats: running.kernel_stats(),
         strategy,
-    }
-}
-
-/// Kills and reaps the workload processes, even when a test fails.
-pub struct Kill(pub Vec<Child>);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }

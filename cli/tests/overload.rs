@@ -1,0 +1,223 @@
+//! `sonde run` under overload (root, real kernel): two unbounded sched-pipe loads keep both cores busy and wake
+//! each other far faster than the events can be written. The deadline, Ctrl-C and a Stop threshold still end
+//! the run on time, drops are counted and reported, and the kernel's pair counts stay exact.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sonde_tests::{LOAD_BOUND, Load};
+
+fn job(dir: &Path, comms: &str, thresholds: &str) -> PathBuf {
+    let path = dir.join("flood.yaml");
+    let yaml = format!(
+        "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: flood}}\nspec:\n  probe: wakeups\n  \
+         target: {{comms: [{comms}]}}\n  duration: 60s\n  output: {{events: true}}\n{thresholds}"
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+struct Run {
+    child: Child,
+    attached: Instant,
+    out_dir: PathBuf,
+    _dir: tempfile::TempDir,
+    _loads: Vec<Load>,
+}
+
+/// Two sched-pipe pairs: a few pairs at tens of thousands of wakeups a second each.
+fn pipes() -> Vec<Load> {
+    vec![Load::sched_pipe(), Load::sched_pipe()]
+}
+
+/// Starts `sonde run` on `loads`; returns once it says it attached.
+fn start(loads: Vec<Load>, comms: &str, duration: &str, thresholds: &str) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("results");
+    let file = job(dir.path(), comms, thresholds);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sonde"))
+        .args([
+            "run",
+            "-f",
+            file.to_str().unwrap(),
+            "--json",
+            "--duration",
+            duration,
+        ])
+        .arg("--output")
+        .arg(&out_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sonde runs");
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let attached = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains("attached via") => break Instant::now(),
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                panic!("sonde run never said it attached ({e})");
+            }
+        }
+    };
+    Run {
+        child,
+        attached,
+        out_dir,
+        _dir: dir,
+        _loads: loads,
+    }
+}
+
+impl Run {
+    /// Waits for the exit (at most 20 s); returns the time since attach and the JSON report.
+    fn finish(mut self) -> (Duration, Value, PathBuf, Run) {
+        let end = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                panic!("sonde run still running 20 s later");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let took = self.attached.elapsed();
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+        assert!(status.success(), "sonde run failed: {status}; {stdout}");
+        let report: Value = serde_json::from_str(&stdout).expect("--json report");
+        let out_dir = self.out_dir.clone();
+        (took, report, out_dir, self)
+    }
+}
+
+/// Every event the kernel produced is captured or counted as dropped; the pair counts are the kernel's own.
+fn assert_accounted(report: &Value, out_dir: &Path) {
+    let k = &report["kernel"];
+    let seen = k["seen"].as_u64().unwrap();
+    let emitted = k["emitted"].as_u64().unwrap();
+    let captured = report["events_captured"].as_u64().unwrap();
+    let ring_full = report["drops"]["ring_buffer_full"].as_u64().unwrap();
+    let unread = report["drops"]["unread_at_stop"].as_u64().unwrap();
+    assert_eq!(ring_full, k["dropped"].as_u64().unwrap(), "{report}");
+    // The debug build is the overload the issue describes: its decoder is far slower than these loads produce.
+    // A release build keeps up on this machine (about 290k events/s, measured), so there the same run checks
+    // timing and exact accounting; probe-library/tests/overload.rs forces the ring full in both builds.
+    if cfg!(debug_assertions) {
+        assert!(
+            ring_full > 0,
+            "the ring never filled: not an overload {report}"
+        );
+    }
+    assert_eq!(seen, emitted + ring_full, "{report}");
+    assert_eq!(emitted, captured + unread, "{report}");
+    let pct = report["dropped_percent"].as_f64().unwrap();
+    let dropped = ring_full + unread;
+    let expect = 100.0 * dropped as f64 / (captured + dropped).max(1) as f64;
+    assert!((pct - expect).abs() < 0.01, "{pct} vs {expect}");
+    let figure = report["summary"]["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "wakeups")
+        .expect("wakeups figure");
+    assert_eq!(figure["value"].as_f64().unwrap() as u64, seen, "{report}");
+    let lines = std::fs::read_to_string(out_dir.join("events.ndjson")).unwrap();
+    assert_eq!(
+        lines.lines().count() as u64,
+        report["events_written"].as_u64().unwrap()
+    );
+    eprintln!(
+        "seen {seen}, captured {captured}, dropped {ring_full} + {unread} unread at stop ({pct}%)"
+    );
+}
+
+#[test]
+fn the_deadline_holds_under_a_flood() {
+    let (took, report, out_dir, _run) = start(pipes(), "sched-pipe", "3s", "").finish();
+    assert_eq!(report["stopped_by"], "deadline", "{report}");
+    assert!(
+        took < Duration::from_millis(3500),
+        "exited {took:?} after attaching"
+    );
+    assert!(took >= Duration::from_secs(3), "exited early: {took:?}");
+    assert_accounted(&report, &out_dir);
+}
+
+#[test]
+fn ctrl_c_stops_a_flooded_run_and_keeps_its_results() {
+    let run = start(pipes(), "sched-pipe", "60s", "");
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = Instant::now();
+    let st = Command::new("kill")
+        .args(["-INT", &run.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (_, report, out_dir, _run) = run.finish();
+    let took = sent.elapsed();
+    assert_eq!(report["stopped_by"], "interrupt", "{report}");
+    assert!(
+        took < Duration::from_millis(500),
+        "exited {took:?} after SIGINT"
+    );
+    assert_accounted(&report, &out_dir);
+}
+
+#[test]
+fn a_stop_threshold_ends_a_flooded_run() {
+    // The flood: sched-messaging's hundreds of pairs, each far under the threshold, together far more events
+    // than are read. Then one sched-pipe pair crosses it within milliseconds, while the ring is full: the
+    // breaching event itself is likely dropped, and the kernel's breach count must stop the run.
+    let flood = Load::start(
+        LOAD_BOUND,
+        &[
+            "perf",
+            "bench",
+            "sched",
+            "messaging",
+            "-p",
+            "-g",
+            "4",
+            "-l",
+            "10000000",
+        ],
+    );
+    let thresholds = "  thresholds: [{metric: wakeupsPerSecond, value: 1000, action: Stop}]\n";
+    let mut run = start(
+        vec![flood],
+        "sched-messaging, sched-pipe",
+        "60s",
+        thresholds,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        run.child.try_wait().unwrap().is_none(),
+        "stopped before any pair crossed the threshold"
+    );
+    let trigger = Instant::now();
+    run._loads.push(Load::sched_pipe());
+    let (_, report, out_dir, _run) = run.finish();
+    let took = trigger.elapsed();
+    assert_eq!(report["stopped_by"], "threshold", "{report}");
+    assert!(
+        took < Duration::from_secs(3),
+        "exited {took:?} after the breach began; ran {}s",
+        report["duration_seconds"]
+    );
+    assert!(report["kernel"]["breaches"].as_u64().unwrap() > 0);
+    assert_accounted(&report, &out_dir);
+}

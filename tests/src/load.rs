@@ -1,0 +1,132 @@
+//! Load generators that cannot outlive their test. Each runs under `timeout` (a hard bound however the test
+//! ends, even by SIGKILL), as the leader of its own process group, and Drop kills the whole group, so children
+//! such as perf's second sched-pipe task go too.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The longest any test load may run.
+pub const LOAD_BOUND: Duration = Duration::from_secs(90);
+
+/// `perf bench sched pipe`: two tasks (comm `sched-pipe`) waking each other as fast as the machine allows;
+/// the loop count is effectively unbounded, the time is not.
+pub const SCHED_PIPE: &[&str] = &["perf", "bench", "sched", "pipe", "-l", "1000000000"];
+
+/// `argv` bounded by `timeout`: SIGKILL for the whole process group after `bound`.
+pub fn bounded_argv(bound: Duration, argv: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "timeout".to_string(),
+        "-s".into(),
+        "KILL".into(),
+        format!("{}s", bound.as_secs().max(1)),
+    ];
+    v.extend(argv.iter().map(|s| s.to_string()));
+    v
+}
+
+pub struct Load {
+    child: Child,
+}
+
+impl Load {
+    /// `argv` under `timeout` (so [`Load::pid`] is timeout's pid, not the command's).
+    pub fn start(bound: Duration, argv: &[&str]) -> Load {
+        Self::self_bounded(&bounded_argv(bound, argv))
+    }
+
+    /// A command that bounds its own run time (ping -w, a script with a deadline): no `timeout` in between, so
+    /// [`Load::pid`] is the command's own pid. Still a process group that Drop kills whole.
+    pub fn self_bounded(argv: &[String]) -> Load {
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {argv:?}: {e}"));
+        Load { child }
+    }
+
+    /// [`SCHED_PIPE`] for at most [`LOAD_BOUND`].
+    pub fn sched_pipe() -> Load {
+        Self::start(LOAD_BOUND, SCHED_PIPE)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the process calls itself `comm` (a script that renames itself may start through a wrapper
+    /// such as a pyenv shim, and its first wakeups would carry the wrapper's name). Panics after 20 s.
+    pub fn wait_for_comm(&self, comm: &str) {
+        let path = format!("/proc/{}/comm", self.pid());
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::read_to_string(&path).unwrap_or_default().trim() != comm {
+            assert!(
+                std::time::Instant::now() < end,
+                "process {} never took the name {comm}",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the whole group and reaps the leader; idempotent.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Processes whose command line contains `needle` (to check that a load really ended).
+pub fn processes_matching(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Field case A's noisy neighbour: a raw ICMP socket whose task is named `isc-socket`, woken by every ICMP
+/// packet on the host; ends by itself after [`LOAD_BOUND`]. It names itself after the socket is open, so once
+/// [`Load::wait_for_comm`] returns, every wakeup it gets from ICMP carries the name.
+pub fn isc_socket_argv() -> Vec<String> {
+    let script = format!(
+        "import ctypes,socket,time\n\
+         s=socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\ns.settimeout(1)\n\
+         ctypes.CDLL(None).prctl(15, b'isc-socket', 0, 0, 0)\n\
+         end=time.time()+{}\nwhile time.time()<end:\n  try: s.recv(2048)\n  except socket.timeout: pass\n",
+        LOAD_BOUND.as_secs()
+    );
+    vec!["python3".into(), "-c".into(), script]
+}
+
+/// `ping -i 0.002 127.0.0.1` (500 packets/s) for at most [`LOAD_BOUND`], by ping's own deadline.
+pub fn fast_ping_argv() -> Vec<String> {
+    let w = LOAD_BOUND.as_secs().to_string();
+    ["ping", "-q", "-i", "0.002", "-w", &w, "127.0.0.1"]
+        .map(String::from)
+        .to_vec()
+}
