@@ -8,7 +8,7 @@
 #   sonde.oci.tar    localhost/sonde/sonde:<version>-dev and ghcr.io/sonde-dev/sonde:<version> (the chart default)
 #   busybox.oci.tar  localhost/sonde/busybox:<busybox version>: busybox-static, every applet a symlink in /bin
 #                    (sh, sleep, nc for TCP sinks and sources, wget, ping; busybox ping takes -i 0.002)
-#   ping.oci.tar     localhost/sonde/ping:<iputils version>: the busybox files, iputils ping as /bin/ping and
+#   ping.oci.tar     localhost/sonde/ping:<busybox version>: the busybox files (ping is busybox's) and
 #                    /usr/local/bin/isc-socket (tests/images/isc-socket.c): field case A's two processes
 #   pause.oci.tar    localhost/sonde/pause:3.10: tests/images/pause.c, for containerd's sandbox_image
 # plus images.env (shell assignments naming them and their archives). An image whose inputs (its files, config
@@ -49,11 +49,10 @@ release_repo=$(sed -n 's/^  repository: *//p' helm/sonde/values.yaml | head -n1)
 [ -n "$release_repo" ] || die "no image.repository in helm/sonde/values.yaml"
 upstream() { dpkg-query -W -f='${Version}' "$1" | sed -e 's/^[0-9]*://' -e 's/-[^-]*$//'; }
 busybox_tag=$(upstream busybox-static)
-iputils_tag=$(upstream iputils-ping)
 
 sonde_refs=("localhost/sonde/sonde:$version-dev" "$release_repo:$version")
 busybox_refs=("localhost/sonde/busybox:$busybox_tag")
-ping_refs=("localhost/sonde/ping:$iputils_tag")
+ping_refs=("localhost/sonde/ping:$busybox_tag")
 pause_refs=("localhost/sonde/pause:3.10")
 
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -148,14 +147,11 @@ stage() {
     busybox | ping)
       busybox_files "$root"
       if [ "$name" = ping ]; then
-        # iputils ping replaces busybox's applet; install drops its file capability (cap_net_raw), which would
-        # make exec fail where NET_RAW is not in the bounding set; as root with NET_RAW it needs none.
-        rm "$root/bin/ping"
-        install -m 0755 "$(readlink -f "$(command -v ping)")" "$root/bin/ping"
-        copy_libs "$root" "$root/bin/ping"
+        # ping is busybox's applet (a symlink named ping, so the task's comm is `ping`): iputils ping busy-waits
+        # between packets at intervals under 10 ms (a whole core for `-i 0.002`), busybox's sleeps.
         install -D -m 0755 "$(static_c isc-socket)" "$root/usr/local/bin/isc-socket"
       fi
-      # iputils ping as PID 1 ignores SIGTERM but stops on SIGINT (so does isc-socket): the CRI sends the
+      # ping as PID 1 ignores SIGTERM but stops on SIGINT (so does isc-socket): the CRI sends the
       # image's stop signal, so a ping pod stops at once instead of after its grace period.
       [ "$name" = busybox ] || cfg=(--stop-signal SIGINT)
       cfg+=(--cmd '["sh"]' --env PATH=/usr/local/bin:/usr/bin:/bin

@@ -74,10 +74,7 @@ impl Agent {
     }
 
     pub async fn run(mut self) -> Result<()> {
-        // Per-program run time for the overhead budget; the counters cost a few ns per run.
-        if let Err(e) = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1") {
-            tracing::warn!(error = %e, "cannot enable kernel.bpf_stats_enabled; budgets cannot be enforced");
-        }
+        check_bpf_stats();
         let node = self.cfg.node.clone();
         let pods: Api<Pod> = Api::all(self.client.clone());
         let (pod_store, writer) = reflector::store::<Pod>();
@@ -200,6 +197,14 @@ impl Agent {
             resumed_note,
         };
         tracing::info!(session = %job.name, namespace = %job.namespace, probe = %s.spec.probe, "starting session");
+        if bpf_stats_enabled() == Some(false) {
+            tracing::warn!(
+                session = %job.name,
+                namespace = %job.namespace,
+                max_kernel_cpu_percent = s.spec.budget.max_kernel_cpu_percent,
+                "kernel.bpf_stats_enabled=0: this session's overhead budget is NOT enforced"
+            );
+        }
         let task = tokio::spawn(session::run(job, targets_rx, deleted_rx));
         self.metrics.started.inc();
         self.live.insert(
@@ -228,6 +233,36 @@ impl Agent {
     }
 }
 
+/// The host sysctl that makes the kernel count each BPF program's run time (`bpf_prog_info.run_time_ns`), which the
+/// overhead budget is computed from. A host-wide switch, not namespaced; writing it needs CAP_SYS_ADMIN.
+pub const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Whether the kernel counts BPF run time (None: the sysctl cannot be read, e.g. a kernel older than 5.1).
+pub fn bpf_stats_enabled() -> Option<bool> {
+    std::fs::read_to_string(BPF_STATS_SYSCTL)
+        .ok()
+        .map(|v| v.trim() != "0")
+}
+
+/// Says at start whether overhead budgets can be enforced. /proc/sys is read-only in a container: the chart sets
+/// the sysctl from a short-lived init container (agent.bpfStats=initContainer, `sonde-agent enable-bpf-stats`);
+/// an agent run as root outside a container sets it itself.
+fn check_bpf_stats() {
+    if bpf_stats_enabled() == Some(true) {
+        tracing::info!("kernel.bpf_stats_enabled=1: overhead budgets are enforced");
+        return;
+    }
+    match std::fs::write(BPF_STATS_SYSCTL, "1") {
+        Ok(()) => tracing::info!("set kernel.bpf_stats_enabled=1: overhead budgets are enforced"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "kernel.bpf_stats_enabled is off and cannot be set from here: probes' kernel CPU time is not counted \
+             and overhead budgets (spec.budget.maxKernelCpuPercent) are NOT enforced; set agent.bpfStats=initContainer \
+             in the chart or `sysctl -w kernel.bpf_stats_enabled=1` on the node"
+        ),
+    }
+}
+
 /// Whether two specs load the same probe the same way, differing at most in which pods they target.
 fn same_probe(a: &ProbeSessionSpec, b: &ProbeSessionSpec) -> bool {
     let strip = |s: &ProbeSessionSpec| ProbeSessionSpec {
@@ -252,6 +287,7 @@ pub fn targets(cgroups: &PodCgroups, spec: &ProbeSessionSpec, pods: &Store<Pod>)
     }
     let mut t = Targets {
         cgroups: Some(Vec::new()),
+        pods_root: cgroups.pods_root(),
         ..Default::default()
     };
     for target in &spec.pods {

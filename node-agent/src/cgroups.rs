@@ -12,6 +12,20 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
 
+/// How deep below the cgroup2 hierarchy's root `dir` (a cgroup2 mount point) is: the mount's root field in
+/// /proc/self/mountinfo (`/` for a host mount; deeper inside a cgroup namespace or a bind mount of a subtree).
+fn mount_root_depth(dir: &Path) -> u32 {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter(|l| l.contains(" - cgroup2 "))
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4).map(Path::new) == Some(dir))
+                .then(|| f[3].split('/').filter(|c| !c.is_empty()).count() as u32)
+        })
+        .unwrap_or(0)
+}
+
 #[derive(Clone, Debug)]
 pub struct PodCgroups {
     root: PathBuf,
@@ -37,6 +51,18 @@ impl PodCgroups {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The cgroup holding every pod (`kubepods.slice` or `kubepods` under the root) as (cgroup id, level below
+    /// the v2 root). The root may itself sit below the v2 mount's root (a nested cgroup namespace), so the level
+    /// counts from the mount, read from /proc/self/mountinfo; on the usual layout it is 1.
+    pub fn pods_root(&self) -> Option<(u64, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        ["kubepods.slice", "kubepods"].iter().find_map(|name| {
+            let dir = self.root.join(name);
+            let ino = std::fs::metadata(&dir).ok()?.ino();
+            Some((ino, 1 + mount_root_depth(&self.root)))
+        })
     }
 
     /// Where the pod's cgroup can be, most likely first (its QoS class when known).

@@ -27,12 +27,35 @@ struct Args {
     /// Address of /metrics, /healthz and /readyz (ready once this node's sessions are listed).
     #[arg(long, env = "SONDE_METRICS_ADDR", default_value = "0.0.0.0:8081")]
     metrics_addr: std::net::SocketAddr,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Set the host sysctl kernel.bpf_stats_enabled=1 (per-program run time, which overhead budgets need) and
+    /// exit. Needs CAP_SYS_ADMIN and a writable view of the file: the chart's init container.
+    EnableBpfStats {
+        /// The sysctl file, e.g. a hostPath mount of the node's /proc/sys/kernel/bpf_stats_enabled.
+        #[arg(long, default_value = sonde_agent::agent::BPF_STATS_SYSCTL)]
+        sysctl: PathBuf,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     sonde_telemetry::init_logging();
     let args = Args::parse();
+    if let Some(Command::EnableBpfStats { sysctl }) = &args.command {
+        std::fs::write(sysctl, "1").with_context(|| {
+            format!(
+                "writing 1 to {} (needs CAP_SYS_ADMIN and a writable mount)",
+                sysctl.display()
+            )
+        })?;
+        tracing::info!(sysctl = %sysctl.display(), "kernel.bpf_stats_enabled=1");
+        return Ok(());
+    }
     let node = match args.node_name {
         Some(n) => n,
         None => sonde_telemetry::hostname().context("--node-name not given and no hostname")?,

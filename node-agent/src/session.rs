@@ -33,6 +33,8 @@ pub struct Targets {
     pub netns: Vec<u32>,
     /// Target pods not (yet) running on this node, for the status message.
     pub unresolved: Vec<String>,
+    /// The node's pods cgroup (id, level), so the kernel can tell other pods' tasks from host tasks.
+    pub pods_root: Option<(u64, u32)>,
 }
 
 /// Everything a session task needs to run on its own.
@@ -370,6 +372,7 @@ fn probe_config(spec: &ProbeSessionSpec, t: &Targets) -> ProbeConfig {
         filter.comms = None;
     } else if !spec.all_pods {
         filter.cgroups = Some(t.cgroups.clone().unwrap_or_default());
+        filter.pods_root = t.pods_root;
     }
     ProbeConfig {
         probe: spec.probe,

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /* wakeups: who wakes whom. Counts waker -> wakee pairs in the kernel, flags a pair whose wakeups within one
  * second exceed cfg_threshold, and sends events (all, sampled, or only breaches) over the ring buffer.
- * Attach chain: fentry/kprobe try_to_wake_up -> tp_btf sched_waking -> tracepoint sched/sched_waking. */
+ * Attach chain: fentry/kprobe try_to_wake_up -> tp_btf sched_waking -> tracepoint sched/sched_waking; the irq
+ * and hrtimer tracepoints below only keep the hard-interrupt nesting. */
 #include "sonde.h"
 
 struct {
@@ -11,14 +12,88 @@ struct {
 	__type(value, struct wakeup_val);
 } pairs SEC(".maps");
 
+/* Hard-interrupt nesting on this CPU: device handlers (irq_handler_entry/exit) and hrtimer callbacks
+ * (hrtimer_expire_entry/exit). A wakeup there -- a timer ending another task's sleep, a device completing I/O --
+ * is not the doing of the task it interrupted: it counts with waker "[irq]" (pid 0) and is admitted only for its
+ * wakee, so a traced pod never appears to wake, and never reveals, another pod's tasks. Softirq work (such as
+ * loopback receive run on the sender's way out) stays the current task's: that is how ping wakes isc-socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} irq_depth SEC(".maps");
+
+static __always_inline int irq_step(bool enter)
+{
+	__u32 zero = 0;
+	__u32 *d = bpf_map_lookup_elem(&irq_depth, &zero);
+	if (d) {
+		if (enter)
+			*d += 1;
+		else if (*d > 0) /* an exit whose entry came before attach */
+			*d -= 1;
+	}
+	return 0;
+}
+
+static __always_inline bool in_hardirq(void)
+{
+	__u32 zero = 0;
+	__u32 *d = bpf_map_lookup_elem(&irq_depth, &zero);
+	return d && *d > 0;
+}
+
+SEC("tracepoint/irq/irq_handler_entry")
+int tp_irq_entry(void *ctx) { return irq_step(true); }
+SEC("tracepoint/irq/irq_handler_exit")
+int tp_irq_exit(void *ctx) { return irq_step(false); }
+SEC("tracepoint/timer/hrtimer_expire_entry")
+int tp_hrtimer_entry(void *ctx) { return irq_step(true); }
+SEC("tracepoint/timer/hrtimer_expire_exit")
+int tp_hrtimer_exit(void *ctx) { return irq_step(false); }
+
+/* The cgroup holding every pod of the node (kubepods) and its level below the v2 root, set with a pod filter. A
+ * wakee under it that the filter does not admit belongs to another pod: it is never reported because a traced
+ * task woke it (a tenant sees its own pods' tasks and host tasks, never another pod's). */
+#define WAKER_IRQ 0xffffffffull
+#define WAKER_OTHER_POD 0xfffffffeull
+const volatile __u64 cfg_pods_root = 0;
+const volatile __u32 cfg_pods_root_level = 0;
+
+static __always_inline bool in_other_pod(struct task_struct *p)
+{
+	struct cgroup *cg = BPF_CORE_READ(p, cgroups, dfl_cgrp);
+	__u32 level = BPF_CORE_READ(cg, level);
+	if (level <= cfg_pods_root_level || cfg_pods_root_level > 64)
+		return false;
+	struct cgroup *anc = NULL;
+	bpf_core_read(&anc, sizeof(anc), &cg->ancestors[cfg_pods_root_level]);
+	return anc && BPF_CORE_READ(anc, kn, id) == cfg_pods_root;
+}
+
 /* `p` is NULL on the classic tracepoint. Without a threshold no clock is read: the count alone is kept. */
 static __always_inline int on_wakeup(const char wakee_comm[TASK_COMM_LEN], __u32 wakee_pid, __u32 wakee_tid,
 				     struct task_struct *p, bool wakee_ok)
 {
-	__u64 id = bpf_get_current_pid_tgid();
+	bool irq = in_hardirq();
+	/* A current task in another pod (a softirq run on top of it, say) is not named: it counts as "[other pod]". */
+	bool hidden = false;
+	if (!irq && cfg_pods_root) {
+		__u64 cg = bpf_get_current_cgroup_id();
+		hidden = !bpf_map_lookup_elem(&filter_cgroups, &cg) &&
+			 in_other_pod((struct task_struct *)bpf_get_current_task());
+	}
+	/* Pseudo wakers keep pid 0 and a tid no task has, so they never share a pair with a real task. */
+	__u64 id = irq ? WAKER_IRQ : hidden ? WAKER_OTHER_POD : bpf_get_current_pid_tgid();
 	char waker_comm[TASK_COMM_LEN] = {};
 	bool have_waker_comm = false;
 	if (!wakee_ok) {
+		if (irq || hidden)
+			return 0;
+		/* Without a task pointer (classic tracepoint) the wakee's pod is unknown: not reported either. */
+		if (cfg_pods_root && (!p || in_other_pod(p)))
+			return 0;
 		if (cfg_filter_comm) {
 			bpf_get_current_comm(waker_comm, sizeof(waker_comm));
 			have_waker_comm = true;
@@ -32,7 +107,11 @@ static __always_inline int on_wakeup(const char wakee_comm[TASK_COMM_LEN], __u32
 	struct wakeup_val *v = bpf_map_lookup_elem(&pairs, &key);
 	if (!v) {
 		struct wakeup_val init = { .window_start_ns = now, .waker_pid = id >> 32, .wakee_pid = wakee_pid };
-		if (have_waker_comm)
+		if (irq)
+			__builtin_memcpy(init.waker_comm, "[irq]", 6);
+		else if (hidden)
+			__builtin_memcpy(init.waker_comm, "[other pod]", 12);
+		else if (have_waker_comm)
 			__builtin_memcpy(init.waker_comm, waker_comm, TASK_COMM_LEN);
 		else
 			bpf_get_current_comm(init.waker_comm, sizeof(init.waker_comm));

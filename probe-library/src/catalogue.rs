@@ -68,6 +68,9 @@ impl Attach {
 pub struct Hook {
     pub name: &'static str,
     pub required: bool,
+    /// Keeps context for the probe's event hooks (such as interrupt nesting) rather than observing events
+    /// itself: attached like any hook, but not part of the probe's attach strategy.
+    pub context: bool,
     pub chain: &'static [Attach],
 }
 
@@ -95,30 +98,61 @@ const fn tp(program: &'static str, category: &'static str, name: &'static str) -
     }
 }
 
-const WAKEUPS: &[Hook] = &[Hook {
-    name: "wakeup",
-    required: true,
-    chain: &[
-        Attach::Fentry {
-            program: "fentry_try_to_wake_up",
-            func: "try_to_wake_up",
-        },
-        Attach::Kprobe {
-            program: "kprobe_try_to_wake_up",
-            func: "try_to_wake_up",
-        },
-        Attach::TpBtf {
-            program: "tp_btf_sched_waking",
-            event: "sched_waking",
-        },
-        tp("tp_sched_waking", "sched", "sched_waking"),
-    ],
-}];
+const WAKEUPS: &[Hook] = &[
+    // Hard-interrupt nesting (device handlers, hrtimer callbacks): a wakeup there is not the interrupted task's
+    // doing. They attach before the wakeup hook, exits before entries, so a missed entry can only leave the
+    // depth too low, never stuck high.
+    Hook {
+        name: "irq-exit",
+        required: false,
+        context: true,
+        chain: &[tp("tp_irq_exit", "irq", "irq_handler_exit")],
+    },
+    Hook {
+        name: "hrtimer-exit",
+        required: false,
+        context: true,
+        chain: &[tp("tp_hrtimer_exit", "timer", "hrtimer_expire_exit")],
+    },
+    Hook {
+        name: "irq-entry",
+        required: false,
+        context: true,
+        chain: &[tp("tp_irq_entry", "irq", "irq_handler_entry")],
+    },
+    Hook {
+        name: "hrtimer-entry",
+        required: false,
+        context: true,
+        chain: &[tp("tp_hrtimer_entry", "timer", "hrtimer_expire_entry")],
+    },
+    Hook {
+        name: "wakeup",
+        required: true,
+        context: false,
+        chain: &[
+            Attach::Fentry {
+                program: "fentry_try_to_wake_up",
+                func: "try_to_wake_up",
+            },
+            Attach::Kprobe {
+                program: "kprobe_try_to_wake_up",
+                func: "try_to_wake_up",
+            },
+            Attach::TpBtf {
+                program: "tp_btf_sched_waking",
+                event: "sched_waking",
+            },
+            tp("tp_sched_waking", "sched", "sched_waking"),
+        ],
+    },
+];
 
 const PACKET_LATENCY: &[Hook] = &[
     Hook {
         name: "xmit",
         required: true,
+        context: false,
         chain: &[
             Attach::Fentry {
                 program: "fentry_dev_queue_xmit",
@@ -138,6 +172,7 @@ const PACKET_LATENCY: &[Hook] = &[
     Hook {
         name: "netif_receive",
         required: true,
+        context: false,
         chain: &[
             Attach::Fentry {
                 program: "fentry_netif_receive_skb",
@@ -157,6 +192,7 @@ const PACKET_LATENCY: &[Hook] = &[
     Hook {
         name: "tcp_rcv_established",
         required: false,
+        context: false,
         chain: &[
             Attach::Fentry {
                 program: "fentry_tcp_rcv_established",
@@ -177,6 +213,7 @@ const PACKET_LATENCY: &[Hook] = &[
     Hook {
         name: "tcp_rcv_state_process",
         required: false,
+        context: false,
         chain: &[
             Attach::Fentry {
                 program: "fentry_tcp_rcv_state_process",
@@ -193,6 +230,7 @@ const PACKET_LATENCY: &[Hook] = &[
 const CPU_PROFILE: &[Hook] = &[Hook {
     name: "sample",
     required: true,
+    context: false,
     chain: &[Attach::PerfCpuClock {
         program: "profile_sample",
     }],
@@ -202,6 +240,7 @@ const RUNQ_LATENCY: &[Hook] = &[
     Hook {
         name: "wakeup",
         required: true,
+        context: false,
         chain: &[
             Attach::TpBtf {
                 program: "tp_btf_sched_wakeup",
@@ -213,6 +252,7 @@ const RUNQ_LATENCY: &[Hook] = &[
     Hook {
         name: "wakeup_new",
         required: true,
+        context: false,
         chain: &[
             Attach::TpBtf {
                 program: "tp_btf_sched_wakeup_new",
@@ -224,6 +264,7 @@ const RUNQ_LATENCY: &[Hook] = &[
     Hook {
         name: "switch",
         required: true,
+        context: false,
         chain: &[
             Attach::TpBtf {
                 program: "tp_btf_sched_switch",
@@ -237,6 +278,7 @@ const RUNQ_LATENCY: &[Hook] = &[
 const TCP_RETRANSMIT: &[Hook] = &[Hook {
     name: "retransmit",
     required: true,
+    context: false,
     chain: &[
         Attach::Fentry {
             program: "fentry_tcp_retransmit_skb",
@@ -253,6 +295,7 @@ const TCP_RETRANSMIT: &[Hook] = &[Hook {
 const TCP_CONNECT: &[Hook] = &[Hook {
     name: "state",
     required: true,
+    context: false,
     chain: &[
         Attach::TpBtf {
             program: "tp_btf_inet_sock_set_state",
@@ -265,6 +308,7 @@ const TCP_CONNECT: &[Hook] = &[Hook {
 const EXEC: &[Hook] = &[Hook {
     name: "exec",
     required: true,
+    context: false,
     chain: &[
         Attach::TpBtf {
             program: "tp_btf_sched_process_exec",
@@ -277,6 +321,7 @@ const EXEC: &[Hook] = &[Hook {
 const OOM_KILL: &[Hook] = &[Hook {
     name: "victim",
     required: true,
+    context: false,
     chain: &[
         Attach::Kprobe {
             program: "kprobe_oom_kill_process",
@@ -290,11 +335,13 @@ const SYSCALL_LATENCY: &[Hook] = &[
     Hook {
         name: "enter",
         required: true,
+        context: false,
         chain: &[tp("tp_sys_enter", "raw_syscalls", "sys_enter")],
     },
     Hook {
         name: "exit",
         required: true,
+        context: false,
         chain: &[tp("tp_sys_exit", "raw_syscalls", "sys_exit")],
     },
 ];

@@ -15,6 +15,10 @@ pub struct Filter {
     pub comms: Option<Vec<String>>,
     /// Network namespaces (inode numbers), for packet-latency.
     pub netns: Option<Vec<u32>>,
+    /// The cgroup holding every pod of the node (kubepods) as (cgroup id, level below the v2 root), with a
+    /// cgroup filter: a task under it but outside the filter belongs to another pod and is never reported
+    /// because a traced task woke it (wakeups).
+    pub pods_root: Option<(u64, u32)>,
 }
 
 #[derive(Clone, Debug)]

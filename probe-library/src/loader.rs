@@ -63,6 +63,7 @@ pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
         .map(|p| p.syscalls.clone())
         .unwrap_or_default();
     let filter_syscall = flag(!syscalls.is_empty());
+    let (pods_root, pods_root_level) = cfg.filter.pods_root.unwrap_or((0, 0));
 
     let mut loader = EbpfLoader::new();
     loader
@@ -79,7 +80,9 @@ pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
         .override_global("cfg_ports", &ports, false)
         .override_global("cfg_nports", &nports, false)
         .override_global("cfg_user_stacks", &user_stacks, false)
-        .override_global("cfg_filter_syscall", &filter_syscall, false);
+        .override_global("cfg_filter_syscall", &filter_syscall, false)
+        .override_global("cfg_pods_root", &pods_root, false)
+        .override_global("cfg_pods_root_level", &pods_root_level, false);
     let mut ebpf = loader.load(crate::objects::object(probe)).map_err(|e| Error::Load {
         probe,
         hint: "is this root (or CAP_BPF+CAP_PERFMON) on a kernel with BTF (/sys/kernel/btf/vmlinux)?",
@@ -107,7 +110,9 @@ pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
                 error: result.as_ref().err().cloned(),
             });
             if result.is_ok() {
-                attached.push((hook.name, attach.strategy()));
+                if !hook.context {
+                    attached.push((hook.name, attach.strategy()));
+                }
                 programs.push(attach.program());
                 ok = true;
                 break;

@@ -340,3 +340,55 @@ fn rolling_a_window_starts_the_kernel_aggregates_again() {
         "second window {n2} vs first {n1}: the pair counts were not reset"
     );
 }
+
+/// `python3` loop renamed `comm`, pinned to CPU 0, for at most the load bound.
+fn pinned_python(comm: &str, body: &str) -> Load {
+    let script = format!(
+        "import ctypes,time\nctypes.CDLL(None).prctl(15, b'{comm}', 0, 0, 0)\nend=time.time()+90\n\
+         while time.time()<end: {body}\n"
+    );
+    let argv = ["taskset", "-c", "0", "python3", "-c", &script].map(String::from);
+    let load = Load::self_bounded(&argv);
+    load.wait_for_comm(comm);
+    load
+}
+
+/// A timer that ends a task's sleep fires in hard-interrupt context, on top of whatever task runs on that CPU.
+/// The interrupted task did not wake the sleeper: with the busy task traced, the sleeper must not appear as its
+/// wakee; with the sleeper traced, its wakeups count as `[irq]/0 -> sonde-sleeper/<pid>`.
+#[test]
+fn wakeups_in_hard_interrupts_are_not_the_interrupted_tasks() {
+    let burner = pinned_python("sonde-burner", "pass");
+    let sleeper = pinned_python("sonde-sleeper", "time.sleep(0.001)");
+    let run = |comm: &str| {
+        let filter = Filter {
+            comms: Some(vec![comm.into()]),
+            ..Default::default()
+        };
+        let cfg = config(ProbeName::Wakeups, filter, vec![], ProbeParams::default());
+        trace(cfg, Duration::from_secs(2), || {})
+            .findings
+            .summary
+            .rows
+    };
+    // Timer wakeups run in hard-interrupt context and must not count for the busy task; without the interrupt
+    // tracking nearly all of them do (the busy task is current whenever the sleeper's timer fires). Some still
+    // do (measured 0-14 %): wakeups from softirqs run on interrupt exit, on top of whatever task is current.
+    let rows = run("sonde-burner");
+    let leaked: u64 = rows
+        .iter()
+        .filter(|r| r.key.contains("-> sonde-sleeper/"))
+        .map(|r| r.count)
+        .sum();
+    let rows = run("sonde-sleeper");
+    let key = format!("[irq]/0 -> sonde-sleeper/{}", sleeper.pid());
+    let row = rows.iter().find(|r| r.key == key);
+    let row = row.unwrap_or_else(|| panic!("no {key} in {rows:#?}"));
+    assert!(row.count > 100, "{row:?}");
+    assert!(
+        leaked * 2 < row.count,
+        "the busy task 'woke' the sleeper {leaked} times (timer wakeups: {})",
+        row.count
+    );
+    drop(burner);
+}

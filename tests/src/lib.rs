@@ -8,6 +8,7 @@ mod load;
 mod namespace;
 mod netpair;
 mod node;
+mod realnode;
 mod s3;
 
 pub use components::{Component, chart_identities, free_port, helm, http_get};
@@ -16,8 +17,9 @@ pub use load::{
     LOAD_BOUND, Load, SCHED_PIPE, bounded_argv, fast_ping_argv, isc_socket_argv, processes_matching,
 };
 pub use namespace::TestNamespace;
-pub use netpair::{NetPair, TIGHT_TBF};
+pub use netpair::{NetPair, TIGHT_TBF, assert_tcp_stage_is_quick, slow_segments};
 pub use node::{CgroupDriver, RealPod, register_this_node, this_node_name};
+pub use realnode::RealNode;
 pub use s3::S3Server;
 
 /// The repository root, for examples/ and crds/.
@@ -59,10 +61,10 @@ where
     }
 }
 
-/// Ids of loaded eBPF programs whose names start with one of `prefixes` (kernel names stop at 15 characters).
+/// Every loaded eBPF program as bpftool describes it (`bpftool prog show -j`: id, name, pids holding it, ...).
 /// Panics when bpftool fails or prints something else than a program list: an empty answer must mean nothing
-/// is attached, never that the question could not be asked.
-pub fn bpf_programs(prefixes: &[&str]) -> Vec<u64> {
+/// is loaded, never that the question could not be asked.
+pub fn bpf_prog_list() -> Vec<serde_json::Value> {
     let out = std::process::Command::new("bpftool")
         .args(["prog", "show", "-j"])
         .output()
@@ -73,20 +75,27 @@ pub fn bpf_programs(prefixes: &[&str]) -> Vec<u64> {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "bpftool prog show -j printed no JSON list ({e}): {}",
             String::from_utf8_lossy(&out.stdout)
         )
-    });
-    progs
+    })
+}
+
+/// Whether a kernel program name (cut at 15 characters) is one of `prefixes`.
+pub fn prog_named(p: &serde_json::Value, prefixes: &[&str]) -> bool {
+    let name = p["name"].as_str().unwrap_or_default();
+    prefixes
         .iter()
-        .filter(|p| {
-            let name = p["name"].as_str().unwrap_or_default();
-            prefixes
-                .iter()
-                .any(|pre| !name.is_empty() && pre.starts_with(name) || name.starts_with(pre))
-        })
+        .any(|pre| !name.is_empty() && pre.starts_with(name) || name.starts_with(pre))
+}
+
+/// Ids of loaded eBPF programs whose names start with one of `prefixes` (kernel names stop at 15 characters).
+pub fn bpf_programs(prefixes: &[&str]) -> Vec<u64> {
+    bpf_prog_list()
+        .iter()
+        .filter(|p| prog_named(p, prefixes))
         .filter_map(|p| p["id"].as_u64())
         .collect()
 }

@@ -123,10 +123,20 @@ pub fn isc_socket_argv() -> Vec<String> {
     vec!["python3".into(), "-c".into(), script]
 }
 
-/// `ping -i 0.002 127.0.0.1` (500 packets/s) for at most [`LOAD_BOUND`], by ping's own deadline.
+/// `ping -i 0.002 127.0.0.1` (500 packets/s) for at most [`LOAD_BOUND`], by ping's own deadline. It is
+/// busybox's ping through a link named `ping` (so the task's comm is `ping`): iputils ping busy-waits between
+/// packets at intervals under 10 ms and would take a whole core of this 2-core machine.
 pub fn fast_ping_argv() -> Vec<String> {
+    let dir = std::env::temp_dir().join("sonde-test-bin");
+    let link = dir.join("ping");
+    if !link.exists() {
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // Another test binary may make it at the same moment: either link is the same.
+        let _ = std::os::unix::fs::symlink("/bin/busybox", &link);
+    }
     let w = LOAD_BOUND.as_secs().to_string();
-    ["ping", "-q", "-i", "0.002", "-w", &w, "127.0.0.1"]
+    let ping = link.to_string_lossy().into_owned();
+    [ping.as_str(), "-q", "-i", "0.002", "-w", &w, "127.0.0.1"]
         .map(String::from)
         .to_vec()
 }

@@ -142,3 +142,39 @@ impl Drop for NetPair {
         }
     }
 }
+
+/// The slow segments of a packet-latency run, read from a results folder's `events.ndjson` (a `file://` URL or
+/// a path): there are some, and every one the kernel let through was at or over `threshold_ms`.
+pub fn slow_segments(events_url: &str, threshold_ms: f64) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(events_url.trim_start_matches("file://"))
+        .unwrap_or_else(|e| panic!("{events_url}: {e}"));
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(!events.is_empty(), "no slow segment in {events_url}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["delta_ms"].as_f64().unwrap_or(0.0) >= threshold_ms),
+        "a segment under {threshold_ms} ms crossed the ring buffer"
+    );
+    events
+}
+
+/// Field case B's answer: the delay sits in front of the receive path, not in TCP (the median stage after
+/// `__netif_receive_skb` is under 1 ms).
+pub fn assert_tcp_stage_is_quick(events: &[serde_json::Value]) {
+    let mut stage: Vec<f64> = events
+        .iter()
+        .filter(|e| e["function"] == "tcp_rcv_established")
+        .filter_map(|e| e["stage_delta_ms"].as_f64())
+        .collect();
+    stage.sort_by(f64::total_cmp);
+    assert!(!stage.is_empty(), "no tcp_rcv_established events");
+    assert!(
+        stage[stage.len() / 2] < 1.0,
+        "median TCP stage delta {} ms",
+        stage[stage.len() / 2]
+    );
+}

@@ -1,0 +1,657 @@
+//! Sonde the way a cluster user runs it: `helm install` of the chart, with its own images, service accounts and
+//! securityContext, on a real kubelet node (containerd, runc, CNI bridge, kube-proxy) of a control plane of its
+//! own; workloads are real containers. Every test name starts with `real_node_`: scripts/test.sh runs them
+//! after the other tests, on a node it tears down at the end.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sonde_tests::{Identity, RealNode, repo_root};
+use tokio::sync::{Mutex, OnceCell};
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+static CHART: OnceCell<Duration> = OnceCell::const_new();
+
+fn kubectl(node: &RealNode, args: &[&str]) -> (bool, String, String) {
+    node.plane.kubectl(Identity::Admin, args)
+}
+
+fn kubectl_ok(node: &RealNode, args: &[&str]) -> String {
+    let (ok, out, err) = kubectl(node, args);
+    assert!(ok, "kubectl {args:?}: {err}");
+    out
+}
+
+fn json(node: &RealNode, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&kubectl_ok(node, &a)).expect("kubectl -o json")
+}
+
+async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < end, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `helm install sonde helm/sonde` as the README says (CRDs included, default values: the image the chart
+/// names is the one scripts/images.sh built and the node imported), once per test process. Returns how long
+/// install -> everything Ready took.
+async fn chart(node: &RealNode) -> Duration {
+    *CHART
+        .get_or_init(|| async {
+            let kubeconfig = node.plane.kubeconfig(Identity::Admin);
+            let t = Instant::now();
+            let (ok, out, err) = sonde_tests::helm(&[
+                "upgrade",
+                "--install",
+                "sonde",
+                "helm/sonde",
+                "-n",
+                "sonde-system",
+                "--create-namespace",
+                "--wait",
+                "--timeout",
+                "5m",
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+            ]);
+            assert!(
+                ok,
+                "helm install: {err}\n{out}\npods: {}",
+                kubectl(node, &["describe", "pods", "-n", "sonde-system"]).1
+            );
+            // helm's --wait lets a DaemonSet be `maxUnavailable` short of Ready: wait for both rollouts.
+            for what in ["deployment/sonde-operator", "daemonset/sonde-agent"] {
+                let args = [
+                    "rollout",
+                    "status",
+                    "-n",
+                    "sonde-system",
+                    what,
+                    "--timeout=180s",
+                ];
+                kubectl_ok(node, &args);
+            }
+            let took = t.elapsed();
+            eprintln!("helm install -> all Ready in {took:?}");
+            took
+        })
+        .await
+}
+
+/// The kernel's view of a pod's containers: host pid of each process whose unified cgroup is the pod's.
+fn host_pids(uid: &str, comm: &str) -> Vec<u32> {
+    let mut pids = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let c = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if c.trim() == comm && cg.lines().any(|l| l.starts_with("0::") && l.contains(uid)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_node_runs_pods_in_kubelet_cgroups_without_egress() {
+    let _serial = SERIAL.lock().await;
+    let node = RealNode::get();
+    let out = std::process::Command::new(repo_root().join("tests/node/smoke.sh"))
+        .arg(&node.dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("smoke: ok"), "{text}");
+}
+
+/// The chart installs and rolls out as is: two operator replicas Ready with one Lease holder, the agent Ready
+/// on the node.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_node_chart_installs_and_rolls_out() {
+    let _serial = SERIAL.lock().await;
+    let node = RealNode::get();
+    chart(node).await;
+    let ns = ["-n", "sonde-system"];
+    let op = json(
+        node,
+        &[&ns[..], &["get", "deployment", "sonde-operator"]].concat(),
+    );
+    assert_eq!(op["status"]["readyReplicas"], 2, "{}", op["status"]);
+    let pods = json(
+        node,
+        &[
+            &ns[..],
+            &["get", "pods", "-l", "app.kubernetes.io/component=operator"],
+        ]
+        .concat(),
+    );
+    let names: Vec<String> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let mut holder = String::new();
+    wait_until("a lease holder", Duration::from_secs(60), || {
+        let leases = json(node, &[&ns[..], &["get", "leases"]].concat());
+        holder = leases["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["spec"]["holderIdentity"].as_str())
+            .find(|h| names.iter().any(|n| n == h))
+            .unwrap_or_default()
+            .to_string();
+        !holder.is_empty()
+    })
+    .await;
+    let ds = json(
+        node,
+        &[&ns[..], &["get", "daemonset", "sonde-agent"]].concat(),
+    );
+    let st = &ds["status"];
+    assert_eq!(st["desiredNumberScheduled"], 1, "{st}");
+    assert_eq!(st["numberReady"], 1, "{st}");
+    let agent = json(
+        node,
+        &[
+            &ns[..],
+            &["get", "pods", "-l", "app.kubernetes.io/component=agent"],
+        ]
+        .concat(),
+    );
+    let pod = &agent["items"][0];
+    assert_eq!(pod["spec"]["nodeName"], node.name());
+    eprintln!(
+        "leader {holder}; agent securityContext {} hostPID {}",
+        pod["spec"]["containers"][0]["securityContext"], pod["spec"]["hostPID"]
+    );
+}
+
+fn fresh_namespace(node: &RealNode, ns: &str) {
+    let _ = kubectl(
+        node,
+        &["delete", "namespace", ns, "--wait=true", "--timeout=60s"],
+    );
+    kubectl_ok(node, &["create", "namespace", ns]);
+}
+
+/// Waits until the TraceJob has finished (Succeeded or Failed) and returns its status.
+async fn finished_job(node: &RealNode, ns: &str, name: &str, limit: Duration) -> Value {
+    let mut job = Value::Null;
+    wait_until(&format!("job {name} finishes"), limit, || {
+        job = json(node, &["get", "tracejob", "-n", ns, name]);
+        matches!(
+            job["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        )
+    })
+    .await;
+    job["status"].clone()
+}
+
+/// A fresh namespace `ns` running [`ping_deployment`], its pod Ready.
+fn ping_namespace(node: &RealNode, ns: &str) {
+    fresh_namespace(node, ns);
+    apply(node, ns, &ping_deployment(node));
+    wait_pods_ready(node, ns);
+}
+
+fn wait_pods_ready(node: &RealNode, ns: &str) {
+    let args = [
+        "wait",
+        "-n",
+        ns,
+        "--for=condition=Ready",
+        "pod",
+        "--all",
+        "--timeout=120s",
+    ];
+    kubectl_ok(node, &args);
+}
+
+fn apply(node: &RealNode, ns: &str, yaml: &str) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), yaml).unwrap();
+    kubectl_ok(
+        node,
+        &["apply", "-n", ns, "-f", file.path().to_str().unwrap()],
+    );
+}
+
+/// Field case A's workload: a Deployment `app=ping` whose pod pings 127.0.0.1 next to `isc-socket`.
+fn ping_deployment(node: &RealNode) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: ping}}\nspec:\n  selector: {{matchLabels: \
+         {{app: ping}}}}\n  template:\n    metadata: {{labels: {{app: ping}}}}\n{}",
+        PING_POD.replace("PING_IMAGE", node.image("SONDE_PING_IMAGE"))
+    )
+}
+
+/// The uid of the (running, not terminating) pod labelled `app=<app>`.
+fn pod_uid(node: &RealNode, ns: &str, app: &str) -> String {
+    let pods = json(
+        node,
+        &["get", "pods", "-n", ns, "-l", &format!("app={app}")],
+    );
+    let live: Vec<&Value> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect();
+    assert_eq!(live.len(), 1, "pods app={app}: {pods}");
+    live[0]["metadata"]["uid"].as_str().unwrap().to_string()
+}
+
+fn one_pid(uid: &str, comm: &str) -> u32 {
+    let p = host_pids(uid, comm);
+    assert_eq!(p.len(), 1, "{comm} of pod {uid}: {p:?}");
+    p[0]
+}
+
+const PING_POD: &str = r#"
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+        - name: ping
+          image: PING_IMAGE
+          imagePullPolicy: Never
+          command: [ping, -q, -i, "0.002", 127.0.0.1]
+        - name: neighbour
+          image: PING_IMAGE
+          imagePullPolicy: Never
+          command: [/usr/local/bin/isc-socket]
+"#;
+
+/// Field case A on real containers, as the README says: a Deployment `app=ping` whose pod pings 127.0.0.1 next
+/// to a raw-ICMP neighbour `isc-socket`, and `kubectl apply -f examples/wakeups.yaml`. The job ends Succeeded
+/// naming the pair at its real rate, raises the breach, and keeps readable results. A second pod doing the same
+/// work without the label appears nowhere in the results: the cgroup filter holds in the negative.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_node_field_case_a_names_the_neighbour_and_nothing_else() {
+    let _serial = SERIAL.lock().await;
+    let node = RealNode::get();
+    chart(node).await;
+    let ns = "field-a";
+    fresh_namespace(node, ns);
+    let pod = PING_POD.replace("PING_IMAGE", node.image("SONDE_PING_IMAGE"));
+    apply(
+        node,
+        ns,
+        &format!(
+            "{}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: other, labels: {{app: other}}}}\n{}",
+            ping_deployment(node),
+            pod.replace("\n    ", "\n")
+        ),
+    );
+    wait_pods_ready(node, ns);
+    let (mine, other) = (pod_uid(node, ns, "ping"), pod_uid(node, ns, "other"));
+    let (ping, isc) = (one_pid(&mine, "ping"), one_pid(&mine, "isc-socket"));
+    let (other_ping, other_isc) = (one_pid(&other, "ping"), one_pid(&other, "isc-socket"));
+
+    let example = repo_root().join("examples/wakeups.yaml");
+    let t = Instant::now();
+    kubectl_ok(node, &["apply", "-n", ns, "-f", example.to_str().unwrap()]);
+    let st = &finished_job(node, ns, "ping-wakeups", Duration::from_secs(150)).await;
+    eprintln!("job finished {:?} after apply: {st}", t.elapsed());
+    assert_eq!(st["phase"], "Succeeded", "{st}");
+    let rows = st["summary"]["rows"].as_array().unwrap();
+    let key = format!("ping/{ping} -> isc-socket/{isc}");
+    let row = rows.iter().find(|r| r["key"] == key.as_str());
+    let row = row.unwrap_or_else(|| panic!("no {key} in {rows:#?}"));
+    let rate = row["perSecond"].as_f64().unwrap();
+    assert!((50.0..2500.0).contains(&rate), "implausible rate {rate}");
+    for r in rows {
+        let k = r["key"].as_str().unwrap();
+        for p in [other_ping, other_isc] {
+            assert!(
+                !k.contains(&format!("/{p} ")) && !k.ends_with(&format!("/{p}")),
+                "{k}: the other pod"
+            );
+        }
+    }
+    assert!(st["counts"]["breaches"].as_u64().unwrap() > 0, "{st}");
+    let events = json(node, &["get", "events", "-n", ns]);
+    let breach = events["items"].as_array().unwrap().iter().any(|e| {
+        e["reason"] == "ThresholdBreached" && e["involvedObject"]["name"] == "ping-wakeups"
+    });
+    assert!(breach, "no ThresholdBreached event: {events}");
+    // Results: the chart's default store is a directory on the node.
+    let summary = st["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|u| u.ends_with("/summary.json"))
+        .unwrap_or_else(|| panic!("no summary.json in {st}"));
+    let text = std::fs::read_to_string(summary.trim_start_matches("file://")).unwrap();
+    let report: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["probe"], "wakeups");
+    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
+}
+
+/// The host end of a pod's veth: the pod's eth0 names its peer's ifindex (`eth0@ifN`).
+fn host_veth(pid: u32) -> String {
+    let out = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "ip",
+            "-o",
+            "link",
+            "show",
+            "eth0",
+        ])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    let peer = line
+        .split("@if")
+        .nth(1)
+        .and_then(|s| s.split(':').next())
+        .unwrap_or_else(|| panic!("no peer index in {line:?}"));
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .find(|l| l.starts_with(&format!("{peer}:")))
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|n| n.split('@').next())
+        .unwrap_or_else(|| panic!("no host link with index {peer}"))
+        .to_string()
+}
+
+/// Field case B on real pods: `app=web` listens on 8080 behind a tight tbf on its veth's host end, a client pod
+/// sends a bulk flow across the CNI bridge, and `kubectl apply -f examples/packet-latency.yaml` reports slow
+/// segments whose delay sits between xmit and `__netif_receive_skb`.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_node_field_case_b_puts_the_delay_in_front_of_the_receiver() {
+    let _serial = SERIAL.lock().await;
+    let node = RealNode::get();
+    chart(node).await;
+    let ns = "field-b";
+    fresh_namespace(node, ns);
+    let busybox = node.image("SONDE_BUSYBOX_IMAGE");
+    let pod = |name: &str, app: &str, script: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {app}}}}}\nspec:\n  \
+             terminationGracePeriodSeconds: 1\n  containers:\n    - name: main\n      image: {busybox}\n      \
+             imagePullPolicy: Never\n      command: [sh, -c, '{script}']\n"
+        )
+    };
+    let listen = "while true; do nc -l -p 8080 >/dev/null; done";
+    apply(node, ns, &pod("web", "web", listen));
+    kubectl_ok(
+        node,
+        &[
+            "wait",
+            "-n",
+            ns,
+            "--for=condition=Ready",
+            "pod/web",
+            "--timeout=60s",
+        ],
+    );
+    let web = json(node, &["get", "pod", "-n", ns, "web"]);
+    let ip = web["status"]["podIP"].as_str().unwrap().to_string();
+    let uid = web["metadata"]["uid"].as_str().unwrap();
+    let shell = host_pids(uid, "sh");
+    assert!(!shell.is_empty(), "no shell of pod web on the host");
+    let veth = host_veth(shell[0]);
+    let mut tc = vec!["qdisc", "replace", "dev", veth.as_str(), "root", "tbf"];
+    tc.extend_from_slice(sonde_tests::TIGHT_TBF);
+    let st = std::process::Command::new("tc").args(&tc).status().unwrap();
+    assert!(st.success(), "tc {tc:?}");
+
+    let example = repo_root().join("examples/packet-latency.yaml");
+    kubectl_ok(node, &["apply", "-n", ns, "-f", example.to_str().unwrap()]);
+    wait_until("the job attaches", Duration::from_secs(60), || {
+        json(node, &["get", "tracejob", "-n", ns, "slow-segments"])["status"]["nodes"]["attached"]
+            == 1
+    })
+    .await;
+    let client = format!("while true; do nc {ip} 8080 </dev/zero; sleep 1; done");
+    apply(node, ns, &pod("client", "client", &client));
+    let st = &finished_job(node, ns, "slow-segments", Duration::from_secs(150)).await;
+    assert_eq!(st["phase"], "Succeeded", "{st}");
+    assert!(st["counts"]["breaches"].as_u64().unwrap() >= 10, "{st}");
+    let rows = st["summary"]["rows"].as_array().unwrap();
+    assert!(
+        rows.iter().any(
+            |r| r["key"].as_str().unwrap().contains("__netif_receive_skb")
+                && r["max"].as_f64().unwrap_or(0.0) >= 5.0
+        ),
+        "{rows:#?}"
+    );
+    let events_url = st["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|u| u.ends_with("/events.ndjson"))
+        .expect("breaching events kept");
+    // Through the CNI bridge the data segments reach __netif_receive_skb late; their TCP stage is not asserted
+    // here (on this topology the slow segments show no tcp_rcv_established record: an open question).
+    let events = sonde_tests::slow_segments(events_url, 5.0);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["function"] == "__netif_receive_skb"),
+        "no slow segment at __netif_receive_skb"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["dst"].as_str().unwrap_or_default().starts_with(&ip)),
+        "a segment not to the web pod"
+    );
+    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
+}
+
+/// A ProbePolicy on the ping pods of the real node breaches in its windows; when the pod is deleted and the
+/// Deployment replaces it, the session's filter follows the new pod (its new ping is the one counted).
+#[tokio::test(flavor = "multi_thread")]
+async fn real_node_a_policy_breaches_and_follows_a_replaced_pod() {
+    let _serial = SERIAL.lock().await;
+    let node = RealNode::get();
+    chart(node).await;
+    let ns = "policy";
+    ping_namespace(node, ns);
+    let policy = "apiVersion: sonde.dev/v1alpha1\nkind: ProbePolicy\nmetadata: {name: ping-watch}\nspec:\n  \
+                  probe: wakeups\n  target: {podSelector: {matchLabels: {app: ping}}, comms: [ping]}\n  \
+                  window: 10s\n  thresholds: [{metric: wakeupsPerSecond, value: 200}]\n";
+    apply(node, ns, policy);
+    let breached_by = |uid: &str| {
+        let key = format!(
+            "ping/{} -> isc-socket/{}",
+            one_pid(uid, "ping"),
+            one_pid(uid, "isc-socket")
+        );
+        move |p: &Value| {
+            let st = &p["status"];
+            let breached = st["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "ThresholdBreached" && c["status"] == "True")
+            });
+            let rows = st["lastWindow"]["rows"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            breached && rows.iter().any(|r| r["key"] == key.as_str())
+        }
+    };
+    let first = pod_uid(node, ns, "ping");
+    let check = breached_by(&first);
+    wait_until(
+        "a window breached by the first pod",
+        Duration::from_secs(60),
+        || check(&json(node, &["get", "probepolicy", "-n", ns, "ping-watch"])),
+    )
+    .await;
+    kubectl_ok(
+        node,
+        &["delete", "pod", "-n", ns, "-l", "app=ping", "--wait=false"],
+    );
+    let mut second = String::new();
+    wait_until("the replacement pod", Duration::from_secs(60), || {
+        let pods = json(node, &["get", "pods", "-n", ns, "-l", "app=ping"]);
+        pods["items"].as_array().unwrap().iter().any(|p| {
+            let ready = p["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            let uid = p["metadata"]["uid"].as_str().unwrap();
+            if ready && uid != first && p["metadata"]["deletionTimestamp"].is_null() {
+                second = uid.to_string();
+            }
+            !second.is_empty()
+        })
+    })
+    .await;
+    wait_until(
+        "the session follows the new pod",
+        Duration::from_secs(30),
+        || {
+            let sessions = json(node, &["get", "probesessions", "-n", ns]);
+            sessions["items"].as_array().unwrap().iter().any(|s| {
+                let pods = s["spec"]["pods"].as_array().cloned().unwrap_or_default();
+                pods.len() == 1 && pods[0]["uid"] == second.as_str()
+            })
+        },
+    )
+    .await;
+    let check = breached_by(&second);
+    wait_until(
+        "a window breached by the new pod",
+        Duration::from_secs(60),
+        || check(&json(node, &["get", "probepolicy", "-n", ns, "ping-watch"])),
+    )
+    .await;
+    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
+}
+
+/// Ids of the loaded programs named in `names` (bpftool, failing loudly when it fails).
+fn program_ids(names: &[&str]) -> Vec<u64> {
+    sonde_tests::bpf_programs(names)
+}
+
+/// Ids of the eBPF programs a process holds, through program or link fds (`prog_id:` in /proc/<pid>/fdinfo).
+fn programs_held_by(pid: u32) -> Vec<u64> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
+const WAKEUPS_PROGS: &[&str] = &[
+    "fentry_try_to_wake_up",
+    "kprobe_try_to_wake_up",
+    "tp_btf_sched_waking",
+    "tp_sched_waking",
+    "tp_irq_entry",
+    "tp_irq_exit",
+    "tp_hrtimer_entry",
+    "tp_hrtimer_exit",
+];
+
+/// Deleting the agent pod mid-job: the DaemonSet starts another, nothing the old pod attached stays attached,
+/// the successor attaches again and says that events before the restart were lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_node_a_deleted_agent_pod_leaves_nothing_behind_and_its_successor_is_truthful() {
+    let _serial = SERIAL.lock().await;
+    let node = RealNode::get();
+    chart(node).await;
+    let ns = "faults";
+    ping_namespace(node, ns);
+    let job = "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {name: survive}\nspec:\n  probe: wakeups\n  \
+               target: {podSelector: {matchLabels: {app: ping}}}\n  duration: 40s\n";
+    apply(node, ns, job);
+    wait_until("the job attaches", Duration::from_secs(60), || {
+        json(node, &["get", "tracejob", "-n", ns, "survive"])["status"]["nodes"]["attached"] == 1
+    })
+    .await;
+    let old_agent = host_pids_by_comm("sonde-agent");
+    assert_eq!(old_agent.len(), 1, "agent processes {old_agent:?}");
+    let before = program_ids(WAKEUPS_PROGS);
+    let held = programs_held_by(old_agent[0]);
+    assert!(
+        !before.is_empty() && before.iter().all(|id| held.contains(id)),
+        "wakeups programs {before:?}, the agent holds {held:?}"
+    );
+    kubectl_ok(
+        node,
+        &[
+            "delete",
+            "pod",
+            "-n",
+            "sonde-system",
+            "-l",
+            "app.kubernetes.io/component=agent",
+        ],
+    );
+    kubectl_ok(
+        node,
+        &[
+            "rollout",
+            "status",
+            "-n",
+            "sonde-system",
+            "daemonset/sonde-agent",
+            "--timeout=120s",
+        ],
+    );
+    let mut now = vec![];
+    wait_until("the successor attaches", Duration::from_secs(60), || {
+        now = program_ids(WAKEUPS_PROGS);
+        now.len() == before.len()
+    })
+    .await;
+    let agents = host_pids_by_comm("sonde-agent");
+    assert_eq!(agents.len(), 1, "agent processes {agents:?}");
+    assert_ne!(agents[0], old_agent[0]);
+    let held = programs_held_by(agents[0]);
+    for id in &now {
+        assert!(!before.contains(id), "program {id} survived the old agent");
+        assert!(
+            held.contains(id),
+            "program {id} is not the new agent's ({held:?})"
+        );
+    }
+    let st = finished_job(node, ns, "survive", Duration::from_secs(90)).await;
+    let msg = st["nodeResults"][0]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("agent restarted"), "{st}");
+    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
+}
+
+fn host_pids_by_comm(comm: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}
