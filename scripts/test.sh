@@ -16,7 +16,7 @@ mkdir -p target
 log=target/test-output.log
 status=0
 # A failed step keeps the run going (every result is reported) but makes it red.
-step() { "$@" 2>&1 | tee -a "$log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1; }
+step() { if ! "$@" 2>&1 | tee -a "$log"; then status=1; fi; }
 : >"$log"
 
 # 1. Everything but the real node, on one control plane shared by every e2e test binary (the harness reuses it

@@ -45,9 +45,10 @@ impl DrainLimit {
         time: Duration::from_millis(20),
     };
     /// The final drain after the programs are detached: what is still unread after this is counted as dropped.
+    /// Short, because it delays the stop a user asked for (deadline, Ctrl-C, Stop threshold).
     pub const FINAL: DrainLimit = DrainLimit {
         records: usize::MAX,
-        time: Duration::from_millis(250),
+        time: Duration::from_millis(100),
     };
 }
 
