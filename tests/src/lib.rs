@@ -61,6 +61,19 @@ where
     }
 }
 
+/// Program names of the wakeups probe (every strategy, and its interrupt-tracking context hooks), to see
+/// whether anything is still attached.
+pub const WAKEUPS_PROGS: &[&str] = &[
+    "fentry_try_to_wake_up",
+    "kprobe_try_to_wake_up",
+    "tp_btf_sched_waking",
+    "tp_sched_waking",
+    "tp_irq_entry",
+    "tp_irq_exit",
+    "tp_hrtimer_entry",
+    "tp_hrtimer_exit",
+];
+
 /// Every loaded eBPF program as bpftool describes it (`bpftool prog show -j`: id, name, pids holding it, ...).
 /// Panics when bpftool fails or prints something else than a program list: an empty answer must mean nothing
 /// is loaded, never that the question could not be asked.

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sonde_tests::{Identity, RealNode, repo_root};
+use sonde_tests::{Identity, RealNode, WAKEUPS_PROGS, repo_root};
 use tokio::sync::{Mutex, OnceCell};
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -564,17 +564,6 @@ fn programs_held_by(pid: u32) -> Vec<u64> {
         })
         .collect()
 }
-
-const WAKEUPS_PROGS: &[&str] = &[
-    "fentry_try_to_wake_up",
-    "kprobe_try_to_wake_up",
-    "tp_btf_sched_waking",
-    "tp_sched_waking",
-    "tp_irq_entry",
-    "tp_irq_exit",
-    "tp_hrtimer_entry",
-    "tp_hrtimer_exit",
-];
 
 /// Deleting the agent pod mid-job: the DaemonSet starts another, nothing the old pod attached stays attached,
 /// the successor attaches again and says that events before the restart were lost.

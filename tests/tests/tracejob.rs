@@ -12,24 +12,12 @@ use sonde_crds::conditions::{is_true, types};
 use sonde_crds::{Phase, ProbeSession, TraceJob};
 use sonde_tests::{
     CgroupDriver, Component, ControlPlane, Identity, LOAD_BOUND, Load, RealPod, SCHED_PIPE,
-    TestNamespace, bounded_argv, bpf_programs, chart_identities, fast_ping_argv, free_port,
-    http_get, isc_socket_argv, register_this_node, wait_for, wait_for_every,
+    TestNamespace, WAKEUPS_PROGS, bounded_argv, bpf_programs, chart_identities, fast_ping_argv,
+    free_port, http_get, isc_socket_argv, register_this_node, wait_for, wait_for_every,
 };
 use tokio::sync::{Mutex, MutexGuard};
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
-
-/// Program names of the wakeups probe (every strategy), to see whether anything is still attached.
-const WAKEUPS_PROGS: &[&str] = &[
-    "fentry_try_to_wake_up",
-    "kprobe_try_to_wake_up",
-    "tp_btf_sched_waking",
-    "tp_sched_waking",
-    "tp_irq_entry",
-    "tp_irq_exit",
-    "tp_hrtimer_entry",
-    "tp_hrtimer_exit",
-];
 
 /// Who the operator and agent act as.
 enum As {
