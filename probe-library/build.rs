@@ -14,7 +14,9 @@ fn main() {
     };
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".into());
     println!("cargo:rerun-if-changed={}", dir.display());
+    let strip = env::var("LLVM_STRIP").unwrap_or_else(|_| "llvm-strip".into());
     println!("cargo:rerun-if-env-changed=CLANG");
+    println!("cargo:rerun-if-env-changed=LLVM_STRIP");
     let mut sources: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -52,5 +54,15 @@ fn main() {
                 panic!("cannot run {clang} (install clang: ./scripts/deps.sh): {e}")
             });
         assert!(status.success(), "clang failed on {}", src.display());
+        // -g is what makes clang emit BTF and CO-RE relocations (.BTF, .BTF.ext), which the loader needs; the
+        // DWARF it also emits is ~95 % of each object and nothing reads it. Strip it, as libbpf-tools do.
+        let status = Command::new(&strip)
+            .args(["-g"])
+            .arg(out.join(&name))
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {strip} (install llvm: ./scripts/deps.sh): {e}")
+            });
+        assert!(status.success(), "{strip} -g failed on {name}");
     }
 }

@@ -127,7 +127,8 @@ stage() {
     sonde)
       for b in sonde-operator sonde-agent sonde; do
         [ -x "$release/$b" ] || die "$release/$b missing (cargo build --release)"
-        install -D -m 0755 "$release/$b" "$root/usr/local/bin/$b"
+        # Stripped in the image only: target/release keeps its symbols for profiling Sonde itself.
+        install -D -s -m 0755 "$release/$b" "$root/usr/local/bin/$b"
       done
       copy_libs "$root" "$root"/usr/local/bin/*
       etc_files "$root"
@@ -146,6 +147,8 @@ stage() {
       ;;
     busybox | ping)
       busybox_files "$root"
+      # workload gives every probe something to see, under a comm the test picks (tests/images/workload.c).
+      [ "$name" = ping ] || install -D -m 0755 "$(static_c workload)" "$root/usr/local/bin/workload"
       if [ "$name" = ping ]; then
         # ping is busybox's applet (a symlink named ping, so the task's comm is `ping`): iputils ping busy-waits
         # between packets at intervals under 10 ms (a whole core for `-i 0.002`), busybox's sleeps.

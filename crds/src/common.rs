@@ -151,13 +151,25 @@ fn default_max_events() -> u64 {
     100_000
 }
 
-/// Where results go. Omit to use the storage the operator or `sonde run` is configured with.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+/// Where results go, among the storage locations the cluster admin defined. Omit for the default location.
+/// Keys always live under `<tracejobs|probepolicies>/<namespace>/<name>-<uid>/<node>` in it; `sonde run` ignores
+/// this (it writes to its `--out` folder).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Storage {
-    /// Object-store URL prefix: `file:///var/lib/sonde/results` or `s3://bucket/prefix`.
-    #[schemars(regex(pattern = r"^(file|s3)://.+"))]
-    pub url: String,
+    /// Name of a storage location the cluster admin defined (Helm value `storage.locations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub location: Option<String>,
+    /// No longer accepted: a URL chosen by the user would let the node agents, which hold the cluster's storage
+    /// credentials, write wherever a namespace editor pointed them. Kept in the schema so objects written before
+    /// stay readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("false").message("spec.storage.url is no longer accepted: name a storage location the cluster admin defined (spec.storage.location)"))]
+    pub url: Option<String>,
 }
 
 /// Limits on what tracing may cost the node.

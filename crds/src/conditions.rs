@@ -15,6 +15,10 @@ pub mod types {
     pub const EVENTS_DROPPED: &str = "EventsDropped";
 }
 
+/// `Complete` reason of a session whose node was cordoned (`kubectl cordon`/`drain`) before its deadline: the
+/// agent stopped it early and reported what it had; the job's roll-up carries it.
+pub const NODE_DRAINED: &str = "NodeDrained";
+
 /// Sets (or adds) the condition of `type_`, keeping its transition time when the status is unchanged.
 pub fn set(
     conditions: &mut Vec<Condition>,

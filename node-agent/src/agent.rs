@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{Config, Event};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -33,8 +33,10 @@ pub struct AgentConfig {
     pub cgroup_root: PathBuf,
     /// Local results before upload (kept when an upload fails).
     pub spool: PathBuf,
-    /// Default object store for sessions without `spec.storage`.
-    pub storage_url: String,
+    /// The admin's storage locations: the default and the named ones sessions may pick.
+    pub storage: crate::storage::Locations,
+    /// Name counterparts outside the traced pods (host tasks) only as `[outside]`.
+    pub redact_outside: bool,
 }
 
 pub struct Agent {
@@ -46,6 +48,8 @@ pub struct Agent {
     live: HashMap<String, Live>,
     /// Sessions this process ran to the end; never started again even if their final status write was lost.
     done: HashSet<String>,
+    /// Why one-shot sessions must stop now: set while this node is cordoned (a drain is under way).
+    drained: watch::Sender<Option<String>>,
 }
 
 struct Live {
@@ -70,6 +74,7 @@ impl Agent {
             cfg,
             live: HashMap::new(),
             done: HashSet::new(),
+            drained: watch::channel(None).0,
         }
     }
 
@@ -94,6 +99,15 @@ impl Agent {
         )
         .default_backoff()
         .boxed();
+        // Its own Node only: a cordon (the first step of `kubectl drain`) ends one-shot sessions here.
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let mut node_events = watcher(
+            nodes,
+            Config::default().fields(&format!("metadata.name={node}")),
+        )
+        .default_backoff()
+        .applied_objects()
+        .boxed();
         let mut listed: Option<HashSet<String>> = None;
         let mut reap = tokio::time::interval(Duration::from_millis(500));
         tracing::info!(%node, cgroup_root = %self.cfg.cgroup_root.display(), "agent started");
@@ -115,6 +129,11 @@ impl Agent {
                     Some(Ok(Event::Apply(s))) => self.upsert(s, &pod_store),
                     Some(Ok(Event::Delete(s))) => self.cancel(&s.uid().unwrap_or_default()),
                     Some(Err(e)) => tracing::warn!(error = %e, "session watch"),
+                    None => return Ok(()),
+                },
+                ev = node_events.next() => match ev {
+                    Some(Ok(n)) => self.node_changed(&n),
+                    Some(Err(e)) => tracing::warn!(error = %e, "node watch"),
                     None => return Ok(()),
                 },
                 ev = pod_events.next() => match ev {
@@ -181,6 +200,7 @@ impl Agent {
         let (targets_tx, targets_rx) = watch::channel(t);
         let (deleted_tx, deleted_rx) = watch::channel(false);
         let namespace = s.namespace().unwrap_or_default();
+        let storage = self.cfg.storage.destination(&s.spec, &namespace);
         let job = SessionJob {
             api: Api::namespaced(self.client.clone(), &namespace),
             name: s.name_any(),
@@ -188,12 +208,8 @@ impl Agent {
             generation: s.metadata.generation,
             spec: s.spec.clone(),
             spool: self.cfg.spool.clone(),
-            storage_url: s
-                .spec
-                .storage
-                .as_ref()
-                .map(|st| st.url.clone())
-                .unwrap_or_else(|| self.cfg.storage_url.clone()),
+            storage,
+            redact_outside: self.cfg.redact_outside,
             resumed_note,
         };
         tracing::info!(session = %job.name, namespace = %job.namespace, probe = %s.spec.probe, "starting session");
@@ -205,7 +221,12 @@ impl Agent {
                 "kernel.bpf_stats_enabled=0: this session's overhead budget is NOT enforced"
             );
         }
-        let task = tokio::spawn(session::run(job, targets_rx, deleted_rx));
+        let task = tokio::spawn(session::run(
+            job,
+            targets_rx,
+            deleted_rx,
+            self.drained.subscribe(),
+        ));
         self.metrics.started.inc();
         self.live.insert(
             uid,
@@ -216,6 +237,28 @@ impl Agent {
                 task,
             },
         );
+    }
+
+    fn node_changed(&mut self, node: &Node) {
+        let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+        let node = node.name_any();
+        self.drained
+            .send_if_modified(|why| match (cordoned, why.is_some()) {
+                (true, false) => {
+                    tracing::info!(%node, "node cordoned: one-shot sessions stop and report");
+                    *why = Some(format!(
+                        "node {node} was cordoned at {}",
+                        k8s_openapi::jiff::Timestamp::now()
+                    ));
+                    true
+                }
+                (false, true) => {
+                    tracing::info!(%node, "node uncordoned");
+                    *why = None;
+                    true
+                }
+                _ => false,
+            });
     }
 
     fn cancel(&mut self, uid: &str) {
@@ -287,9 +330,9 @@ pub fn targets(cgroups: &PodCgroups, spec: &ProbeSessionSpec, pods: &Store<Pod>)
     }
     let mut t = Targets {
         cgroups: Some(Vec::new()),
-        pods_root: cgroups.pods_root(),
         ..Default::default()
     };
+    let mut a_pod: Option<PathBuf> = None;
     for target in &spec.pods {
         let pod = pods
             .get(&ObjectRef::new(&target.name).within(&target.namespace))
@@ -301,6 +344,7 @@ pub fn targets(cgroups: &PodCgroups, spec: &ProbeSessionSpec, pods: &Store<Pod>)
             continue;
         };
         t.cgroups.get_or_insert_default().extend(resolved.ids);
+        a_pod.get_or_insert_with(|| dir.clone());
         if let Some(ns) = netns_of(&dir)
             && !t.netns.contains(&ns)
         {
@@ -311,6 +355,7 @@ pub fn targets(cgroups: &PodCgroups, spec: &ProbeSessionSpec, pods: &Store<Pod>)
         ids.sort_unstable();
         ids.dedup();
     }
+    t.pods_root = cgroups.pods_root(a_pod.as_deref());
     t
 }
 

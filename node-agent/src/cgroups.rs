@@ -56,9 +56,19 @@ impl PodCgroups {
     /// The cgroup holding every pod (`kubepods.slice` or `kubepods` under the root) as (cgroup id, level below
     /// the v2 root). The root may itself sit below the v2 mount's root (a nested cgroup namespace), so the level
     /// counts from the mount, read from /proc/self/mountinfo; on the usual layout it is 1.
-    pub fn pods_root(&self) -> Option<(u64, u32)> {
+    pub fn pods_root(&self, a_pod: Option<&Path>) -> Option<(u64, u32)> {
         use std::os::unix::fs::MetadataExt;
-        ["kubepods.slice", "kubepods"].iter().find_map(|name| {
+        // The hierarchy a resolved pod actually lives in: a node can carry both names (one left behind by an
+        // earlier kubelet or test with the other cgroup driver), and the wrong one hides nothing.
+        let from_pod = a_pod
+            .and_then(|d| d.strip_prefix(&self.root).ok())
+            .and_then(|rel| rel.components().next())
+            .map(|c| c.as_os_str().to_string_lossy().into_owned());
+        let names: Vec<String> = match from_pod {
+            Some(n) => vec![n],
+            None => vec!["kubepods.slice".into(), "kubepods".into()],
+        };
+        names.iter().find_map(|name| {
             let dir = self.root.join(name);
             let ino = std::fs::metadata(&dir).ok()?.ino();
             Some((ino, 1 + mount_root_depth(&self.root)))
@@ -140,6 +150,19 @@ fn container_dir_matches(name: &str, id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pods_root_is_the_hierarchy_a_resolved_pod_lives_in() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let pod = root.path().join("kubepods/burstable/podx");
+        std::fs::create_dir_all(&pod).unwrap();
+        std::fs::create_dir_all(root.path().join("kubepods.slice")).unwrap();
+        let ino = |d: &str| std::fs::metadata(root.path().join(d)).unwrap().ino();
+        let c = PodCgroups::new(root.path());
+        assert_eq!(c.pods_root(Some(&pod)).unwrap().0, ino("kubepods"));
+        assert_eq!(c.pods_root(None).unwrap().0, ino("kubepods.slice"));
+    }
 
     fn pod(uid: &str, qos: &str, container: &str) -> Pod {
         serde_json::from_value(serde_json::json!({

@@ -8,6 +8,7 @@ pub mod cgroups;
 pub mod error;
 pub mod metrics;
 pub mod session;
+pub mod storage;
 pub mod upload;
 
 pub use agent::{Agent, AgentConfig};

@@ -24,6 +24,13 @@ struct Args {
         default_value = "file:///var/lib/sonde/results"
     )]
     storage_url: String,
+    /// Named storage locations sessions may pick with spec.storage.location: `name=url,name=url`.
+    #[arg(long, env = "SONDE_STORAGE_LOCATIONS", default_value = "")]
+    storage_locations: String,
+    /// Report counterparts outside the traced pods (host tasks that wake or are woken by them) as `[outside]`
+    /// instead of by comm and pid.
+    #[arg(long, env = "SONDE_REDACT_COUNTERPARTS", default_value_t = false)]
+    redact_counterparts: bool,
     /// Address of /metrics, /healthz and /readyz (ready once this node's sessions are listed).
     #[arg(long, env = "SONDE_METRICS_ADDR", default_value = "0.0.0.0:8081")]
     metrics_addr: std::net::SocketAddr,
@@ -76,7 +83,10 @@ async fn main() -> anyhow::Result<()> {
             .cgroup_root
             .unwrap_or_else(sonde_probes::cgroup::v2_root),
         spool: args.spool,
-        storage_url: args.storage_url,
+        storage: sonde_agent::storage::Locations::parse(args.storage_url, &args.storage_locations)
+            .map_err(anyhow::Error::msg)
+            .context("--storage-locations")?,
+        redact_outside: args.redact_counterparts,
     };
     tokio::select! {
         r = Agent::new(client, cfg, metrics, health).run() => r?,

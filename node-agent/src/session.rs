@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use sonde_crds::conditions::{self, types};
+use sonde_crds::conditions::{self, NODE_DRAINED, types};
 use sonde_crds::{Counts, Phase, ProbeName, ProbeSession, ProbeSessionSpec, ProbeSessionStatus};
 use sonde_probes::results::ResultsWriter;
 use sonde_probes::{Filter, Findings, ProbeConfig, Running};
@@ -45,9 +45,19 @@ pub struct SessionJob {
     pub generation: Option<i64>,
     pub spec: ProbeSessionSpec,
     pub spool: PathBuf,
-    pub storage_url: String,
+    /// The object-store URL results go under, or why this session may not write anywhere.
+    pub storage: Result<String, String>,
+    /// The admin's tenancy switch: counterparts outside the traced pods are not named.
+    pub redact_outside: bool,
     /// Set when a restarted agent picks up a session its previous process had started.
     pub resumed_note: Option<String>,
+}
+
+impl SessionJob {
+    /// Where results go; `run` has already ended a session whose storage was refused.
+    fn storage_url(&self) -> &str {
+        self.storage.as_deref().unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -57,6 +67,9 @@ enum Stop {
     OverBudget(String),
     Deleted,
     Failed(String),
+    /// The node was cordoned (`kubectl cordon`/`drain`): a one-shot trace stops and reports before the node is
+    /// taken down, rather than being cut off with it.
+    Drained(String),
 }
 
 /// Writes status by server-side apply; failures are logged and retried on the next beat, never fatal: the
@@ -110,6 +123,7 @@ pub async fn run(
     job: SessionJob,
     mut targets: watch::Receiver<Targets>,
     mut deleted: watch::Receiver<bool>,
+    drained: watch::Receiver<Option<String>>,
 ) {
     let mut rep = Reporter {
         api: job.api.clone(),
@@ -136,8 +150,15 @@ pub async fn run(
         return;
     }
 
+    if let Err(why) = &job.storage {
+        rep.status.phase = Phase::Failed;
+        rep.status.message = Some(why.clone());
+        rep.condition(types::FAILED, true, "StorageNotAllowed", why.clone());
+        rep.write().await;
+        return;
+    }
     let t = targets.borrow_and_update().clone();
-    let config = probe_config(&job.spec, &t);
+    let config = probe_config(&job.spec, &t, job.redact_outside);
     let spool = job.spool.join(&job.namespace).join(&job.name);
     let window = job
         .spec
@@ -199,6 +220,13 @@ pub async fn run(
     // Set when the last drain slice stopped at its limit: the next slice starts after a yield, not a tick.
     let mut backlog = false;
     let stop = loop {
+        // Checked on every turn (at least every tick): a policy keeps tracing on a cordoned node, whose pods
+        // may well stay; a one-shot trace with a deadline ends here with what it has.
+        if deadline.is_some()
+            && let Some(why) = drained.borrow().clone()
+        {
+            break Stop::Drained(why);
+        }
         tokio::select! {
             _ = sleep_until(deadline_at) => break Stop::Deadline,
             _ = next_window(&mut windows) => {
@@ -285,7 +313,7 @@ pub async fn run(
         &findings,
         &title,
         &report,
-        &job.storage_url,
+        job.storage_url(),
         &prefix,
     )
     .await;
@@ -318,6 +346,17 @@ pub async fn run(
             Phase::Succeeded,
             "ThresholdStop",
             "stopped by a threshold with action Stop".into(),
+        ),
+        Stop::Drained(why) => (
+            Phase::Succeeded,
+            NODE_DRAINED,
+            format!(
+                "{why}: stopped {}s before the deadline; the results cover the trace until then",
+                deadline
+                    .and_then(|d| d.duration_since(SystemTime::now()).ok())
+                    .unwrap_or_default()
+                    .as_secs()
+            ),
         ),
         _ => (
             Phase::Succeeded,
@@ -358,10 +397,11 @@ fn stop_label(stop: &Stop) -> &'static str {
         Stop::OverBudget(_) => "budget",
         Stop::Deleted => "deleted",
         Stop::Failed(_) => "error",
+        Stop::Drained(_) => "drained",
     }
 }
 
-fn probe_config(spec: &ProbeSessionSpec, t: &Targets) -> ProbeConfig {
+fn probe_config(spec: &ProbeSessionSpec, t: &Targets, redact_outside: bool) -> ProbeConfig {
     let mut filter = Filter {
         comms: (!spec.comms.is_empty()).then(|| spec.comms.clone()),
         ..Default::default()
@@ -373,6 +413,7 @@ fn probe_config(spec: &ProbeSessionSpec, t: &Targets) -> ProbeConfig {
     } else if !spec.all_pods {
         filter.cgroups = Some(t.cgroups.clone().unwrap_or_default());
         filter.pods_root = t.pods_root;
+        filter.redact_outside = redact_outside;
     }
     ProbeConfig {
         probe: spec.probe,
@@ -500,7 +541,7 @@ async fn end_window(
         "summary": findings.summary,
     });
     let prefix = window_prefix(&job.spec.result_prefix);
-    let (urls, more) = publish(done, &findings, title, &report, &job.storage_url, &prefix).await;
+    let (urls, more) = publish(done, &findings, title, &report, job.storage_url(), &prefix).await;
     problems.extend(more);
     rep.status.windows = w.n;
     rep.status.results = urls;

@@ -5,16 +5,27 @@ use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::metrics::Metrics;
+use crate::placement::NodeWide;
 
 /// What every reconciler gets.
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Which namespaces may trace whole nodes.
+    pub node_wide: NodeWide,
+    /// Names of the admin's storage locations, when the operator was told them.
+    pub storage_locations: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, instance: Option<String>) -> Arc<Context> {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+        node_wide: NodeWide,
+        storage_locations: Option<std::collections::BTreeSet<String>>,
+    ) -> Arc<Context> {
         let reporter = Reporter {
             controller: "sonde-operator".into(),
             instance,
@@ -23,6 +34,8 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            node_wide,
+            storage_locations,
         })
     }
 }

@@ -7,6 +7,7 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use sonde_operator::leader::LeaseLock;
 use sonde_operator::metrics::Metrics;
+use sonde_operator::placement::NodeWide;
 use sonde_operator::{Context, policy, tracejob};
 use sonde_telemetry::Health;
 
@@ -26,6 +27,14 @@ struct Args {
     /// Seconds a leader may go without renewing before another replica takes over.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
+    /// Namespaces whose TraceJobs and ProbePolicies may trace whole nodes (no podSelector), comma-separated, or
+    /// `*` for every namespace. Empty: each namespace traces only its own pods.
+    #[arg(long, env = "SONDE_NODE_WIDE_NAMESPACES", default_value = "")]
+    node_wide_namespaces: String,
+    /// The storage locations the agents have (`name=url,...` as given to them, or just the names), so a job
+    /// naming an unknown one fails at once. Unset: the agents refuse it when they start the session.
+    #[arg(long, env = "SONDE_STORAGE_LOCATIONS")]
+    storage_locations: Option<String>,
 }
 
 #[tokio::main]
@@ -58,7 +67,21 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => return Ok(()),
     }
     health.set_ready(true);
-    let ctx = Context::new(client, metrics.clone(), Some(identity));
+    let node_wide = NodeWide::parse(&args.node_wide_namespaces);
+    let storage_locations = args.storage_locations.map(|l| {
+        l.split(',')
+            .filter_map(|e| e.split('=').next())
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect()
+    });
+    let ctx = Context::new(
+        client,
+        metrics.clone(),
+        Some(identity),
+        node_wide,
+        storage_locations,
+    );
     tokio::select! {
         _ = futures::future::join(tracejob::run(ctx.clone()), policy::run(ctx)) => tracing::info!("controllers stopped"),
         _ = lock.hold() => anyhow::bail!("lost the leader lease; exiting so a fresh process competes again"),

@@ -15,6 +15,57 @@ use sonde_crds::{
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::rollup::Unplaced;
+
+/// `Scheduled`/`Attached` reason of a trace whose target is a whole node in a namespace not allowed to.
+pub const NODE_WIDE_NOT_ALLOWED: &str = "NodeWideNotAllowed";
+
+/// The namespaces whose TraceJobs and ProbePolicies may target whole nodes (no `podSelector`: every process on
+/// the node, other tenants' pods and the host included). Set by the cluster admin (operator flag
+/// `--node-wide-namespaces`, chart value `tenancy.nodeWideNamespaces`); empty by default, `*` for all. The
+/// admission policy checks the requesting user too; this holds even where that policy is not installed.
+#[derive(Clone, Debug, Default)]
+pub struct NodeWide {
+    all: bool,
+    namespaces: BTreeSet<String>,
+}
+
+impl NodeWide {
+    /// A comma-separated list of namespaces, or `*`.
+    pub fn parse(list: &str) -> NodeWide {
+        let namespaces: BTreeSet<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(String::from)
+            .collect();
+        NodeWide {
+            all: namespaces.contains("*"),
+            namespaces,
+        }
+    }
+
+    pub fn allows(&self, ns: &str) -> bool {
+        self.all || self.namespaces.contains(ns)
+    }
+
+    /// Why a target may not be placed from namespace `ns`, if it may not.
+    pub fn refusal(&self, t: &Target, ns: &str) -> Option<Unplaced> {
+        if t.pod_selector.is_some() || self.allows(ns) {
+            return None;
+        }
+        Some(Unplaced {
+            reason: NODE_WIDE_NOT_ALLOWED,
+            message: format!(
+                "spec.target has no podSelector, so it would trace every process on the node(s) (other \
+                 namespaces' pods and the host included), and namespace {ns} is not allowed to: add a podSelector \
+                 to trace this namespace's pods, or ask a cluster admin to allow node-wide targets for {ns} \
+                 (Helm value tenancy.nodeWideNamespaces, and the sonde-node-wide-tracer role for you)"
+            ),
+            refused: true,
+        })
+    }
+}
 
 pub async fn owned_sessions(api: &Api<ProbeSession>, uid: &str) -> Result<Vec<ProbeSession>> {
     let lp = ListParams::default().labels(&format!("{OWNER_UID_LABEL}={uid}"));
@@ -98,6 +149,62 @@ pub async fn place(
         }
     }
     Ok(out)
+}
+
+/// Nodes cordoned (`spec.unschedulable`, the first step of `kubectl drain`): a one-shot trace places no new
+/// session there, and the agent there stops the ones it runs.
+/// `Scheduled`/`Attached` reason of a trace whose spec.storage is refused.
+pub const STORAGE_NOT_ALLOWED: &str = "StorageNotAllowed";
+
+/// Why a trace may not be placed at all: a node-wide target its namespace may not have, or storage that is not
+/// one of the admin's locations. `locations` is None when the operator was not told the locations (the agents
+/// still refuse unknown ones, later).
+pub fn refusal(
+    ctx: &Context,
+    t: &Target,
+    storage: &Option<sonde_crds::Storage>,
+    ns: &str,
+) -> Option<Unplaced> {
+    if let Some(why) = ctx.node_wide.refusal(t, ns) {
+        return Some(why);
+    }
+    let refuse = |message: String| {
+        Some(Unplaced {
+            reason: STORAGE_NOT_ALLOWED,
+            message,
+            refused: true,
+        })
+    };
+    let storage = storage.as_ref()?;
+    if let Some(url) = &storage.url {
+        return refuse(format!(
+            "spec.storage.url ({url}) is no longer accepted: name a storage location the cluster admin defined \
+             (spec.storage.location)"
+        ));
+    }
+    match (&storage.location, &ctx.storage_locations) {
+        (Some(name), Some(known)) if !known.contains(name) => refuse(format!(
+            "storage location {name:?} is not defined (defined: {}; Helm value storage.locations)",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.iter().cloned().collect::<Vec<_>>().join(", ")
+            }
+        )),
+        _ => None,
+    }
+}
+
+pub async fn cordoned_nodes(ctx: &Context) -> Result<BTreeSet<String>> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let lp = ListParams::default().fields("spec.unschedulable=true");
+    Ok(nodes
+        .list(&lp)
+        .await?
+        .items
+        .iter()
+        .map(|n| n.name_any())
+        .collect())
 }
 
 pub fn describe_no_targets(t: &Target, ns: &str) -> String {

@@ -20,7 +20,7 @@ use sonde_crds::{ProbePolicy, ProbeSession};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::placement;
-use crate::rollup;
+use crate::rollup::{self, Unplaced};
 use crate::tracejob::MANAGER;
 
 const FINALIZER: &str = "sonde.dev/policy-sessions";
@@ -86,8 +86,10 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
     let sessions_api: Api<ProbeSession> = Api::namespaced(ctx.client.clone(), ns);
     let spec = &policy.spec;
     let mut no_targets = None;
-    if spec.suspend {
+    let refused = placement::refusal(ctx, &spec.target, &spec.storage, ns);
+    if spec.suspend || refused.is_some() {
         placement::delete_sessions(&sessions_api, &uid).await?;
+        no_targets = refused;
     } else {
         let probe = placement::Probe {
             probe: spec.probe,
@@ -100,7 +102,10 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
         };
         let placed = placement::place(&spec.target, ctx, ns).await?;
         if placed.is_empty() {
-            no_targets = Some(placement::describe_no_targets(&spec.target, ns));
+            no_targets = Some(Unplaced::no_match(placement::describe_no_targets(
+                &spec.target,
+                ns,
+            )));
         }
         let pp = PatchParams::apply(MANAGER).force();
         for (node, pods) in &placed {

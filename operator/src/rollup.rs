@@ -13,6 +13,25 @@ use sonde_crds::{
 /// A session whose agent has not reported for this long after the deadline is counted as failed.
 pub const REPORT_GRACE: SignedDuration = SignedDuration::from_secs(30);
 
+/// Why a trace has no session: nothing matches yet (that may change while it waits), or its target is refused
+/// (that changes only with its spec or the admin's settings, so a job fails at once).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unplaced {
+    pub reason: &'static str,
+    pub message: String,
+    pub refused: bool,
+}
+
+impl Unplaced {
+    pub fn no_match(message: String) -> Unplaced {
+        Unplaced {
+            reason: "NoMatchingPods",
+            message,
+            refused: false,
+        }
+    }
+}
+
 pub struct Input<'a> {
     pub old: Option<&'a TraceJobStatus>,
     pub sessions: &'a [ProbeSession],
@@ -20,8 +39,8 @@ pub struct Input<'a> {
     pub start: Timestamp,
     pub deadline: Timestamp,
     pub now: Timestamp,
-    /// Why nothing was scheduled, when nothing matched (None when sessions exist or were just made).
-    pub no_targets: Option<String>,
+    /// Why nothing was scheduled (None when sessions exist or were just made).
+    pub no_targets: Option<Unplaced>,
     /// Notes about the target that the cluster cannot honour (pids, cgroupPaths).
     pub notes: Vec<String>,
     pub top: usize,
@@ -87,8 +106,9 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
     let finished_nodes = nodes.done + nodes.failed;
     let all_finished = !i.sessions.is_empty() && finished_nodes == nodes.targeted;
 
+    let refused = i.no_targets.as_ref().is_some_and(|u| u.refused);
     let phase = if i.sessions.is_empty() {
-        if i.now >= i.deadline {
+        if i.now >= i.deadline || refused {
             Phase::Failed
         } else {
             Phase::Pending
@@ -112,8 +132,8 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
             c,
             types::SCHEDULED,
             false,
-            "NoMatchingPods",
-            why.clone(),
+            why.reason,
+            why.message.clone(),
             g,
             &now_t,
         ),
@@ -150,24 +170,30 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
     set_dropped(c, &counts, g, &now_t);
     match phase {
         Phase::Succeeded => {
-            conditions::set(
-                c,
-                types::COMPLETE,
-                true,
-                "Completed",
-                format!("{} node(s) done", nodes.done),
-                g,
-                &now_t,
-            );
+            // Sessions their agent stopped early because the node was cordoned: the job is complete, and says
+            // which nodes ended early and why.
+            let drained: Vec<&str> = i
+                .sessions
+                .iter()
+                .filter_map(|s| s.status.as_ref())
+                .flat_map(|st| &st.conditions)
+                .filter(|c| c.type_ == types::COMPLETE && c.reason == conditions::NODE_DRAINED)
+                .map(|c| c.message.as_str())
+                .collect();
+            let (reason, msg) = if drained.is_empty() {
+                ("Completed", format!("{} node(s) done", nodes.done))
+            } else {
+                let msg = format!("{} node(s) done; {}", nodes.done, drained.join("; "));
+                (conditions::NODE_DRAINED, msg)
+            };
+            conditions::set(c, types::COMPLETE, true, reason, msg, g, &now_t);
         }
         Phase::Failed => {
             let (reason, msg) = if i.sessions.is_empty() {
-                (
-                    "NoMatchingPods",
-                    i.no_targets
-                        .clone()
-                        .unwrap_or_else(|| "nothing matched the target".into()),
-                )
+                let u = i.no_targets.clone();
+                let u =
+                    u.unwrap_or_else(|| Unplaced::no_match("nothing matched the target".into()));
+                (u.reason, u.message)
             } else {
                 ("NodesFailed", failures.join("; "))
             };
@@ -246,7 +272,7 @@ pub fn policy_rollup(
     sessions: &[ProbeSession],
     generation: Option<i64>,
     suspended: bool,
-    no_targets: Option<String>,
+    no_targets: Option<Unplaced>,
     now: Timestamp,
     top: usize,
 ) -> ProbePolicyStatus {
@@ -296,7 +322,15 @@ pub fn policy_rollup(
             &now_t,
         );
     } else if let Some(why) = no_targets.filter(|_| sessions.is_empty()) {
-        conditions::set(c, types::ATTACHED, false, "NoMatchingPods", why, g, &now_t);
+        conditions::set(
+            c,
+            types::ATTACHED,
+            false,
+            why.reason,
+            why.message,
+            g,
+            &now_t,
+        );
     } else if nodes.attached > 0 {
         let msg = format!("attached on {}/{} node(s)", nodes.attached, nodes.targeted);
         conditions::set(c, types::ATTACHED, true, "Attached", msg, g, &now_t);
@@ -442,6 +476,31 @@ mod tests {
     }
 
     #[test]
+    fn a_node_drained_before_the_deadline_completes_the_job_with_the_reason() {
+        let mut drained = done(&[("x", 1)], 0);
+        let why = "node b was cordoned at T: stopped 40s before the deadline";
+        conditions::set(
+            &mut drained.conditions,
+            types::COMPLETE,
+            true,
+            conditions::NODE_DRAINED,
+            why,
+            Some(1),
+            &Time(Timestamp::from_second(120).unwrap()),
+        );
+        let sessions = [
+            session("a", Some(done(&[("x", 5)], 0))),
+            session("b", Some(drained)),
+        ];
+        let st = rollup(&input(&sessions, 121));
+        assert_eq!(st.phase, Phase::Succeeded, "before the deadline");
+        let complete = st.conditions.iter().find(|c| c.type_ == types::COMPLETE);
+        let complete = complete.expect("Complete set");
+        assert_eq!(complete.reason, conditions::NODE_DRAINED);
+        assert!(complete.message.contains(why), "{}", complete.message);
+    }
+
+    #[test]
     fn finished_nodes_merge_into_one_answer() {
         let sessions = [
             session("a", Some(done(&[("x", 5), ("y", 1)], 2))),
@@ -501,7 +560,7 @@ mod tests {
     #[test]
     fn nothing_matching_is_pending_then_failed_with_the_reason() {
         let mut i = input(&[], 120);
-        i.no_targets = Some("no running pod matches app=ping".into());
+        i.no_targets = Some(Unplaced::no_match("no running pod matches app=ping".into()));
         let st = rollup(&i);
         assert_eq!(st.phase, Phase::Pending);
         let sched = st
@@ -517,6 +576,22 @@ mod tests {
         let st = rollup(&i);
         assert_eq!(st.phase, Phase::Failed);
         assert!(conditions::is_true(&st.conditions, types::FAILED));
+    }
+
+    #[test]
+    fn a_refused_target_fails_at_once_with_its_reason() {
+        let mut i = input(&[], 120);
+        i.no_targets = Some(Unplaced {
+            reason: "NodeWideNotAllowed",
+            message: "namespace a may not trace whole nodes".into(),
+            refused: true,
+        });
+        let st = rollup(&i);
+        assert_eq!(st.phase, Phase::Failed, "long before the deadline");
+        let failed = st.conditions.iter().find(|c| c.type_ == types::FAILED);
+        let failed = failed.expect("Failed set");
+        assert_eq!(failed.reason, "NodeWideNotAllowed");
+        assert!(failed.message.contains("may not trace whole nodes"));
     }
 
     #[test]

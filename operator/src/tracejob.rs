@@ -20,7 +20,7 @@ use sonde_crds::{Phase, ProbeSession, TraceJob, TraceJobStatus};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::placement;
-use crate::rollup::{self, REPORT_GRACE};
+use crate::rollup::{self, REPORT_GRACE, Unplaced};
 
 pub const MANAGER: &str = "sonde-operator";
 const FINALIZER: &str = "sonde.dev/sessions";
@@ -119,7 +119,15 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
                 .into(),
         );
     }
-    if now < deadline {
+    let refused = placement::refusal(ctx, &job.spec.target, &job.spec.storage, ns);
+    if let Some(why) = &refused {
+        // Refused even if it was allowed when it started (the admin's setting changed): detach everywhere.
+        if !sessions.is_empty() {
+            placement::delete_sessions(&sessions_api, &uid).await?;
+            sessions.clear();
+        }
+        no_targets = Some(why.clone());
+    } else if now < deadline {
         let probe = placement::Probe {
             probe: job.spec.probe,
             params: &job.spec.params,
@@ -129,9 +137,23 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
             storage: &job.spec.storage,
             budget: &job.spec.budget,
         };
-        let placement = placement::place(&job.spec.target, ctx, ns).await?;
+        let mut placement = placement::place(&job.spec.target, ctx, ns).await?;
+        let cordoned = placement::cordoned_nodes(ctx).await?;
+        let on_cordoned: Vec<String> = placement
+            .keys()
+            .filter(|n| cordoned.contains(*n))
+            .cloned()
+            .collect();
+        placement.retain(|node, _| !cordoned.contains(node));
         if placement.is_empty() {
-            no_targets = Some(placement::describe_no_targets(&job.spec.target, ns));
+            no_targets = Some(Unplaced::no_match(if on_cordoned.is_empty() {
+                placement::describe_no_targets(&job.spec.target, ns)
+            } else {
+                format!(
+                    "every target is on a cordoned node ({})",
+                    on_cordoned.join(", ")
+                )
+            }));
         }
         for (node, pods) in placement {
             let session = placement::session_for(
@@ -232,17 +254,17 @@ async fn publish_transitions(
     if now_true(SCHEDULED) && !was(SCHEDULED) {
         events.push((EventType::Normal, "Scheduled", msg(SCHEDULED)));
     }
-    let no_targets = new
-        .conditions
-        .iter()
-        .any(|c| c.type_ == SCHEDULED && c.reason == "NoMatchingPods");
-    let had_no_targets = old.is_some_and(|s| {
+    // Why nothing is scheduled (NoMatchingPods, NodeWideNotAllowed): a Warning each time the reason changes.
+    fn unscheduled(s: &TraceJobStatus) -> Option<&str> {
         s.conditions
             .iter()
-            .any(|c| c.type_ == SCHEDULED && c.reason == "NoMatchingPods")
-    });
-    if no_targets && !had_no_targets {
-        events.push((EventType::Warning, "NoMatchingPods", msg(SCHEDULED)));
+            .find(|c| c.type_ == SCHEDULED && c.status == "False")
+            .map(|c| c.reason.as_str())
+    }
+    if let Some(reason) = unscheduled(new)
+        && old.and_then(unscheduled) != Some(reason)
+    {
+        events.push((EventType::Warning, reason, msg(SCHEDULED)));
     }
     if now_true(ATTACHED) && !was(ATTACHED) {
         events.push((EventType::Normal, "Attached", msg(ATTACHED)));

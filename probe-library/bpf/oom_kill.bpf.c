@@ -30,13 +30,35 @@ int BPF_KPROBE(kprobe_oom_kill_process, struct oom_control___min *oc)
 	return emit(BPF_CORE_READ(t, tgid), t->comm, 0);
 }
 
+/* Resident pages of a victim as the mark_victim tracepoint counts them: file + anon + shmem (not swap). The
+ * per-CPU batched counters (6.2+) are read without summing the CPUs' deltas: close enough for MiB. */
+static __always_inline __u64 rss_pages(struct task_struct *t)
+{
+	struct mm_struct *mm = BPF_CORE_READ(t, mm);
+	if (!mm)
+		return 0;
+	return BPF_CORE_READ(mm, rss_stat[0].count) + BPF_CORE_READ(mm, rss_stat[1].count) +
+	       BPF_CORE_READ(mm, rss_stat[3].count);
+}
+
+/* 6.8+ passes the victim task itself, so the target filter sees the victim's cgroup. */
+SEC("tp_btf/mark_victim")
+int BPF_PROG(tp_btf_mark_victim, struct task_struct *t)
+{
+	if (!task_admitted(t))
+		return 0;
+	return emit(BPF_CORE_READ(t, tgid), t->comm, rss_pages(t));
+}
+
+/* The record carries the victim's pid and comm but not its cgroup, and the current task is whoever allocated:
+ * with a cgroup (pod) filter nothing can be admitted here, so nothing is (tp_btf above comes first). */
 SEC("tracepoint/oom/mark_victim")
 int tp_mark_victim(struct trace_event_raw_mark_victim *ctx)
 {
 	unsigned int off = ctx->__data_loc_comm & 0xffff;
 	char comm[TASK_COMM_LEN] = {};
 	bpf_probe_read_kernel_str(comm, sizeof(comm), (const char *)ctx + off);
-	if (!cfg_filter_cgroup && !admitted(0, ctx->pid, comm))
+	if (cfg_filter_cgroup || !admitted(0, ctx->pid, comm))
 		return 0;
 	return emit(ctx->pid, (const char *)ctx + off, ctx->anon_rss + ctx->file_rss + ctx->shmem_rss);
 }

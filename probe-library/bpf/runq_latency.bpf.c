@@ -20,7 +20,9 @@ static __always_inline void on_wake(__u32 tid, bool ok)
 	bpf_map_update_elem(&wakeup_ts, &tid, &now, BPF_ANY);
 }
 
-static __always_inline void on_switch(__u32 prev_tid, long prev_state, bool prev_ok, __u32 next_tid)
+/* `next` is the task that waited: the event names it (at sched_switch the current task is still `prev`). */
+static __always_inline void on_switch(__u32 prev_tid, long prev_state, bool prev_ok, __u32 next_tid, __u32 next_tgid,
+				      const char *next_comm)
 {
 	/* A preempted task (still runnable) waits on the run queue from now. */
 	if (prev_state == 0 && prev_ok)
@@ -44,9 +46,10 @@ static __always_inline void on_switch(__u32 prev_tid, long prev_state, bool prev
 	e->ts_ns = bpf_ktime_get_ns();
 	e->latency_ns = delta;
 	e->tid = next_tid;
+	e->pid = next_tgid;
 	e->cpu = bpf_get_smp_processor_id();
 	e->flags = EV_BREACH;
-	bpf_get_current_comm(e->comm, sizeof(e->comm)); /* at switch-in, current is still prev: fixed below */
+	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), next_comm);
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -57,7 +60,8 @@ int BPF_PROG(tp_btf_sched_wakeup_new, struct task_struct *p) { on_wake(BPF_CORE_
 SEC("tp_btf/sched_switch")
 int BPF_PROG(tp_btf_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	on_switch(BPF_CORE_READ(prev, pid), BPF_CORE_READ(prev, __state), task_admitted(prev), BPF_CORE_READ(next, pid));
+	on_switch(BPF_CORE_READ(prev, pid), BPF_CORE_READ(prev, __state), task_admitted(prev), BPF_CORE_READ(next, pid),
+		  BPF_CORE_READ(next, tgid), next->comm);
 	return 0;
 }
 
@@ -75,7 +79,9 @@ int tp_sched_wakeup_new(struct trace_event_raw_sched_wakeup_template *ctx) { on_
 SEC("tracepoint/sched/sched_switch")
 int tp_sched_switch(struct trace_event_raw_sched_switch *ctx)
 {
-	on_switch(ctx->prev_pid, ctx->prev_state, tp_ok(ctx->prev_pid, ctx->prev_comm), ctx->next_pid);
+	/* The record has no tgid: events from this fallback carry pid 0. */
+	on_switch(ctx->prev_pid, ctx->prev_state, tp_ok(ctx->prev_pid, ctx->prev_comm), ctx->next_pid, 0,
+		  ctx->next_comm);
 	return 0;
 }
 

@@ -138,6 +138,20 @@ static __always_inline bool task_admitted(struct task_struct *t)
 	return task_admitted_as(t, BPF_CORE_READ(t, tgid), comm);
 }
 
+/* A socket's owner, for hooks that run in softirq or timer context (retransmits), where the current task is
+ * whoever was on the CPU. The socket keeps the cgroup it was created in (sk_cgrp_data.cgroup, 5.15+; older
+ * kernels pack it in a union this object does not read, so their sockets are never admitted by a cgroup filter:
+ * fail closed). Pid and comm filters cannot narrow a socket: they admit it. */
+static __always_inline bool sock_admitted(struct sock *sk)
+{
+	if (!cfg_filter_cgroup)
+		return true;
+	__u64 id = 0;
+	if (bpf_core_field_exists(sk->sk_cgrp_data.cgroup))
+		id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	return id && bpf_map_lookup_elem(&filter_cgroups, &id);
+}
+
 /* Port filter of the network probes: a flow passes when either port is listed (no ports: every flow). */
 const volatile __u16 cfg_ports[MAX_PORTS] = {};
 const volatile __u32 cfg_nports = 0;

@@ -6,7 +6,7 @@ static __always_inline int emit_sock(struct sock *sk)
 {
 	__u16 sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	__u16 dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (!port_ok(sport, dport))
+	if (!port_ok(sport, dport) || !sock_admitted(sk))
 		return 0;
 	stat_inc(STAT_SEEN);
 	if (!keep_event(false))
@@ -15,14 +15,14 @@ static __always_inline int emit_sock(struct sock *sk)
 	if (!e)
 		return 0;
 	__builtin_memset(e, 0, sizeof(*e));
+	/* No pid or comm: retransmits fire from timers and softirqs, where the current task is whoever was on the
+	 * CPU (often another pod's), not the socket's owner. The 4-tuple names the connection. */
 	e->ts_ns = bpf_ktime_get_ns();
-	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->cpu = bpf_get_smp_processor_id();
 	e->value = BPF_CORE_READ(sk, __sk_common.skc_state);
 	e->sport = sport;
 	e->dport = dport;
 	FILL_SOCK_ADDRS(e, sk);
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

@@ -61,15 +61,35 @@ int tp_hrtimer_exit(void *ctx) { return irq_step(false); }
 const volatile __u64 cfg_pods_root = 0;
 const volatile __u32 cfg_pods_root_level = 0;
 
+/* Another pod's task: under the pods root and not in one of the traced pods' cgroups (a task of a traced pod
+ * that the comm filter leaves out, like ping's neighbour isc-socket, is not another pod's). */
 static __always_inline bool in_other_pod(struct task_struct *p)
 {
 	struct cgroup *cg = BPF_CORE_READ(p, cgroups, dfl_cgrp);
+	__u64 id = BPF_CORE_READ(cg, kn, id);
+	if (bpf_map_lookup_elem(&filter_cgroups, &id))
+		return false;
 	__u32 level = BPF_CORE_READ(cg, level);
 	if (level <= cfg_pods_root_level || cfg_pods_root_level > 64)
 		return false;
 	struct cgroup *anc = NULL;
 	bpf_core_read(&anc, sizeof(anc), &cg->ancestors[cfg_pods_root_level]);
 	return anc && BPF_CORE_READ(anc, kn, id) == cfg_pods_root;
+}
+
+/* Set by the cluster admin (Helm value tenancy.redactCounterparts): with a pod filter, a counterpart outside the
+ * traced pods' cgroups (a host task: another pod's is never named anyway) is reported as "[outside]", pid 0. */
+const volatile __u8 cfg_redact_outside = 0;
+#define TID_OUTSIDE 0xfffffffdull
+
+static __always_inline bool redacted(struct task_struct *p)
+{
+	if (!cfg_redact_outside || !cfg_filter_cgroup)
+		return false;
+	if (!p)
+		return true; /* classic tracepoint: the task's cgroup is unknown, so it is not named */
+	__u64 id = task_cgroup_id(p);
+	return !bpf_map_lookup_elem(&filter_cgroups, &id);
 }
 
 /* `p` is NULL on the classic tracepoint. Without a threshold no clock is read: the count alone is kept. */
@@ -79,21 +99,27 @@ static __always_inline int on_wakeup(const char wakee_comm[TASK_COMM_LEN], __u32
 	bool irq = in_hardirq();
 	/* A current task in another pod (a softirq run on top of it, say) is not named: it counts as "[other pod]". */
 	bool hidden = false;
-	if (!irq && cfg_pods_root) {
-		__u64 cg = bpf_get_current_cgroup_id();
-		hidden = !bpf_map_lookup_elem(&filter_cgroups, &cg) &&
-			 in_other_pod((struct task_struct *)bpf_get_current_task());
-	}
+	if (!irq && cfg_pods_root)
+		hidden = in_other_pod((struct task_struct *)bpf_get_current_task());
+	bool waker_out = !irq && !hidden && redacted((struct task_struct *)bpf_get_current_task());
 	/* Pseudo wakers keep pid 0 and a tid no task has, so they never share a pair with a real task. */
-	__u64 id = irq ? WAKER_IRQ : hidden ? WAKER_OTHER_POD : bpf_get_current_pid_tgid();
+	__u64 id = irq ? WAKER_IRQ : hidden ? WAKER_OTHER_POD : waker_out ? TID_OUTSIDE : bpf_get_current_pid_tgid();
 	char waker_comm[TASK_COMM_LEN] = {};
 	bool have_waker_comm = false;
+	char wakee_out_comm[TASK_COMM_LEN] = "[outside]";
 	if (!wakee_ok) {
 		if (irq || hidden)
 			return 0;
 		/* Without a task pointer (classic tracepoint) the wakee's pod is unknown: not reported either. */
 		if (cfg_pods_root && (!p || in_other_pod(p)))
 			return 0;
+		/* An admitted waker woke a task outside the traced pods: named only if the admin allows. */
+		if (redacted(p)) {
+			wakee_comm = wakee_out_comm;
+			wakee_pid = 0;
+			wakee_tid = TID_OUTSIDE;
+			p = NULL;
+		}
 		if (cfg_filter_comm) {
 			bpf_get_current_comm(waker_comm, sizeof(waker_comm));
 			have_waker_comm = true;
@@ -111,6 +137,8 @@ static __always_inline int on_wakeup(const char wakee_comm[TASK_COMM_LEN], __u32
 			__builtin_memcpy(init.waker_comm, "[irq]", 6);
 		else if (hidden)
 			__builtin_memcpy(init.waker_comm, "[other pod]", 12);
+		else if (waker_out)
+			__builtin_memcpy(init.waker_comm, "[outside]", 10);
 		else if (have_waker_comm)
 			__builtin_memcpy(init.waker_comm, waker_comm, TASK_COMM_LEN);
 		else

@@ -415,7 +415,8 @@ impl Aggregator for Notes {
                 let dst = format!("{}:{}", addr(e.family, &e.daddr), e.dport);
                 let state = TCP_STATES.get(e.value as usize).copied().unwrap_or("?");
                 (
-                    json!({"ts_ns": e.ts_ns, "pid": e.pid, "comm": cstr(&e.comm), "src": src, "dst": dst, "state": state}),
+                    // No pid/comm: a retransmit runs in timer/softirq context (see tcp_retransmit.bpf.c).
+                    json!({"ts_ns": e.ts_ns, "cpu": e.cpu, "src": src, "dst": dst, "state": state}),
                     format!("{src} -> {dst}"),
                 )
             }

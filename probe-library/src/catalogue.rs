@@ -327,6 +327,10 @@ const OOM_KILL: &[Hook] = &[Hook {
             program: "kprobe_oom_kill_process",
             func: "oom_kill_process",
         },
+        Attach::TpBtf {
+            program: "tp_btf_mark_victim",
+            event: "mark_victim",
+        },
         tp("tp_mark_victim", "oom", "mark_victim"),
     ],
 }];

@@ -19,6 +19,9 @@ pub struct Filter {
     /// cgroup filter: a task under it but outside the filter belongs to another pod and is never reported
     /// because a traced task woke it (wakeups).
     pub pods_root: Option<(u64, u32)>,
+    /// With a cgroup filter, name counterparts outside the filter's cgroups (wakeups' host tasks) only as
+    /// `[outside]`: the cluster admin's tenancy switch.
+    pub redact_outside: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -64,6 +64,7 @@ pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
         .unwrap_or_default();
     let filter_syscall = flag(!syscalls.is_empty());
     let (pods_root, pods_root_level) = cfg.filter.pods_root.unwrap_or((0, 0));
+    let redact_outside = flag(cfg.filter.redact_outside);
 
     let mut loader = EbpfLoader::new();
     loader
@@ -82,7 +83,8 @@ pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
         .override_global("cfg_user_stacks", &user_stacks, false)
         .override_global("cfg_filter_syscall", &filter_syscall, false)
         .override_global("cfg_pods_root", &pods_root, false)
-        .override_global("cfg_pods_root_level", &pods_root_level, false);
+        .override_global("cfg_pods_root_level", &pods_root_level, false)
+        .override_global("cfg_redact_outside", &redact_outside, false);
     let mut ebpf = loader.load(crate::objects::object(probe)).map_err(|e| Error::Load {
         probe,
         hint: "is this root (or CAP_BPF+CAP_PERFMON) on a kernel with BTF (/sys/kernel/btf/vmlinux)?",

@@ -67,6 +67,51 @@ fn wakeups_finds_ping_waking_the_noisy_neighbour() {
     );
 }
 
+/// The admin's redaction switch: with a cgroup (pod) filter on ping's cgroup, its neighbour outside that cgroup
+/// is named `[outside]/0` when redaction is on, and by comm/pid when it is off.
+#[test]
+fn wakeups_redacts_counterparts_outside_the_traced_cgroups_when_asked() {
+    let listener = Load::self_bounded(&isc_socket_argv());
+    listener.wait_for_comm("isc-socket");
+    let ping = Load::self_bounded(&fast_ping_argv());
+    let ping_pid = ping.pid();
+    let cg = sonde_probes::cgroup::v2_root().join("sonde-redact-test");
+    let _ = std::fs::remove_dir(&cg);
+    std::fs::create_dir(&cg).unwrap();
+    std::fs::write(cg.join("cgroup.procs"), ping.pid().to_string()).unwrap();
+    let id = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&cg).unwrap().ino()
+    };
+    let rows = |redact_outside: bool| {
+        let filter = Filter {
+            cgroups: Some(vec![id]),
+            redact_outside,
+            ..Default::default()
+        };
+        let cfg = config(ProbeName::Wakeups, filter, vec![], ProbeParams::default());
+        let out = trace(cfg, Duration::from_secs(2), || {});
+        out.findings
+            .summary
+            .rows
+            .into_iter()
+            .map(|r| r.key)
+            .collect::<Vec<_>>()
+    };
+    let (named, redacted) = (rows(false), rows(true));
+    drop(ping);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = std::fs::remove_dir(&cg);
+    let pair = format!("ping/{ping_pid} -> isc-socket/{}", listener.pid());
+    assert!(named.contains(&pair), "no {pair} in {named:?}");
+    let hidden = format!("ping/{ping_pid} -> [outside]/0");
+    assert!(redacted.contains(&hidden), "no {hidden} in {redacted:?}");
+    assert!(
+        redacted.iter().all(|k| !k.contains("isc-socket")),
+        "{redacted:?}"
+    );
+}
+
 /// A busy function of this test process shows up in the folded stacks and the flame graph renders.
 #[inline(never)]
 fn sonde_profile_busy_loop(until: Instant) -> u64 {
@@ -197,7 +242,11 @@ fn runq_latency_histograms_our_threads() {
         config(
             ProbeName::RunqLatency,
             filter,
-            vec![],
+            vec![threshold(
+                Metric::RunqLatencyUs,
+                Comparison::GreaterOrEqual,
+                1.0,
+            )],
             ProbeParams::default(),
         ),
         Duration::from_millis(1500),
@@ -218,6 +267,13 @@ fn runq_latency_histograms_our_threads() {
         "{:?}",
         out.findings.histograms
     );
+    // Each long wait names the task that waited (the one switched in), not the one it replaced on the CPU.
+    assert!(!out.events.is_empty(), "no wait over 1 us");
+    for e in &out.events {
+        assert_eq!(e["pid"], std::process::id(), "{e}");
+        let comm = e["comm"].as_str().unwrap();
+        assert!(comm.starts_with("runq_latency"), "{e}");
+    }
 }
 
 #[test]
@@ -245,6 +301,69 @@ fn tcp_connect_times_a_local_connect() {
         "{:?}",
         out.events
     );
+}
+
+/// SYNs to a listener whose accept queue is full are dropped, so the connecting sockets retransmit them from the
+/// retransmit timer (softirq: the current task is whoever ran). The pod filter must go by the socket's cgroup:
+/// a filter on our own cgroup v2 admits them, a filter on another cgroup admits none.
+#[test]
+fn tcp_retransmit_reports_dropped_syns_by_the_sockets_cgroup() {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    let v2 = sonde_probes::cgroup::v2_root();
+    let id = |rel: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(v2.join(rel.trim_start_matches('/')))
+            .unwrap()
+            .ino()
+    };
+    let elsewhere = v2.join("sonde-retransmit-test");
+    let _ = std::fs::remove_dir(&elsewhere);
+    std::fs::create_dir(&elsewhere).unwrap();
+    let retransmits = |cgroup: u64| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let params = ProbeParams {
+            tcp_retransmit: Some(PortParams {
+                ports: vec![port as u32],
+            }),
+            ..Default::default()
+        };
+        let filter = Filter {
+            cgroups: Some(vec![cgroup]),
+            ..Default::default()
+        };
+        let out = trace(
+            config(ProbeName::TcpRetransmit, filter, vec![], params),
+            Duration::from_millis(2500),
+            move || {
+                // std listens with a backlog of 128: fill its accept queue (nothing accepts), then every
+                // further SYN is dropped and retransmitted. Those connects block until the listener is gone
+                // and their next SYN is refused.
+                let addr = listener.local_addr().unwrap();
+                let queued: Vec<_> = (0..129)
+                    .filter_map(|_| {
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).ok()
+                    })
+                    .collect();
+                for _ in 0..4 {
+                    std::thread::spawn(move || std::net::TcpStream::connect(addr));
+                }
+                std::thread::sleep(Duration::from_millis(1800));
+                drop((queued, listener));
+            },
+        );
+        let dst = format!("127.0.0.1:{port}");
+        out.events
+            .iter()
+            .filter(|e| e["dst"] == dst.as_str())
+            .count()
+    };
+    let mine = retransmits(id(own));
+    let other = retransmits(id("sonde-retransmit-test"));
+    let _ = std::fs::remove_dir(&elsewhere);
+    assert!(mine > 0, "no retransmitted SYN seen with our own cgroup");
+    assert_eq!(other, 0, "a filter on another cgroup admitted our sockets");
 }
 
 /// The memory controller's limit file: cgroup v2 if it has the controller, else the v1 memory hierarchy.
@@ -300,11 +419,13 @@ fn oom_kill_reports_the_victim() {
             assert!(!status.success(), "the allocation must be OOM-killed");
         },
     );
-    assert!(
-        out.events.iter().any(|e| e["victim_comm"] == "python3"),
-        "{:?}",
-        out.events
-    );
+    let victim = out.events.iter().find(|e| e["victim_comm"] == "python3");
+    let victim = victim.unwrap_or_else(|| panic!("no python3 victim in {:?}", out.events));
+    // tp_btf and the tracepoint read the victim's resident memory (the kprobe does not): close to the limit.
+    if out.strategy != "kprobe" {
+        let mib = victim["rss_mib"].as_u64().unwrap();
+        assert!((8..=40).contains(&mib), "rss {mib} MiB at a 32 MiB limit");
+    }
 }
 
 /// A standing probe rolls windows: the second window counts only what happened after the first was read.

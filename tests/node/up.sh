@@ -38,9 +38,11 @@ k() { "$bin/kubectl" --kubeconfig "$cpd/admin.kubeconfig" --request-timeout=5s "
 exec 9>/run/sonde-node.lock
 flock 9
 
-running() { # NAME: NODEDIR/NAME.pid is a live NAME (a killed daemon can linger as a zombie: no exe)
-  local p; p=$(cat "$nd/$1.pid" 2>/dev/null) || return 1
-  [ "$(basename "$(readlink "/proc/$p/exe" 2>/dev/null)")" = "$1" ]
+running() { # NAME: NODEDIR/NAME.pid is a live NAME (a killed daemon can linger as a zombie: no exe). Right
+  # after `NAME ... &` the child can still be the forking shell, not yet exec'd (seen on a busy machine).
+  local p exe; p=$(cat "$nd/$1.pid" 2>/dev/null) || return 1
+  exe=$(basename "$(readlink "/proc/$p/exe" 2>/dev/null)")
+  [ "$exe" = "$1" ] || [ "$exe" = bash ]
 }
 healthy() {
   [ -f "$nd/env" ] && grep -qx "CA_SUM=$ca_sum" "$nd/env" || return 1
@@ -49,7 +51,22 @@ healthy() {
     [ "$(curl -fsS --max-time 2 http://127.0.0.1:10248/healthz 2>/dev/null)" = ok ] &&
     [ "$(k get node "$name" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
-if healthy; then echo "$nd"; exit 0; fi
+# Imports each of scripts/images.sh's archives that changed since it was last imported (a reused node must run
+# the images just built, not the ones it was first given).
+import_images() {
+  local images=${SONDE_IMAGES_DIR:-$here/../../target/images} a sum
+  [ -s "$images/images.env" ] || images=$("$here/../../scripts/images.sh")
+  # shellcheck disable=SC1091
+  . "$images/images.env"
+  mkdir -p "$nd/imported"
+  for a in $SONDE_IMAGE_ARCHIVES; do
+    sum=$(sha256sum <"$a" | cut -d' ' -f1)
+    [ "$(cat "$nd/imported/$(basename "$a").sha256" 2>/dev/null)" = "$sum" ] && continue
+    "$here/import-image.sh" "$nd" "$a" >/dev/null
+    echo "$sum" >"$nd/imported/$(basename "$a").sha256"
+  done
+}
+if healthy; then import_images; echo "$nd"; exit 0; fi
 old=$(cat /run/sonde-node.dir 2>/dev/null || true)
 if [ -n "$old" ] && [ "$old" != "$nd" ]; then "$here/down.sh" "$old" >&2 || true; fi
 # down.sh also cleans host-wide leftovers (interfaces, chains, cgroups) of a run whose NODEDIR is gone.
@@ -191,7 +208,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 ctr -a "$sock" version >/dev/null 2>&1 || fail "containerd did not answer on $sock"
-for a in $SONDE_IMAGE_ARCHIVES; do "$here/import-image.sh" "$nd" "$a" >/dev/null; done
+import_images
 
 # --- kubelet ------------------------------------------------------------------------------------------------------
 # failCgroupV1: kubelet 1.35 refuses this hybrid host's v1 controllers otherwise. imageGCHighThresholdPercent 100:

@@ -78,6 +78,28 @@ impl Component {
         Self::operator_named(kubeconfig, lease_namespace, dir, "e2e-operator", 0)
     }
 
+    /// The operator with extra environment (such as `SONDE_NODE_WIDE_NAMESPACES`).
+    pub fn operator_with_env(
+        kubeconfig: &Path,
+        lease_namespace: &str,
+        dir: &Path,
+        env: &[(String, String)],
+    ) -> Component {
+        let args = [
+            "--metrics-addr=127.0.0.1:0".to_string(),
+            format!("--lease-namespace={lease_namespace}"),
+            "--identity=e2e-operator".into(),
+            "--lease-seconds=4".into(),
+        ];
+        Self::spawn(
+            kubeconfig,
+            "sonde-operator",
+            &args,
+            dir.join("e2e-operator.log"),
+            env,
+        )
+    }
+
     /// An operator replica with its own Lease identity and metrics port (0: any free port).
     pub fn operator_named(
         kubeconfig: &Path,

@@ -75,17 +75,7 @@ impl ControlPlane {
 
     /// kubectl as `who`; returns (success, stdout, stderr).
     pub fn kubectl(&self, who: Identity, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig(who))
-            .args(args)
-            .output()
-            .expect("kubectl runs");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        kubectl_with(&self.kubeconfig(who), args)
     }
 
     /// Server-side applies every generated CRD in crds/ and waits until each is Established.
@@ -121,4 +111,19 @@ impl ControlPlane {
         }
         Ok(names)
     }
+}
+
+/// kubectl with any kubeconfig (a service-account token's, say); returns (success, stdout, stderr).
+pub fn kubectl_with(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

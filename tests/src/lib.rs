@@ -12,7 +12,7 @@ mod realnode;
 mod s3;
 
 pub use components::{Component, chart_identities, free_port, helm, http_get};
-pub use controlplane::{ControlPlane, Identity};
+pub use controlplane::{ControlPlane, Identity, kubectl_with};
 pub use load::{
     LOAD_BOUND, Load, SCHED_PIPE, bounded_argv, fast_ping_argv, isc_socket_argv, processes_matching,
 };

@@ -19,6 +19,9 @@ pub struct RealNode {
     pub env: HashMap<String, String>,
     /// scripts/images.sh's images.env: SONDE_IMAGE, SONDE_PING_IMAGE, SONDE_BUSYBOX_IMAGE, ...
     pub images: HashMap<String, String>,
+    /// sha256 of the sonde image archive the node imported: a reused node runs a rebuilt image under the same
+    /// tag, so the chart's pods carry it as an annotation and roll when it changes.
+    pub sonde_image_sum: String,
 }
 
 static NODE: OnceLock<Result<RealNode, String>> = OnceLock::new();
@@ -73,7 +76,15 @@ impl RealNode {
         }
         let cp = PathBuf::from(run("tests/controlplane/up.sh", &[&cp])?);
         let dir = PathBuf::from(run("tests/node/up.sh", &[&cp, &node])?);
+        let archive = images.join("sonde.oci.tar");
+        let sum = Command::new("sha256sum").arg(&archive).output()?;
+        let sonde_image_sum = String::from_utf8(sum.stdout)?
+            .split_whitespace()
+            .next()
+            .with_context(|| format!("sha256sum {}", archive.display()))?
+            .to_string();
         Ok(RealNode {
+            sonde_image_sum,
             env: read_env(&dir.join("env"))?,
             images: read_env(&images.join("images.env"))?,
             plane: ControlPlane { dir: cp },

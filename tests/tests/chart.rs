@@ -3,7 +3,15 @@
 //! That its RBAC is enough to run the product is shown in tracejob.rs, where the operator and agent act as the
 //! chart's service accounts.
 
-use sonde_tests::{ControlPlane, Identity, helm};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use sonde_crds::{NODE_LABEL, ProbeSession, node_label_value};
+use sonde_tests::{ControlPlane, Identity, TestNamespace, helm, kubectl_with};
 
 #[test]
 fn chart_lints_and_its_schema_refuses_bad_values() {
@@ -77,5 +85,370 @@ async fn everything_the_chart_renders_is_accepted_by_the_api_server() {
     assert!(
         out.contains("daemonset.apps/sonde-agent serverside-applied (server dry run)"),
         "{out}"
+    );
+}
+
+/// A kubeconfig in the plane's directory authenticating with `token` (as the chart's pods would).
+fn token_kubeconfig(plane: &ControlPlane, file: &str, token: &str) -> PathBuf {
+    let admin = std::fs::read_to_string(plane.kubeconfig(Identity::Admin)).unwrap();
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("server in kubeconfig");
+    let kc = plane.dir.join(file);
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: '{server}', certificate-authority: '{}'}}\nusers:\n- name: u\n  user: {{token: '{}'}}\ncontexts:\n- name: u\n  context: {{cluster: c, user: u}}\ncurrent-context: u\n",
+            plane.dir.join("pki/ca.crt").display(),
+            token.trim()
+        ),
+    )
+    .unwrap();
+    kc
+}
+
+/// A client acting with the token in `kubeconfig`.
+async fn token_client(kubeconfig: &Path) -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig).expect("a token kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("a usable kubeconfig");
+    Client::try_from(config).expect("a client")
+}
+
+/// The user extra the API server sees for a kubeconfig's token (SelfSubjectReview), as JSON.
+fn whoami_extra(kubeconfig: &Path) -> serde_json::Value {
+    let (ok, out, err) = kubectl_with(kubeconfig, &["auth", "whoami", "-o", "json"]);
+    assert!(ok, "kubectl auth whoami: {err}");
+    let review: serde_json::Value = serde_json::from_str(&out).expect("a SelfSubjectReview");
+    review["status"]["userInfo"]["extra"].clone()
+}
+
+/// Cluster-scoped objects of one test (its admission policy and binding, its Nodes), deleted when it ends.
+struct ClusterScoped {
+    plane: &'static ControlPlane,
+    objects: Vec<(&'static str, String)>,
+}
+
+impl Drop for ClusterScoped {
+    fn drop(&mut self) {
+        for (kind, name) in &self.objects {
+            let _ = self.plane.kubectl(
+                Identity::Admin,
+                &["delete", kind, name, "--ignore-not-found", "--wait=false"],
+            );
+        }
+    }
+}
+
+const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+/// The chart's ValidatingAdmissionPolicy (templates/admission.yaml) confines each node's agent to the
+/// ProbeSessions of its own node: with a token bound to a pod on node A (as the kubelet gets for the agent's pod)
+/// the agent may write A's session status but not B's, and the refusal names both nodes; a token of the agent's
+/// service account that names no node may write nothing; the operator and admins are not affected; and once the
+/// binding is deleted B's write goes through, so the refusals came from the policy and not from RBAC.
+#[tokio::test]
+async fn agents_may_write_only_the_probesessions_of_their_own_node() {
+    let plane = ControlPlane::get().await;
+    let ns = TestNamespace::create(plane, "nodescope").await;
+    let client = plane.client(Identity::Admin).await;
+    let policy = format!("sonde-agent-node-scope-{}", ns.name);
+    let (node_a, node_b, ghost) = (
+        format!("{}-a", ns.name),
+        format!("{}-b", ns.name),
+        format!("{}-ghost", ns.name),
+    );
+    let _cleanup = ClusterScoped {
+        plane,
+        objects: vec![
+            ("validatingadmissionpolicybinding", policy.clone()),
+            ("validatingadmissionpolicy", policy.clone()),
+            ("node", node_a.clone()),
+            ("node", node_b.clone()),
+        ],
+    };
+
+    // The chart's service accounts, RBAC and admission policy for a release in this test's namespace. Its
+    // ClusterRoleBindings become RoleBindings of this namespace: the cluster-wide ones are named alike for every
+    // release and would take the grants away from a release another test runs (tracejob.rs, sonde-system).
+    let (ok, rendered, err) = helm(&[
+        "template",
+        "--kube-version=1.35.4",
+        "sonde",
+        "helm/sonde",
+        "-n",
+        &ns.name,
+        "--show-only",
+        "templates/rbac.yaml",
+        "--show-only",
+        "templates/admission.yaml",
+    ]);
+    assert!(ok, "helm template: {err}");
+    let mut docs = Vec::new();
+    let mut kinds = Vec::new();
+    for doc in rendered.split("\n---\n") {
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(doc).expect("rendered YAML");
+        if doc.is_null() {
+            continue;
+        }
+        if doc["kind"] == "ClusterRoleBinding" {
+            doc["kind"] = "RoleBinding".into();
+            doc["metadata"]["namespace"] = ns.name.as_str().into();
+        }
+        kinds.push(doc["kind"].as_str().unwrap_or_default().to_string());
+        docs.push(serde_yaml::to_string(&doc).unwrap());
+    }
+    for kind in [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
+        assert!(kinds.iter().any(|k| k == kind), "no {kind} rendered");
+    }
+    assert!(
+        rendered.contains(&format!("name: {policy}\n")),
+        "the policy is not named {policy}:\n{rendered}"
+    );
+    let file = plane.dir.join(format!("chart-nodescope-{}.yaml", ns.name));
+    std::fs::write(&file, docs.join("---\n")).unwrap();
+    let (ok, out, err) = plane.kubectl(
+        Identity::Admin,
+        &["apply", "--server-side", "-f", file.to_str().unwrap()],
+    );
+    assert!(ok, "applying the chart's RBAC and policy: {err}\n{out}");
+
+    // Two hand-written Nodes, and the agent's pod bound to A: it never runs (no kubelet here), but a token bound
+    // to it is what the kubelet would hand the agent. A pod on a node without a Node object, for the token only.
+    let nodes: Api<Node> = Api::all(client.clone());
+    for name in [&node_a, &node_b] {
+        let node: Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let mut pod_uids = Vec::new();
+    for (pod, node) in [("agent-a", &node_a), ("agent-ghost", &ghost)] {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": pod},
+            "spec": {
+                "nodeName": node, "serviceAccountName": "sonde-agent", "automountServiceAccountToken": false,
+                "containers": [{"name": "agent", "image": "sonde.dev/e2e-fixture:never-runs"}],
+            },
+        }))
+        .unwrap();
+        let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
+        pod_uids.push(pod.metadata.uid.expect("a pod uid"));
+    }
+    let token = |sa: &str, bound: Option<(&str, &str)>| {
+        let mut args = vec!["create", "token", sa, "-n", &ns.name, "--duration=10m"];
+        if let Some((pod, uid)) = bound {
+            args.extend([
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                pod,
+                "--bound-object-uid",
+                uid,
+            ]);
+        }
+        let (ok, token, err) = plane.kubectl(Identity::Admin, &args);
+        assert!(ok, "token for {sa} ({bound:?}): {err}");
+        token
+    };
+    let agent_a = token_kubeconfig(
+        plane,
+        &format!("agent-a-{}.kubeconfig", ns.name),
+        &token("sonde-agent", Some(("agent-a", &pod_uids[0]))),
+    );
+    let agent_ghost = token_kubeconfig(
+        plane,
+        &format!("agent-ghost-{}.kubeconfig", ns.name),
+        &token("sonde-agent", Some(("agent-ghost", &pod_uids[1]))),
+    );
+    let agent_unbound = token_kubeconfig(
+        plane,
+        &format!("agent-unbound-{}.kubeconfig", ns.name),
+        &token("sonde-agent", None),
+    );
+    let operator = token_kubeconfig(
+        plane,
+        &format!("operator-{}.kubeconfig", ns.name),
+        &token("sonde-operator", None),
+    );
+
+    // What the API server makes of each token: the pod's node when the pod is bound to one (with the Node's uid
+    // when the Node object exists), nothing when the token is not bound to a pod.
+    let extra = whoami_extra(&agent_a);
+    println!("user extra of the token bound to agent-a: {extra}");
+    assert_eq!(
+        extra[NODE_NAME_EXTRA],
+        serde_json::json!([node_a]),
+        "{extra}"
+    );
+    let node_a_uid = nodes.get(&node_a).await.unwrap().metadata.uid.unwrap();
+    assert_eq!(
+        extra["authentication.kubernetes.io/node-uid"],
+        serde_json::json!([node_a_uid]),
+        "{extra}"
+    );
+    let extra = whoami_extra(&agent_ghost);
+    println!("user extra of the token bound to a pod on a node without a Node object: {extra}");
+    assert_eq!(
+        extra[NODE_NAME_EXTRA],
+        serde_json::json!([ghost]),
+        "{extra}"
+    );
+    assert!(
+        extra.get("authentication.kubernetes.io/node-uid").is_none(),
+        "{extra}"
+    );
+    let extra = whoami_extra(&agent_unbound);
+    println!("user extra of the unbound token: {extra}");
+    assert!(extra.get(NODE_NAME_EXTRA).is_none(), "{extra}");
+
+    // One session per node, created as the operator would.
+    let sessions: Api<ProbeSession> = Api::namespaced(client.clone(), &ns.name);
+    for (name, node) in [("session-a", &node_a), ("session-b", &node_b)] {
+        let session: ProbeSession = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sonde.dev/v1alpha1", "kind": "ProbeSession",
+            "metadata": {"name": name, "labels": {NODE_LABEL: node_label_value(node)}},
+            "spec": {"nodeName": node, "probe": "wakeups", "deadline": "2030-01-01T00:00:00Z",
+                     "pods": [], "resultPrefix": format!("{}/nodescope/{node}", ns.name)},
+        }))
+        .unwrap();
+        sessions
+            .create(&PostParams::default(), &session)
+            .await
+            .unwrap();
+    }
+    // Clients acting with each token; status is written as the agent writes it: a server-side apply of the
+    // status subresource (no GET first: the agent's role may not read probesessions/status).
+    let as_agent_a = token_client(&agent_a).await;
+    let as_agent_unbound = token_client(&agent_unbound).await;
+    let as_operator = token_client(&operator).await;
+    let write_status = |client: &Client, session: &'static str, message: &'static str| {
+        let api: Api<ProbeSession> = Api::namespaced(client.clone(), &ns.name);
+        async move {
+            let status = serde_json::json!({
+                "apiVersion": "sonde.dev/v1alpha1", "kind": "ProbeSession",
+                "status": {"message": message},
+            });
+            api.patch_status(
+                session,
+                &PatchParams::apply("sonde-agent").force(),
+                &Patch::Apply(status),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                kube::Error::Api(status) => status.message,
+                e => e.to_string(),
+            })
+        }
+    };
+
+    // A new policy takes about a second to be enforced (and the RBAC grants as long): wait until the write to B
+    // is refused by it before asserting anything.
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    let (refused, refusal) = loop {
+        let outcome = write_status(&as_agent_a, "session-b", "forged by the agent of node A").await;
+        let refused = outcome
+            .as_ref()
+            .is_err_and(|e| e.contains("ValidatingAdmissionPolicy"));
+        if refused || tokio::time::Instant::now() >= until {
+            break (refused, outcome.err().unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        refused,
+        "the agent of node A could still write node B's session after 15s (last refusal: {refusal})"
+    );
+    println!("agent of node A writing node B's session: {refusal}");
+    let want = format!(
+        "the sonde-agent of node {node_a} may only write ProbeSessions of node {node_a}; this one ({}/session-b) \
+         is for node {node_b}",
+        ns.name
+    );
+    assert!(refusal.contains(&want), "want {want:?} in {refusal}");
+    assert!(refusal.contains(&format!("'{policy}'")), "{refusal}");
+
+    // The API server type-checks the policy's CEL against the ProbeSession schema: no warnings (a misspelt field
+    // would fail at run time and, with failurePolicy Fail, refuse every agent write).
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let checked = loop {
+        let (ok, out, err) = plane.kubectl(
+            Identity::Admin,
+            &[
+                "get",
+                "validatingadmissionpolicy",
+                &policy,
+                "-o",
+                "jsonpath={.status}",
+            ],
+        );
+        assert!(ok, "reading the policy: {err}");
+        if out.contains("typeChecking") || tokio::time::Instant::now() >= until {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        checked.contains("typeChecking") && !checked.contains("expressionWarnings"),
+        "the policy's type check: {checked}"
+    );
+
+    write_status(&as_agent_a, "session-a", "written by the agent of node A")
+        .await
+        .expect("the agent of node A writes its own session");
+    let a = sessions.get("session-a").await.unwrap();
+    assert_eq!(
+        a.status.and_then(|s| s.message).as_deref(),
+        Some("written by the agent of node A")
+    );
+
+    let err = write_status(&as_agent_unbound, "session-a", "written without a node")
+        .await
+        .expect_err("a token naming no node wrote node A's session");
+    println!("agent token naming no node writing node A's session: {err}");
+    assert!(
+        err.contains("this token names no node, so it may not write ProbeSession")
+            && err.contains(&format!("{}/session-a", ns.name)),
+        "{err}"
+    );
+
+    // The operator's service account and the admin are not matched by the policy.
+    let operator_sessions: Api<ProbeSession> = Api::namespaced(as_operator, &ns.name);
+    operator_sessions
+        .patch(
+            "session-b",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"sonde.dev/e2e-written-by": "operator"}}})),
+        )
+        .await
+        .expect("the operator writes node B's session");
+    write_status(&client, "session-b", "written by the admin")
+        .await
+        .expect("the admin writes node B's status");
+
+    // Without the binding, the same write of B goes through: the refusals above were the policy's.
+    let (ok, _, err) = plane.kubectl(
+        Identity::Admin,
+        &["delete", "validatingadmissionpolicybinding", &policy],
+    );
+    assert!(ok, "deleting the binding: {err}");
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    let (allowed, last) = loop {
+        let outcome =
+            write_status(&as_agent_a, "session-b", "written once the binding is gone").await;
+        if outcome.is_ok() || tokio::time::Instant::now() >= until {
+            break (outcome.is_ok(), outcome.err().unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        allowed,
+        "node B's session stayed refused to the agent of node A without the policy's binding: {last}"
     );
 }

@@ -37,7 +37,8 @@ async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool
 }
 
 /// `helm install sonde helm/sonde` as the README says (CRDs included, default values: the image the chart
-/// names is the one scripts/images.sh built and the node imported), once per test process. Returns how long
+/// names is the one scripts/images.sh built and the node imported, plus a pod annotation with that image's
+/// digest so a reused node rolls out a rebuilt image), once per test process. Returns how long
 /// install -> everything Ready took.
 async fn chart(node: &RealNode) -> Duration {
     *CHART
@@ -57,6 +58,16 @@ async fn chart(node: &RealNode) -> Duration {
                 "5m",
                 "--kubeconfig",
                 kubeconfig.to_str().unwrap(),
+                "--set-string",
+                &format!(
+                    "agent.podAnnotations.sonde\\.dev/image={}",
+                    node.sonde_image_sum
+                ),
+                "--set-string",
+                &format!(
+                    "operator.podAnnotations.sonde\\.dev/image={}",
+                    node.sonde_image_sum
+                ),
             ]);
             assert!(
                 ok,
@@ -64,22 +75,27 @@ async fn chart(node: &RealNode) -> Duration {
                 kubectl(node, &["describe", "pods", "-n", "sonde-system"]).1
             );
             // helm's --wait lets a DaemonSet be `maxUnavailable` short of Ready: wait for both rollouts.
-            for what in ["deployment/sonde-operator", "daemonset/sonde-agent"] {
-                let args = [
-                    "rollout",
-                    "status",
-                    "-n",
-                    "sonde-system",
-                    what,
-                    "--timeout=180s",
-                ];
-                kubectl_ok(node, &args);
-            }
+            rolled_out(node);
             let took = t.elapsed();
             eprintln!("helm install -> all Ready in {took:?}");
             took
         })
         .await
+}
+
+/// Waits for the operator Deployment and the agent DaemonSet to be fully rolled out.
+fn rolled_out(node: &RealNode) {
+    for what in ["deployment/sonde-operator", "daemonset/sonde-agent"] {
+        let args = [
+            "rollout",
+            "status",
+            "-n",
+            "sonde-system",
+            what,
+            "--timeout=180s",
+        ];
+        kubectl_ok(node, &args);
+    }
 }
 
 /// The kernel's view of a pod's containers: host pid of each process whose unified cgroup is the pod's.
@@ -342,6 +358,110 @@ async fn real_node_field_case_a_names_the_neighbour_and_nothing_else() {
     kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
 }
 
+/// The workload pod of [`real_node_every_probe_sees_only_the_selected_pod`]: tests/images/workload.c under the
+/// name `w-<app>` (every comm, the exec'd file /tmp/w-<app>), TCP on 127.0.0.1:<port> and <port>+1, and an OOM
+/// kill every 2 s in a second container (comm `w-<app>-oom`).
+fn workload_pod(node: &RealNode, app: &str, port: u16) -> String {
+    let image = node.image("SONDE_BUSYBOX_IMAGE");
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {app}, labels: {{app: {app}}}}}\nspec:\n  \
+         terminationGracePeriodSeconds: 1\n  containers:\n    - name: work\n      image: {image}\n      \
+         imagePullPolicy: Never\n      command: [workload, w-{app}, \"{port}\"]\n    - name: oom\n      \
+         image: {image}\n      imagePullPolicy: Never\n      command: [workload, oom, w-{app}-oom]\n      \
+         resources: {{limits: {{memory: 32Mi}}}}\n"
+    )
+}
+
+/// Everything a finished job left: its status and the text of every result file (on the node's directory).
+fn results_text(st: &Value) -> String {
+    let mut text = st.to_string();
+    for url in st["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+    {
+        let path = url.trim_start_matches("file://");
+        text += &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+    text
+}
+
+/// The pod filter in the negative for every probe that takes a pod selector (packet-latency: field case B,
+/// wakeups: field case A too). Two pods run the same workload; one job per probe selects `app=mine`. Each
+/// job's status and result files must show the selected pod's work and nothing of the other's, whichever
+/// context the probe's hook runs in (the task's own, softirq for retransmits, the OOM killer's).
+#[tokio::test(flavor = "multi_thread")]
+async fn real_node_every_probe_sees_only_the_selected_pod() {
+    let _serial = SERIAL.lock().await;
+    let node = RealNode::get();
+    chart(node).await;
+    let ns = "only-mine";
+    fresh_namespace(node, ns);
+    let pods = [
+        workload_pod(node, "mine", 47100),
+        workload_pod(node, "other", 47200),
+    ];
+    apply(node, ns, &pods.join("---\n"));
+    wait_pods_ready(node, ns);
+    // What the selected pod's work leaves in each probe's results. The latency probes send only events over a
+    // threshold (their histograms are per syscall or per thread): thresholds every sleep crosses.
+    let probes = [
+        ("exec", "/tmp/w-mine", ""),
+        (
+            "syscall-latency",
+            "w-mine",
+            "{metric: syscallLatencyMs, value: 1}",
+        ),
+        (
+            "runq-latency",
+            "w-mine",
+            "{metric: runqLatencyUs, value: 1}",
+        ),
+        ("cpu-profile", "w-mine", ""),
+        ("tcp-connect", "127.0.0.1:47100", ""),
+        ("tcp-retransmit", "127.0.0.1:47101", ""),
+        ("oom-kill", "w-mine-oom", ""),
+        ("wakeups", "w-mine", ""),
+    ];
+    let jobs: Vec<String> = probes
+        .iter()
+        .map(|(p, _, threshold)| {
+            let thresholds = if threshold.is_empty() {
+                String::new()
+            } else {
+                format!("  thresholds: [{threshold}]\n")
+            };
+            format!(
+                "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: only-{p}}}\nspec:\n  \
+                 probe: {p}\n  target: {{podSelector: {{matchLabels: {{app: mine}}}}}}\n  duration: 20s\n\
+                 {thresholds}"
+            )
+        })
+        .collect();
+    apply(node, ns, &jobs.join("---\n"));
+    for (p, mine, _) in probes {
+        let st = finished_job(node, ns, &format!("only-{p}"), Duration::from_secs(150)).await;
+        assert_eq!(st["phase"], "Succeeded", "{p}: {st}");
+        let text = results_text(&st);
+        assert!(
+            text.contains(mine),
+            "{p}: no {mine} (the selected pod) in its results: {st}"
+        );
+        for theirs in ["w-other", "127.0.0.1:4720"] {
+            if let Some(i) = text.find(theirs) {
+                let around: String = text[i..].chars().take(300).collect();
+                panic!("{p}: {theirs} (the other pod) in its results: {around}...");
+            }
+        }
+        eprintln!(
+            "{p}: {} bytes of results, only the selected pod",
+            text.len()
+        );
+    }
+    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
+}
+
 /// The host end of a pod's veth: the pod's eth0 names its peer's ifindex (`eth0@ifN`).
 fn host_veth(pid: u32) -> String {
     let out = std::process::Command::new("nsenter")
@@ -378,7 +498,8 @@ fn host_veth(pid: u32) -> String {
 
 /// Field case B on real pods: `app=web` listens on 8080 behind a tight tbf on its veth's host end, a client pod
 /// sends a bulk flow across the CNI bridge, and `kubectl apply -f examples/packet-latency.yaml` reports slow
-/// segments whose delay sits between xmit and `__netif_receive_skb`.
+/// segments whose delay sits between xmit and `__netif_receive_skb`. An unselected `web-other` with the same
+/// tbf and flow appears nowhere in the results.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_field_case_b_puts_the_delay_in_front_of_the_receiver() {
     let _serial = SERIAL.lock().await;
@@ -395,28 +516,32 @@ async fn real_node_field_case_b_puts_the_delay_in_front_of_the_receiver() {
         )
     };
     let listen = "while true; do nc -l -p 8080 >/dev/null; done";
-    apply(node, ns, &pod("web", "web", listen));
-    kubectl_ok(
-        node,
-        &[
+    // `web` is selected; `web-other` (app=web-other) gets the same flow behind the same tbf and must not appear.
+    let serve = |name: &str| {
+        apply(node, ns, &pod(name, name, listen));
+        let arg = format!("pod/{name}");
+        let wait = [
             "wait",
             "-n",
             ns,
             "--for=condition=Ready",
-            "pod/web",
+            &arg,
             "--timeout=60s",
-        ],
-    );
-    let web = json(node, &["get", "pod", "-n", ns, "web"]);
-    let ip = web["status"]["podIP"].as_str().unwrap().to_string();
-    let uid = web["metadata"]["uid"].as_str().unwrap();
-    let shell = host_pids(uid, "sh");
-    assert!(!shell.is_empty(), "no shell of pod web on the host");
-    let veth = host_veth(shell[0]);
-    let mut tc = vec!["qdisc", "replace", "dev", veth.as_str(), "root", "tbf"];
-    tc.extend_from_slice(sonde_tests::TIGHT_TBF);
-    let st = std::process::Command::new("tc").args(&tc).status().unwrap();
-    assert!(st.success(), "tc {tc:?}");
+        ];
+        kubectl_ok(node, &wait);
+        let web = json(node, &["get", "pod", "-n", ns, name]);
+        let ip = web["status"]["podIP"].as_str().unwrap().to_string();
+        let uid = web["metadata"]["uid"].as_str().unwrap();
+        let shell = host_pids(uid, "sh");
+        assert!(!shell.is_empty(), "no shell of pod {name} on the host");
+        let veth = host_veth(shell[0]);
+        let mut tc = vec!["qdisc", "replace", "dev", veth.as_str(), "root", "tbf"];
+        tc.extend_from_slice(sonde_tests::TIGHT_TBF);
+        let st = std::process::Command::new("tc").args(&tc).status().unwrap();
+        assert!(st.success(), "tc {tc:?}");
+        ip
+    };
+    let (ip, other_ip) = (serve("web"), serve("web-other"));
 
     let example = repo_root().join("examples/packet-latency.yaml");
     kubectl_ok(node, &["apply", "-n", ns, "-f", example.to_str().unwrap()]);
@@ -425,8 +550,10 @@ async fn real_node_field_case_b_puts_the_delay_in_front_of_the_receiver() {
             == 1
     })
     .await;
-    let client = format!("while true; do nc {ip} 8080 </dev/zero; sleep 1; done");
-    apply(node, ns, &pod("client", "client", &client));
+    for (name, to) in [("client", &ip), ("client-other", &other_ip)] {
+        let flow = format!("while true; do nc {to} 8080 </dev/zero; sleep 1; done");
+        apply(node, ns, &pod(name, name, &flow));
+    }
     let st = &finished_job(node, ns, "slow-segments", Duration::from_secs(150)).await;
     assert_eq!(st["phase"], "Succeeded", "{st}");
     assert!(st["counts"]["breaches"].as_u64().unwrap() >= 10, "{st}");
@@ -437,6 +564,12 @@ async fn real_node_field_case_b_puts_the_delay_in_front_of_the_receiver() {
                 && r["max"].as_f64().unwrap_or(0.0) >= 5.0
         ),
         "{rows:#?}"
+    );
+    let theirs = format!("{other_ip}:");
+    assert!(
+        rows.iter()
+            .all(|r| !r["key"].as_str().unwrap().contains(&theirs)),
+        "the unselected web-other in {rows:#?}"
     );
     let events_url = st["results"]
         .as_array()
@@ -455,10 +588,11 @@ async fn real_node_field_case_b_puts_the_delay_in_front_of_the_receiver() {
         "no slow segment at __netif_receive_skb"
     );
     assert!(
-        events
-            .iter()
-            .all(|e| e["dst"].as_str().unwrap_or_default().starts_with(&ip)),
-        "a segment not to the web pod"
+        events.iter().all(|e| e["dst"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(&format!("{ip}:"))),
+        "a segment not to the web pod (web-other is {other_ip})"
     );
     kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
 }
@@ -643,4 +777,189 @@ fn host_pids_by_comm(comm: &str) -> Vec<u32> {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
         })
         .collect()
+}
+
+/// The `Complete` condition of a status (a TraceJob's or a ProbeSession's).
+fn complete(st: &Value) -> &Value {
+    let conditions = st["conditions"].as_array();
+    let c = conditions.and_then(|c| c.iter().find(|c| c["type"] == "Complete"));
+    c.unwrap_or_else(|| panic!("no Complete condition in {st}"))
+}
+
+/// Puts the node back in service when a drain test ends, passed or not: every other test needs it.
+struct Uncordon<'a>(&'a RealNode);
+
+impl Drop for Uncordon<'_> {
+    fn drop(&mut self) {
+        let _ = kubectl(self.0, &["uncordon", self.0.name()]);
+    }
+}
+
+/// `kubectl drain` of the node while a job runs. Drain leaves the agent (a DaemonSet pod) and evicts the rest,
+/// the operator included on this one-node cluster: the agent sees the cordon and stops the session at once with
+/// what it has (reason NodeDrained) instead of tracing until the node goes down; after `kubectl uncordon` the
+/// operator comes back and completes the job with that reason, minutes before its deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_node_a_drain_ends_a_running_job_with_the_reason() {
+    let _serial = SERIAL.lock().await;
+    let node = RealNode::get();
+    chart(node).await;
+    let ns = "drain";
+    ping_namespace(node, ns);
+    let job = "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {name: until-drained}\nspec:\n  \
+               probe: wakeups\n  target: {podSelector: {matchLabels: {app: ping}}}\n  duration: 10m\n";
+    apply(node, ns, job);
+    wait_until("the job attaches", Duration::from_secs(60), || {
+        json(node, &["get", "tracejob", "-n", ns, "until-drained"])["status"]["nodes"]["attached"]
+            == 1
+    })
+    .await;
+    let t = Instant::now();
+    let _uncordon = Uncordon(node);
+    let drain = [
+        "drain",
+        node.name(),
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--force",
+        "--timeout=150s",
+    ];
+    kubectl_ok(node, &drain);
+    eprintln!("kubectl drain returned after {:?}", t.elapsed());
+    // No operator runs while the only node is drained: the session is the agent's to end.
+    let mut session = Value::Null;
+    wait_until(
+        "the agent ends the session",
+        Duration::from_secs(60),
+        || {
+            session = json(node, &["get", "probesessions", "-n", ns])["items"][0].clone();
+            session["status"]["phase"] == "Succeeded"
+        },
+    )
+    .await;
+    let st = &session["status"];
+    assert_eq!(complete(st)["reason"], "NodeDrained", "{st}");
+    assert!(
+        st["results"].as_array().is_some_and(|r| !r.is_empty()),
+        "no results kept: {st}"
+    );
+    kubectl_ok(node, &["uncordon", node.name()]);
+    let st = finished_job(node, ns, "until-drained", Duration::from_secs(180)).await;
+    eprintln!("drain -> job {} after {:?}", st["phase"], t.elapsed());
+    assert_eq!(st["phase"], "Succeeded", "{st}");
+    let c = complete(&st);
+    assert_eq!(c["reason"], "NodeDrained", "{st}");
+    assert!(c["message"].as_str().unwrap().contains("cordoned"), "{c}");
+    rolled_out(node);
+    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
+}
+
+/// Resident memory of a process (VmRSS) and of its memory cgroup (v1 `memory.usage_in_bytes`, which is what
+/// the pod's limit counts: it includes the BPF maps this kernel charges to the loader), in MiB.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let memcg = cgroup
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+        .unwrap_or_default();
+    let usage = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{memcg}/memory.usage_in_bytes"
+    ))
+    .ok()
+    .and_then(|v| v.trim().parse::<f64>().ok())
+    .unwrap_or(f64::NAN);
+    (rss_kib / 1024.0, usage / (1 << 20) as f64)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Measured, not timed: apply -> attached for 20 jobs one after another on the real node with release images
+/// (from the TraceJob's create to `status.nodes.attached` = 1, through the operator, the session and the
+/// agent), and the agent's memory idle and with three probes loaded. Every job must attach; the numbers are
+/// printed for the note.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_node_twenty_jobs_attach_and_the_agent_memory_is_reported() {
+    use kube::api::{Api, DeleteParams, PostParams};
+    let _serial = SERIAL.lock().await;
+    let node = RealNode::get();
+    chart(node).await;
+    let ns = "attach";
+    ping_namespace(node, ns);
+    let agents = host_pids_by_comm("sonde-agent");
+    assert_eq!(agents.len(), 1, "agent processes {agents:?}");
+    let idle = memory_mib(agents[0]);
+    let client = node.plane.client(sonde_tests::Identity::Admin).await;
+    let jobs: Api<sonde_crds::TraceJob> = Api::namespaced(client, ns);
+    let job = |name: &str, probe: &str| -> sonde_crds::TraceJob {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "sonde.dev/v1alpha1", "kind": "TraceJob", "metadata": {"name": name},
+            "spec": {"probe": probe, "target": {"podSelector": {"matchLabels": {"app": "ping"}}},
+                     "duration": "60s"},
+        }))
+        .unwrap()
+    };
+    let attached =
+        |j: &sonde_crds::TraceJob| j.status.as_ref().is_some_and(|s| s.nodes.attached == 1);
+    let mut took = vec![];
+    for i in 0..20 {
+        let name = format!("attach-{i}");
+        let t = Instant::now();
+        jobs.create(&PostParams::default(), &job(&name, "wakeups"))
+            .await
+            .unwrap();
+        loop {
+            if attached(&jobs.get(&name).await.unwrap()) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{name} did not attach"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        took.push(t.elapsed());
+        jobs.delete(&name, &DeleteParams::default()).await.unwrap();
+    }
+    took.sort();
+    eprintln!(
+        "apply -> attached over {} jobs: p50 {:?}, p95 {:?}, max {:?}",
+        took.len(),
+        percentile(&took, 0.5),
+        percentile(&took, 0.95),
+        took.last().unwrap()
+    );
+    for probe in ["wakeups", "runq-latency", "syscall-latency"] {
+        jobs.create(
+            &PostParams::default(),
+            &job(&format!("three-{probe}"), probe),
+        )
+        .await
+        .unwrap();
+    }
+    wait_until("three probes attach", Duration::from_secs(60), || {
+        let all = json(node, &["get", "tracejobs", "-n", ns]);
+        all["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["status"]["nodes"]["attached"] == 1)
+            .count()
+            == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let loaded = memory_mib(agents[0]);
+    eprintln!(
+        "agent memory: idle RSS {:.1} MiB (cgroup {:.1} MiB); three probes RSS {:.1} MiB (cgroup {:.1} MiB)",
+        idle.0, idle.1, loaded.0, loaded.1
+    );
+    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
 }

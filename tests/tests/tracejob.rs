@@ -959,20 +959,22 @@ spec:
     );
 }
 
-/// Results go to a real S3 server when the job names one: the status links s3:// URLs and the objects are there.
+/// Results go to a real S3 server when the job names the admin's storage location that is one (the agent's
+/// `--storage-locations`): the status links s3:// URLs and the objects are there.
 #[tokio::test(flavor = "multi_thread")]
 async fn results_go_to_s3_when_the_job_says_so() {
     let mut s = Scene::new("s3").await;
     let s3 = sonde_tests::S3Server::start();
     s3.create_bucket("sonde-e2e");
     s.agent.as_mut().unwrap().kill();
-    s.agent = Some(Component::agent_with_env(
-        &s.agent_kc,
-        s.dir.path(),
-        &s3.env(),
+    let mut env = s3.env();
+    env.push((
+        "SONDE_STORAGE_LOCATIONS".into(),
+        "archive=s3://sonde-e2e/runs".into(),
     ));
+    s.agent = Some(Component::agent_with_env(&s.agent_kc, s.dir.path(), &env));
     s.ping_pod("ping").await;
-    let yaml = wakeups_job("to-s3", "3s") + "  storage: {url: s3://sonde-e2e/runs}\n";
+    let yaml = wakeups_job("to-s3", "3s") + "  storage: {location: archive}\n";
     s.create_job(&yaml).await;
     let job = s.wait_job("to-s3", Duration::from_secs(40), finished).await;
     let st = job.status.unwrap();

@@ -9,3 +9,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "sonde.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
+
+{{/* storage.locations as `name=url,...` for the agent and the operator. */}}
+{{- define "sonde.storageLocations" -}}
+{{- $out := list -}}
+{{- range $name, $url := .Values.storage.locations -}}
+{{- $out = append $out (printf "%s=%s" $name $url) -}}
+{{- end -}}
+{{- join "," $out -}}
+{{- end -}}

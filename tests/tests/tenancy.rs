@@ -1,0 +1,292 @@
+//! Tenant isolation on the real API server: a namespace traces only its own pods unless a cluster admin allows
+//! node-wide targets, checked twice (the chart's admission policy for the requesting user, the operator for the
+//! namespace).
+
+use std::time::Duration;
+
+use kube::api::{Api, ListParams, PostParams};
+use sonde_crds::{Phase, ProbeSession, TraceJob};
+use sonde_tests::{
+    Component, ControlPlane, Identity, TestNamespace, helm, register_this_node, this_node_name,
+    wait_for,
+};
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn node_wide_job(name: &str) -> TraceJob {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "sonde.dev/v1alpha1", "kind": "TraceJob", "metadata": {"name": name},
+        "spec": {"probe": "exec", "target": {"nodeNames": [this_node_name()]}, "duration": "60s"},
+    }))
+    .unwrap()
+}
+
+/// The operator places node-wide sessions only for the namespaces the admin listed; elsewhere the job fails at
+/// once with reason NodeWideNotAllowed and a message naming the way out, and no session exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_places_node_wide_sessions_only_for_allowed_namespaces() {
+    let _serial = SERIAL.lock().await;
+    let plane = ControlPlane::get().await;
+    let client = plane.client(Identity::Admin).await;
+    register_this_node(&client).await.expect("node registered");
+    let (allowed, refused) = (
+        TestNamespace::create(plane, "nodewide-ok").await,
+        TestNamespace::create(plane, "nodewide-no").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let env = [(
+        "SONDE_NODE_WIDE_NAMESPACES".to_string(),
+        format!("kube-system, {}", allowed.name),
+    )];
+    let kc = plane.kubeconfig(Identity::Admin);
+    let mut operator = Component::operator_with_env(&kc, &refused.name, dir.path(), &env);
+    for ns in [&allowed.name, &refused.name] {
+        let jobs: Api<TraceJob> = Api::namespaced(client.clone(), ns);
+        jobs.create(&PostParams::default(), &node_wide_job("whole-node"))
+            .await
+            .unwrap();
+    }
+    let sessions = |ns: &str| {
+        let api: Api<ProbeSession> = Api::namespaced(client.clone(), ns);
+        async move { api.list(&ListParams::default()).await.unwrap().items }
+    };
+    let placed = wait_for(Duration::from_secs(30), || async {
+        sessions(&allowed.name).await.len() == 1
+    })
+    .await;
+    assert!(
+        placed,
+        "no session in the allowed namespace: {}",
+        operator.log_text()
+    );
+    let jobs: Api<TraceJob> = Api::namespaced(client.clone(), &refused.name);
+    let failed = wait_for(Duration::from_secs(30), || async {
+        let j = jobs.get("whole-node").await.unwrap();
+        j.status.is_some_and(|s| s.phase == Phase::Failed)
+    })
+    .await;
+    let st = jobs.get("whole-node").await.unwrap().status;
+    assert!(failed, "the refused job did not fail: {st:?}");
+    let st = st.unwrap();
+    let c = st.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(c.reason, "NodeWideNotAllowed", "{c:?}");
+    assert!(
+        c.message.contains("podSelector") && c.message.contains(&refused.name),
+        "{}",
+        c.message
+    );
+    assert!(
+        sessions(&refused.name).await.is_empty(),
+        "a session was placed"
+    );
+    operator.kill();
+}
+
+/// The chart's admission policy: a namespace user without the node-wide permission cannot create a TraceJob
+/// without a podSelector (the message says why and what to do), can with one, and can node-wide once an admin
+/// binds the chart's node-wide ClusterRole in the namespace. With the policy's binding removed the same request
+/// passes: the refusal came from the policy.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_wide_targets_need_a_permission_the_admin_grants() {
+    let _serial = SERIAL.lock().await;
+    let plane = ControlPlane::get().await;
+    let release = "tenancy-e2e";
+    let (ok, rendered, err) = helm(&[
+        "template",
+        "--kube-version=1.35.4",
+        release,
+        "helm/sonde",
+        "--show-only",
+        "templates/tenancy.yaml",
+    ]);
+    assert!(ok, "helm template: {err}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &rendered).unwrap();
+    let path = file.path().to_str().unwrap();
+    let admin = |args: &[&str]| plane.kubectl(Identity::Admin, args);
+    let (ok, _, err) = admin(&["apply", "-f", path]);
+    assert!(ok, "applying the tenancy objects: {err}");
+    struct Cleanup<'a>(&'a ControlPlane, String);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kubectl(
+                Identity::Admin,
+                &["delete", "--ignore-not-found", "-f", &self.1],
+            );
+            let _ = self.0.kubectl(
+                Identity::Admin,
+                &[
+                    "delete",
+                    "--ignore-not-found",
+                    "-n",
+                    "sonde-user",
+                    "tracejob,rolebinding",
+                    "-l",
+                    "sonde.dev/tenancy-e2e",
+                ],
+            );
+        }
+    }
+    let _cleanup = Cleanup(plane, path.to_string());
+    let job = |name: &str, selector: bool| {
+        let target = if selector {
+            "podSelector: {matchLabels: {app: mine}}".to_string()
+        } else {
+            format!("nodeNames: [{}]", this_node_name())
+        };
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            f.path(),
+            format!(
+                "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: {name}, namespace: sonde-user, \
+                 labels: {{sonde.dev/tenancy-e2e: \"true\"}}}}\nspec:\n  probe: exec\n  target: {{{target}}}\n  \
+                 duration: 10s\n"
+            ),
+        )
+        .unwrap();
+        let out = plane.kubectl(
+            Identity::User,
+            &["create", "-f", f.path().to_str().unwrap()],
+        );
+        (out.0, out.2)
+    };
+    // The policy takes effect within about a second of its creation.
+    let mut refusal = String::new();
+    let refused = wait_for(Duration::from_secs(15), || {
+        let (ok, err) = job("node-wide", false);
+        refusal = err;
+        async move { !ok }
+    })
+    .await;
+    assert!(refused, "a namespace user created a node-wide TraceJob");
+    assert!(
+        refusal.contains("without spec.target.podSelector")
+            && refusal.contains("sonde-user")
+            && refusal.contains(&format!("{release}-node-wide-tracer")),
+        "{refusal}"
+    );
+    let (ok, err) = job("own-pods", true);
+    assert!(ok, "a TraceJob with a podSelector was refused: {err}");
+    let (ok, _, err) = admin(&[
+        "create",
+        "rolebinding",
+        "node-wide",
+        "-n",
+        "sonde-user",
+        &format!("--clusterrole={release}-node-wide-tracer"),
+        "--user=sonde-user",
+    ]);
+    assert!(ok, "{err}");
+    admin(&[
+        "label",
+        "-n",
+        "sonde-user",
+        "rolebinding",
+        "node-wide",
+        "sonde.dev/tenancy-e2e=true",
+    ]);
+    let granted = wait_for(Duration::from_secs(15), || {
+        let (ok, _) = job("node-wide-granted", false);
+        async move { ok }
+    })
+    .await;
+    assert!(
+        granted,
+        "the granted user still cannot create a node-wide TraceJob"
+    );
+    admin(&["delete", "-n", "sonde-user", "rolebinding", "node-wide"]);
+    admin(&[
+        "delete",
+        "validatingadmissionpolicybinding",
+        &format!("{release}-node-wide-targets.sonde.dev"),
+    ]);
+    let unchecked = wait_for(Duration::from_secs(15), || {
+        let (ok, _) = job("node-wide-unchecked", false);
+        async move { ok }
+    })
+    .await;
+    assert!(
+        unchecked,
+        "refused without the policy binding: the refusal was not the policy's"
+    );
+}
+
+/// Users name storage only by the admin's location names: the API server refuses a URL (saying what to do
+/// instead), the operator fails a job naming an unknown location at once (listing the defined ones), and a
+/// defined location passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_is_only_a_location_the_admin_defined() {
+    let _serial = SERIAL.lock().await;
+    let plane = ControlPlane::get().await;
+    let client = plane.client(Identity::Admin).await;
+    let ns = TestNamespace::create(plane, "storage").await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [(
+        "SONDE_STORAGE_LOCATIONS".to_string(),
+        "archive=s3://bucket/sonde".to_string(),
+    )];
+    let kc = plane.kubeconfig(Identity::Admin);
+    let mut operator = Component::operator_with_env(&kc, &ns.name, dir.path(), &env);
+    let job = |name: &str, storage: &str| {
+        format!(
+            "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: {name}, namespace: {}}}\nspec:\n  \
+             probe: exec\n  target: {{podSelector: {{matchLabels: {{app: mine}}}}}}\n  duration: 60s\n  \
+             storage: {storage}\n",
+            ns.name
+        )
+    };
+    let create = |yaml: String| {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), yaml).unwrap();
+        plane.kubectl(
+            Identity::Admin,
+            &["create", "-f", f.path().to_str().unwrap()],
+        )
+    };
+    let (ok, _, err) = create(job("to-a-url", "{url: 'file:///etc'}"));
+    assert!(!ok, "a storage URL was accepted");
+    assert!(
+        err.contains("spec.storage.url is no longer accepted"),
+        "{err}"
+    );
+    for (name, storage) in [
+        ("unknown", "{location: nope}"),
+        ("known", "{location: archive}"),
+    ] {
+        let (ok, _, err) = create(job(name, storage));
+        assert!(ok, "{name}: {err}");
+    }
+    let jobs: Api<TraceJob> = Api::namespaced(client.clone(), &ns.name);
+    let reason = |name: &'static str| {
+        let jobs = jobs.clone();
+        async move {
+            let st = jobs.get(name).await.unwrap().status.unwrap_or_default();
+            let c = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Scheduled")
+                .cloned();
+            (st.phase, c.map(|c| (c.reason, c.message)))
+        }
+    };
+    let refused = wait_for(Duration::from_secs(30), || async {
+        reason("unknown").await.0 == Phase::Failed
+    })
+    .await;
+    let (phase, scheduled) = reason("unknown").await;
+    assert!(refused, "{phase:?} {scheduled:?}: {}", operator.log_text());
+    let (why, msg) = scheduled.unwrap();
+    assert_eq!(why, "StorageNotAllowed");
+    assert!(msg.contains("\"nope\"") && msg.contains("archive"), "{msg}");
+    // The known location is placed like any job: here no pod matches yet.
+    let waiting = wait_for(Duration::from_secs(30), || async {
+        reason("known")
+            .await
+            .1
+            .is_some_and(|(r, _)| r == "NoMatchingPods")
+    })
+    .await;
+    assert!(waiting, "{:?}", reason("known").await);
+    operator.kill();
+}
