@@ -151,12 +151,24 @@ async fn node_wide_targets_need_a_permission_the_admin_grants() {
         );
         (out.0, out.2)
     };
-    // The policy takes effect within about a second of its creation.
+    // The policy takes effect within about a second of its creation: a job created before that is deleted and
+    // tried again until the policy refuses it.
     let mut refusal = String::new();
     let refused = wait_for(Duration::from_secs(15), || {
         let (ok, err) = job("node-wide", false);
+        if ok {
+            admin(&[
+                "delete",
+                "-n",
+                "sonde-user",
+                "tracejob",
+                "node-wide",
+                "--wait=false",
+            ]);
+        }
+        let done = err.contains("denied request");
         refusal = err;
-        async move { !ok }
+        async move { done }
     })
     .await;
     assert!(refused, "a namespace user created a node-wide TraceJob");
