@@ -398,9 +398,10 @@ async fn real_node_every_probe_sees_only_the_selected_pod() {
     chart(node).await;
     let ns = "only-mine";
     fresh_namespace(node, ns);
+    // Ports below the ephemeral range (32768+), so no connection's source port can look like the other pod's.
     let pods = [
-        workload_pod(node, "mine", 47100),
-        workload_pod(node, "other", 47200),
+        workload_pod(node, "mine", 21100),
+        workload_pod(node, "other", 22200),
     ];
     apply(node, ns, &pods.join("---\n"));
     wait_pods_ready(node, ns);
@@ -419,8 +420,8 @@ async fn real_node_every_probe_sees_only_the_selected_pod() {
             "{metric: runqLatencyUs, value: 1}",
         ),
         ("cpu-profile", "w-mine", ""),
-        ("tcp-connect", "127.0.0.1:47100", ""),
-        ("tcp-retransmit", "127.0.0.1:47101", ""),
+        ("tcp-connect", "127.0.0.1:21100", ""),
+        ("tcp-retransmit", "127.0.0.1:21101", ""),
         ("oom-kill", "w-mine-oom", ""),
         ("wakeups", "w-mine", ""),
     ];
@@ -448,7 +449,7 @@ async fn real_node_every_probe_sees_only_the_selected_pod() {
             text.contains(mine),
             "{p}: no {mine} (the selected pod) in its results: {st}"
         );
-        for theirs in ["w-other", "127.0.0.1:4720"] {
+        for theirs in ["w-other", "127.0.0.1:22200\"", "127.0.0.1:22201\""] {
             if let Some(i) = text.find(theirs) {
                 let around: String = text[i..].chars().take(300).collect();
                 panic!("{p}: {theirs} (the other pod) in its results: {around}...");
