@@ -23,6 +23,7 @@ use sonde_telemetry::Health;
 
 use crate::cgroups::PodCgroups;
 use crate::error::Result;
+use crate::limits::{Limits, Slots};
 use crate::metrics::AgentMetrics;
 use crate::session::{self, SessionJob, Targets};
 
@@ -37,6 +38,8 @@ pub struct AgentConfig {
     pub storage: crate::storage::Locations,
     /// Name counterparts outside the traced pods (host tasks) only as `[outside]`.
     pub redact_outside: bool,
+    /// What sessions may cost this node, whatever their specs ask.
+    pub limits: Limits,
 }
 
 pub struct Agent {
@@ -50,6 +53,8 @@ pub struct Agent {
     done: HashSet<String>,
     /// Why one-shot sessions must stop now: set while this node is cordoned (a drain is under way).
     drained: watch::Sender<Option<String>>,
+    /// One per running session, `limits.max_sessions` in all.
+    slots: Slots,
 }
 
 struct Live {
@@ -70,6 +75,7 @@ impl Agent {
             metrics,
             health,
             cgroups: PodCgroups::new(&cfg.cgroup_root),
+            slots: Slots::new(&cfg.limits),
             client,
             cfg,
             live: HashMap::new(),
@@ -210,6 +216,8 @@ impl Agent {
             spool: self.cfg.spool.clone(),
             storage,
             redact_outside: self.cfg.redact_outside,
+            limits: self.cfg.limits,
+            slot: self.slots.take(),
             resumed_note,
         };
         tracing::info!(session = %job.name, namespace = %job.namespace, probe = %s.spec.probe, "starting session");

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod cgroups;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod session;
 pub mod storage;

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use sonde_agent::limits::Limits;
 use sonde_agent::{Agent, AgentConfig};
 
 /// Sonde's node agent: runs this node's ProbeSessions.
@@ -31,6 +32,15 @@ struct Args {
     /// instead of by comm and pid.
     #[arg(long, env = "SONDE_REDACT_COUNTERPARTS", default_value_t = false)]
     redact_counterparts: bool,
+    /// Sessions this agent runs at once; more fail with reason NodeAtCapacity (size it to the memory limit).
+    #[arg(long, env = "SONDE_MAX_SESSIONS", default_value_t = Limits::default().max_sessions)]
+    max_sessions: usize,
+    /// MiB of events one trace (or policy window) keeps on this node; past it events are counted, not kept.
+    #[arg(long, env = "SONDE_MAX_EVENT_MIB", default_value_t = Limits::default().max_event_bytes >> 20)]
+    max_event_mib: u64,
+    /// Ceiling on a session's kernel CPU budget (percent of one CPU); larger budgets are lowered to it.
+    #[arg(long, env = "SONDE_MAX_KERNEL_CPU_PERCENT", default_value_t = Limits::default().max_kernel_cpu_percent)]
+    max_kernel_cpu_percent: f64,
     /// Address of /metrics, /healthz and /readyz (ready once this node's sessions are listed).
     #[arg(long, env = "SONDE_METRICS_ADDR", default_value = "0.0.0.0:8081")]
     metrics_addr: std::net::SocketAddr,
@@ -87,6 +97,11 @@ async fn main() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .context("--storage-locations")?,
         redact_outside: args.redact_counterparts,
+        limits: Limits {
+            max_sessions: args.max_sessions,
+            max_event_bytes: args.max_event_mib << 20,
+            max_kernel_cpu_percent: args.max_kernel_cpu_percent,
+        },
     };
     tokio::select! {
         r = Agent::new(client, cfg, metrics, health).run() => r?,

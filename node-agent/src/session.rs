@@ -13,8 +13,9 @@ use sonde_crds::conditions::{self, NODE_DRAINED, types};
 use sonde_crds::{Counts, Phase, ProbeName, ProbeSession, ProbeSessionSpec, ProbeSessionStatus};
 use sonde_probes::results::ResultsWriter;
 use sonde_probes::{Filter, Findings, ProbeConfig, Running};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
+use crate::limits::{Limits, NODE_AT_CAPACITY};
 use crate::upload;
 
 /// Field manager of everything the agent writes.
@@ -49,6 +50,10 @@ pub struct SessionJob {
     pub storage: Result<String, String>,
     /// The admin's tenancy switch: counterparts outside the traced pods are not named.
     pub redact_outside: bool,
+    /// The node's limits on what a session may cost.
+    pub limits: Limits,
+    /// This session's place among the node's running sessions; None when the agent is full.
+    pub slot: Option<OwnedSemaphorePermit>,
     /// Set when a restarted agent picks up a session its previous process had started.
     pub resumed_note: Option<String>,
 }
@@ -150,13 +155,20 @@ pub async fn run(
         return;
     }
 
-    if let Err(why) = &job.storage {
+    let refused = match (&job.storage, &job.slot) {
+        (Err(why), _) => Some(("StorageNotAllowed", why.clone())),
+        (_, None) => Some((NODE_AT_CAPACITY, job.limits.capacity_refusal())),
+        _ => None,
+    };
+    if let Some((reason, why)) = refused {
+        tracing::warn!(session = %job.name, namespace = %job.namespace, reason, "session refused");
         rep.status.phase = Phase::Failed;
         rep.status.message = Some(why.clone());
-        rep.condition(types::FAILED, true, "StorageNotAllowed", why.clone());
+        rep.condition(types::FAILED, true, reason, why);
         rep.write().await;
         return;
     }
+    let (budget_pct, budget_note) = job.limits.budget(job.spec.budget.max_kernel_cpu_percent);
     let t = targets.borrow_and_update().clone();
     let config = probe_config(&job.spec, &t, job.redact_outside);
     let spool = job.spool.join(&job.namespace).join(&job.name);
@@ -170,7 +182,8 @@ pub async fn run(
         Some(_) => spool.join("window-000000"),
         None => spool.clone(),
     };
-    let writer = ResultsWriter::create(&first_dir, keep_events, job.spec.output.max_events);
+    let writer = ResultsWriter::create(&first_dir, keep_events, job.spec.output.max_events)
+        .map(|w| w.with_max_bytes(job.limits.max_event_bytes));
     let started =
         writer.and_then(|w| tokio::task::block_in_place(|| Running::start(config)).map(|r| (w, r)));
     let (mut writer, mut running) = match started {
@@ -195,7 +208,10 @@ pub async fn run(
         types::ATTACHED,
         true,
         "Attached",
-        format!("attached via {strategy}"),
+        match &budget_note {
+            Some(n) => format!("attached via {strategy}; {n}"),
+            None => format!("attached via {strategy}"),
+        },
     );
     rep.write().await;
 
@@ -243,12 +259,13 @@ pub async fn run(
             r = targets.changed() => {
                 if r.is_ok() {
                     let t = targets.borrow_and_update().clone();
-                    let updated = match (&t.cgroups, job.spec.probe, job.spec.all_pods) {
-                        (_, _, true) => Ok(()),
-                        (_, ProbeName::PacketLatency, _) => running.set_netns(&t.netns),
-                        (Some(ids), _, _) => running.set_cgroups(ids),
-                        (None, _, _) => Ok(()),
+                    let mut updated = match (&t.cgroups, job.spec.all_pods) {
+                        (Some(ids), false) => running.set_cgroups(ids),
+                        _ => Ok(()),
                     };
+                    if job.spec.probe == ProbeName::PacketLatency && !job.spec.all_pods {
+                        updated = updated.and(running.set_netns(&t.netns));
+                    }
                     if let Err(e) = updated {
                         tracing::warn!(session = %job.name, error = %e, "updating the target filter");
                     }
@@ -266,12 +283,15 @@ pub async fn run(
         }
         let (run_time, _) = running.kernel_runtime();
         if let Some(pct) = budget.sample(run_time)
-            && pct > job.spec.budget.max_kernel_cpu_percent
+            && pct > budget_pct
         {
             break Stop::OverBudget(format!(
-                "probe used {pct:.2}% of a CPU in the kernel over the last {:.0}s, budget {}%",
+                "probe used {pct:.2}% of a CPU in the kernel over the last {:.0}s, budget {budget_pct}%{}",
                 budget.span().as_secs_f64(),
-                job.spec.budget.max_kernel_cpu_percent
+                budget_note
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
             ));
         }
         if last_status.elapsed() >= STATUS_EVERY {
@@ -304,6 +324,7 @@ pub async fn run(
         "summary": findings.summary,
         "note": job.resumed_note,
     });
+    let cap_note = writer.cap_note();
     let prefix = match windows {
         Some(_) => window_prefix(&job.spec.result_prefix),
         None => job.spec.result_prefix.clone(),
@@ -377,10 +398,8 @@ pub async fn run(
     if phase == Phase::Failed {
         rep.condition(types::FAILED, true, reason, message.clone());
     }
-    rep.status.message = Some(match &job.resumed_note {
-        Some(note) => format!("{message}; {note}"),
-        None => message,
-    });
+    let notes = [Some(message), cap_note, job.resumed_note.clone()];
+    rep.status.message = Some(notes.into_iter().flatten().collect::<Vec<_>>().join("; "));
     // The final status matters: keep trying for a while if the API server is briefly away.
     for _ in 0..30 {
         if rep.write().await {
@@ -406,14 +425,16 @@ fn probe_config(spec: &ProbeSessionSpec, t: &Targets, redact_outside: bool) -> P
         comms: (!spec.comms.is_empty()).then(|| spec.comms.clone()),
         ..Default::default()
     };
-    if spec.probe == ProbeName::PacketLatency {
-        // Softirq context has no task to match: the receiving pods' network namespaces are the filter.
-        filter.netns = (!spec.all_pods).then(|| t.netns.clone());
-        filter.comms = None;
-    } else if !spec.all_pods {
+    if !spec.all_pods {
         filter.cgroups = Some(t.cgroups.clone().unwrap_or_default());
         filter.pods_root = t.pods_root;
         filter.redact_outside = redact_outside;
+    }
+    if spec.probe == ProbeName::PacketLatency {
+        // Softirq context has no task to match: the receiving pods' network namespaces are the filter. The
+        // cgroups only decide which task the pid/comm columns may name (never another pod's).
+        filter.netns = (!spec.all_pods).then(|| t.netns.clone());
+        filter.comms = None;
     }
     ProbeConfig {
         probe: spec.probe,
@@ -525,6 +546,7 @@ async fn end_window(
     w.n += 1;
     let dir = w.spool.join(format!("window-{:06}", w.n));
     let next = ResultsWriter::create(&dir, w.keep_events, job.spec.output.max_events)
+        .map(|w| w.with_max_bytes(job.limits.max_event_bytes))
         .map_err(|e| format!("starting window {}: {e}", w.n))?;
     let done = std::mem::replace(writer, next);
     fill_counts(rep, running);

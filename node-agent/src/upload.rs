@@ -4,8 +4,11 @@
 //! Files are written under `<url>/<resultPrefix>/`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::ObjectStore;
+use object_store::buffered::BufWriter;
+use tokio::io::AsyncWriteExt;
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -24,6 +27,7 @@ pub async fn upload(store_url: &str, prefix: &str, files: &[PathBuf]) -> Result<
     let aws_env = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
     let (store, base) =
         object_store::parse_url_opts(&url, aws_env).map_err(|e| err(e.to_string()))?;
+    let store: Arc<dyn ObjectStore> = Arc::from(store);
     let mut urls = Vec::with_capacity(files.len());
     for file in files {
         let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
@@ -33,11 +37,19 @@ pub async fn upload(store_url: &str, prefix: &str, files: &[PathBuf]) -> Result<
             format!("{}/{}/{}", base.as_ref(), prefix.trim_matches('/'), name)
                 .trim_start_matches('/'),
         );
-        let bytes = tokio::fs::read(file).await?;
-        store
-            .put(&key, PutPayload::from(bytes))
-            .await
-            .map_err(|e| err(format!("{key}: {e}")))?;
+        // Streamed: one put for a small file, a multipart upload in 10 MiB parts past that, so the memory of
+        // the upload path does not grow with the file (a trace may keep hundreds of MiB of events).
+        let mut from = tokio::fs::File::open(file).await?;
+        let mut to = BufWriter::new(store.clone(), key.clone());
+        let copied = tokio::io::copy(&mut from, &mut to).await;
+        let done = match copied {
+            Ok(_) => to.shutdown().await,
+            Err(e) => {
+                let _ = to.abort().await;
+                Err(e)
+            }
+        };
+        done.map_err(|e| err(format!("{key}: {e}")))?;
         urls.push(format!(
             "{}/{}/{}",
             store_url.trim_end_matches('/'),
@@ -70,5 +82,21 @@ mod tests {
         assert_eq!(std::fs::read(written).unwrap(), b"{}");
         let bad = super::upload("nope://x", "p", &[]).await.unwrap_err();
         assert!(bad.to_string().contains("nope://x"), "{bad}");
+    }
+
+    /// A file larger than one part goes up in parts and arrives whole.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_large_file_arrives_whole() {
+        let spool = tempfile::tempdir().unwrap();
+        let f = spool.path().join("events.ndjson");
+        let body: Vec<u8> = (0..23 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&f, &body).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dest.path().display());
+        super::upload(&url, "tracejobs/ns/big/node-a", &[f])
+            .await
+            .unwrap();
+        let got = std::fs::read(dest.path().join("tracejobs/ns/big/node-a/events.ndjson")).unwrap();
+        assert!(got == body, "{} bytes arrived of {}", got.len(), body.len());
     }
 }

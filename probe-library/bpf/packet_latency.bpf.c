@@ -105,6 +105,24 @@ static __always_inline int on_xmit(struct sk_buff *skb)
 	return 0;
 }
 
+/* The pid/comm columns are the task the receive ran on top of (softirq borrows whatever was on the CPU; the
+ * field case reads them to spot ksoftirqd and idle). Under a pod filter another pod's task is never named, and
+ * with the admin's redaction switch neither is a host task: both come out as a pseudo task with pid 0. */
+static __always_inline void name_current(struct pkt_event *e)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	if (in_other_pod(t)) {
+		__builtin_memcpy(e->comm, "[other pod]", 12);
+		return;
+	}
+	if (redacted(t)) {
+		__builtin_memcpy(e->comm, "[outside]", 10);
+		return;
+	}
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
 /* `dev` is the receiving device at __netif_receive_skb; in the TCP functions skb->dev is no longer reliable,
  * so the socket gives the namespace and skb_iif the interface. */
 static __always_inline int on_receive(struct sk_buff *skb, unsigned char *nh, __u8 stage, struct net_device *dev,
@@ -143,7 +161,6 @@ static __always_inline int on_receive(struct sk_buff *skb, unsigned char *nh, __
 	} else {
 		e->ifindex = BPF_CORE_READ(skb, skb_iif);
 	}
-	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->cpu = bpf_get_smp_processor_id();
 	e->seq = s.key.seq;
 	e->ack = s.ack;
@@ -156,7 +173,7 @@ static __always_inline int on_receive(struct sk_buff *skb, unsigned char *nh, __
 	e->flags = breach ? EV_BREACH : 0;
 	__builtin_memcpy(e->saddr, s.key.saddr, 16);
 	__builtin_memcpy(e->daddr, s.key.daddr, 16);
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	name_current(e);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

@@ -152,6 +152,44 @@ static __always_inline bool sock_admitted(struct sock *sk)
 	return id && bpf_map_lookup_elem(&filter_cgroups, &id);
 }
 
+/* The cgroup holding every pod of the node (kubepods) and its level below the v2 root, set with a pod filter. A
+ * task under it that the filter does not admit belongs to another pod: probes never name it to a tenant (a
+ * tenant sees its own pods' tasks and host tasks, never another pod's). */
+const volatile __u64 cfg_pods_root = 0;
+const volatile __u32 cfg_pods_root_level = 0;
+
+/* Another pod's task: under the pods root and not in one of the traced pods' cgroups (a task of a traced pod
+ * that the comm filter leaves out, like ping's neighbour isc-socket, is not another pod's). */
+static __always_inline bool in_other_pod(struct task_struct *p)
+{
+	if (!cfg_pods_root)
+		return false;
+	struct cgroup *cg = BPF_CORE_READ(p, cgroups, dfl_cgrp);
+	__u64 id = BPF_CORE_READ(cg, kn, id);
+	if (bpf_map_lookup_elem(&filter_cgroups, &id))
+		return false;
+	__u32 level = BPF_CORE_READ(cg, level);
+	if (level <= cfg_pods_root_level || cfg_pods_root_level > 64)
+		return false;
+	struct cgroup *anc = NULL;
+	bpf_core_read(&anc, sizeof(anc), &cg->ancestors[cfg_pods_root_level]);
+	return anc && BPF_CORE_READ(anc, kn, id) == cfg_pods_root;
+}
+
+/* Set by the cluster admin (Helm value tenancy.redactCounterparts): with a pod filter, a counterpart outside the
+ * traced pods' cgroups (a host task: another pod's is never named anyway) is reported as "[outside]", pid 0. */
+const volatile __u8 cfg_redact_outside = 0;
+
+static __always_inline bool redacted(struct task_struct *p)
+{
+	if (!cfg_redact_outside || !cfg_filter_cgroup)
+		return false;
+	if (!p)
+		return true; /* classic tracepoint: the task's cgroup is unknown, so it is not named */
+	__u64 id = task_cgroup_id(p);
+	return !bpf_map_lookup_elem(&filter_cgroups, &id);
+}
+
 /* Port filter of the network probes: a flow passes when either port is listed (no ports: every flow). */
 const volatile __u16 cfg_ports[MAX_PORTS] = {};
 const volatile __u32 cfg_nports = 0;

@@ -53,44 +53,11 @@ int tp_hrtimer_entry(void *ctx) { return irq_step(true); }
 SEC("tracepoint/timer/hrtimer_expire_exit")
 int tp_hrtimer_exit(void *ctx) { return irq_step(false); }
 
-/* The cgroup holding every pod of the node (kubepods) and its level below the v2 root, set with a pod filter. A
- * wakee under it that the filter does not admit belongs to another pod: it is never reported because a traced
- * task woke it (a tenant sees its own pods' tasks and host tasks, never another pod's). */
+/* Pseudo wakers: a hard interrupt, another pod's task (never named to a tenant: see in_other_pod), a host task
+ * under the redaction switch. */
 #define WAKER_IRQ 0xffffffffull
 #define WAKER_OTHER_POD 0xfffffffeull
-const volatile __u64 cfg_pods_root = 0;
-const volatile __u32 cfg_pods_root_level = 0;
-
-/* Another pod's task: under the pods root and not in one of the traced pods' cgroups (a task of a traced pod
- * that the comm filter leaves out, like ping's neighbour isc-socket, is not another pod's). */
-static __always_inline bool in_other_pod(struct task_struct *p)
-{
-	struct cgroup *cg = BPF_CORE_READ(p, cgroups, dfl_cgrp);
-	__u64 id = BPF_CORE_READ(cg, kn, id);
-	if (bpf_map_lookup_elem(&filter_cgroups, &id))
-		return false;
-	__u32 level = BPF_CORE_READ(cg, level);
-	if (level <= cfg_pods_root_level || cfg_pods_root_level > 64)
-		return false;
-	struct cgroup *anc = NULL;
-	bpf_core_read(&anc, sizeof(anc), &cg->ancestors[cfg_pods_root_level]);
-	return anc && BPF_CORE_READ(anc, kn, id) == cfg_pods_root;
-}
-
-/* Set by the cluster admin (Helm value tenancy.redactCounterparts): with a pod filter, a counterpart outside the
- * traced pods' cgroups (a host task: another pod's is never named anyway) is reported as "[outside]", pid 0. */
-const volatile __u8 cfg_redact_outside = 0;
 #define TID_OUTSIDE 0xfffffffdull
-
-static __always_inline bool redacted(struct task_struct *p)
-{
-	if (!cfg_redact_outside || !cfg_filter_cgroup)
-		return false;
-	if (!p)
-		return true; /* classic tracepoint: the task's cgroup is unknown, so it is not named */
-	__u64 id = task_cgroup_id(p);
-	return !bpf_map_lookup_elem(&filter_cgroups, &id);
-}
 
 /* `p` is NULL on the classic tracepoint. Without a threshold no clock is read: the count alone is kept. */
 static __always_inline int on_wakeup(const char wakee_comm[TASK_COMM_LEN], __u32 wakee_pid, __u32 wakee_tid,

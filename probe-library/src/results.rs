@@ -14,7 +14,13 @@ pub struct ResultsWriter {
     dir: PathBuf,
     events: Option<BufWriter<File>>,
     max_events: u64,
+    /// Bytes of events.ndjson the caller lets a trace keep (the node agent's limit); unlimited by default.
+    max_bytes: u64,
     pub written: u64,
+    pub bytes: u64,
+    /// Events the caps kept out of events.ndjson (aggregates still count them).
+    pub not_kept: u64,
+    line: Vec<u8>,
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -36,7 +42,34 @@ impl ResultsWriter {
             dir: dir.to_path_buf(),
             events,
             max_events,
+            max_bytes: u64::MAX,
             written: 0,
+            bytes: 0,
+            not_kept: 0,
+            line: Vec::new(),
+        })
+    }
+
+    /// Keeps at most `max_bytes` of events.ndjson; later events are counted in `not_kept`, not written.
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Why events stopped being kept, once a cap was reached: one sentence for a status message.
+    pub fn cap_note(&self) -> Option<String> {
+        (self.not_kept > 0).then(|| {
+            let cap = if self.written >= self.max_events {
+                format!("output.maxEvents ({})", self.max_events)
+            } else {
+                format!("this node's limit of {} MiB of events per trace", self.max_bytes >> 20)
+            };
+            format!(
+                "kept the first {} events ({:.1} MiB) and counted {} more without keeping them: {cap} was reached",
+                self.written,
+                self.bytes as f64 / 1048576.0,
+                self.not_kept
+            )
         })
     }
 
@@ -56,18 +89,28 @@ impl ResultsWriter {
     }
 
     pub fn event(&mut self, ev: &Event) -> Result<()> {
-        if self.written >= self.max_events {
+        let Some(w) = self.events.as_mut() else {
+            return Ok(());
+        };
+        if self.written >= self.max_events || self.bytes >= self.max_bytes {
+            self.not_kept += 1;
             return Ok(());
         }
-        if let Some(w) = self.events.as_mut() {
-            serde_json::to_writer(&mut *w, &ev.json).map_err(|e| Error::Io {
-                context: "writing event".into(),
-                source: e.into(),
-            })?;
-            w.write_all(b"\n")
-                .map_err(io("writing events.ndjson".into()))?;
-            self.written += 1;
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, &ev.json).map_err(|e| Error::Io {
+            context: "writing event".into(),
+            source: e.into(),
+        })?;
+        self.line.push(b'\n');
+        if self.bytes + self.line.len() as u64 > self.max_bytes {
+            self.bytes = self.max_bytes;
+            self.not_kept += 1;
+            return Ok(());
         }
+        w.write_all(&self.line)
+            .map_err(io("writing events.ndjson".into()))?;
+        self.written += 1;
+        self.bytes += self.line.len() as u64;
         Ok(())
     }
 
@@ -124,5 +167,56 @@ impl ResultsWriter {
         let path = self.dir.join(name);
         std::fs::write(&path, body).map_err(io(format!("writing {}", path.display())))?;
         Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn event(i: u64) -> Event {
+        Event {
+            json: serde_json::json!({"seq": i, "comm": "w-mine"}),
+            breach: false,
+            value: None,
+        }
+    }
+
+    #[test]
+    fn the_byte_cap_keeps_whole_lines_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ResultsWriter::create(dir.path(), true, 1_000_000)
+            .unwrap()
+            .with_max_bytes(1000);
+        for i in 0..200 {
+            w.event(&event(i)).unwrap();
+        }
+        w.flush().unwrap();
+        let text = std::fs::read_to_string(dir.path().join("events.ndjson")).unwrap();
+        assert!(text.len() <= 1000 && text.len() > 900, "{}", text.len());
+        assert_eq!(text.lines().count() as u64, w.written);
+        assert!(
+            text.lines()
+                .all(|l| serde_json::from_str::<Value>(l).is_ok())
+        );
+        assert_eq!(w.written + w.not_kept, 200);
+        assert!(
+            w.cap_note().unwrap().contains("MiB of events"),
+            "{:?}",
+            w.cap_note()
+        );
+    }
+
+    #[test]
+    fn max_events_is_named_when_it_is_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ResultsWriter::create(dir.path(), true, 5).unwrap();
+        assert_eq!(w.cap_note(), None);
+        for i in 0..8 {
+            w.event(&event(i)).unwrap();
+        }
+        assert_eq!((w.written, w.not_kept), (5, 3));
+        assert!(w.cap_note().unwrap().contains("output.maxEvents (5)"));
     }
 }

@@ -173,3 +173,51 @@ fn packet_latency_namespace_filter_updates_while_attached() {
         "only {after} slow segments after the namespace was admitted"
     );
 }
+
+/// The pid/comm columns name the task a receive ran on top of; under the admin's redaction switch a task outside
+/// the traced cgroups comes out as `[outside]` with pid 0. Here no task is in the (empty) traced cgroup, so
+/// every event is redacted, and the same flow traced without the switch names real tasks.
+#[test]
+fn packet_latency_redacts_the_softirq_task_outside_the_traced_cgroups() {
+    let mut pair = Pair::new("pr", 75, TIGHT_TBF);
+    let netns = pair.netns_inode(&pair.b.clone());
+    let cg = sonde_probes::cgroup::v2_root().join("sonde-pl-redact-test");
+    let _ = std::fs::remove_dir(&cg);
+    std::fs::create_dir(&cg).unwrap();
+    let id = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&cg).unwrap().ino()
+    };
+    let mut comms = |redact_outside: bool| {
+        let mut cfg = slow_segments(Some(netns as u64), vec![netns]);
+        cfg.filter.cgroups = Some(vec![id]);
+        cfg.filter.redact_outside = redact_outside;
+        cfg.output.events = true;
+        pair.bulk_flow(2.5);
+        let out = common::trace(cfg, Duration::from_secs(3), || {});
+        out.events
+            .iter()
+            .map(|e| {
+                (
+                    e["comm"].as_str().unwrap().to_string(),
+                    e["pid"].as_u64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (named, redacted) = (comms(false), comms(true));
+    let _ = std::fs::remove_dir(&cg);
+    assert!(
+        named.len() >= 5 && redacted.len() >= 5,
+        "{named:?} {redacted:?}"
+    );
+    assert!(
+        named.iter().any(|(c, _)| c != "[outside]"),
+        "without the switch no task was named: {named:?}"
+    );
+    let leaked: Vec<_> = redacted
+        .iter()
+        .filter(|(c, pid)| c != "[outside]" || *pid != 0)
+        .collect();
+    assert!(leaked.is_empty(), "named under the switch: {leaked:?}");
+}

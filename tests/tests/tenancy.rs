@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
-use sonde_crds::{Phase, ProbeSession, TraceJob};
+use sonde_crds::{OWNER_UID_LABEL, Phase, ProbePolicy, ProbeSession, TraceJob};
 use sonde_tests::{
     Component, ControlPlane, Identity, TestNamespace, helm, register_this_node, this_node_name,
     wait_for,
@@ -22,8 +23,20 @@ fn node_wide_job(name: &str) -> TraceJob {
     .unwrap()
 }
 
-/// The operator places node-wide sessions only for the namespaces the admin listed; elsewhere the job fails at
-/// once with reason NodeWideNotAllowed and a message naming the way out, and no session exists.
+fn node_wide_policy(name: &str) -> ProbePolicy {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "sonde.dev/v1alpha1", "kind": "ProbePolicy", "metadata": {"name": name},
+        "spec": {
+            "probe": "exec", "target": {"nodeNames": [this_node_name()]}, "window": "60s",
+            "thresholds": [{"metric": "eventsPerSecond", "value": 1000}],
+        },
+    }))
+    .unwrap()
+}
+
+/// The operator places node-wide sessions only for the namespaces the admin listed; elsewhere a TraceJob fails
+/// at once and a ProbePolicy is not attached, both with reason NodeWideNotAllowed and a message naming the way
+/// out, and no session exists.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_places_node_wide_sessions_only_for_allowed_namespaces() {
     let _serial = SERIAL.lock().await;
@@ -41,23 +54,50 @@ async fn the_operator_places_node_wide_sessions_only_for_allowed_namespaces() {
     )];
     let kc = plane.kubeconfig(Identity::Admin);
     let mut operator = Component::operator_with_env(&kc, &refused.name, dir.path(), &env);
+    // Sessions are named <owner>-<node>, so the policy's name differs from the job's.
+    let mut owners = Vec::new();
     for ns in [&allowed.name, &refused.name] {
         let jobs: Api<TraceJob> = Api::namespaced(client.clone(), ns);
-        jobs.create(&PostParams::default(), &node_wide_job("whole-node"))
+        let job = jobs
+            .create(&PostParams::default(), &node_wide_job("whole-node"))
             .await
             .unwrap();
+        let policies: Api<ProbePolicy> = Api::namespaced(client.clone(), ns);
+        let policy = policies
+            .create(
+                &PostParams::default(),
+                &node_wide_policy("whole-node-policy"),
+            )
+            .await
+            .unwrap();
+        owners.push((job.uid().unwrap(), policy.uid().unwrap()));
     }
-    let sessions = |ns: &str| {
+    let [(ok_job, ok_policy), _] = <[_; 2]>::try_from(owners).unwrap();
+    let sessions = |ns: &str, owner: Option<&str>| {
         let api: Api<ProbeSession> = Api::namespaced(client.clone(), ns);
-        async move { api.list(&ListParams::default()).await.unwrap().items }
+        let lp = match owner {
+            Some(uid) => ListParams::default().labels(&format!("{OWNER_UID_LABEL}={uid}")),
+            None => ListParams::default(),
+        };
+        async move { api.list(&lp).await.unwrap().items }
     };
     let placed = wait_for(Duration::from_secs(30), || async {
-        sessions(&allowed.name).await.len() == 1
+        sessions(&allowed.name, Some(ok_job.as_str())).await.len() == 1
+            && sessions(&allowed.name, Some(ok_policy.as_str()))
+                .await
+                .len()
+                == 1
+            && sessions(&allowed.name, None).await.len() == 2
     })
     .await;
     assert!(
         placed,
-        "no session in the allowed namespace: {}",
+        "not one session each for the job and the policy in the allowed namespace: {:?}: {}",
+        sessions(&allowed.name, None)
+            .await
+            .iter()
+            .map(|s| s.name_any())
+            .collect::<Vec<_>>(),
         operator.log_text()
     );
     let jobs: Api<TraceJob> = Api::namespaced(client.clone(), &refused.name);
@@ -76,17 +116,56 @@ async fn the_operator_places_node_wide_sessions_only_for_allowed_namespaces() {
         "{}",
         c.message
     );
+    let policies: Api<ProbePolicy> = Api::namespaced(client.clone(), &refused.name);
+    let attached = |policy: ProbePolicy| {
+        policy
+            .status
+            .unwrap_or_default()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Attached")
+    };
+    let not_attached = wait_for(Duration::from_secs(30), || async {
+        attached(policies.get("whole-node-policy").await.unwrap())
+            .is_some_and(|c| c.reason == "NodeWideNotAllowed")
+    })
+    .await;
+    let policy = policies.get("whole-node-policy").await.unwrap();
     assert!(
-        sessions(&refused.name).await.is_empty(),
+        not_attached,
+        "the refused policy was not refused: {:?}: {}",
+        policy.status,
+        operator.log_text()
+    );
+    let c = attached(policy).unwrap();
+    assert_eq!(c.status, "False", "{c:?}");
+    assert!(
+        c.message.contains("podSelector") && c.message.contains(&refused.name),
+        "{}",
+        c.message
+    );
+    assert!(
+        sessions(&refused.name, None).await.is_empty(),
         "a session was placed"
+    );
+    // Still one session each in the allowed namespace: the refusal elsewhere touched nothing there.
+    assert_eq!(
+        sessions(&allowed.name, Some(ok_job.as_str())).await.len(),
+        1
+    );
+    assert_eq!(
+        sessions(&allowed.name, Some(ok_policy.as_str()))
+            .await
+            .len(),
+        1
     );
     operator.kill();
 }
 
-/// The chart's admission policy: a namespace user without the node-wide permission cannot create a TraceJob
-/// without a podSelector (the message says why and what to do), can with one, and can node-wide once an admin
-/// binds the chart's node-wide ClusterRole in the namespace. With the policy's binding removed the same request
-/// passes: the refusal came from the policy.
+/// The chart's admission policy: a namespace user without the node-wide permission cannot create a TraceJob or
+/// a ProbePolicy without a podSelector (the message says why and what to do), can with one, and can node-wide
+/// once an admin binds the chart's node-wide ClusterRole in the namespace. With the policy's binding removed the
+/// same requests pass: the refusal came from the policy.
 #[tokio::test(flavor = "multi_thread")]
 async fn node_wide_targets_need_a_permission_the_admin_grants() {
     let _serial = SERIAL.lock().await;
@@ -121,7 +200,7 @@ async fn node_wide_targets_need_a_permission_the_admin_grants() {
                     "--ignore-not-found",
                     "-n",
                     "sonde-user",
-                    "tracejob,rolebinding",
+                    "tracejob,probepolicy,rolebinding",
                     "-l",
                     "sonde.dev/tenancy-e2e",
                 ],
@@ -129,19 +208,24 @@ async fn node_wide_targets_need_a_permission_the_admin_grants() {
         }
     }
     let _cleanup = Cleanup(plane, path.to_string());
-    let job = |name: &str, selector: bool| {
+    // `kind` is TraceJob or ProbePolicy; without `selector` the target is this node, whole.
+    let create = |kind: &str, name: &str, selector: bool| {
         let target = if selector {
             "podSelector: {matchLabels: {app: mine}}".to_string()
         } else {
             format!("nodeNames: [{}]", this_node_name())
         };
+        let rest = match kind {
+            "TraceJob" => "duration: 10s",
+            _ => "window: 60s\n  thresholds: [{metric: eventsPerSecond, value: 1000}]",
+        };
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(
             f.path(),
             format!(
-                "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: {name}, namespace: sonde-user, \
+                "apiVersion: sonde.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}, namespace: sonde-user, \
                  labels: {{sonde.dev/tenancy-e2e: \"true\"}}}}\nspec:\n  probe: exec\n  target: {{{target}}}\n  \
-                 duration: 10s\n"
+                 {rest}\n"
             ),
         )
         .unwrap();
@@ -151,35 +235,37 @@ async fn node_wide_targets_need_a_permission_the_admin_grants() {
         );
         (out.0, out.2)
     };
-    // The policy takes effect within about a second of its creation: a job created before that is deleted and
-    // tried again until the policy refuses it.
-    let mut refusal = String::new();
-    let refused = wait_for(Duration::from_secs(15), || {
-        let (ok, err) = job("node-wide", false);
-        if ok {
-            admin(&[
-                "delete",
-                "-n",
-                "sonde-user",
-                "tracejob",
-                "node-wide",
-                "--wait=false",
-            ]);
-        }
-        let done = err.contains("denied request");
-        refusal = err;
-        async move { done }
-    })
-    .await;
-    assert!(refused, "a namespace user created a node-wide TraceJob");
-    assert!(
-        refusal.contains("without spec.target.podSelector")
-            && refusal.contains("sonde-user")
-            && refusal.contains(&format!("{release}-node-wide-tracer")),
-        "{refusal}"
-    );
-    let (ok, err) = job("own-pods", true);
-    assert!(ok, "a TraceJob with a podSelector was refused: {err}");
+    // The policy takes effect within about a second of its creation: an object created before that is deleted
+    // and tried again until the policy refuses it.
+    for kind in ["TraceJob", "ProbePolicy"] {
+        let mut refusal = String::new();
+        let refused = wait_for(Duration::from_secs(15), || {
+            let (ok, err) = create(kind, "node-wide", false);
+            if ok {
+                admin(&[
+                    "delete",
+                    "-n",
+                    "sonde-user",
+                    &kind.to_lowercase(),
+                    "node-wide",
+                    "--wait=false",
+                ]);
+            }
+            let done = err.contains("denied request");
+            refusal = err;
+            async move { done }
+        })
+        .await;
+        assert!(refused, "a namespace user created a node-wide {kind}");
+        assert!(
+            refusal.contains(&format!("{kind} without spec.target.podSelector"))
+                && refusal.contains("sonde-user")
+                && refusal.contains(&format!("{release}-node-wide-tracer")),
+            "{refusal}"
+        );
+        let (ok, err) = create(kind, "own-pods", true);
+        assert!(ok, "a {kind} with a podSelector was refused: {err}");
+    }
     let (ok, _, err) = admin(&[
         "create",
         "rolebinding",
@@ -198,30 +284,34 @@ async fn node_wide_targets_need_a_permission_the_admin_grants() {
         "node-wide",
         "sonde.dev/tenancy-e2e=true",
     ]);
-    let granted = wait_for(Duration::from_secs(15), || {
-        let (ok, _) = job("node-wide-granted", false);
-        async move { ok }
-    })
-    .await;
-    assert!(
-        granted,
-        "the granted user still cannot create a node-wide TraceJob"
-    );
+    for kind in ["TraceJob", "ProbePolicy"] {
+        let granted = wait_for(Duration::from_secs(15), || {
+            let (ok, _) = create(kind, "node-wide-granted", false);
+            async move { ok }
+        })
+        .await;
+        assert!(
+            granted,
+            "the granted user still cannot create a node-wide {kind}"
+        );
+    }
     admin(&["delete", "-n", "sonde-user", "rolebinding", "node-wide"]);
     admin(&[
         "delete",
         "validatingadmissionpolicybinding",
         &format!("{release}-node-wide-targets.sonde.dev"),
     ]);
-    let unchecked = wait_for(Duration::from_secs(15), || {
-        let (ok, _) = job("node-wide-unchecked", false);
-        async move { ok }
-    })
-    .await;
-    assert!(
-        unchecked,
-        "refused without the policy binding: the refusal was not the policy's"
-    );
+    for kind in ["TraceJob", "ProbePolicy"] {
+        let unchecked = wait_for(Duration::from_secs(15), || {
+            let (ok, _) = create(kind, "node-wide-unchecked", false);
+            async move { ok }
+        })
+        .await;
+        assert!(
+            unchecked,
+            "{kind} refused without the policy binding: the refusal was not the policy's"
+        );
+    }
 }
 
 /// Users name storage only by the admin's location names: the API server refuses a URL (saying what to do
