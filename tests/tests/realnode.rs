@@ -964,3 +964,433 @@ async fn real_node_twenty_jobs_attach_and_the_agent_memory_is_reported() {
     );
     kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
 }
+
+/// The ProbeSession of a TraceJob or ProbePolicy named `owner` on this node.
+fn session_of(node: &RealNode, ns: &str, owner: &str) -> Value {
+    let name = format!("{owner}-{}", node.name());
+    let (ok, out, _) = kubectl(
+        node,
+        &["get", "probesession", "-n", ns, &name, "-o", "json"],
+    );
+    if ok {
+        serde_json::from_str(&out).unwrap()
+    } else {
+        Value::Null
+    }
+}
+
+/// The reason of a finished session: its Failed condition's when it failed, else its Complete condition's.
+fn end_reason(st: &Value) -> String {
+    let of = |t: &str| {
+        st["conditions"].as_array().and_then(|c| {
+            c.iter()
+                .find(|c| c["type"] == t && c["status"] == "True")
+                .map(|c| c["reason"].as_str().unwrap_or_default().to_string())
+        })
+    };
+    of("Failed").or_else(|| of("Complete")).unwrap_or_default()
+}
+
+/// Specs that pass the schema but ask the most of the agent, all at once next to a canary (field case A), on
+/// the chart's default limits: twelve sessions. Each hostile session ends with a reason (or, for the standing
+/// and day-long ones, keeps running until deleted), one session past the limit is refused with
+/// NodeAtCapacity, the agent process is never restarted and its memory stays under the pod's limit, and the
+/// canary's answer is the field case's.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
+    let _serial = SERIAL.lock().await;
+    let node = RealNode::get();
+    chart(node).await;
+    let ns = "hostile";
+    fresh_namespace(node, ns);
+    apply(node, ns, &workload_pod(node, "mine", 21100));
+    apply(node, ns, &ping_deployment(node));
+    wait_pods_ready(node, ns);
+    wait_until(
+        "no session of an earlier test still runs",
+        Duration::from_secs(90),
+        || {
+            let all = json(node, &["get", "probesessions", "-A"]);
+            all["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["status"]["phase"] != "Running")
+        },
+    )
+    .await;
+    let agents = host_pids_by_comm("sonde-agent");
+    assert_eq!(agents.len(), 1, "agent processes {agents:?}");
+    let restarts = || {
+        json(
+            node,
+            &[
+                "get",
+                "pods",
+                "-n",
+                "sonde-system",
+                "-l",
+                "app.kubernetes.io/component=agent",
+            ],
+        )["items"][0]["status"]["containerStatuses"][0]["restartCount"]
+            .as_u64()
+            .unwrap()
+    };
+    let restarts_before = restarts();
+
+    let pods = "podSelector: {matchExpressions: [{key: app, operator: In, values: [mine, ping]}]}";
+    let ports: Vec<String> = (21090..21106).map(|p| p.to_string()).collect();
+    let ports = ports.join(", ");
+    let syscalls: Vec<String> = (0..31).map(|n: u32| n.to_string()).collect();
+    let syscalls = format!("{}, 4294967295", syscalls.join(", "));
+    let comms = "[w-mine, aaaaaaaaaaaaaaa, bbbbbbbbbbbbbbb, ccccccccccccccc, ddddddddddddddd, \
+                 eeeeeeeeeeeeeee, fffffffffffffff, ggggggggggggggg]";
+    let cap = "output: {maxEvents: 100000000}";
+    // (name, spec, the end reasons it may have). Durations are 20s but for the day-long job.
+    let table: Vec<(&str, String, &[&str])> = vec![
+        (
+            "top-max",
+            "probe: wakeups\n  params: {wakeups: {top: 1000}}\n  \
+             thresholds: [{metric: wakeupsPerSecond, value: 0}]"
+                .into(),
+            &["DeadlineReached"],
+        ),
+        (
+            "every-syscall",
+            format!(
+                "probe: syscall-latency\n  thresholds: [{{metric: syscallLatencyMs, value: 0, comparison: \
+                 GreaterOrEqual}}]\n  {cap}"
+            ),
+            &["DeadlineReached", "OverBudget"],
+        ),
+        (
+            "syscalls-32",
+            format!("probe: syscall-latency\n  params: {{syscallLatency: {{syscalls: [{syscalls}]}}}}"),
+            &["DeadlineReached"],
+        ),
+        (
+            "cpu-10khz",
+            "probe: cpu-profile\n  params: {cpuProfile: {frequencyHz: 10000, userStacks: true}}\n  \
+             budget: {maxKernelCpuPercent: 100}"
+                .into(),
+            &["DeadlineReached", "OverBudget"],
+        ),
+        (
+            "comms-8",
+            format!("probe: exec\n  target: {{{pods}, comms: {comms}}}"),
+            &["DeadlineReached"],
+        ),
+        (
+            "ports-16",
+            format!("probe: tcp-connect\n  params: {{tcpConnect: {{ports: [{ports}]}}}}"),
+            &["DeadlineReached"],
+        ),
+        (
+            "packet-any-netns",
+            format!(
+                "probe: packet-latency\n  params: {{packetLatency: {{ports: [{ports}], netns: \
+                 9223372036854775807}}}}\n  thresholds: [{{metric: segmentLatencyMs, value: 0}}]\n  {cap}"
+            ),
+            &["DeadlineReached", "OverBudget"],
+        ),
+        (
+            "threshold-huge",
+            "probe: runq-latency\n  thresholds: [{metric: runqLatencyUs, value: 1e300, action: Stop}]".into(),
+            &["DeadlineReached"],
+        ),
+        (
+            "sample-max",
+            "probe: runq-latency\n  thresholds: [{metric: runqLatencyUs, value: 0, comparison: \
+             GreaterOrEqual}]\n  output: {sampleEvery: 1000000, maxEvents: 1}"
+                .into(),
+            &["DeadlineReached", "OverBudget"],
+        ),
+        ("day-long", "probe: exec\n  duration: 24h".into(), &[]),
+    ];
+    let mut yaml = vec![format!(
+        "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: canary}}\nspec:\n  probe: wakeups\n  \
+         target: {{podSelector: {{matchLabels: {{app: ping}}}}}}\n  duration: 45s\n  \
+         thresholds: [{{metric: wakeupsPerSecond, value: 200}}]\n"
+    )];
+    for (name, spec, _) in &table {
+        let target = if spec.contains("target:") {
+            String::new()
+        } else {
+            format!("  target: {{{pods}}}\n")
+        };
+        let duration = if spec.contains("duration:") {
+            ""
+        } else {
+            "  duration: 20s\n"
+        };
+        yaml.push(format!(
+            "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: {name}}}\nspec:\n  \
+             {spec}\n{target}{duration}"
+        ));
+    }
+    yaml.push(format!(
+        "apiVersion: sonde.dev/v1alpha1\nkind: ProbePolicy\nmetadata: {{name: tiny-windows}}\nspec:\n  \
+         probe: runq-latency\n  target: {{{pods}}}\n  window: 10s\n  \
+         thresholds: [{{metric: runqLatencyUs, value: 0, comparison: GreaterOrEqual}}]\n  {cap}\n"
+    ));
+    apply(node, ns, &yaml.join("---\n"));
+    let mut owners: Vec<&str> = table.iter().map(|(n, _, _)| *n).collect();
+    owners.extend(["canary", "tiny-windows"]);
+    assert_eq!(owners.len(), 12, "the table fills the default limit");
+    wait_until(
+        "all twelve sessions attach",
+        Duration::from_secs(90),
+        || {
+            owners
+                .iter()
+                .all(|o| session_of(node, ns, o)["status"]["phase"] == "Running")
+        },
+    )
+    .await;
+    eprintln!(
+        "twelve sessions attached; agent memory {:?} MiB",
+        memory_mib(agents[0])
+    );
+    let attached = session_of(node, ns, "cpu-10khz");
+    let attached = attached["status"]["conditions"].to_string();
+    assert!(
+        attached.contains("lowered from 100% to 10%"),
+        "the budget over the node's ceiling was not lowered: {attached}"
+    );
+
+    // One more than the limit: refused at once, naming the limit; the others go on.
+    apply(
+        node,
+        ns,
+        &format!(
+            "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: one-too-many}}\nspec:\n  \
+             probe: exec\n  target: {{{pods}}}\n  duration: 20s\n"
+        ),
+    );
+    let st = finished_job(node, ns, "one-too-many", Duration::from_secs(60)).await;
+    let session = session_of(node, ns, "one-too-many");
+    assert_eq!(
+        end_reason(&session["status"]),
+        "NodeAtCapacity",
+        "{session}"
+    );
+    assert_eq!(st["phase"], "Failed", "{st}");
+    assert!(
+        st.to_string().contains("agent.limits.maxSessions"),
+        "the job does not name the limit: {st}"
+    );
+
+    let mut peak = (0f64, 0f64);
+    for (name, _, reasons) in table.iter().filter(|(_, _, r)| !r.is_empty()) {
+        let st = finished_job(node, ns, name, Duration::from_secs(120)).await;
+        let m = memory_mib(agents[0]);
+        peak = (peak.0.max(m.0), peak.1.max(m.1));
+        let session = &session_of(node, ns, name)["status"];
+        let reason = end_reason(session);
+        assert!(
+            reasons.contains(&reason.as_str()),
+            "{name}: ended {} with reason {reason:?}, expected one of {reasons:?}: {session}",
+            st["phase"]
+        );
+        eprintln!(
+            "{name}: {} ({reason}), {} captured, {} dropped, kernel CPU {}%",
+            st["phase"],
+            session["counts"]["captured"],
+            session["counts"]["dropped"],
+            session["kernelCpuPercent"]
+        );
+    }
+    let canary = finished_job(node, ns, "canary", Duration::from_secs(120)).await;
+    assert_eq!(canary["phase"], "Succeeded", "{canary}");
+    let rows = canary["summary"]["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        rows.iter().any(|r| {
+            r["key"].as_str().unwrap().starts_with("ping/")
+                && r["key"].as_str().unwrap().contains(" -> isc-socket/")
+                && r["perSecond"].as_f64().unwrap_or_default() > 100.0
+        }),
+        "the canary lost its answer: {canary}"
+    );
+    // The standing and the day-long sessions still run, then detach when deleted.
+    let policy = session_of(node, ns, "tiny-windows");
+    assert_eq!(policy["status"]["phase"], "Running", "{policy}");
+    assert!(
+        policy["status"]["windows"].as_u64().unwrap_or_default() >= 2,
+        "{policy}"
+    );
+    assert_eq!(
+        session_of(node, ns, "day-long")["status"]["phase"],
+        "Running"
+    );
+    kubectl_ok(
+        node,
+        &[
+            "delete",
+            "probepolicy",
+            "-n",
+            ns,
+            "tiny-windows",
+            "--timeout=60s",
+        ],
+    );
+    kubectl_ok(
+        node,
+        &["delete", "tracejob", "-n", ns, "day-long", "--timeout=60s"],
+    );
+    wait_until("their sessions go", Duration::from_secs(30), || {
+        session_of(node, ns, "tiny-windows").is_null() && session_of(node, ns, "day-long").is_null()
+    })
+    .await;
+    assert_eq!(
+        host_pids_by_comm("sonde-agent"),
+        agents,
+        "the agent process changed"
+    );
+    assert_eq!(restarts(), restarts_before, "the agent container restarted");
+    eprintln!(
+        "agent peak while the hostile sessions ran: RSS {:.1} MiB, memory cgroup {:.1} MiB (limit 512 MiB)",
+        peak.0, peak.1
+    );
+    assert!(
+        peak.1 < 512.0,
+        "the agent's memory cgroup reached {:.1} MiB",
+        peak.1
+    );
+    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
+}
+
+/// `helm upgrade` of the installed release with one value changed (`--set-json`), waiting for the rollout.
+fn helm_set_json(node: &RealNode, value: &str) {
+    let kubeconfig = node.plane.kubeconfig(Identity::Admin);
+    let (ok, out, err) = sonde_tests::helm(&[
+        "upgrade",
+        "sonde",
+        "helm/sonde",
+        "-n",
+        "sonde-system",
+        "--reuse-values",
+        "--set-json",
+        value,
+        "--wait",
+        "--timeout",
+        "5m",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    assert!(ok, "helm upgrade --set-json {value}: {err}\n{out}");
+    rolled_out(node);
+}
+
+/// Node-wide tracing for a namespace editor, end to end on the real node: `sonde-user` (the built-in `edit`
+/// role in its namespace, which the chart aggregates TraceJob rights into) is refused at admission without the
+/// node-wide permission; with it bound, the operator still refuses while the namespace is not in
+/// tenancy.nodeWideNamespaces; once the admin lists it, the job runs node-wide and sees another namespace's
+/// pod.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_node_a_granted_user_traces_the_whole_node() {
+    let _serial = SERIAL.lock().await;
+    let node = RealNode::get();
+    chart(node).await;
+    let (ns, elsewhere) = ("granted", "elsewhere");
+    fresh_namespace(node, ns);
+    fresh_namespace(node, elsewhere);
+    apply(node, elsewhere, &workload_pod(node, "elsewhere", 23300));
+    wait_pods_ready(node, elsewhere);
+    kubectl_ok(
+        node,
+        &[
+            "create",
+            "rolebinding",
+            "editor",
+            "-n",
+            ns,
+            "--clusterrole=edit",
+            "--user=sonde-user",
+        ],
+    );
+    let job = format!(
+        "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: whole-node}}\nspec:\n  probe: exec\n  \
+         target: {{nodeNames: [{}]}}\n  duration: 15s\n",
+        node.name()
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &job).unwrap();
+    let as_user = |args: &[&str]| node.plane.kubectl(Identity::User, args);
+    let create = || as_user(&["create", "-n", ns, "-f", file.path().to_str().unwrap()]);
+    // RBAC reaches the authorizer within moments of a binding: retry while the user's own rights settle.
+    let mut refused = String::new();
+    wait_until(
+        "the user's create reaches admission",
+        Duration::from_secs(30),
+        || {
+            let (ok, _, err) = create();
+            assert!(!ok, "a node-wide job was admitted without the permission");
+            refused = err;
+            refused.contains("podSelector")
+        },
+    )
+    .await;
+    assert!(
+        refused.contains("sonde-node-wide-tracer") && refused.contains("sonde-user"),
+        "{refused}"
+    );
+
+    kubectl_ok(
+        node,
+        &[
+            "create",
+            "rolebinding",
+            "node-wide",
+            "-n",
+            ns,
+            "--clusterrole=sonde-node-wide-tracer",
+            "--user=sonde-user",
+        ],
+    );
+    wait_until(
+        "the granted user's job is admitted",
+        Duration::from_secs(30),
+        || create().0,
+    )
+    .await;
+    let st = finished_job(node, ns, "whole-node", Duration::from_secs(60)).await;
+    assert_eq!(st["phase"], "Failed", "{st}");
+    let failed = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .cloned();
+    assert_eq!(
+        failed.as_ref().map(|c| c["reason"].clone()),
+        Some("NodeWideNotAllowed".into()),
+        "{st}"
+    );
+    let (ok, _, err) = as_user(&[
+        "delete",
+        "tracejob",
+        "-n",
+        ns,
+        "whole-node",
+        "--timeout=60s",
+    ]);
+    assert!(ok, "{err}");
+
+    helm_set_json(node, &format!("tenancy.nodeWideNamespaces=[\"{ns}\"]"));
+    let (ok, _, err) = create();
+    assert!(ok, "{err}");
+    let st = finished_job(node, ns, "whole-node", Duration::from_secs(90)).await;
+    helm_set_json(node, "tenancy.nodeWideNamespaces=[]");
+    assert_eq!(st["phase"], "Succeeded", "{st}");
+    let text = results_text(&st);
+    assert!(
+        text.contains("/tmp/w-elsewhere"),
+        "a node-wide exec trace missed another namespace's pod: {st}"
+    );
+    for n in [ns, elsewhere] {
+        kubectl_ok(node, &["delete", "namespace", n, "--wait=false"]);
+    }
+}

@@ -595,7 +595,11 @@ async fn an_overloaded_agent_keeps_its_heartbeat_and_detaches_on_delete() {
     .expect("pipe pod");
     s.pods.push(pod);
     // The budget would end the session (the probe costs far more than 5 % of a CPU here): this test is about
-    // the heartbeat, a_session_over_its_budget_is_stopped about the budget.
+    // the heartbeat, a_session_over_its_budget_is_stopped about the budget. The node's ceiling on budgets is
+    // raised the way an admin would (agent.limits.maxKernelCpuPercent).
+    s.agent.as_mut().unwrap().kill();
+    let env = [("SONDE_MAX_KERNEL_CPU_PERCENT".to_string(), "100".to_string())];
+    s.agent = Some(Component::agent_with_env(&s.agent_kc, s.dir.path(), &env));
     let yaml = wakeups_job("flood", "10m")
         + "  output: {events: true}\n  budget: {maxKernelCpuPercent: 100}\n";
     s.create_job(&yaml).await;
