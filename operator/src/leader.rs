@@ -63,6 +63,27 @@ impl LeaseLock {
         }
     }
 
+    /// Hands the lease over when this process stops (a rollout's SIGTERM): the standby takes it at its next
+    /// poll instead of waiting out the lease, and no old leader keeps reconciling with the old configuration.
+    pub async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+            return;
+        };
+        let spec = lease.spec.get_or_insert_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => tracing::info!(lease = %self.name, "lease released"),
+            Err(e) => tracing::warn!(error = %e, "releasing the lease; it expires by itself"),
+        }
+    }
+
     async fn try_acquire_or_renew(&self) -> Result<bool> {
         let now = Timestamp::now();
         let ttl_secs = self.ttl.as_secs() as i32;
@@ -93,7 +114,13 @@ impl LeaseLock {
             (Some(t), Some(d)) => t.0 + SignedDuration::from_secs(d as i64) < now,
             _ => true,
         };
-        if !mine && !expired {
+        // An empty holder is a lease handed over (`release`): free at once.
+        let vacant = spec
+            .holder_identity
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty();
+        if !mine && !expired && !vacant {
             return Ok(false);
         }
         if !mine {

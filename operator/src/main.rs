@@ -62,9 +62,13 @@ async fn main() -> anyhow::Result<()> {
         &identity,
         Duration::from_secs(args.lease_seconds),
     );
+    // SIGTERM (a rollout, a drain) or SIGINT. As PID 1 of its container the process would otherwise ignore
+    // SIGTERM and keep leading with its old configuration until the kubelet kills it.
+    let stop = stop_signal();
+    tokio::pin!(stop);
     tokio::select! {
         r = lock.acquire() => r?,
-        _ = tokio::signal::ctrl_c() => return Ok(()),
+        _ = &mut stop => return Ok(()),
     }
     health.set_ready(true);
     let node_wide = NodeWide::parse(&args.node_wide_namespaces);
@@ -85,6 +89,17 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         _ = futures::future::join(tracejob::run(ctx.clone()), policy::run(ctx)) => tracing::info!("controllers stopped"),
         _ = lock.hold() => anyhow::bail!("lost the leader lease; exiting so a fresh process competes again"),
+        _ = &mut stop => tracing::info!("stopping"),
     }
+    lock.release().await;
     Ok(())
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -83,7 +83,9 @@ async fn chart(node: &RealNode) -> Duration {
         .await
 }
 
-/// Waits for the operator Deployment and the agent DaemonSet to be fully rolled out.
+/// Waits for the operator Deployment and the agent DaemonSet to be fully rolled out, and for the operator's
+/// lease to be held by a current pod: a rollout is over for the kubelet while the old pods are still
+/// terminating, and until then an old leader may still act with the old values.
 fn rolled_out(node: &RealNode) {
     for what in ["deployment/sonde-operator", "daemonset/sonde-agent"] {
         let args = [
@@ -95,6 +97,36 @@ fn rolled_out(node: &RealNode) {
             "--timeout=180s",
         ];
         kubectl_ok(node, &args);
+    }
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lease = json(
+            node,
+            &["get", "lease", "-n", "sonde-system", "sonde-operator"],
+        );
+        let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
+        let pods = json(
+            node,
+            &[
+                "get",
+                "pods",
+                "-n",
+                "sonde-system",
+                "-l",
+                "app.kubernetes.io/component=operator",
+            ],
+        );
+        let current = pods["items"].as_array().unwrap().iter().any(|p| {
+            p["metadata"]["name"] == holder && p["metadata"]["deletionTimestamp"].is_null()
+        });
+        if current {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "lease holder {holder:?} is not a current operator pod"
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

@@ -598,7 +598,10 @@ async fn an_overloaded_agent_keeps_its_heartbeat_and_detaches_on_delete() {
     // the heartbeat, a_session_over_its_budget_is_stopped about the budget. The node's ceiling on budgets is
     // raised the way an admin would (agent.limits.maxKernelCpuPercent).
     s.agent.as_mut().unwrap().kill();
-    let env = [("SONDE_MAX_KERNEL_CPU_PERCENT".to_string(), "100".to_string())];
+    let env = [(
+        "SONDE_MAX_KERNEL_CPU_PERCENT".to_string(),
+        "100".to_string(),
+    )];
     s.agent = Some(Component::agent_with_env(&s.agent_kc, s.dir.path(), &env));
     let yaml = wakeups_job("flood", "10m")
         + "  output: {events: true}\n  budget: {maxKernelCpuPercent: 100}\n";
@@ -840,6 +843,15 @@ async fn a_standby_operator_takes_over_the_lease() {
         metrics.contains("sonde_operator_reconciles_total{kind=\"tracejob\"}"),
         "{metrics}"
     );
+    // A rollout's SIGTERM: the leader stops at once and hands the lease over rather than letting it expire.
+    let exited = s
+        .operator
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(5));
+    assert!(exited.is_some_and(|st| st.success()), "SIGTERM: {exited:?}");
+    let after = holder().await;
+    assert_ne!(after, "e2e-standby", "the stopped leader kept the lease");
 }
 
 fn wakeups_policy(name: &str, per_second: u32, suspend: bool) -> String {
