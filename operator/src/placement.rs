@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
 use kube::{Resource, ResourceExt};
 use sonde_crds::{
@@ -294,6 +294,42 @@ pub fn session_for<K: Resource<DynamicType = ()>>(
     ]));
     s.metadata.owner_references = owner.controller_owner_ref(&()).map(|o| vec![o]);
     s
+}
+
+/// `Scheduled`/`Attached` reason of a trace whose session name another owner's session already has.
+pub const SESSION_NAME_TAKEN: &str = "SessionNameTaken";
+
+/// Applies `session` for the owner with `uid`, unless a session of that name belongs to another owner (a TraceJob
+/// and a ProbePolicy of one name in one namespace would both name theirs `<name>-<node>`): then nothing is
+/// written and the refusal names that owner. Only a session the owner does not have yet (`owned`) is looked up.
+pub async fn apply_session(
+    api: &Api<ProbeSession>,
+    session: &ProbeSession,
+    uid: &str,
+    owned: &[ProbeSession],
+) -> Result<Option<Unplaced>> {
+    let name = session.name_any();
+    if !owned.iter().any(|s| s.name_any() == name)
+        && let Some(other) = api.get_opt(&name).await?
+        && other.labels().get(OWNER_UID_LABEL).map(String::as_str) != Some(uid)
+    {
+        let owner = other
+            .owner_references()
+            .first()
+            .map(|o| format!("{} {}", o.kind, o.name))
+            .unwrap_or_else(|| "another object".into());
+        return Ok(Some(Unplaced {
+            reason: SESSION_NAME_TAKEN,
+            message: format!(
+                "ProbeSession {name} already belongs to {owner} in this namespace (sessions are named \
+                 <name>-<node>): rename one of the two"
+            ),
+            refused: true,
+        }));
+    }
+    let pp = PatchParams::apply(crate::tracejob::MANAGER).force();
+    api.patch(&name, &pp, &Patch::Apply(session)).await?;
+    Ok(None)
 }
 
 /// Deletes every session of the owner with this uid.

@@ -107,7 +107,7 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
                 ns,
             )));
         }
-        let pp = PatchParams::apply(MANAGER).force();
+        let owned = placement::owned_sessions(&sessions_api, &uid).await?;
         for (node, pods) in &placed {
             let s = placement::session_for(
                 &*policy,
@@ -118,9 +118,10 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
                 None,
                 Some(spec.window.clone()),
             );
-            sessions_api
-                .patch(&s.name_any(), &pp, &Patch::Apply(&s))
-                .await?;
+            if let Some(why) = placement::apply_session(&sessions_api, &s, &uid, &owned).await? {
+                no_targets = Some(why);
+                break;
+            }
         }
         // A node whose matching pods are all gone stops tracing: a standing probe follows its pods.
         for s in placement::owned_sessions(&sessions_api, &uid).await? {

@@ -165,10 +165,12 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
                 Some(deadline),
                 None,
             );
-            let pp = PatchParams::apply(MANAGER).force();
-            sessions_api
-                .patch(&session.name_any(), &pp, &Patch::Apply(&session))
-                .await?;
+            if let Some(why) =
+                placement::apply_session(&sessions_api, &session, &uid, &sessions).await?
+            {
+                no_targets = Some(why);
+                break;
+            }
         }
         sessions = placement::owned_sessions(&sessions_api, &uid).await?;
     }

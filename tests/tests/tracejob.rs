@@ -1024,3 +1024,44 @@ async fn results_go_to_s3_when_the_job_says_so() {
         Some(st.counts.captured)
     );
 }
+
+/// A TraceJob and a ProbePolicy of one name in one namespace would name their sessions alike: the second one
+/// is refused with reason SessionNameTaken, naming the first, whose session stays its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_never_takes_over_a_jobs_session_of_the_same_name() {
+    let mut s = Scene::new("samename").await;
+    s.ping_pod("ping").await;
+    s.create_job(&wakeups_job("twin", "60s")).await;
+    s.wait_attached("twin").await;
+    let job_uid = s.jobs().get("twin").await.unwrap().metadata.uid.unwrap();
+    let policy: sonde_crds::ProbePolicy =
+        serde_yaml::from_str(&wakeups_policy("twin", 20, false)).unwrap();
+    let policies: Api<sonde_crds::ProbePolicy> = Api::namespaced(s.client.clone(), &s.ns.name);
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let refused = wait_for(Duration::from_secs(30), || async {
+        let p = policies.get("twin").await.unwrap();
+        p.status.is_some_and(|st| {
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == types::ATTACHED && c.reason == "SessionNameTaken")
+        })
+    })
+    .await;
+    let st = policies.get("twin").await.unwrap().status;
+    assert!(refused, "the policy was not refused: {st:?}");
+    let c = st
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == types::ATTACHED)
+        .unwrap();
+    assert!(c.message.contains("TraceJob twin"), "{}", c.message);
+    let sessions = s.session_list().await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let owner = sessions[0].metadata.labels.as_ref().unwrap()[sonde_crds::OWNER_UID_LABEL].clone();
+    assert_eq!(owner, job_uid, "the job's session changed hands");
+    assert!(sessions[0].spec.window.is_none() && sessions[0].spec.deadline.is_some());
+}
