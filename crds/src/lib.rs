@@ -10,6 +10,7 @@ pub mod probe;
 pub mod rules;
 pub mod schema_check;
 pub mod session;
+pub mod tenancy;
 pub mod tracejob;
 
 pub use common::*;
@@ -20,6 +21,7 @@ pub use session::{
     NODE_LABEL, OWNER_UID_LABEL, ProbeSession, ProbeSessionSpec, ProbeSessionStatus, TargetPod,
     node_label_value,
 };
+pub use tenancy::{NODE_WIDE_NOT_ALLOWED, NodeWide};
 pub use tracejob::{NodeCounts, NodeResult, TraceJob, TraceJobSpec, TraceJobStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -40,6 +40,8 @@ pub struct AgentConfig {
     pub redact_outside: bool,
     /// What sessions may cost this node, whatever their specs ask.
     pub limits: Limits,
+    /// Namespaces whose sessions may trace the whole node.
+    pub node_wide: sonde_crds::NodeWide,
 }
 
 pub struct Agent {
@@ -207,6 +209,7 @@ impl Agent {
         let (deleted_tx, deleted_rx) = watch::channel(false);
         let namespace = s.namespace().unwrap_or_default();
         let storage = self.cfg.storage.destination(&s.spec, &namespace);
+        let node_wide_allowed = self.cfg.node_wide.allows(&namespace);
         let job = SessionJob {
             api: Api::namespaced(self.client.clone(), &namespace),
             name: s.name_any(),
@@ -217,6 +220,7 @@ impl Agent {
             storage,
             redact_outside: self.cfg.redact_outside,
             limits: self.cfg.limits,
+            node_wide_allowed,
             slot: self.slots.take(),
             resumed_note,
         };

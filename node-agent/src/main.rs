@@ -32,6 +32,10 @@ struct Args {
     /// instead of by comm and pid.
     #[arg(long, env = "SONDE_REDACT_COUNTERPARTS", default_value_t = false)]
     redact_counterparts: bool,
+    /// Namespaces whose sessions may trace the whole node (no pod filter), comma-separated, or `*`: the
+    /// operator's setting, checked again here so a session it did not place cannot trace other tenants.
+    #[arg(long, env = "SONDE_NODE_WIDE_NAMESPACES", default_value = "")]
+    node_wide_namespaces: String,
     /// Sessions this agent runs at once; more fail with reason NodeAtCapacity (size it to the memory limit).
     #[arg(long, env = "SONDE_MAX_SESSIONS", default_value_t = Limits::default().max_sessions)]
     max_sessions: usize,
@@ -97,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .context("--storage-locations")?,
         redact_outside: args.redact_counterparts,
+        node_wide: sonde_crds::NodeWide::parse(&args.node_wide_namespaces),
         limits: Limits {
             max_sessions: args.max_sessions,
             max_event_bytes: args.max_event_mib << 20,

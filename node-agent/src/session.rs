@@ -10,7 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use sonde_crds::conditions::{self, NODE_DRAINED, types};
-use sonde_crds::{Counts, Phase, ProbeName, ProbeSession, ProbeSessionSpec, ProbeSessionStatus};
+use sonde_crds::{
+    Counts, NODE_WIDE_NOT_ALLOWED, Phase, ProbeName, ProbeSession, ProbeSessionSpec,
+    ProbeSessionStatus,
+};
 use sonde_probes::results::ResultsWriter;
 use sonde_probes::{Filter, Findings, ProbeConfig, Running};
 use tokio::sync::{OwnedSemaphorePermit, watch};
@@ -52,6 +55,8 @@ pub struct SessionJob {
     pub redact_outside: bool,
     /// The node's limits on what a session may cost.
     pub limits: Limits,
+    /// Whether the admin lets this session's namespace trace the whole node.
+    pub node_wide_allowed: bool,
     /// This session's place among the node's running sessions; None when the agent is full.
     pub slot: Option<OwnedSemaphorePermit>,
     /// Set when a restarted agent picks up a session its previous process had started.
@@ -156,6 +161,14 @@ pub async fn run(
     }
 
     let refused = match (&job.storage, &job.slot) {
+        _ if job.spec.all_pods && !job.node_wide_allowed => Some((
+            NODE_WIDE_NOT_ALLOWED,
+            format!(
+                "this session traces the whole node and namespace {} may not (Helm value \
+                 tenancy.nodeWideNamespaces, which this node's agent checks too)",
+                job.namespace
+            ),
+        )),
         (Err(why), _) => Some(("StorageNotAllowed", why.clone())),
         (_, None) => Some((NODE_AT_CAPACITY, job.limits.capacity_refusal())),
         _ => None,

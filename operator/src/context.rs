@@ -5,7 +5,7 @@ use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::metrics::Metrics;
-use crate::placement::NodeWide;
+use sonde_crds::NodeWide;
 
 /// What every reconciler gets.
 pub struct Context {

@@ -5,9 +5,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use sonde_crds::NodeWide;
 use sonde_operator::leader::LeaseLock;
 use sonde_operator::metrics::Metrics;
-use sonde_operator::placement::NodeWide;
 use sonde_operator::{Context, policy, tracejob};
 use sonde_telemetry::Health;
 

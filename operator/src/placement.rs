@@ -9,62 +9,31 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
 use kube::{Resource, ResourceExt};
 use sonde_crds::{
-    NODE_LABEL, OWNER_UID_LABEL, ProbeSession, ProbeSessionSpec, Target, TargetPod,
-    node_label_value,
+    NODE_LABEL, NODE_WIDE_NOT_ALLOWED, NodeWide, OWNER_UID_LABEL, ProbeSession, ProbeSessionSpec,
+    Target, TargetPod, node_label_value,
 };
 
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::rollup::Unplaced;
 
-/// `Scheduled`/`Attached` reason of a trace whose target is a whole node in a namespace not allowed to.
-pub const NODE_WIDE_NOT_ALLOWED: &str = "NodeWideNotAllowed";
-
-/// The namespaces whose TraceJobs and ProbePolicies may target whole nodes (no `podSelector`: every process on
-/// the node, other tenants' pods and the host included). Set by the cluster admin (operator flag
-/// `--node-wide-namespaces`, chart value `tenancy.nodeWideNamespaces`); empty by default, `*` for all. The
-/// admission policy checks the requesting user too; this holds even where that policy is not installed.
-#[derive(Clone, Debug, Default)]
-pub struct NodeWide {
-    all: bool,
-    namespaces: BTreeSet<String>,
-}
-
-impl NodeWide {
-    /// A comma-separated list of namespaces, or `*`.
-    pub fn parse(list: &str) -> NodeWide {
-        let namespaces: BTreeSet<String> = list
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(String::from)
-            .collect();
-        NodeWide {
-            all: namespaces.contains("*"),
-            namespaces,
-        }
+/// Why a target may not be placed from namespace `ns`: a whole node (no `podSelector`: every process on it,
+/// other namespaces' pods and the host included) where the admin did not allow it. The chart's admission policy
+/// checks the requesting user too; this holds even where that policy is not installed.
+pub fn node_wide_refusal(allowed: &NodeWide, t: &Target, ns: &str) -> Option<Unplaced> {
+    if t.pod_selector.is_some() || allowed.allows(ns) {
+        return None;
     }
-
-    pub fn allows(&self, ns: &str) -> bool {
-        self.all || self.namespaces.contains(ns)
-    }
-
-    /// Why a target may not be placed from namespace `ns`, if it may not.
-    pub fn refusal(&self, t: &Target, ns: &str) -> Option<Unplaced> {
-        if t.pod_selector.is_some() || self.allows(ns) {
-            return None;
-        }
-        Some(Unplaced {
-            reason: NODE_WIDE_NOT_ALLOWED,
-            message: format!(
-                "spec.target has no podSelector, so it would trace every process on the node(s) (other \
-                 namespaces' pods and the host included), and namespace {ns} is not allowed to: add a podSelector \
-                 to trace this namespace's pods, or ask a cluster admin to allow node-wide targets for {ns} \
-                 (Helm value tenancy.nodeWideNamespaces, and the sonde-node-wide-tracer role for you)"
-            ),
-            refused: true,
-        })
-    }
+    Some(Unplaced {
+        reason: NODE_WIDE_NOT_ALLOWED,
+        message: format!(
+            "spec.target has no podSelector, so it would trace every process on the node(s) (other \
+             namespaces' pods and the host included), and namespace {ns} is not allowed to: add a podSelector \
+             to trace this namespace's pods, or ask a cluster admin to allow node-wide targets for {ns} \
+             (Helm value tenancy.nodeWideNamespaces, and the sonde-node-wide-tracer role for you)"
+        ),
+        refused: true,
+    })
 }
 
 pub async fn owned_sessions(api: &Api<ProbeSession>, uid: &str) -> Result<Vec<ProbeSession>> {
@@ -165,7 +134,7 @@ pub fn refusal(
     storage: &Option<sonde_crds::Storage>,
     ns: &str,
 ) -> Option<Unplaced> {
-    if let Some(why) = ctx.node_wide.refusal(t, ns) {
+    if let Some(why) = node_wide_refusal(&ctx.node_wide, t, ns) {
         return Some(why);
     }
     let refuse = |message: String| {

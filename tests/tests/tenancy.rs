@@ -200,7 +200,7 @@ async fn node_wide_targets_need_a_permission_the_admin_grants() {
                     "--ignore-not-found",
                     "-n",
                     "sonde-user",
-                    "tracejob,probepolicy,rolebinding",
+                    "tracejob,probepolicy,probesession,rolebinding",
                     "-l",
                     "sonde.dev/tenancy-e2e",
                 ],
@@ -266,6 +266,42 @@ async fn node_wide_targets_need_a_permission_the_admin_grants() {
         let (ok, err) = create(kind, "own-pods", true);
         assert!(ok, "a {kind} with a podSelector was refused: {err}");
     }
+    // ProbeSessions are the operator's alone: not even an admin writes one by hand.
+    let forged = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        forged.path(),
+        format!(
+            "apiVersion: sonde.dev/v1alpha1\nkind: ProbeSession\nmetadata: {{name: forged, namespace: sonde-user, \
+             labels: {{sonde.dev/tenancy-e2e: \"true\"}}}}\nspec:\n  nodeName: {}\n  probe: exec\n  \
+             allPods: true\n  resultPrefix: tracejobs/sonde-user/forged-00000000/x\n",
+            this_node_name()
+        ),
+    )
+    .unwrap();
+    let mut refusal = String::new();
+    let refused = wait_for(Duration::from_secs(15), || {
+        let (ok, _, err) = admin(&["create", "-f", forged.path().to_str().unwrap()]);
+        if ok {
+            admin(&[
+                "delete",
+                "-n",
+                "sonde-user",
+                "probesession",
+                "forged",
+                "--wait=false",
+            ]);
+        }
+        let done = err.contains("denied request");
+        refusal = err;
+        async move { done }
+    })
+    .await;
+    assert!(refused, "an admin wrote a ProbeSession by hand");
+    assert!(
+        refusal.contains("written only by the Sonde operator")
+            && refusal.contains("create a TraceJob"),
+        "{refusal}"
+    );
     let (ok, _, err) = admin(&[
         "create",
         "rolebinding",
@@ -391,4 +427,65 @@ async fn storage_is_only_a_location_the_admin_defined() {
     .await;
     assert!(waiting, "{:?}", reason("known").await);
     operator.kill();
+}
+
+/// The agents check node-wide targets again: a session tracing the whole node (as a forged or stale one would)
+/// runs only for a namespace the admin listed; elsewhere the agent fails it with reason NodeWideNotAllowed
+/// before loading anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_runs_node_wide_sessions_only_for_allowed_namespaces() {
+    let _serial = SERIAL.lock().await;
+    let plane = ControlPlane::get().await;
+    let client = plane.client(Identity::Admin).await;
+    register_this_node(&client).await.expect("node registered");
+    let (allowed, refused) = (
+        TestNamespace::create(plane, "agent-wide-ok").await,
+        TestNamespace::create(plane, "agent-wide-no").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let env = [(
+        "SONDE_NODE_WIDE_NAMESPACES".to_string(),
+        allowed.name.clone(),
+    )];
+    let kc = plane.kubeconfig(Identity::Admin);
+    let _agent = Component::agent_with_env(&kc, dir.path(), &env);
+    let node = this_node_name();
+    let deadline =
+        k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(20);
+    for ns in [&allowed.name, &refused.name] {
+        let session: ProbeSession = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sonde.dev/v1alpha1", "kind": "ProbeSession",
+            "metadata": {"name": "whole-node", "labels": {
+                sonde_crds::NODE_LABEL: sonde_crds::node_label_value(&node)}},
+            "spec": {"nodeName": node, "probe": "exec", "allPods": true, "deadline": deadline.to_string(),
+                     "resultPrefix": format!("tracejobs/{ns}/whole-node-00000000/{node}")},
+        }))
+        .unwrap();
+        let api: Api<ProbeSession> = Api::namespaced(client.clone(), ns);
+        api.create(&PostParams::default(), &session).await.unwrap();
+    }
+    let phase = |ns: &str| {
+        let api: Api<ProbeSession> = Api::namespaced(client.clone(), ns);
+        async move {
+            api.get("whole-node")
+                .await
+                .unwrap()
+                .status
+                .unwrap_or_default()
+        }
+    };
+    let ran = wait_for(Duration::from_secs(30), || async {
+        phase(&allowed.name).await.phase == Phase::Running
+            && phase(&refused.name).await.phase == Phase::Failed
+    })
+    .await;
+    let (ok, no) = (phase(&allowed.name).await, phase(&refused.name).await);
+    assert!(ran, "allowed: {ok:?}\nrefused: {no:?}");
+    let c = no.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(c.reason, "NodeWideNotAllowed", "{c:?}");
+    assert!(c.message.contains(&refused.name), "{}", c.message);
+    assert!(
+        no.attach_strategy.is_none(),
+        "the refused session attached: {no:?}"
+    );
 }
