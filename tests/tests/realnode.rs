@@ -83,6 +83,16 @@ async fn chart(node: &RealNode) -> Duration {
         .await
 }
 
+/// The chart's pods of one component (`operator`, `agent`), terminating ones included.
+fn sonde_pods(node: &RealNode, component: &str) -> Vec<Value> {
+    let selector = format!("app.kubernetes.io/component={component}");
+    let pods = json(
+        node,
+        &["get", "pods", "-n", "sonde-system", "-l", &selector],
+    );
+    pods["items"].as_array().unwrap().clone()
+}
+
 /// Waits for the operator Deployment and the agent DaemonSet to be fully rolled out, and for the operator's
 /// lease to be held by a current pod: a rollout is over for the kubelet while the old pods are still
 /// terminating, and until then an old leader may still act with the old values.
@@ -105,18 +115,7 @@ fn rolled_out(node: &RealNode) {
             &["get", "lease", "-n", "sonde-system", "sonde-operator"],
         );
         let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
-        let pods = json(
-            node,
-            &[
-                "get",
-                "pods",
-                "-n",
-                "sonde-system",
-                "-l",
-                "app.kubernetes.io/component=operator",
-            ],
-        );
-        let current = pods["items"].as_array().unwrap().iter().any(|p| {
+        let current = sonde_pods(node, "operator").iter().any(|p| {
             p["metadata"]["name"] == holder && p["metadata"]["deletionTimestamp"].is_null()
         });
         if current {
@@ -1054,17 +1053,7 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
     let agents = host_pids_by_comm("sonde-agent");
     assert_eq!(agents.len(), 1, "agent processes {agents:?}");
     let restarts = || {
-        json(
-            node,
-            &[
-                "get",
-                "pods",
-                "-n",
-                "sonde-system",
-                "-l",
-                "app.kubernetes.io/component=agent",
-            ],
-        )["items"][0]["status"]["containerStatuses"][0]["restartCount"]
+        sonde_pods(node, "agent")[0]["status"]["containerStatuses"][0]["restartCount"]
             .as_u64()
             .unwrap()
     };

@@ -34,6 +34,23 @@ fn node_wide_policy(name: &str) -> ProbePolicy {
     .unwrap()
 }
 
+/// This node registered, two fresh namespaces `<prefix>-ok` and `<prefix>-no`, and the environment (operator's or
+/// agent's) that lets the first trace whole nodes (with kube-system) and not the second.
+async fn allowed_and_refused(
+    plane: &'static ControlPlane,
+    client: &kube::Client,
+    prefix: &str,
+) -> (TestNamespace, TestNamespace, Vec<(String, String)>) {
+    register_this_node(client).await.expect("node registered");
+    let allowed = TestNamespace::create(plane, &format!("{prefix}-ok")).await;
+    let refused = TestNamespace::create(plane, &format!("{prefix}-no")).await;
+    let env = vec![(
+        "SONDE_NODE_WIDE_NAMESPACES".to_string(),
+        format!("kube-system, {}", allowed.name),
+    )];
+    (allowed, refused, env)
+}
+
 /// The operator places node-wide sessions only for the namespaces the admin listed; elsewhere a TraceJob fails
 /// at once and a ProbePolicy is not attached, both with reason NodeWideNotAllowed and a message naming the way
 /// out, and no session exists.
@@ -42,16 +59,8 @@ async fn the_operator_places_node_wide_sessions_only_for_allowed_namespaces() {
     let _serial = SERIAL.lock().await;
     let plane = ControlPlane::get().await;
     let client = plane.client(Identity::Admin).await;
-    register_this_node(&client).await.expect("node registered");
-    let (allowed, refused) = (
-        TestNamespace::create(plane, "nodewide-ok").await,
-        TestNamespace::create(plane, "nodewide-no").await,
-    );
+    let (allowed, refused, env) = allowed_and_refused(plane, &client, "nodewide").await;
     let dir = tempfile::tempdir().unwrap();
-    let env = [(
-        "SONDE_NODE_WIDE_NAMESPACES".to_string(),
-        format!("kube-system, {}", allowed.name),
-    )];
     let kc = plane.kubeconfig(Identity::Admin);
     let mut operator = Component::operator_with_env(&kc, &refused.name, dir.path(), &env);
     // Sessions are named <owner>-<node>, so the policy's name differs from the job's.
@@ -437,16 +446,8 @@ async fn an_agent_runs_node_wide_sessions_only_for_allowed_namespaces() {
     let _serial = SERIAL.lock().await;
     let plane = ControlPlane::get().await;
     let client = plane.client(Identity::Admin).await;
-    register_this_node(&client).await.expect("node registered");
-    let (allowed, refused) = (
-        TestNamespace::create(plane, "agent-wide-ok").await,
-        TestNamespace::create(plane, "agent-wide-no").await,
-    );
+    let (allowed, refused, env) = allowed_and_refused(plane, &client, "agent-wide").await;
     let dir = tempfile::tempdir().unwrap();
-    let env = [(
-        "SONDE_NODE_WIDE_NAMESPACES".to_string(),
-        allowed.name.clone(),
-    )];
     let kc = plane.kubeconfig(Identity::Admin);
     let _agent = Component::agent_with_env(&kc, dir.path(), &env);
     let node = this_node_name();
