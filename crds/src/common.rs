@@ -253,6 +253,66 @@ impl Counts {
     }
 }
 
+/// Whether a trace's result files reached the object store.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+pub enum UploadState {
+    /// Every result file is in the store.
+    #[default]
+    Complete,
+    /// Some are spooled on the node and retried until the store takes them (an agent restart included).
+    Pending,
+    /// Some could not be written at all; `message` says which.
+    Incomplete,
+}
+
+/// Where a trace's result files are. Written by the agent, rolled up over nodes by the operator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Upload {
+    pub state: UploadState,
+    /// Result sets (a trace's, or a policy window's) spooled on the node(s) and not in the store yet.
+    #[serde(default)]
+    pub pending: u32,
+    /// When the oldest of them was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_pending: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// The store's last error while pending, what is missing when incomplete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Upload {
+    /// The upload state of a job over its nodes: the worst state, pending sets summed, the oldest first.
+    pub fn merge<'a>(uploads: impl IntoIterator<Item = &'a Upload>) -> Option<Upload> {
+        let mut out: Option<Upload> = None;
+        for u in uploads {
+            let o = out.get_or_insert_with(Upload::default);
+            o.state = o.state.max(u.state);
+            o.pending += u.pending;
+            o.oldest_pending = match (o.oldest_pending.take(), u.oldest_pending.clone()) {
+                (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+                (a, b) => a.or(b),
+            };
+            if u.state != UploadState::Complete && o.message.is_none() {
+                o.message = u.message.clone();
+            }
+        }
+        out
+    }
+}
+
 /// Lifecycle phase of a TraceJob or ProbeSession.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,

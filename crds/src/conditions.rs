@@ -13,6 +13,9 @@ pub mod types {
     pub const OVER_BUDGET: &str = "OverBudget";
     /// Events were dropped because user space could not keep up (reason `UserSpaceBehind`).
     pub const EVENTS_DROPPED: &str = "EventsDropped";
+    /// Every result file is in the object store (reasons `Uploaded`, `UploadedLate`; False: `UploadPending`,
+    /// `ResultsIncomplete`).
+    pub const RESULTS_COMPLETE: &str = "ResultsComplete";
 }
 
 /// `Complete` reason of a session whose node was cordoned (`kubectl cordon`/`drain`) before its deadline: the

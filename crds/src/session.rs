@@ -143,6 +143,9 @@ pub struct ProbeSessionStatus {
     /// Result URLs: of the whole trace, or of the last complete window of a standing probe.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<String>,
+    /// Whether the result files reached the object store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<crate::Upload>,
     /// Windows completed (standing probes).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub windows: u64,

@@ -108,6 +108,9 @@ pub struct TraceJobStatus {
     /// Object-store URLs of the results (events, summary, histograms, flame graphs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<String>,
+    /// Whether every node's result files reached the object store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<crate::Upload>,
     /// What each node did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_results: Vec<NodeResult>,

@@ -57,6 +57,8 @@ pub struct Agent {
     drained: watch::Sender<Option<String>>,
     /// One per running session, `limits.max_sessions` in all.
     slots: Slots,
+    /// Set by the uploader while results waiting for the store fill the spool: sessions keep no new events.
+    spool_full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Live {
@@ -78,6 +80,7 @@ impl Agent {
             health,
             cgroups: PodCgroups::new(&cfg.cgroup_root),
             slots: Slots::new(&cfg.limits),
+            spool_full: Arc::default(),
             client,
             cfg,
             live: HashMap::new(),
@@ -88,6 +91,17 @@ impl Agent {
 
     pub async fn run(mut self) -> Result<()> {
         check_bpf_stats();
+        // Before any session runs: what a previous process left in the spool is sealed and handed to the
+        // uploader, which retries every set until the store takes it.
+        crate::outbox::seal_cut_off(&self.cfg.spool);
+        let uploader = crate::outbox::Uploader::new(
+            self.cfg.spool.clone(),
+            self.client.clone(),
+            self.metrics.clone(),
+            self.spool_full.clone(),
+            self.cfg.limits.max_spool_bytes,
+        );
+        tokio::spawn(uploader.run());
         let node = self.cfg.node.clone();
         let pods: Api<Pod> = Api::all(self.client.clone());
         let (pod_store, writer) = reflector::store::<Pod>();
@@ -213,6 +227,7 @@ impl Agent {
         let job = SessionJob {
             api: Api::namespaced(self.client.clone(), &namespace),
             name: s.name_any(),
+            uid: uid.clone(),
             namespace,
             generation: s.metadata.generation,
             spec: s.spec.clone(),
@@ -221,6 +236,7 @@ impl Agent {
             redact_outside: self.cfg.redact_outside,
             limits: self.cfg.limits,
             node_wide_allowed,
+            spool_full: self.spool_full.clone(),
             slot: self.slots.take(),
             resumed_note,
         };

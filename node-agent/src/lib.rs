@@ -8,6 +8,7 @@ pub mod cgroups;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod outbox;
 pub mod session;
 pub mod storage;
 pub mod upload;

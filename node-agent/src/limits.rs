@@ -19,6 +19,9 @@ pub struct Limits {
     pub max_event_bytes: u64,
     /// Ceiling on `spec.budget.maxKernelCpuPercent`: a session asking for more runs under this.
     pub max_kernel_cpu_percent: f64,
+    /// Bytes of results waiting in the spool for the object store; past it, sessions keep no new events (they
+    /// count them) until uploads make room, so an outage cannot fill the node's disk.
+    pub max_spool_bytes: u64,
 }
 
 impl Default for Limits {
@@ -27,6 +30,7 @@ impl Default for Limits {
             max_sessions: 12,
             max_event_bytes: 256 << 20,
             max_kernel_cpu_percent: 10.0,
+            max_spool_bytes: 2048 << 20,
         }
     }
 }

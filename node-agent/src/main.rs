@@ -42,6 +42,9 @@ struct Args {
     /// MiB of events one trace (or policy window) keeps on this node; past it events are counted, not kept.
     #[arg(long, env = "SONDE_MAX_EVENT_MIB", default_value_t = Limits::default().max_event_bytes >> 20)]
     max_event_mib: u64,
+    /// MiB of results waiting in the spool for the object store; past it sessions keep no new events.
+    #[arg(long, env = "SONDE_MAX_SPOOL_MIB", default_value_t = Limits::default().max_spool_bytes >> 20)]
+    max_spool_mib: u64,
     /// Ceiling on a session's kernel CPU budget (percent of one CPU); larger budgets are lowered to it.
     #[arg(long, env = "SONDE_MAX_KERNEL_CPU_PERCENT", default_value_t = Limits::default().max_kernel_cpu_percent)]
     max_kernel_cpu_percent: f64,
@@ -106,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
             max_sessions: args.max_sessions,
             max_event_bytes: args.max_event_mib << 20,
             max_kernel_cpu_percent: args.max_kernel_cpu_percent,
+            max_spool_bytes: args.max_spool_mib << 20,
         },
     };
     tokio::select! {

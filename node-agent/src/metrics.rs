@@ -10,6 +10,12 @@ pub struct AgentMetrics {
     pub running: Gauge,
     pub started: Counter,
     pub finished: Counter,
+    /// Result sets spooled on this node that the object store has not taken yet.
+    pub results_pending: Gauge,
+    /// Result sets deleted after a week of failed uploads.
+    pub results_abandoned: Counter,
+    /// 1 while the spooled results are over `agent.limits.maxSpoolMiB` (sessions keep no new events).
+    pub spool_full: Gauge,
 }
 
 impl AgentMetrics {
@@ -31,6 +37,21 @@ impl AgentMetrics {
             "sessions_finished",
             "Sessions that ended on this node",
             m.finished.clone(),
+        );
+        r.register(
+            "results_pending",
+            "Result sets spooled on this node, not yet in the object store",
+            m.results_pending.clone(),
+        );
+        r.register(
+            "results_abandoned",
+            "Result sets deleted after a week of failed uploads",
+            m.results_abandoned.clone(),
+        );
+        r.register(
+            "spool_full",
+            "1 while results waiting for the object store fill the spool to its cap: new events are not kept",
+            m.spool_full.clone(),
         );
         m
     }

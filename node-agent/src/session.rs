@@ -12,14 +12,14 @@ use kube::api::{Patch, PatchParams};
 use sonde_crds::conditions::{self, NODE_DRAINED, types};
 use sonde_crds::{
     Counts, NODE_WIDE_NOT_ALLOWED, Phase, ProbeName, ProbeSession, ProbeSessionSpec,
-    ProbeSessionStatus,
+    ProbeSessionStatus, Upload, UploadState,
 };
 use sonde_probes::results::ResultsWriter;
 use sonde_probes::{Filter, Findings, ProbeConfig, Running};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::limits::{Limits, NODE_AT_CAPACITY};
-use crate::upload;
+use crate::{outbox, upload};
 
 /// Field manager of everything the agent writes.
 pub const MANAGER: &str = "sonde-agent";
@@ -46,6 +46,7 @@ pub struct SessionJob {
     pub api: Api<ProbeSession>,
     pub name: String,
     pub namespace: String,
+    pub uid: String,
     pub generation: Option<i64>,
     pub spec: ProbeSessionSpec,
     pub spool: PathBuf,
@@ -57,6 +58,8 @@ pub struct SessionJob {
     pub limits: Limits,
     /// Whether the admin lets this session's namespace trace the whole node.
     pub node_wide_allowed: bool,
+    /// Set while the node's spool is full of results waiting for the store: no new events are kept.
+    pub spool_full: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// This session's place among the node's running sessions; None when the agent is full.
     pub slot: Option<OwnedSemaphorePermit>,
     /// Set when a restarted agent picks up a session its previous process had started.
@@ -64,9 +67,23 @@ pub struct SessionJob {
 }
 
 impl SessionJob {
-    /// Where results go; `run` has already ended a session whose storage was refused.
-    fn storage_url(&self) -> &str {
-        self.storage.as_deref().unwrap_or_default()
+    /// The node's limits on what a trace keeps: its bytes of events, and none while the spool is full.
+    fn limited(&self, w: ResultsWriter) -> ResultsWriter {
+        w.with_max_bytes(self.limits.max_event_bytes).with_gate(
+            self.spool_full.clone(),
+            "this node's spool of results waiting for the object store reached its cap (Helm value \
+             agent.limits.maxSpoolMiB)",
+        )
+    }
+
+    /// Where results go under `prefix`; `run` has already ended a session whose storage was refused.
+    fn destination(&self, prefix: &str) -> outbox::Destination {
+        outbox::Destination {
+            store_url: self.storage.clone().unwrap_or_default(),
+            prefix: prefix.to_string(),
+            namespace: self.namespace.clone(),
+            session: self.name.clone(),
+        }
     }
 }
 
@@ -103,6 +120,13 @@ impl Reporter {
             self.generation,
             &now,
         );
+    }
+
+    /// Where the results stand: `status.upload` and the `ResultsComplete` condition.
+    fn report_upload(&mut self, upload: Upload) {
+        let (ok, reason, message) = outbox::condition(&upload, false);
+        self.condition(types::RESULTS_COMPLETE, ok, reason, message);
+        self.status.upload = Some(upload);
     }
 
     async fn write(&mut self) -> bool {
@@ -184,7 +208,16 @@ pub async fn run(
     let (budget_pct, budget_note) = job.limits.budget(job.spec.budget.max_kernel_cpu_percent);
     let t = targets.borrow_and_update().clone();
     let config = probe_config(&job.spec, &t, job.redact_outside);
-    let spool = job.spool.join(&job.namespace).join(&job.name);
+    // One directory per run of the session: a re-created job of the same name, or this session reloaded, never
+    // writes into a set still waiting for upload.
+    let started_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let spool = job.spool.join(&job.namespace).join(&job.name).join(format!(
+        "{}-{started_ms}",
+        job.uid.get(..8).unwrap_or(&job.uid)
+    ));
     let window = job
         .spec
         .window
@@ -196,7 +229,15 @@ pub async fn run(
         None => spool.clone(),
     };
     let writer = ResultsWriter::create(&first_dir, keep_events, job.spec.output.max_events)
-        .map(|w| w.with_max_bytes(job.limits.max_event_bytes));
+        .map(|w| job.limited(w))
+        .and_then(|w| {
+            outbox::start(&first_dir, &job.destination(&job.spec.result_prefix))
+                .map(|()| w)
+                .map_err(|e| sonde_probes::Error::Io {
+                    context: format!("spooling in {}", first_dir.display()),
+                    source: e,
+                })
+        });
     let started =
         writer.and_then(|w| tokio::task::block_in_place(|| Running::start(config)).map(|r| (w, r)));
     let (mut writer, mut running) = match started {
@@ -342,21 +383,24 @@ pub async fn run(
         Some(_) => window_prefix(&job.spec.result_prefix),
         None => job.spec.result_prefix.clone(),
     };
-    let (urls, mut problems) = publish(
+    let published = publish(
+        &job,
         writer,
         &findings,
         &title,
         &report,
-        job.storage_url(),
         &prefix,
+        windows.is_none(),
     )
     .await;
+    let mut problems = published.problems;
     problems.extend(
         write_error
             .into_iter()
             .map(|e| format!("writing events: {e}")),
     );
-    rep.status.results = urls;
+    rep.status.results = published.urls;
+    rep.report_upload(published.upload);
     if stop == Stop::Deleted {
         return; // nothing to report to: the object is gone (its results are uploaded all the same)
     }
@@ -483,14 +527,27 @@ fn unresolved_message(t: &Targets) -> Option<String> {
 }
 
 /// Writes a finished window's (or trace's) results and uploads them; returns their URLs and what went wrong.
+/// What became of a finished trace's (or window's) results.
+struct Published {
+    /// Their URLs, once the store has them.
+    urls: Vec<String>,
+    /// What could not even be written on the node (those results are lost).
+    problems: Vec<String>,
+    /// Where this session's result sets stand, this one and any earlier still spooled.
+    upload: Upload,
+}
+
+/// Writes the results, seals them in the spool (durable, marked for upload) and tries the store once. A set the
+/// store does not take now stays sealed for the uploader (`outbox`), which retries it.
 async fn publish(
+    job: &SessionJob,
     mut writer: ResultsWriter,
     findings: &Findings,
     title: &str,
     report: &serde_json::Value,
-    store_url: &str,
     prefix: &str,
-) -> (Vec<String>, Vec<String>) {
+    last: bool,
+) -> Published {
     let mut problems = Vec::new();
     let mut files = writer.finish(findings, title).unwrap_or_else(|e| {
         problems.push(format!("writing results: {e}"));
@@ -500,15 +557,29 @@ async fn publish(
         Ok(p) => files.push(p),
         Err(e) => problems.push(format!("writing summary.json: {e}")),
     }
-    match upload::upload(store_url, prefix, &files).await {
-        Ok(urls) => (urls, problems),
+    let dir = writer.dir().to_path_buf();
+    let to = job.destination(prefix);
+    let delivered = match outbox::seal(&dir, &to, &files, last) {
+        Ok(parcel) => outbox::deliver(&dir, &parcel).await,
         Err(e) => {
-            problems.push(format!(
-                "{e} (results kept on the node in {})",
-                writer.dir().display()
-            ));
-            (Vec::new(), problems)
+            // Not durable on the node: the store is the only copy there can be.
+            problems.push(format!("spooling results in {}: {e}", dir.display()));
+            upload::upload(&to.store_url, &to.prefix, &files).await
         }
+    };
+    let (urls, error) = match delivered {
+        Ok(urls) => (urls, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let mut upload = outbox::state_of(&job.spool, &job.namespace, &job.name, error.as_deref());
+    if !problems.is_empty() {
+        upload.state = UploadState::Incomplete;
+        upload.message = Some(problems.join("; "));
+    }
+    Published {
+        urls,
+        problems,
+        upload,
     }
 }
 
@@ -559,7 +630,9 @@ async fn end_window(
     w.n += 1;
     let dir = w.spool.join(format!("window-{:06}", w.n));
     let next = ResultsWriter::create(&dir, w.keep_events, job.spec.output.max_events)
-        .map(|w| w.with_max_bytes(job.limits.max_event_bytes))
+        .map(|w| job.limited(w))
+        .map_err(|e| format!("starting window {}: {e}", w.n))?;
+    outbox::start(&dir, &job.destination(&job.spec.result_prefix))
         .map_err(|e| format!("starting window {}: {e}", w.n))?;
     let done = std::mem::replace(writer, next);
     fill_counts(rep, running);
@@ -576,10 +649,11 @@ async fn end_window(
         "summary": findings.summary,
     });
     let prefix = window_prefix(&job.spec.result_prefix);
-    let (urls, more) = publish(done, &findings, title, &report, job.storage_url(), &prefix).await;
-    problems.extend(more);
+    let published = publish(job, done, &findings, title, &report, &prefix, false).await;
+    problems.extend(published.problems);
     rep.status.windows = w.n;
-    rep.status.results = urls;
+    rep.status.results = published.urls;
+    rep.report_upload(published.upload);
     rep.status.summary = Some(findings.summary);
     let n = w.n;
     if breaches > 0 {

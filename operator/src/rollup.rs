@@ -7,7 +7,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use sonde_crds::conditions::{self, types};
 use sonde_crds::{
     Counts, NodeCounts, NodeResult, Phase, ProbePolicyStatus, ProbeSession, Summary, SummaryRow,
-    TraceJobStatus,
+    TraceJobStatus, Upload, UploadState,
 };
 
 /// A session whose agent has not reported for this long after the deadline is counted as failed.
@@ -212,7 +212,84 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
     st.results = results;
     st.node_results = node_results;
     st.summary = merge_summaries(i.sessions, i.top);
+    upload_rollup(&mut st, i.sessions, g, &now_t);
     st
+}
+
+/// Where a job's results stand over its nodes (`status.upload` and `ResultsComplete`), once a node reported
+/// its own. Also run for a finished job while its results are pending: agents upload them late.
+pub fn upload_rollup(
+    st: &mut TraceJobStatus,
+    sessions: &[ProbeSession],
+    g: Option<i64>,
+    now: &Time,
+) {
+    let reported: Vec<(&str, &Upload)> = sessions
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s.spec.node_name.as_str(),
+                s.status.as_ref()?.upload.as_ref()?,
+            ))
+        })
+        .collect();
+    let Some(merged) = Upload::merge(reported.iter().map(|(_, u)| *u)) else {
+        return;
+    };
+    let on = |state: UploadState| {
+        let nodes: Vec<&str> = reported
+            .iter()
+            .filter(|(_, u)| u.state == state)
+            .map(|(n, _)| *n)
+            .collect();
+        nodes.join(", ")
+    };
+    let was_pending = st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == types::RESULTS_COMPLETE && c.reason == "UploadPending");
+    let (ok, reason, msg) = match merged.state {
+        UploadState::Complete if was_pending => (
+            true,
+            "UploadedLate",
+            "every node's results are in the object store (some uploaded after the trace ended)"
+                .to_string(),
+        ),
+        UploadState::Complete => (
+            true,
+            "Uploaded",
+            "every node's results are in the object store".into(),
+        ),
+        UploadState::Pending => (
+            false,
+            "UploadPending",
+            format!(
+                "{} result set(s) spooled on {} and retried until the object store takes them: {}",
+                merged.pending,
+                on(UploadState::Pending),
+                merged.message.as_deref().unwrap_or_default()
+            ),
+        ),
+        UploadState::Incomplete => (
+            false,
+            "ResultsIncomplete",
+            format!(
+                "results lost on {}: {}",
+                on(UploadState::Incomplete),
+                merged.message.as_deref().unwrap_or_default()
+            ),
+        ),
+    };
+    conditions::set(
+        &mut st.conditions,
+        types::RESULTS_COMPLETE,
+        ok,
+        reason,
+        msg,
+        g,
+        now,
+    );
+    st.upload = Some(merged);
 }
 
 /// Rows with the same key are summed over nodes (counts and rates; the max of maxima), then the top N kept.
@@ -636,5 +713,75 @@ mod tests {
         );
         // The last window and breach time stay for the record.
         assert!(st.last_window.is_some() && st.last_breach_time.is_some());
+    }
+
+    #[test]
+    fn a_node_with_results_still_spooled_makes_the_job_pending_until_it_uploads_late() {
+        let up = |state: UploadState, pending: u32, at: i64| Upload {
+            state,
+            pending,
+            oldest_pending: (pending > 0).then(|| Time(Timestamp::from_second(at).unwrap())),
+            message: (pending > 0).then(|| "connection refused".to_string()),
+        };
+        let with = |u: Upload| {
+            let mut st = done(&[], 0);
+            st.upload = Some(u);
+            st
+        };
+        let pending = [
+            session("a", Some(with(up(UploadState::Pending, 2, 150)))),
+            session("b", Some(with(up(UploadState::Complete, 0, 0)))),
+            session("c", Some(with(up(UploadState::Pending, 1, 120)))),
+        ];
+        let st = rollup(&input(&pending, 200));
+        let u = st.upload.clone().unwrap();
+        assert_eq!((u.state, u.pending), (UploadState::Pending, 3));
+        assert_eq!(u.oldest_pending.unwrap().0.as_second(), 120);
+        let c = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::RESULTS_COMPLETE)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "UploadPending")
+        );
+        assert!(
+            c.message.contains("on a, c") && c.message.contains("connection refused"),
+            "{}",
+            c.message
+        );
+
+        let mut late = st.clone();
+        let uploaded = [
+            session("a", Some(with(up(UploadState::Complete, 0, 0)))),
+            session("b", Some(with(up(UploadState::Complete, 0, 0)))),
+            session("c", Some(with(up(UploadState::Complete, 0, 0)))),
+        ];
+        upload_rollup(
+            &mut late,
+            &uploaded,
+            None,
+            &Time(Timestamp::from_second(300).unwrap()),
+        );
+        let c = late
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::RESULTS_COMPLETE)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "UploadedLate")
+        );
+        assert_eq!(late.upload.unwrap().state, UploadState::Complete);
+        // Nodes that reported nothing about uploads (still running) leave the job's state unset.
+        let mut quiet = TraceJobStatus::default();
+        upload_rollup(
+            &mut quiet,
+            &[session("a", Some(done(&[], 0)))],
+            None,
+            &Time(Timestamp::from_second(1).unwrap()),
+        );
+        assert!(quiet.upload.is_none());
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -15,7 +16,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use sonde_crds::{Phase, ProbeSession, TraceJob, TraceJobStatus};
+use sonde_crds::{Phase, ProbeSession, TraceJob, TraceJobStatus, UploadState};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -92,6 +93,24 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
     let now = Timestamp::now();
 
     if let Some(st) = old.as_ref().filter(|s| s.phase.is_finished()) {
+        // Finished, but results still on their way: the agents report late uploads on the sessions.
+        if st
+            .upload
+            .as_ref()
+            .is_some_and(|u| u.state == UploadState::Pending)
+        {
+            let sessions = placement::owned_sessions(&sessions_api, &uid).await?;
+            let mut next = st.clone();
+            rollup::upload_rollup(&mut next, &sessions, job.metadata.generation, &Time(now));
+            next.results = sessions
+                .iter()
+                .filter_map(|s| s.status.as_ref())
+                .flat_map(|s| s.results.clone())
+                .collect();
+            if &next != st {
+                patch_status(&jobs, &name, &next).await?;
+            }
+        }
         return after_finish(&job, st, &jobs, now).await;
     }
 
@@ -188,13 +207,7 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
     });
     publish_transitions(ctx, &job, old.as_ref(), &status).await;
     if old.as_ref() != Some(&status) {
-        let body = serde_json::json!({"apiVersion": "sonde.dev/v1alpha1", "kind": "TraceJob", "status": status});
-        jobs.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await?;
+        patch_status(&jobs, &name, &status).await?;
     }
     if status.phase.is_finished() {
         return after_finish(&job, &status, &jobs, now).await;
@@ -210,6 +223,17 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
             .min(Duration::from_secs(30))
             .max(Duration::from_millis(500)),
     ))
+}
+
+async fn patch_status(jobs: &Api<TraceJob>, name: &str, status: &TraceJobStatus) -> Result<()> {
+    let body = serde_json::json!({"apiVersion": "sonde.dev/v1alpha1", "kind": "TraceJob", "status": status});
+    jobs.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn after_finish(

@@ -4,6 +4,8 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
@@ -20,6 +22,10 @@ pub struct ResultsWriter {
     pub bytes: u64,
     /// Events the caps kept out of events.ndjson (aggregates still count them).
     pub not_kept: u64,
+    /// Closed by the caller while events must not be kept (the node agent's spool is full), with the reason.
+    gate: Option<(Arc<AtomicBool>, String)>,
+    /// Of `not_kept`, those the closed gate refused.
+    pub refused: u64,
     line: Vec<u8>,
 }
 
@@ -46,6 +52,8 @@ impl ResultsWriter {
             written: 0,
             bytes: 0,
             not_kept: 0,
+            gate: None,
+            refused: 0,
             line: Vec::new(),
         })
     }
@@ -56,8 +64,21 @@ impl ResultsWriter {
         self
     }
 
+    /// While `closed` is set, events are counted (in `not_kept` and `refused`) and not written; `why` says why.
+    pub fn with_gate(mut self, closed: Arc<AtomicBool>, why: impl Into<String>) -> Self {
+        self.gate = Some((closed, why.into()));
+        self
+    }
+
     /// Why events stopped being kept, once a cap was reached: one sentence for a status message.
     pub fn cap_note(&self) -> Option<String> {
+        if self.refused > 0 {
+            let why = self.gate.as_ref().map(|g| g.1.as_str()).unwrap_or_default();
+            return Some(format!(
+                "{} events were counted but not kept: {why}; the {} kept before are intact",
+                self.refused, self.written
+            ));
+        }
         (self.not_kept > 0).then(|| {
             let cap = if self.written >= self.max_events {
                 format!("output.maxEvents ({})", self.max_events)
@@ -92,6 +113,15 @@ impl ResultsWriter {
         let Some(w) = self.events.as_mut() else {
             return Ok(());
         };
+        if self
+            .gate
+            .as_ref()
+            .is_some_and(|g| g.0.load(Ordering::Relaxed))
+        {
+            self.not_kept += 1;
+            self.refused += 1;
+            return Ok(());
+        }
         if self.written >= self.max_events || self.bytes >= self.max_bytes {
             self.not_kept += 1;
             return Ok(());
@@ -205,6 +235,25 @@ mod tests {
             w.cap_note().unwrap().contains("MiB of events"),
             "{:?}",
             w.cap_note()
+        );
+    }
+
+    #[test]
+    fn a_closed_gate_refuses_events_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let closed = Arc::new(AtomicBool::new(false));
+        let mut w = ResultsWriter::create(dir.path(), true, 1_000)
+            .unwrap()
+            .with_gate(closed.clone(), "the spool is full");
+        w.event(&event(0)).unwrap();
+        closed.store(true, Ordering::Relaxed);
+        w.event(&event(1)).unwrap();
+        w.event(&event(2)).unwrap();
+        assert_eq!((w.written, w.refused, w.not_kept), (1, 2, 2));
+        let note = w.cap_note().unwrap();
+        assert!(
+            note.contains("2 events were counted but not kept: the spool is full"),
+            "{note}"
         );
     }
 

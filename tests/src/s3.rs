@@ -15,7 +15,27 @@ const CLIENT: &str = "import boto3,sys\ns3=boto3.client('s3',endpoint_url=sys.ar
 impl S3Server {
     pub fn start() -> S3Server {
         let port = crate::free_port();
-        let child = Command::new("python3")
+        let child = Self::spawn(port);
+        let server = S3Server { port, child };
+        server.wait_listening();
+        server
+    }
+
+    /// Stops the server (an outage: connections are refused). Its buckets and objects go with it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port, empty: create the bucket again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(self.port);
+        self.wait_listening();
+    }
+
+    fn spawn(port: u16) -> Child {
+        Command::new("python3")
             .args([
                 "-m",
                 "moto.server",
@@ -27,15 +47,17 @@ impl S3Server {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("python3 -m moto.server (scripts/deps.sh installs moto[server])");
-        let server = S3Server { port, child };
+            .expect("python3 -m moto.server (scripts/deps.sh installs moto[server])")
+    }
+
+    fn wait_listening(&self) {
         for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("the S3 server did not listen on {port} within 10 s");
+        panic!("the S3 server did not listen on {} within 10 s", self.port);
     }
 
     pub fn endpoint(&self) -> String {

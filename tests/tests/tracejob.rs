@@ -1065,3 +1065,136 @@ async fn a_policy_never_takes_over_a_jobs_session_of_the_same_name() {
     assert_eq!(owner, job_uid, "the job's session changed hands");
     assert!(sessions[0].spec.window.is_none() && sessions[0].spec.deadline.is_some());
 }
+
+/// Durable results: the object store is down for the whole job and the agent is killed (SIGKILL) before it
+/// comes back. The job still succeeds, says its results are pending upload on the node; the restarted agent finds
+/// them in its spool and uploads them once the store is back, and the job then says they arrived late. Every
+/// event the agent captured is in the store, and the summary's counts are the status's.
+#[tokio::test(flavor = "multi_thread")]
+async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
+    let mut s = Scene::new("outage").await;
+    let mut s3 = sonde_tests::S3Server::start();
+    s.agent.as_mut().unwrap().kill();
+    let mut env = s3.env();
+    env.push((
+        "SONDE_STORAGE_LOCATIONS".into(),
+        "archive=s3://sonde-e2e/runs".into(),
+    ));
+    // Any result waiting for the store fills this spool: a second job then keeps no events (and says so).
+    env.push(("SONDE_MAX_SPOOL_MIB".into(), "0".into()));
+    s.agent = Some(Component::agent_with_env(&s.agent_kc, s.dir.path(), &env));
+    s.ping_pod("ping").await;
+    s3.stop();
+    let yaml = wakeups_job("outage", "3s") + "  storage: {location: archive}\n";
+    s.create_job(&yaml).await;
+    let job = s
+        .wait_job("outage", Duration::from_secs(40), finished)
+        .await;
+    let st = job.status.unwrap();
+    assert_eq!(st.phase, Phase::Succeeded, "{st:#?}");
+    let upload = st.upload.clone().expect("no upload state");
+    assert_eq!(upload.state, sonde_crds::UploadState::Pending, "{st:#?}");
+    assert!(
+        upload.pending >= 1 && upload.oldest_pending.is_some(),
+        "{upload:?}"
+    );
+    let pending = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == types::RESULTS_COMPLETE)
+        .unwrap();
+    assert_eq!(pending.reason, "UploadPending", "{pending:?}");
+    assert!(st.results.is_empty(), "{:?}", st.results);
+    s.create_job(&(wakeups_job("outage-2", "3s") + "  storage: {location: archive}\n"))
+        .await;
+    let second = s
+        .wait_job("outage-2", Duration::from_secs(40), finished)
+        .await;
+    let second = second.status.unwrap();
+    let note = second.node_results[0].message.clone().unwrap_or_default();
+    assert!(
+        note.contains("counted but not kept") && note.contains("agent.limits.maxSpoolMiB"),
+        "the full spool was not reported: {second:#?}"
+    );
+
+    s.agent.as_mut().unwrap().kill();
+    s.agent = Some(Component::agent_with_env(&s.agent_kc, s.dir.path(), &env));
+    s3.restart();
+    s3.create_bucket("sonde-e2e");
+    let job = s
+        .wait_job("outage", Duration::from_secs(120), |j| {
+            j.status
+                .as_ref()
+                .and_then(|st| st.upload.as_ref())
+                .is_some_and(|u| u.state == sonde_crds::UploadState::Complete)
+        })
+        .await;
+    let st = job.status.unwrap();
+    let late = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == types::RESULTS_COMPLETE)
+        .unwrap();
+    assert_eq!(
+        (late.status.as_str(), late.reason.as_str()),
+        ("True", "UploadedLate"),
+        "{late:?}"
+    );
+    assert!(
+        !st.results.is_empty()
+            && st
+                .results
+                .iter()
+                .all(|u| u.starts_with("s3://sonde-e2e/runs/tracejobs/")),
+        "{:?}",
+        st.results
+    );
+    s.wait_job("outage-2", Duration::from_secs(60), |j| {
+        j.status
+            .as_ref()
+            .and_then(|st| st.upload.as_ref())
+            .is_some_and(|u| u.state == sonde_crds::UploadState::Complete)
+    })
+    .await;
+    let keys = s3.keys("sonde-e2e");
+    let key = |name: &str| {
+        keys.iter()
+            .filter(|k| !k.contains("/outage-2-"))
+            .find(|k| k.ends_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {keys:?}"))
+            .clone()
+    };
+    let events = s3.get("sonde-e2e", &key("/events.ndjson"));
+    let lines = events
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count() as u64;
+    assert_eq!(
+        lines, st.counts.captured,
+        "events in the store vs captured: {:?}",
+        st.counts
+    );
+    assert!(lines > 0, "no event captured");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&s3.get("sonde-e2e", &key("/summary.json"))).unwrap();
+    assert_eq!(
+        summary["counts"]["captured"].as_u64(),
+        Some(st.counts.captured)
+    );
+    let spooled: Vec<_> = walk_files(&s.dir.path().join("spool"));
+    assert!(spooled.is_empty(), "left in the spool: {spooled:?}");
+}
+
+/// Every file below `dir` (none when it does not exist).
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

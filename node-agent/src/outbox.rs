@@ -1,0 +1,509 @@
+//! Results on their way to the object store. A finished trace's (or policy window's) files stay in the spool
+//! with a marker, `upload.json`, that names where they go; they leave the spool only once the store has taken
+//! every one. The session tries once as it ends; the [`Uploader`] retries the rest with exponential backoff and
+//! jitter, across agent restarts (it works from the markers it finds), and reports in the session's status
+//! (`status.upload`, condition `ResultsComplete`).
+//!
+//! Rules for what is left in the spool:
+//! - A sealed set (marker present) is uploaded whether or not its session still exists: deleting a job keeps its
+//!   results (as `ttlSecondsAfterFinished` promises). Puts overwrite the same key with the same bytes, so a set
+//!   uploaded again after a crash between the last put and the removal leaves no duplicate.
+//! - A set whose store stays unreachable is retried every [`MAX_BACKOFF`] at most, for [`KEEP`]; then it is
+//!   deleted with a warning and counted (`sonde_agent_results_abandoned_total`).
+//! - A session directory without a marker was cut off by an agent restart mid-trace: it is sealed as it is at
+//!   start-up (its events until the restart) and uploaded under `<prefix>/before-restart-<time>`, beside the
+//!   results of the resumed trace, which it never overwrites.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use serde::{Deserialize, Serialize};
+use sonde_crds::conditions::{self, types};
+use sonde_crds::{ProbeSession, Upload, UploadState};
+
+use crate::upload;
+
+/// The marker of a sealed result set.
+pub const MARKER: &str = "upload.json";
+/// Where a session's results go, written when it starts, so a set cut off by a restart can still be sealed.
+pub const DESTINATION: &str = "destination.json";
+/// Longest wait between two tries of one set.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long an undeliverable set is kept.
+pub const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The session's own first try runs this long before the uploader takes a fresh set.
+const FRESH: Duration = Duration::from_secs(20);
+
+/// Where a session's results go and whom to tell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Destination {
+    pub store_url: String,
+    pub prefix: String,
+    pub namespace: String,
+    pub session: String,
+}
+
+/// A sealed result set: `files` (names in its directory, summary.json last) go to `<store_url>/<prefix>/`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Parcel {
+    #[serde(flatten)]
+    pub to: Destination,
+    pub files: Vec<String>,
+    /// A trace's final results (their URLs become the session's `status.results`), not a policy window's.
+    pub last: bool,
+    /// When it was sealed, RFC 3339.
+    pub sealed: String,
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Writes `value` as `dir/name` so that a crash leaves either the old file or the new one, both durable.
+fn write_durably(dir: &Path, name: &str, value: &impl Serialize) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)
+}
+
+/// Records where a session's results go, in its fresh spool directory.
+pub fn start(dir: &Path, to: &Destination) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    write_durably(dir, DESTINATION, to)
+}
+
+/// Makes `files` in `dir` durable and marks the set for upload. After this, the set survives a crash.
+pub fn seal(
+    dir: &Path,
+    to: &Destination,
+    files: &[PathBuf],
+    last: bool,
+) -> std::io::Result<Parcel> {
+    let mut names = Vec::new();
+    for f in files {
+        std::fs::File::open(f)?.sync_all()?;
+        if let Some(n) = f.file_name().and_then(|n| n.to_str()) {
+            names.push(n.to_string());
+        }
+    }
+    let parcel = Parcel {
+        to: to.clone(),
+        files: names,
+        last,
+        sealed: k8s_openapi::jiff::Timestamp::now().to_string(),
+    };
+    write_durably(dir, MARKER, &parcel)?;
+    Ok(parcel)
+}
+
+/// Uploads a sealed set and, once the store has every file, removes it from the spool. Returns the URLs.
+pub async fn deliver(dir: &Path, p: &Parcel) -> crate::Result<Vec<String>> {
+    let files: Vec<PathBuf> = p.files.iter().map(|f| dir.join(f)).collect();
+    let urls = upload::upload(&p.to.store_url, &p.to.prefix, &files).await?;
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(dir = %dir.display(), error = %e, "uploaded, but the spool copy stays")
+        }
+        _ => {}
+    }
+    // A policy's last window gone, its run's directory goes too (it is its own: runs never share one).
+    if dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("window-"))
+        && let Some(run) = dir.parent()
+    {
+        let _ = std::fs::remove_dir(run);
+    }
+    Ok(urls)
+}
+
+/// What the spool holds: sealed sets, and session directories a restart cut off (no marker, a destination).
+type Found = (Vec<(PathBuf, Parcel)>, Vec<(PathBuf, Destination)>);
+
+/// Every sealed set under `spool`, and every session directory a restart cut off.
+pub fn find(spool: &Path) -> Found {
+    let (mut sealed, mut cut) = (Vec::new(), Vec::new());
+    let mut dirs = vec![(spool.to_path_buf(), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let read = |name: &str| std::fs::read(dir.join(name)).ok();
+        if let Some(p) = read(MARKER).and_then(|b| serde_json::from_slice::<Parcel>(&b).ok()) {
+            sealed.push((dir.clone(), p));
+            continue;
+        }
+        if let Some(d) = read(DESTINATION).and_then(|b| serde_json::from_slice(&b).ok()) {
+            cut.push((dir.clone(), d));
+        }
+        if depth >= 4 {
+            continue;
+        }
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push((e.path(), depth + 1));
+            }
+        }
+    }
+    sealed.sort_by(|a, b| a.1.sealed.cmp(&b.1.sealed));
+    (sealed, cut)
+}
+
+/// Seals what a restart cut off (called once at start-up, before any session runs): the events written until
+/// then, for a prefix of their own beside the resumed trace's.
+pub fn seal_cut_off(spool: &Path) {
+    let (_, cut) = find(spool);
+    for (dir, mut to) in cut {
+        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| !n.starts_with('.') && n != DESTINATION)
+            })
+            .collect();
+        let when = k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+        to.prefix = format!("{}/before-restart-{when}", to.prefix);
+        // No file of its own (a policy's directory, whose windows are below it, or a trace cut off before its
+        // first event): only the destination goes, and the directory if nothing else is left.
+        let sealed = match files.is_empty() {
+            true => std::fs::remove_file(dir.join(DESTINATION)).map(|()| {
+                let _ = std::fs::remove_dir(&dir);
+            }),
+            false => seal(&dir, &to, &files, false).map(|_| ()),
+        };
+        match sealed {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), files = files.len(), "sealed results cut off by a restart")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "sealing results cut off by a restart")
+            }
+        }
+    }
+}
+
+/// How a session's sets stand, from the spool: what the uploader (and the session, at its end) reports.
+pub fn state_of(spool: &Path, namespace: &str, session: &str, last_error: Option<&str>) -> Upload {
+    let (sealed, _) = find(spool);
+    let mine: Vec<&Parcel> = sealed
+        .iter()
+        .map(|(_, p)| p)
+        .filter(|p| p.to.namespace == namespace && p.to.session == session)
+        .collect();
+    let oldest = mine
+        .iter()
+        .filter_map(|p| p.sealed.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .min();
+    Upload {
+        state: if mine.is_empty() {
+            UploadState::Complete
+        } else {
+            UploadState::Pending
+        },
+        pending: mine.len() as u32,
+        oldest_pending: oldest.map(Time),
+        message: (!mine.is_empty()).then(|| last_error.unwrap_or("not uploaded yet").to_string()),
+    }
+}
+
+/// The condition that says where the results are.
+pub fn condition(u: &Upload, late: bool) -> (bool, &'static str, String) {
+    match u.state {
+        UploadState::Complete if late => (
+            true,
+            "UploadedLate",
+            "every result file is in the object store (uploaded after the trace ended, once the store took it)"
+                .into(),
+        ),
+        UploadState::Complete => (true, "Uploaded", "every result file is in the object store".into()),
+        UploadState::Pending => (
+            false,
+            "UploadPending",
+            format!(
+                "{} result set(s) spooled on the node, retried until the object store takes them: {}",
+                u.pending,
+                u.message.as_deref().unwrap_or_default()
+            ),
+        ),
+        UploadState::Incomplete => (
+            false,
+            "ResultsIncomplete",
+            u.message.clone().unwrap_or_default(),
+        ),
+    }
+}
+
+/// Bytes of the files directly in `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The next wait after `attempts` failed tries: doubling from 1 s up to [`MAX_BACKOFF`], ±20 % jitter so many
+/// sets (or agents) do not retry in lockstep.
+pub fn backoff(attempts: u32) -> Duration {
+    let base = Duration::from_secs(1 << attempts.min(6)).min(MAX_BACKOFF);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    base.mul_f64(0.8 + f64::from(nanos % 400) / 1000.0)
+}
+
+struct Retry {
+    session: (String, String),
+    attempts: u32,
+    next: Instant,
+    error: String,
+}
+
+/// Retries every sealed set in the spool until the store takes it, and tells its session.
+pub struct Uploader {
+    pub spool: PathBuf,
+    pub client: Client,
+    pub metrics: crate::metrics::AgentMetrics,
+    /// Set while sealed sets take more than `max_spool_bytes`: sessions then keep no new events.
+    pub spool_full: Arc<AtomicBool>,
+    pub max_spool_bytes: u64,
+    retries: HashMap<PathBuf, Retry>,
+    /// What each session was last told, so status is written only on a change.
+    told: HashMap<(String, String), Upload>,
+}
+
+impl Uploader {
+    pub fn new(
+        spool: PathBuf,
+        client: Client,
+        metrics: crate::metrics::AgentMetrics,
+        spool_full: Arc<AtomicBool>,
+        max_spool_bytes: u64,
+    ) -> Uploader {
+        Uploader {
+            spool,
+            client,
+            metrics,
+            spool_full,
+            max_spool_bytes,
+            retries: HashMap::new(),
+            told: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            self.pass().await;
+        }
+    }
+
+    /// One look at the spool: tries each set that is due, then tells sessions whose state changed.
+    pub async fn pass(&mut self) {
+        let (sealed, _) = find(&self.spool);
+        self.metrics.results_pending.set(sealed.len() as i64);
+        let bytes: u64 = sealed.iter().map(|(d, _)| dir_bytes(d)).sum();
+        let full = bytes > self.max_spool_bytes;
+        if full != self.spool_full.swap(full, Ordering::Relaxed) {
+            tracing::warn!(
+                bytes,
+                cap = self.max_spool_bytes,
+                full,
+                "results waiting in the spool vs its cap"
+            );
+        }
+        self.metrics.spool_full.set(i64::from(full));
+        let mut touched = Vec::new();
+        for (dir, p) in sealed {
+            let age = std::fs::metadata(dir.join(MARKER))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default();
+            let fresh = age < FRESH && !self.retries.contains_key(&dir);
+            if fresh
+                || self
+                    .retries
+                    .get(&dir)
+                    .is_some_and(|r| r.next > Instant::now())
+            {
+                continue;
+            }
+            let key = (p.to.namespace.clone(), p.to.session.clone());
+            match deliver(&dir, &p).await {
+                Ok(urls) => {
+                    self.retries.remove(&dir);
+                    tracing::info!(session = %p.to.session, namespace = %p.to.namespace, prefix = %p.to.prefix, "results uploaded late");
+                    touched.push((key, p.last.then_some(urls)));
+                }
+                Err(e) if age > KEEP => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "results undeliverable for a week; deleted");
+                    self.metrics.results_abandoned.inc();
+                    let _ = std::fs::remove_dir_all(&dir);
+                    self.retries.remove(&dir);
+                    touched.push((key, None));
+                }
+                Err(e) => {
+                    let r = self.retries.entry(dir.clone()).or_insert(Retry {
+                        session: key.clone(),
+                        attempts: 0,
+                        next: Instant::now(),
+                        error: String::new(),
+                    });
+                    r.attempts += 1;
+                    r.next = Instant::now() + backoff(r.attempts);
+                    r.error = e.to_string();
+                    tracing::debug!(dir = %dir.display(), attempts = r.attempts, error = %e, "upload failed; will retry");
+                    touched.push((key, None));
+                }
+            }
+        }
+        for ((ns, name), urls) in touched {
+            self.tell(&ns, &name, urls).await;
+        }
+    }
+
+    /// Writes the session's `status.upload` and `ResultsComplete` condition (and its result URLs once its final
+    /// set is in), if they changed. A session that no longer exists is not told.
+    async fn tell(&mut self, ns: &str, name: &str, urls: Option<Vec<String>>) {
+        let key = (ns.to_string(), name.to_string());
+        let error = self
+            .retries
+            .values()
+            .find(|r| r.session == key)
+            .map(|r| r.error.clone());
+        let upload = state_of(&self.spool, ns, name, error.as_deref());
+        if urls.is_none() && self.told.get(&key) == Some(&upload) {
+            return;
+        }
+        let api: Api<ProbeSession> = Api::namespaced(self.client.clone(), ns);
+        let Ok(Some(session)) = api.get_opt(name).await else {
+            return;
+        };
+        let mut st = session.status.unwrap_or_default();
+        let (ok, reason, message) = condition(&upload, true);
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        conditions::set(
+            &mut st.conditions,
+            types::RESULTS_COMPLETE,
+            ok,
+            reason,
+            message,
+            session.metadata.generation,
+            &now,
+        );
+        let mut patch =
+            serde_json::json!({"status": {"upload": upload, "conditions": st.conditions}});
+        if let Some(urls) = urls {
+            patch["status"]["results"] = serde_json::json!(urls);
+        }
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.told.insert(key, upload);
+            }
+            Err(e) => tracing::warn!(session = %name, error = %e, "reporting the upload state"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to(prefix: &str) -> Destination {
+        Destination {
+            store_url: "file:///nowhere".into(),
+            prefix: prefix.into(),
+            namespace: "ns".into(),
+            session: "job-node".into(),
+        }
+    }
+
+    #[test]
+    fn a_sealed_set_is_found_and_counted_until_delivered() {
+        let spool = tempfile::tempdir().unwrap();
+        let dir = spool.path().join("ns/job-node/a");
+        start(&dir, &to("tracejobs/ns/job-1/node")).unwrap();
+        std::fs::write(dir.join("summary.json"), b"{}").unwrap();
+        let p = seal(
+            &dir,
+            &to("tracejobs/ns/job-1/node"),
+            &[dir.join("summary.json")],
+            true,
+        )
+        .unwrap();
+        assert_eq!(p.files, vec!["summary.json"]);
+        let (sealed, cut) = find(spool.path());
+        assert_eq!((sealed.len(), cut.len()), (1, 0));
+        let u = state_of(spool.path(), "ns", "job-node", Some("store down"));
+        assert_eq!((u.state, u.pending), (UploadState::Pending, 1));
+        assert!(condition(&u, false).2.contains("store down"));
+        assert_eq!(
+            state_of(spool.path(), "ns", "other", None).state,
+            UploadState::Complete
+        );
+    }
+
+    #[tokio::test]
+    async fn delivery_empties_the_spool_and_a_cut_off_trace_gets_a_prefix_of_its_own() {
+        let spool = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let mut d = to("tracejobs/ns/job-1/node");
+        d.store_url = format!("file://{}", store.path().display());
+        let dir = spool.path().join("ns/job-node/a");
+        start(&dir, &d).unwrap();
+        std::fs::write(dir.join("events.ndjson"), b"{\"n\":1}\n").unwrap();
+        // The agent died here, mid-trace: at start-up the set is sealed as it is.
+        seal_cut_off(spool.path());
+        let (sealed, cut) = find(spool.path());
+        assert_eq!((sealed.len(), cut.len()), (1, 0));
+        let (dir, p) = &sealed[0];
+        assert!(
+            p.to.prefix
+                .starts_with("tracejobs/ns/job-1/node/before-restart-"),
+            "{}",
+            p.to.prefix
+        );
+        assert!(!p.last);
+        let urls = deliver(dir, p).await.unwrap();
+        assert_eq!(urls.len(), 1);
+        assert!(!dir.exists(), "the spool copy stayed");
+        let key = urls[0].trim_start_matches("file://");
+        assert_eq!(std::fs::read(key).unwrap(), b"{\"n\":1}\n");
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_minute_with_jitter() {
+        let b1 = backoff(1);
+        assert!(
+            b1 >= Duration::from_millis(1600) && b1 <= Duration::from_millis(2400),
+            "{b1:?}"
+        );
+        let b9 = backoff(9);
+        assert!(
+            b9 <= MAX_BACKOFF.mul_f64(1.2) && b9 >= MAX_BACKOFF.mul_f64(0.8),
+            "{b9:?}"
+        );
+    }
+}
