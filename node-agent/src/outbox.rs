@@ -60,6 +60,9 @@ pub struct Parcel {
     pub last: bool,
     /// When it was sealed, RFC 3339.
     pub sealed: String,
+    /// Sealed at start-up from what a restart cut off: no session is trying it, the uploader starts at once.
+    #[serde(default)]
+    pub cut_off: bool,
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -101,6 +104,7 @@ pub fn seal(
         files: names,
         last,
         sealed: k8s_openapi::jiff::Timestamp::now().to_string(),
+        cut_off: false,
     };
     write_durably(dir, MARKER, &parcel)?;
     Ok(parcel)
@@ -182,7 +186,10 @@ pub fn seal_cut_off(spool: &Path) {
             true => std::fs::remove_file(dir.join(DESTINATION)).map(|()| {
                 let _ = std::fs::remove_dir(&dir);
             }),
-            false => seal(&dir, &to, &files, false).map(|_| ()),
+            false => seal(&dir, &to, &files, false).and_then(|mut p| {
+                p.cut_off = true;
+                write_durably(&dir, MARKER, &p)
+            }),
         };
         match sealed {
             Ok(()) => {
@@ -338,7 +345,7 @@ impl Uploader {
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .unwrap_or_default();
-            let fresh = age < FRESH && !self.retries.contains_key(&dir);
+            let fresh = age < FRESH && !p.cut_off && !self.retries.contains_key(&dir);
             if fresh
                 || self
                     .retries

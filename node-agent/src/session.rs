@@ -350,6 +350,11 @@ pub async fn run(
         }
         if last_status.elapsed() >= STATUS_EVERY {
             last_status = Instant::now();
+            // On disk at every heartbeat: an agent killed mid-trace loses at most this much of its events (the
+            // next agent seals the rest for upload).
+            if let Err(e) = writer.flush() {
+                write_error.get_or_insert(e);
+            }
             fill_counts(&mut rep, &running);
             rep.write().await;
         }

@@ -512,6 +512,25 @@ async fn a_killed_agent_leaves_nothing_attached_and_its_successor_is_truthful() 
     let msg = node.message.clone().unwrap_or_default();
     assert!(msg.contains("agent restarted"), "{node:?}");
     assert!(bpf_programs(WAKEUPS_PROGS).is_empty());
+    // What the killed agent had written is not lost: its successor sealed and uploaded it beside the results.
+    let results = s.dir.path().join("results");
+    let before = || -> Vec<_> {
+        walk_files(&results)
+            .into_iter()
+            .filter(|p| {
+                p.to_string_lossy().contains("/before-restart-") && p.ends_with("events.ndjson")
+            })
+            .collect()
+    };
+    wait_for(Duration::from_secs(15), || async { !before().is_empty() }).await;
+    let before = before();
+    assert_eq!(before.len(), 1, "{:?}", walk_files(&results));
+    let text = std::fs::read_to_string(&before[0]).unwrap();
+    assert!(
+        text.lines().count() > 0,
+        "no event kept from before the restart"
+    );
+    assert!(text.contains("\"waker_comm\""), "{text}");
 }
 
 /// A pod that starts matching while the job runs is traced from then on.
