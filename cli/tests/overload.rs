@@ -143,9 +143,9 @@ fn assert_accounted(report: &Value, out_dir: &Path) {
         .find(|f| f["name"] == "wakeups")
         .expect("wakeups figure");
     assert_eq!(figure["value"].as_f64().unwrap() as u64, seen, "{report}");
-    let lines = std::fs::read_to_string(out_dir.join("events.ndjson")).unwrap();
+    let (_, events) = sonde_probes::chunks::read_events(out_dir).unwrap();
     assert_eq!(
-        lines.lines().count() as u64,
+        events.len() as u64,
         report["events_written"].as_u64().unwrap()
     );
     eprintln!(

@@ -50,9 +50,10 @@ fn run_wakeups_example_writes_results_and_json() {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["summary"], report["summary"]);
-    let lines = std::fs::read_to_string(out_dir.join("events.ndjson")).unwrap();
+    let (manifest, events) = sonde_probes::chunks::read_events(&out_dir).unwrap();
+    assert!(manifest.complete);
     assert_eq!(
-        lines.lines().count() as u64,
+        events.len() as u64,
         report["events_written"].as_u64().unwrap()
     );
 }

@@ -50,7 +50,8 @@ pub struct Destination {
     pub session: String,
 }
 
-/// A sealed result set: `files` (names in its directory, summary.json last) go to `<store_url>/<prefix>/`.
+/// A sealed result set: `files` (paths relative to its directory, summary.json last) go to
+/// `<store_url>/<prefix>/<file>`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Parcel {
     #[serde(flatten)]
@@ -95,9 +96,16 @@ pub fn seal(
     let mut names = Vec::new();
     for f in files {
         std::fs::File::open(f)?.sync_all()?;
-        if let Some(n) = f.file_name().and_then(|n| n.to_str()) {
+        let relative = f
+            .strip_prefix(dir)
+            .ok()
+            .or_else(|| f.file_name().map(Path::new));
+        if let Some(n) = relative.and_then(|n| n.to_str()) {
             names.push(n.to_string());
         }
+    }
+    if let Some(events) = files.iter().find_map(|f| f.parent().filter(|p| *p != dir)) {
+        sync_dir(events)?;
     }
     let parcel = Parcel {
         to: to.clone(),
@@ -113,18 +121,16 @@ pub fn seal(
 /// Uploads a sealed set and, once the store has every file, removes it from the spool. Returns the URLs.
 pub async fn deliver(dir: &Path, p: &Parcel) -> crate::Result<Vec<String>> {
     let files: Vec<PathBuf> = p.files.iter().map(|f| dir.join(f)).collect();
-    let urls = upload::upload(&p.to.store_url, &p.to.prefix, &files).await?;
+    let urls = upload::upload(&p.to.store_url, &p.to.prefix, dir, &files).await?;
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             tracing::warn!(dir = %dir.display(), error = %e, "uploaded, but the spool copy stays")
         }
         _ => {}
     }
-    // A policy's last window gone, its run's directory goes too (it is its own: runs never share one).
-    if dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("window-"))
+    // A policy's last window gone, the run's directory that held the windows goes too (runs never share one).
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if name.starts_with("window-")
         && let Some(run) = dir.parent()
     {
         let _ = std::fs::remove_dir(run);
@@ -166,10 +172,10 @@ pub fn find(spool: &Path) -> Found {
 pub fn seal_cut_off(spool: &Path) {
     let (_, cut) = find(spool);
     for (dir, mut to) in cut {
-        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
+        // Its files and its complete chunks (a chunk half written when the process died is left out).
+        let files: Vec<PathBuf> = [dir.clone(), dir.join(sonde_probes::chunks::EVENTS_DIR)]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
             .map(|e| e.path())
             .filter(|p| {
                 p.is_file()
@@ -338,7 +344,9 @@ impl Uploader {
             );
         }
         self.metrics.spool_full.set(i64::from(full));
-        let mut touched = Vec::new();
+        // Per session: whether its final set (and so its result URLs) went up in this pass. One status write
+        // each, so the job never sees the upload complete without the URLs.
+        let mut touched: HashMap<(String, String), Option<Vec<String>>> = HashMap::new();
         for (dir, p) in sealed {
             let age = std::fs::metadata(dir.join(MARKER))
                 .and_then(|m| m.modified())
@@ -359,14 +367,18 @@ impl Uploader {
                 Ok(urls) => {
                     self.retries.remove(&dir);
                     tracing::info!(session = %p.to.session, namespace = %p.to.namespace, prefix = %p.to.prefix, "results uploaded late");
-                    touched.push((key, p.last.then_some(urls)));
+                    let urls = p.last.then_some(urls);
+                    let entry = touched.entry(key).or_default();
+                    if urls.is_some() {
+                        *entry = urls;
+                    }
                 }
                 Err(e) if age > KEEP => {
                     tracing::warn!(dir = %dir.display(), error = %e, "results undeliverable for a week; deleted");
                     self.metrics.results_abandoned.inc();
                     let _ = std::fs::remove_dir_all(&dir);
                     self.retries.remove(&dir);
-                    touched.push((key, None));
+                    touched.entry(key).or_default();
                 }
                 Err(e) => {
                     let r = self.retries.entry(dir.clone()).or_insert(Retry {
@@ -379,7 +391,7 @@ impl Uploader {
                     r.next = Instant::now() + backoff(r.attempts);
                     r.error = e.to_string();
                     tracing::debug!(dir = %dir.display(), attempts = r.attempts, error = %e, "upload failed; will retry");
-                    touched.push((key, None));
+                    touched.entry(key).or_default();
                 }
             }
         }
@@ -480,7 +492,9 @@ mod tests {
         d.store_url = format!("file://{}", store.path().display());
         let dir = spool.path().join("ns/job-node/a");
         start(&dir, &d).unwrap();
-        std::fs::write(dir.join("events.ndjson"), b"{\"n\":1}\n").unwrap();
+        std::fs::create_dir_all(dir.join("events")).unwrap();
+        std::fs::write(dir.join("events/000000.ndjson.gz"), b"{\"n\":1}\n").unwrap();
+        std::fs::write(dir.join("events/.000001.ndjson.gz.part"), b"half").unwrap();
         // The agent died here, mid-trace: at start-up the set is sealed as it is.
         seal_cut_off(spool.path());
         let (sealed, cut) = find(spool.path());
@@ -494,7 +508,8 @@ mod tests {
         );
         assert!(!p.last);
         let urls = deliver(dir, p).await.unwrap();
-        assert_eq!(urls.len(), 1);
+        assert_eq!(urls.len(), 1, "{urls:?}");
+        assert!(urls[0].ends_with("/events/000000.ndjson.gz"), "{urls:?}");
         assert!(!dir.exists(), "the spool copy stayed");
         let key = urls[0].trim_start_matches("file://");
         assert_eq!(std::fs::read(key).unwrap(), b"{\"n\":1}\n");

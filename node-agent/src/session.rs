@@ -350,8 +350,8 @@ pub async fn run(
         }
         if last_status.elapsed() >= STATUS_EVERY {
             last_status = Instant::now();
-            // On disk at every heartbeat: an agent killed mid-trace loses at most this much of its events (the
-            // next agent seals the rest for upload).
+            // Chunks older than 2 s are closed at a heartbeat: an agent killed mid-trace loses at most the open
+            // chunk's events (the next agent seals the rest for upload).
             if let Err(e) = writer.flush() {
                 write_error.get_or_insert(e);
             }
@@ -569,13 +569,15 @@ async fn publish(
         Err(e) => {
             // Not durable on the node: the store is the only copy there can be.
             problems.push(format!("spooling results in {}: {e}", dir.display()));
-            upload::upload(&to.store_url, &to.prefix, &files).await
+            upload::upload(&to.store_url, &to.prefix, &dir, &files).await
         }
     };
-    let (urls, error) = match delivered {
+    let (mut urls, error) = match delivered {
         Ok(urls) => (urls, None),
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
+    // Chunks are listed in the manifest, not in status (a day-long trace has tens of thousands).
+    urls.retain(|u| !u.ends_with(".ndjson.gz"));
     let mut upload = outbox::state_of(&job.spool, &job.namespace, &job.name, error.as_deref());
     if !problems.is_empty() {
         upload.state = UploadState::Incomplete;

@@ -3,7 +3,7 @@
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...).
 //! Files are written under `<url>/<resultPrefix>/`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use object_store::ObjectStore;
@@ -13,8 +13,14 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
-/// Uploads `files` and returns their URLs.
-pub async fn upload(store_url: &str, prefix: &str, files: &[PathBuf]) -> Result<Vec<String>> {
+/// Uploads `files` (below `dir`, whose relative paths they keep: `events/000001.ndjson.gz`) under `prefix` and
+/// returns their URLs.
+pub async fn upload(
+    store_url: &str,
+    prefix: &str,
+    dir: &Path,
+    files: &[PathBuf],
+) -> Result<Vec<String>> {
     let err = |message: String| Error::Store {
         url: store_url.into(),
         message,
@@ -30,7 +36,11 @@ pub async fn upload(store_url: &str, prefix: &str, files: &[PathBuf]) -> Result<
     let store: Arc<dyn ObjectStore> = Arc::from(store);
     let mut urls = Vec::with_capacity(files.len());
     for file in files {
-        let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
+        let relative = file
+            .strip_prefix(dir)
+            .ok()
+            .or_else(|| file.file_name().map(Path::new));
+        let Some(name) = relative.and_then(|n| n.to_str()) else {
             continue;
         };
         let key = object_store::path::Path::from(
@@ -62,6 +72,8 @@ pub async fn upload(store_url: &str, prefix: &str, files: &[PathBuf]) -> Result<
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     #[tokio::test]
     async fn uploads_to_a_local_directory() {
         let spool = tempfile::tempdir().unwrap();
@@ -69,7 +81,7 @@ mod tests {
         std::fs::write(&f, b"{}").unwrap();
         let dest = tempfile::tempdir().unwrap();
         let url = format!("file://{}/results", dest.path().display());
-        let urls = super::upload(&url, "tracejobs/ns/job/node-a", &[f])
+        let urls = super::upload(&url, "tracejobs/ns/job/node-a", spool.path(), &[f])
             .await
             .unwrap();
         assert_eq!(
@@ -80,7 +92,9 @@ mod tests {
             .path()
             .join("results/tracejobs/ns/job/node-a/summary.json");
         assert_eq!(std::fs::read(written).unwrap(), b"{}");
-        let bad = super::upload("nope://x", "p", &[]).await.unwrap_err();
+        let bad = super::upload("nope://x", "p", Path::new("/"), &[])
+            .await
+            .unwrap_err();
         assert!(bad.to_string().contains("nope://x"), "{bad}");
     }
 
@@ -93,7 +107,7 @@ mod tests {
         std::fs::write(&f, &body).unwrap();
         let dest = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dest.path().display());
-        super::upload(&url, "tracejobs/ns/big/node-a", &[f])
+        super::upload(&url, "tracejobs/ns/big/node-a", spool.path(), &[f])
             .await
             .unwrap();
         let got = std::fs::read(dest.path().join("tracejobs/ns/big/node-a/events.ndjson")).unwrap();

@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod catalogue;
 pub mod cgroup;
+pub mod chunks;
 pub mod config;
 pub mod error;
 mod filter;

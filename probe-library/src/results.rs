@@ -1,8 +1,7 @@
-//! Writing a trace's results to a folder: events as NDJSON while they arrive, then summary.json,
-//! histograms (JSON and text), folded stacks and a flame graph SVG. The node agent uploads the same files.
+//! Writing a trace's results to a folder: events as they arrive, in gzip NDJSON chunks with a manifest
+//! (`events/`, see [`crate::chunks`]), then summary.json, histograms (JSON and text), folded stacks and a flame
+//! graph SVG. The node agent uploads the same files.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,17 +9,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 
 use crate::aggregate::{Event, Findings};
+use crate::chunks::{ChunkLimits, ChunkWriter};
 use crate::error::{Error, Result};
 
 pub struct ResultsWriter {
     dir: PathBuf,
-    events: Option<BufWriter<File>>,
+    events: Option<ChunkWriter>,
     max_events: u64,
-    /// Bytes of events.ndjson the caller lets a trace keep (the node agent's limit); unlimited by default.
+    /// Bytes of events (NDJSON, before compression) the caller lets a trace keep (the node agent's limit); unlimited by default.
     max_bytes: u64,
     pub written: u64,
     pub bytes: u64,
-    /// Events the caps kept out of events.ndjson (aggregates still count them).
+    /// Events the caps kept out of the results (aggregates still count them).
     pub not_kept: u64,
     /// Closed by the caller while events must not be kept (the node agent's spool is full), with the reason.
     gate: Option<(Arc<AtomicBool>, String)>,
@@ -36,13 +36,9 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> Error {
 impl ResultsWriter {
     pub fn create(dir: &Path, keep_events: bool, max_events: u64) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        let events = if keep_events {
-            let path = dir.join("events.ndjson");
-            Some(BufWriter::new(
-                File::create(&path).map_err(io(format!("creating {}", path.display())))?,
-            ))
-        } else {
-            None
+        let events = match keep_events {
+            true => Some(ChunkWriter::create(dir, ChunkLimits::default())?),
+            false => None,
         };
         Ok(ResultsWriter {
             dir: dir.to_path_buf(),
@@ -58,7 +54,7 @@ impl ResultsWriter {
         })
     }
 
-    /// Keeps at most `max_bytes` of events.ndjson; later events are counted in `not_kept`, not written.
+    /// Keeps at most `max_bytes` of events; later events are counted in `not_kept`, not written.
     pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
         self.max_bytes = max_bytes;
         self
@@ -131,33 +127,52 @@ impl ResultsWriter {
             context: "writing event".into(),
             source: e.into(),
         })?;
-        self.line.push(b'\n');
-        if self.bytes + self.line.len() as u64 > self.max_bytes {
+        let len = self.line.len() as u64 + 1;
+        if self.bytes + len > self.max_bytes {
             self.bytes = self.max_bytes;
             self.not_kept += 1;
             return Ok(());
         }
-        w.write_all(&self.line)
-            .map_err(io("writing events.ndjson".into()))?;
+        let ts = ev.json.get("ts_ns").and_then(serde_json::Value::as_u64);
+        w.line(&self.line, ts)?;
         self.written += 1;
-        self.bytes += self.line.len() as u64;
+        self.bytes += len;
         Ok(())
     }
 
+    /// Closes the open chunk once it is old enough (2 s), so what was written is complete on disk (an agent
+    /// killed mid-trace loses at most that much; its successor uploads the rest). Call it now and then.
     pub fn flush(&mut self) -> Result<()> {
         if let Some(w) = self.events.as_mut() {
-            w.flush().map_err(io("flushing events.ndjson".into()))?;
+            w.tick()?;
         }
         Ok(())
     }
 
     /// Writes the end-of-trace files and returns every result file, summary.json included: the caller writes
     /// that last with `write_summary`, so the summary can list them all.
+    /// Every chunk is listed, then the manifest.
     pub fn finish(&mut self, findings: &Findings, title: &str) -> Result<Vec<PathBuf>> {
-        self.flush()?;
         let mut files = Vec::new();
-        if self.events.is_some() {
-            files.push(self.dir.join("events.ndjson"));
+        if let Some(events) = self.events.take() {
+            let (manifest, _) = events.finish()?;
+            let dir = manifest.parent().unwrap_or(&self.dir).to_path_buf();
+            for entry in
+                std::fs::read_dir(&dir).map_err(io(format!("listing {}", dir.display())))?
+            {
+                let path = entry
+                    .map_err(io(format!("listing {}", dir.display())))?
+                    .path();
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                if name.ends_with(".ndjson.gz") && !name.starts_with('.') {
+                    files.push(path);
+                }
+            }
+            files.sort();
+            files.push(manifest);
         }
         files.push(self.dir.join("summary.json"));
         if !findings.histograms.is_empty() {
@@ -222,14 +237,16 @@ mod tests {
         for i in 0..200 {
             w.event(&event(i)).unwrap();
         }
-        w.flush().unwrap();
-        let text = std::fs::read_to_string(dir.path().join("events.ndjson")).unwrap();
-        assert!(text.len() <= 1000 && text.len() > 900, "{}", text.len());
-        assert_eq!(text.lines().count() as u64, w.written);
+        let files = w.finish(&Findings::default(), "t").unwrap();
         assert!(
-            text.lines()
-                .all(|l| serde_json::from_str::<Value>(l).is_ok())
+            files.iter().any(|f| f.ends_with("events/000000.ndjson.gz")),
+            "{files:?}"
         );
+        let (manifest, events) = crate::chunks::read_events(dir.path()).unwrap();
+        assert!(manifest.complete && events.len() as u64 == w.written);
+        let bytes: u64 = manifest.chunks.iter().map(|c| c.bytes).sum();
+        assert!(bytes <= 1000 && bytes > 900, "{bytes}");
+        assert!(events.iter().all(Value::is_object));
         assert_eq!(w.written + w.not_kept, 200);
         assert!(
             w.cap_note().unwrap().contains("MiB of events"),

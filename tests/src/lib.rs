@@ -112,3 +112,16 @@ pub fn bpf_programs(prefixes: &[&str]) -> Vec<u64> {
         .filter_map(|p| p["id"].as_u64())
         .collect()
 }
+
+/// The events of a results folder, given the `file://` URL or path of its `events/manifest.json` (or of the
+/// folder): every chunk read back and checked against the manifest (SHA-256, line count).
+pub fn events_of(url: &str) -> Vec<serde_json::Value> {
+    let path = std::path::Path::new(url.trim_start_matches("file://"));
+    let folder = match path.ends_with("events/manifest.json") {
+        true => path.parent().and_then(|p| p.parent()).unwrap_or(path),
+        false => path,
+    };
+    let (_, events) =
+        sonde_probes::chunks::read_events(folder).unwrap_or_else(|e| panic!("{url}: {e}"));
+    events
+}

@@ -143,15 +143,11 @@ impl Drop for NetPair {
     }
 }
 
-/// The slow segments of a packet-latency run, read from a results folder's `events.ndjson` (a `file://` URL or
-/// a path): there are some, and every one the kernel let through was at or over `threshold_ms`.
+/// The slow segments of a packet-latency run, read from its events (`events_url`: the `file://` URL or path of
+/// a results folder's `events/manifest.json`, chunks checked against it): there are some, and every one the
+/// kernel let through was at or over `threshold_ms`.
 pub fn slow_segments(events_url: &str, threshold_ms: f64) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(events_url.trim_start_matches("file://"))
-        .unwrap_or_else(|e| panic!("{events_url}: {e}"));
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let events = crate::events_of(events_url);
     assert!(!events.is_empty(), "no slow segment in {events_url}");
     assert!(
         events

@@ -414,6 +414,12 @@ fn results_text(st: &Value) -> String {
     {
         let path = url.trim_start_matches("file://");
         text += &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{url}: {e}"));
+        if url.ends_with("/events/manifest.json") {
+            for e in sonde_tests::events_of(url) {
+                text += &e.to_string();
+                text.push('\n');
+            }
+        }
     }
     text
 }
@@ -608,7 +614,7 @@ async fn real_node_field_case_b_puts_the_delay_in_front_of_the_receiver() {
         .unwrap()
         .iter()
         .filter_map(Value::as_str)
-        .find(|u| u.ends_with("/events.ndjson"))
+        .find(|u| u.ends_with("/events/manifest.json"))
         .expect("breaching events kept");
     // Through the CNI bridge the data segments reach __netif_receive_skb late; their TCP stage is not asserted
     // here (on this topology the slow segments show no tcp_rcv_established record: an open question).

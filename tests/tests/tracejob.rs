@@ -495,6 +495,8 @@ async fn a_killed_agent_leaves_nothing_attached_and_its_successor_is_truthful() 
     s.create_job(&wakeups_job("orphan", "12s")).await;
     s.wait_attached("orphan").await;
     assert!(!bpf_programs(WAKEUPS_PROGS).is_empty());
+    // Long enough for a chunk of events to be complete on disk (chunks close at 2 s, at a heartbeat).
+    tokio::time::sleep(Duration::from_secs(5)).await;
     s.agent.as_mut().unwrap().kill();
     assert!(
         wait_for(Duration::from_secs(2), || async {
@@ -518,19 +520,20 @@ async fn a_killed_agent_leaves_nothing_attached_and_its_successor_is_truthful() 
         walk_files(&results)
             .into_iter()
             .filter(|p| {
-                p.to_string_lossy().contains("/before-restart-") && p.ends_with("events.ndjson")
+                p.to_string_lossy().contains("/before-restart-")
+                    && p.ends_with("events/manifest.json")
             })
             .collect()
     };
     wait_for(Duration::from_secs(15), || async { !before().is_empty() }).await;
     let before = before();
     assert_eq!(before.len(), 1, "{:?}", walk_files(&results));
-    let text = std::fs::read_to_string(&before[0]).unwrap();
+    let events = sonde_tests::events_of(before[0].to_str().unwrap());
+    assert!(!events.is_empty(), "no event kept from before the restart");
     assert!(
-        text.lines().count() > 0,
-        "no event kept from before the restart"
+        events.iter().all(|e| e["waker_comm"].is_string()),
+        "{events:?}"
     );
-    assert!(text.contains("\"waker_comm\""), "{text}");
 }
 
 /// A pod that starts matching while the job runs is traced from then on.
@@ -719,7 +722,7 @@ spec:
     let events_url = st
         .results
         .iter()
-        .find(|u| u.ends_with("/events.ndjson"))
+        .find(|u| u.ends_with("/events/manifest.json"))
         .expect("breaching events kept");
     sonde_tests::assert_tcp_stage_is_quick(&sonde_tests::slow_segments(events_url, 5.0));
 }
@@ -1183,11 +1186,19 @@ async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
             .unwrap_or_else(|| panic!("no {name} in {keys:?}"))
             .clone()
     };
-    let events = s3.get("sonde-e2e", &key("/events.ndjson"));
-    let lines = events
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .count() as u64;
+    // The job's folder as the store has it: every chunk the manifest lists, each checked (SHA-256, lines).
+    let summary_key = key("/summary.json");
+    let prefix = summary_key.trim_end_matches("summary.json");
+    let copy = tempfile::tempdir().unwrap();
+    for k in keys.iter().filter(|k| k.starts_with(prefix)) {
+        let path = copy.path().join(&k[prefix.len()..]);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, s3.get("sonde-e2e", k)).unwrap();
+    }
+    let (manifest, events) =
+        sonde_probes::chunks::read_events(copy.path()).expect("the stored events");
+    assert!(manifest.complete, "{manifest:?}");
+    let lines = events.len() as u64;
     assert_eq!(
         lines, st.counts.captured,
         "events in the store vs captured: {:?}",
