@@ -852,6 +852,21 @@ async fn real_node_a_drain_ends_a_running_job_with_the_reason() {
             == 1
     })
     .await;
+    // An earlier test's namespace may still be going: the eviction API refuses pods of a terminating namespace,
+    // and drain would wait on them (the kubelet has been seen taking minutes to report such pods gone).
+    wait_until(
+        "no pod of an earlier test is still terminating",
+        Duration::from_secs(240),
+        || {
+            let pods = json(node, &["get", "pods", "-A"]);
+            pods["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["metadata"]["deletionTimestamp"].is_null())
+        },
+    )
+    .await;
     let t = Instant::now();
     let _uncordon = Uncordon(node);
     let drain = [
