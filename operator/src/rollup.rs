@@ -6,8 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use sonde_crds::conditions::{self, types};
 use sonde_crds::{
-    Counts, NodeCounts, NodeResult, Phase, ProbePolicyStatus, ProbeSession, Summary, SummaryRow,
-    TraceJobStatus, Upload, UploadState,
+    Counts, NodeCounts, NodeResult, Phase, ProbePolicyStatus, ProbeSession, ProbeSessionStatus,
+    Summary, SummaryRow, TraceJobStatus, Upload, UploadState,
 };
 
 /// A session whose agent has not reported for this long after the deadline is counted as failed.
@@ -224,15 +224,7 @@ pub fn upload_rollup(
     g: Option<i64>,
     now: &Time,
 ) {
-    let reported: Vec<(&str, &Upload)> = sessions
-        .iter()
-        .filter_map(|s| {
-            Some((
-                s.spec.node_name.as_str(),
-                s.status.as_ref()?.upload.as_ref()?,
-            ))
-        })
-        .collect();
+    let reported = per_node(sessions, |st| st.upload.as_ref());
     let Some(merged) = Upload::merge(reported.iter().map(|(_, u)| *u)) else {
         return;
     };
@@ -292,18 +284,21 @@ pub fn upload_rollup(
     st.upload = Some(merged);
 }
 
+/// What each node's session reported of one part of its status, by node name.
+fn per_node<'a, T>(
+    sessions: &'a [ProbeSession],
+    part: impl Fn(&'a ProbeSessionStatus) -> Option<&'a T>,
+) -> Vec<(&'a str, &'a T)> {
+    sessions
+        .iter()
+        .filter_map(|s| Some((s.spec.node_name.as_str(), part(s.status.as_ref()?)?)))
+        .collect()
+}
+
 /// Rows with the same key are summed over nodes (counts and rates; the max of maxima), then the top N kept.
 /// Figures are per node, so they keep the node name when several nodes report.
 pub fn merge_summaries(sessions: &[ProbeSession], top: usize) -> Option<Summary> {
-    let summaries: Vec<(&str, &Summary)> = sessions
-        .iter()
-        .filter_map(|s| {
-            Some((
-                s.spec.node_name.as_str(),
-                s.status.as_ref()?.summary.as_ref()?,
-            ))
-        })
-        .collect();
+    let summaries = per_node(sessions, |st| st.summary.as_ref());
     let (_, first) = summaries.first()?;
     let mut rows: BTreeMap<&str, SummaryRow> = BTreeMap::new();
     let mut figures = Vec::new();
@@ -502,7 +497,15 @@ pub const DEGRADED: &str = "Degraded";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sonde_crds::ProbeSessionStatus;
+
+    fn condition<'a>(
+        c: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+        type_: &str,
+    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        c.iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition in {c:?}"))
+    }
 
     fn session(node: &str, status: Option<ProbeSessionStatus>) -> ProbeSession {
         let mut s: ProbeSession = serde_json::from_value(serde_json::json!({
@@ -640,11 +643,7 @@ mod tests {
         i.no_targets = Some(Unplaced::no_match("no running pod matches app=ping".into()));
         let st = rollup(&i);
         assert_eq!(st.phase, Phase::Pending);
-        let sched = st
-            .conditions
-            .iter()
-            .find(|c| c.type_ == types::SCHEDULED)
-            .unwrap();
+        let sched = condition(&st.conditions, types::SCHEDULED);
         assert_eq!(
             (sched.status.as_str(), sched.reason.as_str()),
             ("False", "NoMatchingPods")
@@ -737,11 +736,7 @@ mod tests {
         let u = st.upload.clone().unwrap();
         assert_eq!((u.state, u.pending), (UploadState::Pending, 3));
         assert_eq!(u.oldest_pending.unwrap().0.as_second(), 120);
-        let c = st
-            .conditions
-            .iter()
-            .find(|c| c.type_ == types::RESULTS_COMPLETE)
-            .unwrap();
+        let c = condition(&st.conditions, types::RESULTS_COMPLETE);
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
             ("False", "UploadPending")
@@ -764,11 +759,7 @@ mod tests {
             None,
             &Time(Timestamp::from_second(300).unwrap()),
         );
-        let c = late
-            .conditions
-            .iter()
-            .find(|c| c.type_ == types::RESULTS_COMPLETE)
-            .unwrap();
+        let c = condition(&late.conditions, types::RESULTS_COMPLETE);
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
             ("True", "UploadedLate")

@@ -9,7 +9,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use sonde_crds::conditions::{is_true, types};
-use sonde_crds::{Phase, ProbeSession, TraceJob};
+use sonde_crds::{Phase, ProbeSession, TraceJob, TraceJobStatus};
 use sonde_tests::{
     CgroupDriver, Component, ControlPlane, Identity, LOAD_BOUND, Load, RealPod, SCHED_PIPE,
     TestNamespace, WAKEUPS_PROGS, bounded_argv, bpf_programs, chart_identities, fast_ping_argv,
@@ -99,6 +99,23 @@ impl Scene {
             &self.operator_kc,
             &self.lease_ns,
             self.dir.path(),
+        ));
+    }
+
+    /// Replaces the agent (SIGKILL, as a crash would) with one whose storage location `archive` is the bucket
+    /// `sonde-e2e` of `s3` under `runs/`, with `extra` environment.
+    fn agent_with_archive(&mut self, s3: &sonde_tests::S3Server, extra: &[(&str, &str)]) {
+        self.agent.as_mut().unwrap().kill();
+        let mut env = s3.env();
+        env.push((
+            "SONDE_STORAGE_LOCATIONS".into(),
+            "archive=s3://sonde-e2e/runs".into(),
+        ));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.agent = Some(Component::agent_with_env(
+            &self.agent_kc,
+            self.dir.path(),
+            &env,
         ));
     }
 
@@ -1004,28 +1021,14 @@ async fn results_go_to_s3_when_the_job_says_so() {
     let mut s = Scene::new("s3").await;
     let s3 = sonde_tests::S3Server::start();
     s3.create_bucket("sonde-e2e");
-    s.agent.as_mut().unwrap().kill();
-    let mut env = s3.env();
-    env.push((
-        "SONDE_STORAGE_LOCATIONS".into(),
-        "archive=s3://sonde-e2e/runs".into(),
-    ));
-    s.agent = Some(Component::agent_with_env(&s.agent_kc, s.dir.path(), &env));
+    s.agent_with_archive(&s3, &[]);
     s.ping_pod("ping").await;
     let yaml = wakeups_job("to-s3", "3s") + "  storage: {location: archive}\n";
     s.create_job(&yaml).await;
     let job = s.wait_job("to-s3", Duration::from_secs(40), finished).await;
     let st = job.status.unwrap();
     assert_eq!(st.phase, Phase::Succeeded, "{st:#?}");
-    assert!(
-        !st.results.is_empty()
-            && st
-                .results
-                .iter()
-                .all(|u| u.starts_with("s3://sonde-e2e/runs/tracejobs/")),
-        "{:?}",
-        st.results
-    );
+    assert_results_in_the_archive(&st);
     let keys = s3.keys("sonde-e2e");
     let summary_key = keys
         .iter()
@@ -1096,15 +1099,8 @@ async fn a_policy_never_takes_over_a_jobs_session_of_the_same_name() {
 async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
     let mut s = Scene::new("outage").await;
     let mut s3 = sonde_tests::S3Server::start();
-    s.agent.as_mut().unwrap().kill();
-    let mut env = s3.env();
-    env.push((
-        "SONDE_STORAGE_LOCATIONS".into(),
-        "archive=s3://sonde-e2e/runs".into(),
-    ));
     // Any result waiting for the store fills this spool: a second job then keeps no events (and says so).
-    env.push(("SONDE_MAX_SPOOL_MIB".into(), "0".into()));
-    s.agent = Some(Component::agent_with_env(&s.agent_kc, s.dir.path(), &env));
+    s.agent_with_archive(&s3, &[("SONDE_MAX_SPOOL_MIB", "0")]);
     s.ping_pod("ping").await;
     s3.stop();
     let yaml = wakeups_job("outage", "3s") + "  storage: {location: archive}\n";
@@ -1139,8 +1135,7 @@ async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
         "the full spool was not reported: {second:#?}"
     );
 
-    s.agent.as_mut().unwrap().kill();
-    s.agent = Some(Component::agent_with_env(&s.agent_kc, s.dir.path(), &env));
+    s.agent_with_archive(&s3, &[("SONDE_MAX_SPOOL_MIB", "0")]);
     s3.restart();
     s3.create_bucket("sonde-e2e");
     let job = s
@@ -1162,15 +1157,7 @@ async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
         ("True", "UploadedLate"),
         "{late:?}"
     );
-    assert!(
-        !st.results.is_empty()
-            && st
-                .results
-                .iter()
-                .all(|u| u.starts_with("s3://sonde-e2e/runs/tracejobs/")),
-        "{:?}",
-        st.results
-    );
+    assert_results_in_the_archive(&st);
     s.wait_job("outage-2", Duration::from_secs(60), |j| {
         j.status
             .as_ref()
@@ -1213,6 +1200,19 @@ async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
     );
     let spooled: Vec<_> = walk_files(&s.dir.path().join("spool"));
     assert!(spooled.is_empty(), "left in the spool: {spooled:?}");
+}
+
+/// The job's result URLs, all in the `archive` location of [`Scene::agent_with_archive`].
+fn assert_results_in_the_archive(st: &TraceJobStatus) {
+    assert!(
+        !st.results.is_empty()
+            && st
+                .results
+                .iter()
+                .all(|u| u.starts_with("s3://sonde-e2e/runs/tracejobs/")),
+        "{:?}",
+        st.results
+    );
 }
 
 /// Every file below `dir` (none when it does not exist).
