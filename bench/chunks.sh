@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The events path side by side with the compressors a user would reach for, on the same real events: a 10 s
 # runq-latency trace of `perf bench sched pipe` with every wait kept. Sonde's chunk writer (gzip level 1 +
-# SHA-256 + fsync per chunk) against `gzip -1` and `zstd -1` on the NDJSON: events/s, MB/s, ratio, CPU per MB.
+# SHA-256) against `gzip -1` and `zstd -1` on the NDJSON: events/s, MB/s, ratio, CPU per MB.
 # Usage (root): bench/chunks.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -47,7 +47,7 @@ fn main() {
     let n = (lines.len() * rounds) as f64;
     let mb = (bytes as f64 * rounds as f64) / 1e6;
     println!(
-        "chunk writer (gzip level 1, sha256, fsync per chunk): {} events of {:.0} B avg, {rounds} rounds",
+        "chunk writer (gzip level 1, sha256): {} events of {:.0} B avg, {rounds} rounds",
         lines.len(),
         bytes as f64 / lines.len().max(1) as f64
     );

@@ -200,8 +200,9 @@ impl ChunkWriter {
         })
     }
 
-    /// Finishes the open chunk: compressed, fsynced, renamed to its final name (so a reader never sees half a
-    /// chunk), then listed in the manifest.
+    /// Finishes the open chunk: compressed, renamed to its final name (so a reader never sees half a chunk), then
+    /// listed in the manifest. Not fsynced here, on the drain's path: whoever needs it durable (the agent, when
+    /// it seals a result set for upload) syncs it; a killed process loses nothing that was renamed.
     fn close(&mut self) -> Result<PathBuf> {
         let Some(o) = self.open.take() else {
             return Err(Error::Io {
@@ -212,11 +213,10 @@ impl ChunkWriter {
         let ctx = || format!("finishing {}", o.part.display());
         let mut sink = o.gz.finish().map_err(io(ctx()))?;
         sink.flush().map_err(io(ctx()))?;
-        let file = sink.file.into_inner().map_err(|e| Error::Io {
+        sink.file.into_inner().map_err(|e| Error::Io {
             context: ctx(),
             source: e.into_error(),
         })?;
-        file.sync_all().map_err(io(ctx()))?;
         let mut chunk = o.chunk;
         chunk.compressed_bytes = sink.n;
         chunk.sha256 = hex(&sink.sha.finalize());
@@ -236,11 +236,8 @@ impl ChunkWriter {
             source: e.into(),
         })?;
         let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
+            File::create(&tmp)?.write_all(&body)?;
+            std::fs::rename(&tmp, &path)
         };
         write().map_err(io(format!("writing {}", path.display())))?;
         Ok(path)
