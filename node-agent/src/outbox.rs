@@ -80,10 +80,17 @@ fn write_durably(dir: &Path, name: &str, value: &impl Serialize) -> std::io::Res
     sync_dir(dir)
 }
 
-/// Records where a session's results go, in its fresh spool directory.
+/// Records where a session's results go, in its fresh spool directory. Not fsynced: this is on the way to
+/// attaching, where an fsync can wait seconds behind other sessions' writes; it serves a restarted agent, which
+/// a killed process does not deprive of it (a crashed machine may: its trace is then not recovered).
 pub fn start(dir: &Path, to: &Destination) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    write_durably(dir, DESTINATION, to)
+    let tmp = dir.join(format!(".{DESTINATION}.tmp"));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(to).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, dir.join(DESTINATION))
 }
 
 /// Makes `files` in `dir` durable and marks the set for upload. After this, the set survives a crash.

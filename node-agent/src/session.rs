@@ -564,7 +564,9 @@ async fn publish(
     }
     let dir = writer.dir().to_path_buf();
     let to = job.destination(prefix);
-    let delivered = match outbox::seal(&dir, &to, &files, last) {
+    // fsyncs can wait behind other writes for seconds: off the async workers.
+    let sealed = tokio::task::block_in_place(|| outbox::seal(&dir, &to, &files, last));
+    let delivered = match sealed {
         Ok(parcel) => outbox::deliver(&dir, &parcel).await,
         Err(e) => {
             // Not durable on the node: the store is the only copy there can be.
