@@ -59,6 +59,8 @@ pub struct Agent {
     slots: Slots,
     /// Set by the uploader while results waiting for the store fill the spool: sessions keep no new events.
     spool_full: Arc<std::sync::atomic::AtomicBool>,
+    /// Spool directories the running sessions write in.
+    held: crate::outbox::Live,
 }
 
 struct Live {
@@ -81,6 +83,7 @@ impl Agent {
             cgroups: PodCgroups::new(&cfg.cgroup_root),
             slots: Slots::new(&cfg.limits),
             spool_full: Arc::default(),
+            held: Arc::default(),
             client,
             cfg,
             live: HashMap::new(),
@@ -91,8 +94,9 @@ impl Agent {
 
     pub async fn run(mut self) -> Result<()> {
         check_bpf_stats();
-        // Before any session runs: what a previous process left in the spool is sealed and handed to the
-        // uploader, which retries every set until the store takes it.
+        // Before any session runs: the policy windows a previous process left in the spool are sealed and
+        // handed to the uploader, which retries every set until the store takes it. Its traces wait for their
+        // sessions to resume them (the uploader seals those no session takes back).
         crate::outbox::seal_cut_off(&self.cfg.spool);
         let uploader = crate::outbox::Uploader::new(
             self.cfg.spool.clone(),
@@ -100,6 +104,7 @@ impl Agent {
             self.metrics.clone(),
             self.spool_full.clone(),
             self.cfg.limits.max_spool_bytes,
+            self.held.clone(),
         );
         tokio::spawn(uploader.run());
         let node = self.cfg.node.clone();
@@ -209,7 +214,7 @@ impl Agent {
         // Running with no task here: a previous agent process had it and died with its kernel objects.
         let resumed_note = (phase == Phase::Running).then(|| {
             format!(
-                "the agent restarted at {} and attached again; events before that were lost with the previous process",
+                "the agent restarted at {} and attached again",
                 k8s_openapi::jiff::Timestamp::now()
             )
         });
@@ -237,6 +242,7 @@ impl Agent {
             limits: self.cfg.limits,
             node_wide_allowed,
             spool_full: self.spool_full.clone(),
+            held: self.held.clone(),
             slot: self.slots.take(),
             resumed_note,
         };

@@ -10,15 +10,22 @@
 //!   uploaded again after a crash between the last put and the removal leaves no duplicate.
 //! - A set whose store stays unreachable is retried every [`MAX_BACKOFF`] at most, for [`KEEP`]; then it is
 //!   deleted with a warning and counted (`sonde_agent_results_abandoned_total`).
-//! - A session directory without a marker was cut off by an agent restart mid-trace: it is sealed as it is at
-//!   start-up (its events until the restart) and uploaded under `<prefix>/before-restart-<time>`, beside the
-//!   results of the resumed trace, which it never overwrites.
+//! - A trace's events stream while it runs: each chunk the writer closes is fsynced, put create-only under
+//!   `<prefix>/events/` and then removed from the spool ([`stream`]); the manifest keeps listing it. What is
+//!   left at the end (chunks the store did not take, the manifest, summary and the other files) is sealed.
+//! - A trace's spool directory is the session's (`<namespace>/<session>/<uid first 8>/`), not one run's: an
+//!   agent restarted mid-trace resumes the session in the same directory and continues its chunk sequence, so
+//!   the chunks of both runs land under one manifest and no chunk name is used twice. A trace directory that
+//!   no session resumes within [`ORPHAN_AFTER`] of start-up (its session was deleted, or its deadline passed
+//!   while the agent was down) is sealed as it is, manifest incomplete, and uploaded under its own prefix.
+//! - A policy window's directory without a marker was cut off by an agent restart: it is sealed as it is at
+//!   start-up (its events until the restart) and uploaded under `<prefix>/before-restart-<time>`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -40,6 +47,10 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The session's own first try runs this long before the uploader takes a fresh set.
 const FRESH: Duration = Duration::from_secs(20);
+/// A trace directory no session resumed this long after the agent started is an orphan, sealed for upload.
+pub const ORPHAN_AFTER: Duration = Duration::from_secs(30);
+/// How often a running trace looks for closed chunks to send.
+const STREAM_EVERY: Duration = Duration::from_millis(500);
 
 /// Where a session's results go and whom to tell.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,6 +59,27 @@ pub struct Destination {
     pub prefix: String,
     pub namespace: String,
     pub session: String,
+    /// A trace's directory, whose chunks stream while it runs and which a restarted agent resumes; a policy
+    /// window's is not.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// Spool directories a running session writes in: the uploader leaves them to their session.
+pub type Live = Arc<Mutex<HashSet<PathBuf>>>;
+
+/// Takes `dir` for a session's run: false when a finished run already sealed it (its set waits for upload and
+/// is not to be written into).
+pub fn claim(live: &Live, dir: &Path) -> bool {
+    let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.join(MARKER).exists() || live.contains(dir) {
+        return false;
+    }
+    live.insert(dir.to_path_buf())
+}
+
+pub fn release(live: &Live, dir: &Path) {
+    live.lock().unwrap_or_else(|e| e.into_inner()).remove(dir);
 }
 
 /// A sealed result set: `files` (paths relative to its directory, summary.json last) go to
@@ -99,6 +131,7 @@ pub fn seal(
     to: &Destination,
     files: &[PathBuf],
     last: bool,
+    cut_off: bool,
 ) -> std::io::Result<Parcel> {
     let mut names = Vec::new();
     for f in files {
@@ -119,7 +152,7 @@ pub fn seal(
         files: names,
         last,
         sealed: k8s_openapi::jiff::Timestamp::now().to_string(),
-        cut_off: false,
+        cut_off,
     };
     write_durably(dir, MARKER, &parcel)?;
     Ok(parcel)
@@ -178,7 +211,7 @@ pub fn find(spool: &Path) -> Found {
 /// then, for a prefix of their own beside the resumed trace's.
 pub fn seal_cut_off(spool: &Path) {
     let (_, cut) = find(spool);
-    for (dir, mut to) in cut {
+    for (dir, mut to) in cut.into_iter().filter(|(_, to)| !to.stream) {
         // Its files and its complete chunks (a chunk half written when the process died is left out).
         let files: Vec<PathBuf> = [dir.clone(), dir.join(sonde_probes::chunks::EVENTS_DIR)]
             .iter()
@@ -199,10 +232,7 @@ pub fn seal_cut_off(spool: &Path) {
             true => std::fs::remove_file(dir.join(DESTINATION)).map(|()| {
                 let _ = std::fs::remove_dir(&dir);
             }),
-            false => seal(&dir, &to, &files, false).and_then(|mut p| {
-                p.cut_off = true;
-                write_durably(&dir, MARKER, &p)
-            }),
+            false => seal(&dir, &to, &files, false, true).map(drop),
         };
         match sealed {
             Ok(()) => {
@@ -213,6 +243,162 @@ pub fn seal_cut_off(spool: &Path) {
             }
         }
     }
+}
+
+/// Seals the trace directories no running session holds (called by the uploader once the agent has run for
+/// [`ORPHAN_AFTER`], so a resumed session had its chance to take its directory back): their chunks and
+/// manifest, incomplete, go to their own prefix.
+pub fn seal_orphans(spool: &Path, live: &Live) {
+    let (_, cut) = find(spool);
+    for (dir, to) in cut.into_iter().filter(|(_, to)| to.stream) {
+        let live = live.lock().unwrap_or_else(|e| e.into_inner());
+        if live.contains(&dir) {
+            continue;
+        }
+        let events = dir.join(sonde_probes::chunks::EVENTS_DIR);
+        let mut files: Vec<PathBuf> = chunk_files(&events);
+        if events.join(sonde_probes::chunks::MANIFEST).exists() {
+            files.push(events.join(sonde_probes::chunks::MANIFEST));
+        }
+        let sealed = match files.is_empty() {
+            true => std::fs::remove_dir_all(&dir),
+            false => seal(&dir, &to, &files, false, true).map(drop),
+        };
+        drop(live);
+        match sealed {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), files = files.len(), "sealed a trace no session resumed")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "sealing a trace no session resumed")
+            }
+        }
+    }
+}
+
+/// The closed chunks in an events folder, in sequence order (a chunk being written has a hidden name).
+fn chunk_files(events: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(events)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.') && upload::is_chunk(n))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// How a running trace's chunks stand, for its heartbeat.
+#[derive(Clone, Debug, Default)]
+pub struct Streamed {
+    /// Closed chunks still in the spool.
+    pub waiting: u32,
+    /// When the oldest of them was closed.
+    pub oldest: Option<SystemTime>,
+    /// Chunks the store took.
+    pub sent: u64,
+    /// The store's answer to the last try, while it fails.
+    pub error: Option<String>,
+}
+
+/// Sends a running trace's closed chunks to the store as they appear, oldest first, until `stop` is set: each
+/// is fsynced, put create-only and then removed from the spool. While the store fails it retries with
+/// [`backoff`]; what it has not sent when stopped stays for the sealed set.
+pub async fn stream(
+    dir: PathBuf,
+    to: Destination,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    state: Arc<Mutex<Streamed>>,
+) {
+    let events = dir.join(sonde_probes::chunks::EVENTS_DIR);
+    let mut attempts = 0;
+    // One client for the trace (its connections are reused).
+    let mut store = None;
+    loop {
+        let sent = send_closed(&events, &to, &mut store, &stop, &state).await;
+        let wait = match sent {
+            Ok(()) => {
+                attempts = 0;
+                update(&state, |s| s.error = None);
+                STREAM_EVERY
+            }
+            Err(e) => {
+                attempts += 1;
+                tracing::debug!(session = %to.session, attempts, error = %e, "streaming chunks failed; will retry");
+                update(&state, |s| s.error = Some(e.to_string()));
+                backoff(attempts)
+            }
+        };
+        if *stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn update(state: &Mutex<Streamed>, f: impl FnOnce(&mut Streamed)) {
+    f(&mut state.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+async fn send_closed(
+    events: &Path,
+    to: &Destination,
+    store: &mut Option<upload::Store>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    state: &Mutex<Streamed>,
+) -> crate::Result<()> {
+    let files = chunk_files(events);
+    let oldest = files
+        .first()
+        .and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
+    let n = files.len() as u32;
+    update(state, |s| {
+        s.waiting = n;
+        s.oldest = oldest;
+    });
+    if files.is_empty() {
+        return Ok(());
+    }
+    if store.is_none() {
+        *store = Some(upload::Store::open(&to.store_url)?);
+    }
+    let store = store.as_ref().expect("opened above");
+    // Durable before the store sees it: a chunk the store does not take survives a crash of the node.
+    let to_sync = files.clone();
+    let events_dir = events.to_path_buf();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        for f in &to_sync {
+            std::fs::File::open(f)?.sync_all()?;
+        }
+        sync_dir(&events_dir)
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    for f in files {
+        if *stop.borrow() {
+            break;
+        }
+        let name = format!(
+            "{}/{}",
+            sonde_probes::chunks::EVENTS_DIR,
+            f.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+        );
+        store.put_file(&to.prefix, &name, &f).await?;
+        std::fs::remove_file(&f)?;
+        update(state, |s| {
+            s.waiting = s.waiting.saturating_sub(1);
+            s.sent += 1;
+        });
+    }
+    Ok(())
 }
 
 /// How a session's sets stand, from the spool: what the uploader (and the session, at its end) reports.
@@ -266,16 +452,18 @@ pub fn condition(u: &Upload, late: bool) -> (bool, &'static str, String) {
     }
 }
 
-/// Bytes of the files directly in `dir`.
+/// Bytes of a result set's files: those directly in `dir` and its events.
 fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
+    [
+        dir.to_path_buf(),
+        dir.join(sonde_probes::chunks::EVENTS_DIR),
+    ]
+    .iter()
+    .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+    .filter_map(|e| e.metadata().ok())
+    .filter(|m| m.is_file())
+    .map(|m| m.len())
+    .sum()
 }
 
 /// The next wait after `attempts` failed tries: doubling from 1 s up to [`MAX_BACKOFF`], ±20 % jitter so many
@@ -304,6 +492,9 @@ pub struct Uploader {
     /// Set while sealed sets take more than `max_spool_bytes`: sessions then keep no new events.
     pub spool_full: Arc<AtomicBool>,
     pub max_spool_bytes: u64,
+    /// Directories running sessions hold.
+    live: Live,
+    started: Instant,
     retries: HashMap<PathBuf, Retry>,
     /// What each session was last told, so status is written only on a change.
     told: HashMap<(String, String), Upload>,
@@ -316,6 +507,7 @@ impl Uploader {
         metrics: crate::metrics::AgentMetrics,
         spool_full: Arc<AtomicBool>,
         max_spool_bytes: u64,
+        live: Live,
     ) -> Uploader {
         Uploader {
             spool,
@@ -323,6 +515,8 @@ impl Uploader {
             metrics,
             spool_full,
             max_spool_bytes,
+            live,
+            started: Instant::now(),
             retries: HashMap::new(),
             told: HashMap::new(),
         }
@@ -338,9 +532,18 @@ impl Uploader {
 
     /// One look at the spool: tries each set that is due, then tells sessions whose state changed.
     pub async fn pass(&mut self) {
-        let (sealed, _) = find(&self.spool);
+        if self.started.elapsed() >= ORPHAN_AFTER {
+            seal_orphans(&self.spool, &self.live);
+        }
+        let (sealed, running) = find(&self.spool);
         self.metrics.results_pending.set(sealed.len() as i64);
-        let bytes: u64 = sealed.iter().map(|(d, _)| dir_bytes(d)).sum();
+        // Sealed sets and the chunks running traces have not sent yet: both wait for the store.
+        let bytes: u64 = sealed
+            .iter()
+            .map(|(d, _)| d)
+            .chain(running.iter().map(|(d, _)| d))
+            .map(|d| dir_bytes(d))
+            .sum();
         let full = bytes > self.max_spool_bytes;
         if full != self.spool_full.swap(full, Ordering::Relaxed) {
             tracing::warn!(
@@ -463,6 +666,7 @@ mod tests {
             prefix: prefix.into(),
             namespace: "ns".into(),
             session: "job-node".into(),
+            stream: false,
         }
     }
 
@@ -477,6 +681,7 @@ mod tests {
             &to("tracejobs/ns/job-1/node"),
             &[dir.join("summary.json")],
             true,
+            false,
         )
         .unwrap();
         assert_eq!(p.files, vec!["summary.json"]);
@@ -520,6 +725,70 @@ mod tests {
         assert!(!dir.exists(), "the spool copy stayed");
         let key = urls[0].trim_start_matches("file://");
         assert_eq!(std::fs::read(key).unwrap(), b"{\"n\":1}\n");
+    }
+
+    /// A running trace's closed chunks go to the store and leave the spool; the one being written stays. An
+    /// agent that finds the trace's directory and no session resuming it seals it for its own prefix.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn closed_chunks_stream_and_an_unresumed_trace_is_sealed() {
+        let spool = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let mut d = to("tracejobs/ns/job-1/node");
+        d.store_url = format!("file://{}", store.path().display());
+        d.stream = true;
+        let dir = spool.path().join("ns/job-node/abcd1234");
+        start(&dir, &d).unwrap();
+        let events = dir.join("events");
+        std::fs::create_dir_all(&events).unwrap();
+        for f in [
+            "000000.ndjson.gz",
+            "000001.ndjson.gz",
+            ".000002.ndjson.gz.part",
+        ] {
+            std::fs::write(events.join(f), f.as_bytes()).unwrap();
+        }
+        std::fs::write(events.join("manifest.json"), b"{}").unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let state = Arc::new(Mutex::new(Streamed::default()));
+        let task = tokio::spawn(stream(dir.clone(), d.clone(), stopped, state.clone()));
+        let stored = store.path().join("tracejobs/ns/job-1/node/events");
+        for _ in 0..50 {
+            if state.lock().unwrap().sent == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(state.lock().unwrap().sent, 2);
+        assert_eq!(
+            std::fs::read(stored.join("000001.ndjson.gz")).unwrap(),
+            b"000001.ndjson.gz"
+        );
+        assert!(!events.join("000000.ndjson.gz").exists());
+        assert!(events.join(".000002.ndjson.gz.part").exists());
+
+        // A session still holds it: left alone.
+        let live = Live::default();
+        assert!(claim(&live, &dir));
+        seal_orphans(spool.path(), &live);
+        assert!(find(spool.path()).0.is_empty());
+        release(&live, &dir);
+        std::fs::write(events.join("000002.ndjson.gz"), b"c").unwrap();
+        seal_orphans(spool.path(), &live);
+        let (sealed, _) = find(spool.path());
+        assert_eq!(sealed.len(), 1);
+        let p = &sealed[0].1;
+        assert!(p.cut_off && !p.last);
+        assert_eq!(
+            p.to.prefix, "tracejobs/ns/job-1/node",
+            "an orphan keeps its prefix"
+        );
+        assert_eq!(p.files, ["events/000002.ndjson.gz", "events/manifest.json"]);
+        assert!(
+            !claim(&live, &dir),
+            "a sealed directory is not written into"
+        );
     }
 
     #[test]

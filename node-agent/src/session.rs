@@ -60,6 +60,8 @@ pub struct SessionJob {
     pub node_wide_allowed: bool,
     /// Set while the node's spool is full of results waiting for the store: no new events are kept.
     pub spool_full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Spool directories running sessions hold, shared with the uploader.
+    pub held: outbox::Live,
     /// This session's place among the node's running sessions; None when the agent is full.
     pub slot: Option<OwnedSemaphorePermit>,
     /// Set when a restarted agent picks up a session its previous process had started.
@@ -83,7 +85,34 @@ impl SessionJob {
             prefix: prefix.to_string(),
             namespace: self.namespace.clone(),
             session: self.name.clone(),
+            stream: false,
         }
+    }
+
+    /// Where a run of this session writes, and whether its chunks stream to `prefix`. A trace writes in the
+    /// session's directory, which a restarted agent resumes (its chunk numbers continue); a policy in one
+    /// directory per run, a window below it each. A trace whose directory a finished run sealed (so it is not
+    /// to be written into) writes beside it, to a prefix of its own.
+    fn spool_dir(&self, windowed: bool) -> (PathBuf, outbox::Destination) {
+        let base = self.spool.join(&self.namespace).join(&self.name);
+        let uid = self.uid.get(..8).unwrap_or(&self.uid);
+        let started_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let mut to = self.destination(&self.spec.result_prefix);
+        if windowed {
+            return (base.join(format!("{uid}-{started_ms}")), to);
+        }
+        to.stream = true;
+        let dir = base.join(uid);
+        if outbox::claim(&self.held, &dir) {
+            return (dir, to);
+        }
+        let dir = base.join(format!("{uid}-{started_ms}"));
+        to.prefix = format!("{}/run-{started_ms}", to.prefix);
+        outbox::claim(&self.held, &dir);
+        (dir, to)
     }
 }
 
@@ -154,7 +183,7 @@ impl Reporter {
 }
 
 pub async fn run(
-    job: SessionJob,
+    mut job: SessionJob,
     mut targets: watch::Receiver<Targets>,
     mut deleted: watch::Receiver<bool>,
     drained: watch::Receiver<Option<String>>,
@@ -208,30 +237,34 @@ pub async fn run(
     let (budget_pct, budget_note) = job.limits.budget(job.spec.budget.max_kernel_cpu_percent);
     let t = targets.borrow_and_update().clone();
     let config = probe_config(&job.spec, &t, job.redact_outside);
-    // One directory per run of the session: a re-created job of the same name, or this session reloaded, never
-    // writes into a set still waiting for upload.
-    let started_ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let spool = job.spool.join(&job.namespace).join(&job.name).join(format!(
-        "{}-{started_ms}",
-        job.uid.get(..8).unwrap_or(&job.uid)
-    ));
     let window = job
         .spec
         .window
         .as_deref()
         .and_then(|w| sonde_crds::parse_duration(w).ok());
     let keep_events = config.events_expected();
+    let (spool, to) = job.spool_dir(window.is_some());
     let first_dir = match window {
         Some(_) => spool.join("window-000000"),
         None => spool.clone(),
     };
-    let writer = ResultsWriter::create(&first_dir, keep_events, job.spec.output.max_events)
+    // A directory with a destination and no seal: the run a previous agent process was in when it died.
+    let resumed = to.stream && first_dir.join(outbox::DESTINATION).exists();
+    job.resumed_note = job.resumed_note.take().map(|n| match resumed {
+        true => format!(
+            "{n}; the events the previous process had written are kept, those of its last {}s or less are missing",
+            sonde_probes::chunks::ChunkLimits::default().max_age.as_secs()
+        ),
+        false => format!("{n}; events before that were lost with the previous process"),
+    });
+    let open = match resumed {
+        true => ResultsWriter::resume,
+        false => ResultsWriter::create,
+    };
+    let writer = open(&first_dir, keep_events, job.spec.output.max_events)
         .map(|w| job.limited(w))
         .and_then(|w| {
-            outbox::start(&first_dir, &job.destination(&job.spec.result_prefix))
+            outbox::start(&first_dir, &to)
                 .map(|()| w)
                 .map_err(|e| sonde_probes::Error::Io {
                     context: format!("spooling in {}", first_dir.display()),
@@ -244,6 +277,11 @@ pub async fn run(
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(session = %job.name, error = %e, "attach failed");
+            // Nothing captured in this run: its directory goes (a resumed trace's keeps what it had).
+            if !resumed {
+                let _ = std::fs::remove_dir_all(&spool);
+            }
+            outbox::release(&job.held, &spool);
             rep.status.phase = Phase::Failed;
             rep.status.message = Some(e.to_string());
             rep.condition(types::ATTACHED, false, e.label(), e.to_string());
@@ -254,6 +292,8 @@ pub async fn run(
     };
     let strategy = running.loaded.strategy();
     tracing::info!(session = %job.name, probe = %job.spec.probe, %strategy, "attached");
+    // A trace's chunks go to the store while it runs.
+    let streaming = (to.stream && keep_events).then(|| Streaming::start(&spool, &to));
     rep.status.phase = Phase::Running;
     rep.status.attach_strategy = Some(strategy.clone());
     rep.status.attached_at = Some(Time(k8s_openapi::jiff::Timestamp::now()));
@@ -356,6 +396,9 @@ pub async fn run(
                 write_error.get_or_insert(e);
             }
             fill_counts(&mut rep, &running);
+            if let Some(st) = &streaming {
+                st.report(&mut rep);
+            }
             rep.write().await;
         }
     };
@@ -385,9 +428,12 @@ pub async fn run(
     });
     let cap_note = writer.cap_note();
     let prefix = match windows {
-        Some(_) => window_prefix(&job.spec.result_prefix),
-        None => job.spec.result_prefix.clone(),
+        Some(_) => window_prefix(&to.prefix),
+        None => to.prefix.clone(),
     };
+    if let Some(st) = streaming {
+        st.stop().await;
+    }
     let published = publish(
         &job,
         writer,
@@ -398,6 +444,7 @@ pub async fn run(
         windows.is_none(),
     )
     .await;
+    outbox::release(&job.held, &spool);
     let mut problems = published.problems;
     problems.extend(
         write_error
@@ -565,7 +612,7 @@ async fn publish(
     let dir = writer.dir().to_path_buf();
     let to = job.destination(prefix);
     // fsyncs can wait behind other writes for seconds: off the async workers.
-    let sealed = tokio::task::block_in_place(|| outbox::seal(&dir, &to, &files, last));
+    let sealed = tokio::task::block_in_place(|| outbox::seal(&dir, &to, &files, last, false));
     let delivered = match sealed {
         Ok(parcel) => outbox::deliver(&dir, &parcel).await,
         Err(e) => {
@@ -596,6 +643,66 @@ async fn publish(
 fn window_prefix(result_prefix: &str) -> String {
     let end = k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
     format!("{result_prefix}/window-{end}")
+}
+
+/// A running trace's chunk streamer ([`outbox::stream`]).
+struct Streaming {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    state: std::sync::Arc<std::sync::Mutex<outbox::Streamed>>,
+}
+
+impl Streaming {
+    fn start(dir: &std::path::Path, to: &outbox::Destination) -> Streaming {
+        let (stop, stopped) = watch::channel(false);
+        let state = std::sync::Arc::default();
+        let task = tokio::spawn(outbox::stream(
+            dir.to_path_buf(),
+            to.clone(),
+            stopped,
+            std::sync::Arc::clone(&state),
+        ));
+        Streaming { stop, task, state }
+    }
+
+    /// Puts the chunks' state in the heartbeat: pending while the store refuses them, else streaming.
+    fn report(&self, rep: &mut Reporter) {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(error) = st.error else {
+            if rep.status.upload.is_some() {
+                rep.status.upload = Some(Upload::default());
+                rep.condition(
+                    types::RESULTS_COMPLETE,
+                    true,
+                    "Streaming",
+                    format!(
+                        "{} chunks of events are in the object store; the rest follow as the trace runs",
+                        st.sent
+                    ),
+                );
+            }
+            return;
+        };
+        let message = format!(
+            "{} chunks of events spooled on the node, retried until the object store takes them: {error}",
+            st.waiting
+        );
+        rep.condition(types::RESULTS_COMPLETE, false, "UploadPending", message);
+        rep.status.upload = Some(Upload {
+            state: UploadState::Pending,
+            pending: st.waiting,
+            oldest_pending: st
+                .oldest
+                .map(|t| Time(k8s_openapi::jiff::Timestamp::try_from(t).unwrap_or_default())),
+            message: Some(error),
+        });
+    }
+
+    /// Stops sending (a put under way finishes): what is left goes with the sealed set.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
 }
 
 /// The rolling windows of a standing probe.

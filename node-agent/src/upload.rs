@@ -6,12 +6,157 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use object_store::ObjectStore;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
+use object_store::{
+    ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, RetryConfig,
+};
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
 use crate::error::{Error, Result};
+
+/// An object store and the path its URL points into.
+pub struct Store {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    base: object_store::path::Path,
+}
+
+impl Store {
+    pub fn open(store_url: &str) -> Result<Store> {
+        let err = |message: String| Error::Store {
+            url: store_url.into(),
+            message,
+        };
+        let url = Url::parse(store_url).map_err(|e| err(e.to_string()))?;
+        if url.scheme() == "file" {
+            // LocalFileSystem writes below an existing root only.
+            std::fs::create_dir_all(url.path())?;
+        }
+        let aws_env = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
+        let (scheme, base) = ObjectStoreScheme::parse(&url).map_err(|e| err(e.to_string()))?;
+        let store: Arc<dyn ObjectStore> = match scheme {
+            // The outbox retries with its own backoff, across restarts, and reports while it does: the client's
+            // own retries (by default for up to 3 minutes per request) would only hide an outage from status.
+            ObjectStoreScheme::AmazonS3 => Arc::new(
+                aws_env
+                    .fold(
+                        AmazonS3Builder::new().with_url(store_url),
+                        |b, (k, v)| match k.to_ascii_lowercase().parse() {
+                            Ok(k) => b.with_config(k, v),
+                            Err(_) => b,
+                        },
+                    )
+                    .with_retry(RetryConfig {
+                        max_retries: 2,
+                        retry_timeout: Duration::from_secs(10),
+                        ..Default::default()
+                    })
+                    .build()
+                    .map_err(|e| err(e.to_string()))?,
+            ),
+            _ => Arc::from(
+                object_store::parse_url_opts(&url, aws_env)
+                    .map_err(|e| err(e.to_string()))?
+                    .0,
+            ),
+        };
+        Ok(Store {
+            url: store_url.to_string(),
+            store,
+            base,
+        })
+    }
+
+    fn err(&self, message: String) -> Error {
+        Error::Store {
+            url: self.url.clone(),
+            message,
+        }
+    }
+
+    fn key(&self, prefix: &str, name: &str) -> object_store::path::Path {
+        object_store::path::Path::from(
+            format!(
+                "{}/{}/{}",
+                self.base.as_ref(),
+                prefix.trim_matches('/'),
+                name
+            )
+            .trim_start_matches('/'),
+        )
+    }
+
+    /// The URL of `<prefix>/<name>` in this store.
+    pub fn url_of(&self, prefix: &str, name: &str) -> String {
+        format!(
+            "{}/{}/{}",
+            self.url.trim_end_matches('/'),
+            prefix.trim_matches('/'),
+            name
+        )
+    }
+
+    /// Uploads `file` as `<prefix>/<name>`. An event chunk is put create-only (chunks are written once and
+    /// never again: a retried put that already landed counts as done, and a name is never reused for other
+    /// bytes); other files are streamed, one put for a small file, a multipart upload in 10 MiB parts past
+    /// that, so the memory of the upload path does not grow with the file.
+    pub async fn put_file(&self, prefix: &str, name: &str, file: &Path) -> Result<()> {
+        let key = self.key(prefix, name);
+        if is_chunk(name) {
+            return self.put_chunk(&key, file).await;
+        }
+        let mut from = tokio::fs::File::open(file).await?;
+        let mut to = BufWriter::new(self.store.clone(), key.clone());
+        let copied = tokio::io::copy(&mut from, &mut to).await;
+        let done = match copied {
+            Ok(_) => to.shutdown().await,
+            Err(e) => {
+                let _ = to.abort().await;
+                Err(e)
+            }
+        };
+        done.map_err(|e| self.err(format!("{key}: {e}")))
+    }
+
+    /// One create-only put: a chunk is at most 8 MiB of NDJSON before compression, so its bytes are bounded.
+    async fn put_chunk(&self, key: &object_store::path::Path, file: &Path) -> Result<()> {
+        let body = tokio::fs::read(file).await?;
+        let len = body.len() as u64;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self.store.put_opts(key, body.into(), opts).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // Landed before (a put retried after its answer was lost, or a set uploaded again after a
+                // crash): done, if it is the same object.
+                let there = self
+                    .store
+                    .head(key)
+                    .await
+                    .map_err(|e| self.err(format!("{key}: {e}")))?;
+                match there.size == len {
+                    true => Ok(()),
+                    false => Err(self.err(format!(
+                        "{key} exists with {} bytes, this chunk has {len}: not overwritten",
+                        there.size
+                    ))),
+                }
+            }
+            Err(e) => Err(self.err(format!("{key}: {e}"))),
+        }
+    }
+}
+
+/// Whether a result file is an event chunk (`events/000001.ndjson.gz`).
+pub fn is_chunk(name: &str) -> bool {
+    name.ends_with(".ndjson.gz")
+}
 
 /// Uploads `files` (below `dir`, whose relative paths they keep: `events/000001.ndjson.gz`) under `prefix` and
 /// returns their URLs.
@@ -21,19 +166,7 @@ pub async fn upload(
     dir: &Path,
     files: &[PathBuf],
 ) -> Result<Vec<String>> {
-    let err = |message: String| Error::Store {
-        url: store_url.into(),
-        message,
-    };
-    let url = Url::parse(store_url).map_err(|e| err(e.to_string()))?;
-    if url.scheme() == "file" {
-        // LocalFileSystem writes below an existing root only.
-        std::fs::create_dir_all(url.path())?;
-    }
-    let aws_env = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
-    let (store, base) =
-        object_store::parse_url_opts(&url, aws_env).map_err(|e| err(e.to_string()))?;
-    let store: Arc<dyn ObjectStore> = Arc::from(store);
+    let store = Store::open(store_url)?;
     let mut urls = Vec::with_capacity(files.len());
     for file in files {
         let relative = file
@@ -43,29 +176,8 @@ pub async fn upload(
         let Some(name) = relative.and_then(|n| n.to_str()) else {
             continue;
         };
-        let key = object_store::path::Path::from(
-            format!("{}/{}/{}", base.as_ref(), prefix.trim_matches('/'), name)
-                .trim_start_matches('/'),
-        );
-        // Streamed: one put for a small file, a multipart upload in 10 MiB parts past that, so the memory of
-        // the upload path does not grow with the file (a trace may keep hundreds of MiB of events).
-        let mut from = tokio::fs::File::open(file).await?;
-        let mut to = BufWriter::new(store.clone(), key.clone());
-        let copied = tokio::io::copy(&mut from, &mut to).await;
-        let done = match copied {
-            Ok(_) => to.shutdown().await,
-            Err(e) => {
-                let _ = to.abort().await;
-                Err(e)
-            }
-        };
-        done.map_err(|e| err(format!("{key}: {e}")))?;
-        urls.push(format!(
-            "{}/{}/{}",
-            store_url.trim_end_matches('/'),
-            prefix.trim_matches('/'),
-            name
-        ));
+        store.put_file(prefix, name, file).await?;
+        urls.push(store.url_of(prefix, name));
     }
     Ok(urls)
 }
@@ -112,5 +224,24 @@ mod tests {
             .unwrap();
         let got = std::fs::read(dest.path().join("tracejobs/ns/big/node-a/events.ndjson")).unwrap();
         assert!(got == body, "{} bytes arrived of {}", got.len(), body.len());
+    }
+
+    /// A chunk is put create-only: the same bytes again count as done, other bytes under its name are refused.
+    #[tokio::test]
+    async fn a_chunk_is_written_once() {
+        let spool = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(spool.path().join("events")).unwrap();
+        let f = spool.path().join("events/000000.ndjson.gz");
+        std::fs::write(&f, b"one").unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dest.path().display());
+        let up = || super::upload(&url, "p", spool.path(), std::slice::from_ref(&f));
+        up().await.unwrap();
+        up().await.expect("the same chunk again counts as done");
+        std::fs::write(&f, b"other bytes").unwrap();
+        let err = up().await.unwrap_err().to_string();
+        assert!(err.contains("not overwritten"), "{err}");
+        let stored = std::fs::read(dest.path().join("p/events/000000.ndjson.gz")).unwrap();
+        assert_eq!(stored, b"one");
     }
 }

@@ -72,6 +72,14 @@ pub struct Manifest {
     pub chunks: Vec<Chunk>,
     /// Lines over all chunks.
     pub lines: u64,
+    /// How many times a restarted node agent resumed this series (see [`ChunkWriter::resume`]): each time, the
+    /// events of the chunk that was open when the previous process died (at most its age limit, 2 s) are missing.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resumed: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Counts the bytes and hashes what goes to the file.
@@ -126,6 +134,58 @@ impl ChunkWriter {
                 compression: "gzip".into(),
                 ..Default::default()
             },
+        };
+        w.write_manifest()?;
+        Ok(w)
+    }
+
+    /// Continues the series in `<dir>/events/` that a killed process left (or starts one): chunks already listed
+    /// keep their numbers (uploaded ones may be gone from the folder: the manifest still lists them), complete
+    /// chunks renamed but not yet listed are read back and listed, and the chunk that was being written is
+    /// dropped. New chunks continue the sequence, so no name is ever used twice.
+    pub fn resume(dir: &Path, limits: ChunkLimits) -> Result<ChunkWriter> {
+        let events = dir.join(EVENTS_DIR);
+        let manifest = match std::fs::read(events.join(MANIFEST)) {
+            Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(format!("reading {}", events.display()))(e)),
+        };
+        let Some(mut manifest) = manifest else {
+            return ChunkWriter::create(dir, limits);
+        };
+        let listing =
+            std::fs::read_dir(&events).map_err(io(format!("listing {}", events.display())))?;
+        for e in listing.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".part") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        loop {
+            let seq = manifest.chunks.len() as u64;
+            let path = events.join(format!("{seq:06}.ndjson.gz"));
+            if !path.exists() {
+                break;
+            }
+            match describe(&path, seq) {
+                Ok(c) => {
+                    manifest.lines += c.lines;
+                    manifest.chunks.push(c);
+                }
+                // Renamed only once whole, so this is damage from outside: not ours to list.
+                Err(_) => {
+                    let _ = std::fs::remove_file(&path);
+                    break;
+                }
+            }
+        }
+        manifest.complete = false;
+        manifest.resumed += 1;
+        let w = ChunkWriter {
+            dir: events,
+            limits,
+            open: None,
+            manifest,
         };
         w.write_manifest()?;
         Ok(w)
@@ -248,6 +308,32 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A closed chunk's manifest entry, from its file.
+fn describe(path: &Path, seq: u64) -> Result<Chunk> {
+    use std::io::BufRead;
+    let raw = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
+    let mut c = Chunk {
+        seq,
+        file: format!("{seq:06}.ndjson.gz"),
+        compressed_bytes: raw.len() as u64,
+        sha256: hex(&Sha256::digest(&raw)),
+        ..Default::default()
+    };
+    for line in std::io::BufReader::new(flate2::read::GzDecoder::new(&raw[..])).lines() {
+        let line = line.map_err(io(format!("decompressing {}", path.display())))?;
+        c.lines += 1;
+        c.bytes += line.len() as u64 + 1;
+        let ts = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v.get("ts_ns").and_then(serde_json::Value::as_u64));
+        if let Some(ts) = ts {
+            c.first_ts_ns.get_or_insert(ts);
+            c.last_ts_ns = Some(ts);
+        }
+    }
+    Ok(c)
+}
+
 /// Reads a results folder's events back, chunk by chunk in sequence order, checking each chunk against the
 /// manifest (SHA-256 and line count). For tests, `sonde` and tools.
 pub fn read_events(results_dir: &Path) -> Result<(Manifest, Vec<serde_json::Value>)> {
@@ -294,13 +380,18 @@ mod tests {
             .unwrap()
     }
 
+    /// Chunks cut by size only.
+    fn by_size(max_bytes: u64) -> ChunkLimits {
+        ChunkLimits {
+            max_bytes,
+            max_age: Duration::from_secs(3600),
+        }
+    }
+
     #[test]
     fn chunks_are_cut_by_size_listed_and_read_back_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = ChunkLimits {
-            max_bytes: 4096,
-            max_age: Duration::from_secs(3600),
-        };
+        let limits = by_size(4096);
         let mut w = ChunkWriter::create(dir.path(), limits).unwrap();
         assert!(!w.manifest().complete);
         let mut closed = 0;
@@ -327,6 +418,53 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    }
+
+    #[test]
+    fn a_resumed_series_keeps_its_numbers_lists_unlisted_chunks_and_drops_the_open_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = by_size(512);
+        let mut w = ChunkWriter::create(dir.path(), limits).unwrap();
+        for i in 0..40 {
+            w.line(&line(i), Some(1000 + i)).unwrap();
+        }
+        let listed = w.manifest().clone();
+        assert!(listed.chunks.len() >= 3, "{listed:?}");
+        // Killed here: the open chunk is half written. And as if the last close had not reached the manifest:
+        let events = dir.path().join(EVENTS_DIR);
+        let unlisted = listed.chunks.last().unwrap().clone();
+        let mut shorter = listed.clone();
+        shorter.chunks.pop();
+        shorter.lines -= unlisted.lines;
+        std::fs::write(events.join(MANIFEST), serde_json::to_vec(&shorter).unwrap()).unwrap();
+        drop(w);
+        // The first chunk already went to the store and left the folder.
+        std::fs::remove_file(events.join("000000.ndjson.gz")).unwrap();
+        let mut w = ChunkWriter::resume(dir.path(), limits).unwrap();
+        assert_eq!(
+            w.manifest().chunks,
+            listed.chunks,
+            "the unlisted chunk is listed again"
+        );
+        assert_eq!((w.manifest().resumed, w.manifest().complete), (1, false));
+        w.line(&line(100), Some(2000)).unwrap();
+        let (_, m) = w.finish().unwrap();
+        let last = m.chunks.last().unwrap();
+        assert_eq!(
+            last.seq,
+            listed.chunks.len() as u64,
+            "the sequence continues"
+        );
+        assert_eq!(m.lines, listed.lines + 1);
+        let names: Vec<String> = std::fs::read_dir(&events)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".part")), "{names:?}");
+        // A folder with no series yet starts one.
+        let fresh = tempfile::tempdir().unwrap();
+        let w = ChunkWriter::resume(fresh.path(), limits).unwrap();
+        assert_eq!(w.manifest().resumed, 0);
     }
 
     #[test]

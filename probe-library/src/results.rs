@@ -35,9 +35,24 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> Error {
 
 impl ResultsWriter {
     pub fn create(dir: &Path, keep_events: bool, max_events: u64) -> Result<Self> {
+        Self::open(dir, keep_events, max_events, ChunkWriter::create)
+    }
+
+    /// Like [`ResultsWriter::create`], but continues the event series a killed process left in `dir`
+    /// ([`ChunkWriter::resume`]). The caps count from zero again.
+    pub fn resume(dir: &Path, keep_events: bool, max_events: u64) -> Result<Self> {
+        Self::open(dir, keep_events, max_events, ChunkWriter::resume)
+    }
+
+    fn open(
+        dir: &Path,
+        keep_events: bool,
+        max_events: u64,
+        chunks: fn(&Path, ChunkLimits) -> Result<ChunkWriter>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let events = match keep_events {
-            true => Some(ChunkWriter::create(dir, ChunkLimits::default())?),
+            true => Some(chunks(dir, ChunkLimits::default())?),
             false => None,
         };
         Ok(ResultsWriter {

@@ -20,7 +20,7 @@ pub use namespace::TestNamespace;
 pub use netpair::{NetPair, TIGHT_TBF, assert_tcp_stage_is_quick, slow_segments};
 pub use node::{CgroupDriver, RealPod, register_this_node, this_node_name};
 pub use realnode::RealNode;
-pub use s3::S3Server;
+pub use s3::{LiveReader, S3Server, SeenChunk};
 
 /// The repository root, for examples/ and crds/.
 pub fn repo_root() -> std::path::PathBuf {

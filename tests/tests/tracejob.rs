@@ -531,22 +531,23 @@ async fn a_killed_agent_leaves_nothing_attached_and_its_successor_is_truthful() 
     let msg = node.message.clone().unwrap_or_default();
     assert!(msg.contains("agent restarted"), "{node:?}");
     assert!(bpf_programs(WAKEUPS_PROGS).is_empty());
-    // What the killed agent had written is not lost: its successor sealed and uploaded it beside the results.
-    let results = s.dir.path().join("results");
-    let before = || -> Vec<_> {
-        walk_files(&results)
-            .into_iter()
-            .filter(|p| {
-                p.to_string_lossy().contains("/before-restart-")
-                    && p.ends_with("events/manifest.json")
-            })
-            .collect()
-    };
-    wait_for(Duration::from_secs(15), || async { !before().is_empty() }).await;
-    let before = before();
-    assert_eq!(before.len(), 1, "{:?}", walk_files(&results));
-    let events = sonde_tests::events_of(before[0].to_str().unwrap());
-    assert!(!events.is_empty(), "no event kept from before the restart");
+    // What the killed agent had written is not lost: its successor resumed the trace's chunk series, whose one
+    // manifest lists the chunks of both processes.
+    let st = job.status.as_ref().unwrap();
+    let manifests: Vec<_> = walk_files(&s.dir.path().join("results"))
+        .into_iter()
+        .filter(|p| p.ends_with("events/manifest.json"))
+        .collect();
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    let folder = manifests[0].parent().unwrap().parent().unwrap();
+    let (manifest, events) = sonde_probes::chunks::read_events(folder).expect("the stored events");
+    assert!(manifest.complete && manifest.resumed == 1, "{manifest:?}");
+    assert!(
+        events.len() as u64 > st.counts.captured,
+        "{} events stored, {} captured after the restart: none kept from before it",
+        events.len(),
+        st.counts.captured
+    );
     assert!(
         events.iter().all(|e| e["waker_comm"].is_string()),
         "{events:?}"
@@ -1099,8 +1100,7 @@ async fn a_policy_never_takes_over_a_jobs_session_of_the_same_name() {
 async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
     let mut s = Scene::new("outage").await;
     let mut s3 = sonde_tests::S3Server::start();
-    // Any result waiting for the store fills this spool: a second job then keeps no events (and says so).
-    s.agent_with_archive(&s3, &[("SONDE_MAX_SPOOL_MIB", "0")]);
+    s.agent_with_archive(&s3, &[]);
     s.ping_pod("ping").await;
     s3.stop();
     let yaml = wakeups_job("outage", "3s") + "  storage: {location: archive}\n";
@@ -1123,6 +1123,8 @@ async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
         .unwrap();
     assert_eq!(pending.reason, "UploadPending", "{pending:?}");
     assert!(st.results.is_empty(), "{:?}", st.results);
+    // Restarted with a spool cap that the waiting results exceed: a second job keeps no events, and says so.
+    s.agent_with_archive(&s3, &[("SONDE_MAX_SPOOL_MIB", "0")]);
     s.create_job(&(wakeups_job("outage-2", "3s") + "  storage: {location: archive}\n"))
         .await;
     let second = s
@@ -1135,7 +1137,7 @@ async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
         "the full spool was not reported: {second:#?}"
     );
 
-    s.agent_with_archive(&s3, &[("SONDE_MAX_SPOOL_MIB", "0")]);
+    s.agent_with_archive(&s3, &[]);
     s3.restart();
     s3.create_bucket("sonde-e2e");
     let job = s
@@ -1200,6 +1202,162 @@ async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
     );
     let spooled: Vec<_> = walk_files(&s.dir.path().join("spool"));
     assert!(spooled.is_empty(), "left in the spool: {spooled:?}");
+}
+
+/// Durable results while a job runs: a reader that polls the store sees the job's event chunks within seconds
+/// of capture; the store goes away twice mid-job (the job says its results are pending meanwhile) and the agent
+/// is killed (SIGKILL) in the middle of a chunk's upload, after the store took the chunk and before the agent
+/// heard so. At the end one manifest lists every chunk once, the store holds no chunk it does not list, every
+/// chunk checks out, and the events of both agent processes are there.
+#[tokio::test(flavor = "multi_thread")]
+async fn results_stream_through_two_store_outages_and_an_agent_killed_mid_upload() {
+    let mut s = Scene::new("stream").await;
+    let mut s3 = sonde_tests::S3Server::start();
+    s3.create_bucket("sonde-e2e");
+    s.agent_with_archive(&s3, &[]);
+    s.ping_pod("ping").await;
+    let reader = s3.live_reader("sonde-e2e", &format!("runs/tracejobs/{}/", s.ns.name));
+    let seen = |s3: &sonde_tests::S3Server| -> usize {
+        s3.keys("sonde-e2e")
+            .iter()
+            .filter(|k| k.ends_with(".ndjson.gz"))
+            .count()
+    };
+    s.create_job(&(wakeups_job("stream", "45s") + "  storage: {location: archive}\n"))
+        .await;
+    s.wait_attached("stream").await;
+    assert!(
+        wait_for(Duration::from_secs(15), || async { seen(&s3) >= 2 }).await,
+        "no chunk reached the store while the job runs"
+    );
+    let upload_is = |state: sonde_crds::UploadState| {
+        move |j: &TraceJob| {
+            j.status
+                .as_ref()
+                .and_then(|st| st.upload.as_ref())
+                .is_some_and(|u| u.state == state)
+        }
+    };
+    // Outage 1: the job says its results wait on the node, then streams on once the store is back.
+    s3.stop();
+    let job = s
+        .wait_job(
+            "stream",
+            Duration::from_secs(20),
+            upload_is(sonde_crds::UploadState::Pending),
+        )
+        .await;
+    let cond = job
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == types::RESULTS_COMPLETE)
+        .cloned();
+    assert_eq!(cond.map(|c| c.reason), Some("UploadPending".into()));
+    s3.restart();
+    let before = seen(&s3);
+    s.wait_job(
+        "stream",
+        Duration::from_secs(20),
+        upload_is(sonde_crds::UploadState::Complete),
+    )
+    .await;
+    assert!(
+        wait_for(Duration::from_secs(10), || async { seen(&s3) > before }).await,
+        "streaming did not resume after the outage"
+    );
+    // Outage 2.
+    s3.stop();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    s3.restart();
+    // Killed mid-upload: the store has taken a chunk, the agent has not heard so.
+    s3.hold_answers();
+    assert!(
+        wait_for(Duration::from_secs(15), || async { s3.answers_held() > 0 }).await,
+        "no upload under way to interrupt"
+    );
+    s.agent_with_archive(&s3, &[]);
+    s3.release_answers();
+    let job = s
+        .wait_job("stream", Duration::from_secs(60), finished)
+        .await;
+    assert_eq!(
+        job.status.as_ref().unwrap().phase,
+        Phase::Succeeded,
+        "{job:#?}"
+    );
+    let job = s
+        .wait_job(
+            "stream",
+            Duration::from_secs(60),
+            upload_is(sonde_crds::UploadState::Complete),
+        )
+        .await;
+    let st = job.status.unwrap();
+    let chunks_seen = reader.finish();
+
+    let keys = s3.keys("sonde-e2e");
+    let summary_key = keys
+        .iter()
+        .find(|k| k.ends_with("/summary.json"))
+        .unwrap_or_else(|| panic!("no summary.json in {keys:?}"));
+    let prefix = summary_key.trim_end_matches("summary.json");
+    let copy = tempfile::tempdir().unwrap();
+    let mut stored_chunks = Vec::new();
+    for k in keys.iter().filter(|k| k.starts_with(prefix)) {
+        let name = &k[prefix.len()..];
+        if name.ends_with(".ndjson.gz") {
+            stored_chunks.push(name.trim_start_matches("events/").to_string());
+        }
+        let path = copy.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, s3.get("sonde-e2e", k)).unwrap();
+    }
+    let (manifest, events) =
+        sonde_probes::chunks::read_events(copy.path()).expect("the stored events check out");
+    assert!(manifest.complete && manifest.resumed == 1, "{manifest:?}");
+    let listed: Vec<String> = manifest.chunks.iter().map(|c| c.file.clone()).collect();
+    stored_chunks.sort();
+    assert_eq!(stored_chunks, listed, "chunks in the store vs the manifest");
+    assert!(
+        manifest
+            .chunks
+            .iter()
+            .enumerate()
+            .all(|(i, c)| c.seq == i as u64),
+        "{manifest:?}"
+    );
+    assert_eq!(events.len() as u64, manifest.lines);
+    assert!(
+        events.len() as u64 > st.counts.captured,
+        "{} events stored, {} captured after the restart: none kept from before it",
+        events.len(),
+        st.counts.captured
+    );
+    // The live reader: how long from an event's capture to its chunk being readable in the store.
+    let mut latencies: Vec<Duration> = chunks_seen.iter().filter_map(|c| c.latency()).collect();
+    let mut oldest: Vec<Duration> = chunks_seen
+        .iter()
+        .filter_map(|c| c.oldest_latency())
+        .collect();
+    latencies.sort();
+    oldest.sort();
+    eprintln!(
+        "live reader: {} chunks ({} in the manifest); capture to visible in the store, a chunk's newest event: \
+         {latencies:?}; its oldest: {oldest:?}",
+        latencies.len(),
+        manifest.chunks.len(),
+    );
+    assert!(
+        latencies
+            .iter()
+            .filter(|l| **l <= Duration::from_secs(5))
+            .count()
+            >= 3,
+        "a reader saw fewer than 3 chunks within 5 s of capture: {latencies:?}"
+    );
 }
 
 /// The job's result URLs, all in the `archive` location of [`Scene::agent_with_archive`].
