@@ -201,6 +201,9 @@ impl std::ops::AddAssign<&Counts> for Counts {
         self.dropped += other.dropped;
         self.dropped_unread_at_stop += other.dropped_unread_at_stop;
         self.breaches += other.breaches;
+        for (reason, n) in &other.not_kept {
+            *self.not_kept.entry(reason.clone()).or_default() += n;
+        }
         self.dropped_percent = self.drop_rate();
     }
 }
@@ -219,6 +222,7 @@ impl Counts {
             dropped_unread_at_stop,
             dropped_percent: None,
             breaches,
+            not_kept: Default::default(),
         };
         c.dropped_percent = c.drop_rate();
         c
@@ -385,4 +389,9 @@ pub struct Counts {
     pub dropped_percent: Option<f64>,
     /// Threshold breaches.
     pub breaches: u64,
+    /// Events that reached the agent but were not kept in the results, by reason: `SpoolFull` (the node's spool
+    /// of results waiting for the store reached its cap), `MaxEventBytes` (the node's limit per trace),
+    /// `MaxEvents` (`output.maxEvents`). Aggregates still count them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub not_kept: std::collections::BTreeMap<String, u64>,
 }

@@ -243,6 +243,7 @@ impl Agent {
             node_wide_allowed,
             spool_full: self.spool_full.clone(),
             held: self.held.clone(),
+            metrics: self.metrics.clone(),
             slot: self.slots.take(),
             resumed_note,
         };

@@ -1,6 +1,7 @@
 //! The agent's Prometheus metrics (served with the health endpoints by `sonde-telemetry`).
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -16,6 +17,8 @@ pub struct AgentMetrics {
     pub results_abandoned: Counter,
     /// 1 while the spooled results are over `agent.limits.maxSpoolMiB` (sessions keep no new events).
     pub spool_full: Gauge,
+    /// Events that reached the agent and were not kept in results, by `reason` (as in `status.counts.notKept`).
+    pub events_not_kept: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl AgentMetrics {
@@ -52,6 +55,12 @@ impl AgentMetrics {
             "spool_full",
             "1 while results waiting for the object store fill the spool to its cap: new events are not kept",
             m.spool_full.clone(),
+        );
+        r.register(
+            "events_not_kept",
+            "Events that reached the agent and were not kept in the results, by reason (SpoolFull, \
+             MaxEventBytes, MaxEvents)",
+            m.events_not_kept.clone(),
         );
         m
     }

@@ -66,6 +66,7 @@ pub struct SessionJob {
     pub slot: Option<OwnedSemaphorePermit>,
     /// Set when a restarted agent picks up a session its previous process had started.
     pub resumed_note: Option<String>,
+    pub metrics: crate::metrics::AgentMetrics,
 }
 
 impl SessionJob {
@@ -135,6 +136,8 @@ struct Reporter {
     name: String,
     generation: Option<i64>,
     status: ProbeSessionStatus,
+    /// Events not kept in the results so far, by reason (`status.counts.notKept`).
+    not_kept: std::collections::BTreeMap<String, u64>,
 }
 
 impl Reporter {
@@ -193,6 +196,7 @@ pub async fn run(
         name: job.name.clone(),
         generation: job.generation,
         status: ProbeSessionStatus::default(),
+        not_kept: Default::default(),
     };
     let deadline = job.spec.deadline.as_ref().map(|t| to_system(&t.0));
     if let Some(d) = deadline
@@ -395,6 +399,7 @@ pub async fn run(
             if let Err(e) = writer.flush() {
                 write_error.get_or_insert(e);
             }
+            tally_not_kept(&job, &mut rep, &mut writer);
             fill_counts(&mut rep, &running);
             if let Some(st) = &streaming {
                 st.report(&mut rep);
@@ -406,6 +411,7 @@ pub async fn run(
 
     let findings =
         tokio::task::block_in_place(|| running.finish(top, writer.sink(&mut write_error)));
+    tally_not_kept(&job, &mut rep, &mut writer);
     fill_counts(&mut rep, &running);
     let (run_time, runs) = running.kernel_runtime();
     let elapsed = running.elapsed();
@@ -555,6 +561,17 @@ fn probe_config(spec: &ProbeSessionSpec, t: &Targets, redact_outside: bool) -> P
 }
 
 /// Counts from the kernel and the drain; `EventsDropped` once any event was dropped.
+/// Counts the events `writer` did not keep since the last call: in the session's status and the node's metric.
+fn tally_not_kept(job: &SessionJob, rep: &mut Reporter, writer: &mut ResultsWriter) {
+    for (reason, n) in writer.take_not_kept() {
+        *rep.not_kept.entry(reason.to_string()).or_default() += n;
+        job.metrics
+            .events_not_kept
+            .get_or_create(&vec![("reason", reason)])
+            .inc_by(n);
+    }
+}
+
 fn fill_counts(rep: &mut Reporter, running: &Running) {
     let k = running.kernel_stats();
     let drops = running.drops();
@@ -564,6 +581,7 @@ fn fill_counts(rep: &mut Reporter, running: &Running) {
         drops.unread_at_stop,
         k.breaches,
     );
+    rep.status.counts.not_kept = rep.not_kept.clone();
     if let Some(msg) = rep.status.counts.drop_message() {
         rep.condition(types::EVENTS_DROPPED, true, "UserSpaceBehind", msg);
     }
@@ -750,6 +768,7 @@ async fn end_window(
         .map_err(|e| format!("starting window {}: {e}", w.n))?;
     outbox::start(&dir, &job.destination(&job.spec.result_prefix))
         .map_err(|e| format!("starting window {}: {e}", w.n))?;
+    tally_not_kept(job, rep, writer);
     let done = std::mem::replace(writer, next);
     fill_counts(rep, running);
     let breaches = rep.status.counts.breaches - w.breaches_before;

@@ -26,6 +26,10 @@ pub struct ResultsWriter {
     gate: Option<(Arc<AtomicBool>, String)>,
     /// Of `not_kept`, those the closed gate refused.
     pub refused: u64,
+    /// Of `not_kept`, those past `max_events`.
+    over_max_events: u64,
+    /// What [`ResultsWriter::take_not_kept`] reported so far: refused, over max events, over max bytes.
+    reported: [u64; 3],
     line: Vec<u8>,
 }
 
@@ -65,6 +69,8 @@ impl ResultsWriter {
             not_kept: 0,
             gate: None,
             refused: 0,
+            over_max_events: 0,
+            reported: [0; 3],
             line: Vec::new(),
         })
     }
@@ -109,6 +115,23 @@ impl ResultsWriter {
         &self.dir
     }
 
+    /// Events not kept since the last call, by reason (`SpoolFull`, `MaxEvents`, `MaxEventBytes`; only those
+    /// with some), for a caller that counts them as they happen.
+    pub fn take_not_kept(&mut self) -> Vec<(&'static str, u64)> {
+        let now = [
+            self.refused,
+            self.over_max_events,
+            self.not_kept - self.refused - self.over_max_events,
+        ];
+        let reasons = ["SpoolFull", "MaxEvents", "MaxEventBytes"];
+        let out = (0..3)
+            .filter(|&i| now[i] > self.reported[i])
+            .map(|i| (reasons[i], now[i] - self.reported[i]))
+            .collect();
+        self.reported = now;
+        out
+    }
+
     /// Appends one event; past `max_events` events are counted by the caller but no longer written.
     /// An event sink for `Running::drain`/`finish`/`roll`: writes each event and keeps the first error, to be
     /// reported once the drain is done.
@@ -133,7 +156,12 @@ impl ResultsWriter {
             self.refused += 1;
             return Ok(());
         }
-        if self.written >= self.max_events || self.bytes >= self.max_bytes {
+        if self.written >= self.max_events {
+            self.not_kept += 1;
+            self.over_max_events += 1;
+            return Ok(());
+        }
+        if self.bytes >= self.max_bytes {
             self.not_kept += 1;
             return Ok(());
         }
@@ -287,6 +315,23 @@ mod tests {
             note.contains("2 events were counted but not kept: the spool is full"),
             "{note}"
         );
+    }
+
+    #[test]
+    fn events_not_kept_are_told_once_by_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let closed = Arc::new(AtomicBool::new(false));
+        let mut w = ResultsWriter::create(dir.path(), true, 3)
+            .unwrap()
+            .with_gate(closed.clone(), "full");
+        for i in 0..5 {
+            w.event(&event(i)).unwrap();
+        }
+        assert_eq!(w.take_not_kept(), vec![("MaxEvents", 2)]);
+        assert_eq!(w.take_not_kept(), vec![]);
+        closed.store(true, Ordering::Relaxed);
+        w.event(&event(6)).unwrap();
+        assert_eq!(w.take_not_kept(), vec![("SpoolFull", 1)]);
     }
 
     #[test]

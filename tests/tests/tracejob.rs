@@ -1136,6 +1136,23 @@ async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
         note.contains("counted but not kept") && note.contains("agent.limits.maxSpoolMiB"),
         "the full spool was not reported: {second:#?}"
     );
+    // Counted by reason, in the status and the node's metric; all of them, as nothing was kept.
+    let refused = second.counts.not_kept.get("SpoolFull").copied();
+    assert!(
+        refused.is_some_and(|n| n > 0) && refused == Some(second.counts.captured),
+        "{:?}",
+        second.counts
+    );
+    let port = s.agent.as_ref().unwrap().metrics_port.unwrap();
+    let metrics = http_get(port, "/metrics")
+        .await
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let line = format!(
+        "sonde_agent_events_not_kept_total{{reason=\"SpoolFull\"}} {}",
+        refused.unwrap_or_default()
+    );
+    assert!(metrics.contains(&line), "no `{line}` in {metrics}");
 
     s.agent_with_archive(&s3, &[]);
     s3.restart();
