@@ -392,13 +392,13 @@ pub async fn run(
                     .unwrap_or_default()
             ));
         }
+        // A chunk 2 s old is closed (a clock read, every turn): a reader sees events within seconds, and an agent
+        // killed mid-trace loses at most the open chunk's (the next agent resumes the rest).
+        if let Err(e) = writer.flush() {
+            write_error.get_or_insert(e);
+        }
         if last_status.elapsed() >= STATUS_EVERY {
             last_status = Instant::now();
-            // Chunks older than 2 s are closed at a heartbeat: an agent killed mid-trace loses at most the open
-            // chunk's events (the next agent seals the rest for upload).
-            if let Err(e) = writer.flush() {
-                write_error.get_or_insert(e);
-            }
             tally_not_kept(&job, &mut rep, &mut writer);
             fill_counts(&mut rep, &running);
             if let Some(st) = &streaming {
