@@ -61,13 +61,13 @@ async fn main() {
                     "waker_pid": 1000 + i % 5000, "waker_tid": 1000 + i % 7919,
                     "wakee_comm": format!("isc-socket-{}", i % 8), "wakee_pid": 200 + i % 300,
                     "wakee_tid": 200 + i % 1201, "wakee_cgroup": 4242 + i % 3, "cpu": i % 2,
-                    "window_count": i % 500, "breach": i % 97 == 0,
+                    "window_count": i % 500, "breach": i.is_multiple_of(97),
                 }),
                 breach: false,
                 value: None,
             };
             writer.event(&ev).expect("writing an event");
-            if i % 100_000 == 0 {
+            if i.is_multiple_of(100_000) {
                 writer.flush().expect("closing old chunks");
             }
             i += 1;
