@@ -1195,14 +1195,7 @@ async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
     // The job's folder as the store has it: every chunk the manifest lists, each checked (SHA-256, lines).
     let summary_key = key("/summary.json");
     let prefix = summary_key.trim_end_matches("summary.json");
-    let copy = tempfile::tempdir().unwrap();
-    for k in keys.iter().filter(|k| k.starts_with(prefix)) {
-        let path = copy.path().join(&k[prefix.len()..]);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, s3.get("sonde-e2e", k)).unwrap();
-    }
-    let (manifest, events) =
-        sonde_probes::chunks::read_events(copy.path()).expect("the stored events");
+    let (manifest, events, _) = stored_folder(&s3, &keys, prefix);
     assert!(manifest.complete, "{manifest:?}");
     let lines = events.len() as u64;
     assert_eq!(
@@ -1321,22 +1314,9 @@ async fn results_stream_through_two_store_outages_and_an_agent_killed_mid_upload
         .find(|k| k.ends_with("/summary.json"))
         .unwrap_or_else(|| panic!("no summary.json in {keys:?}"));
     let prefix = summary_key.trim_end_matches("summary.json");
-    let copy = tempfile::tempdir().unwrap();
-    let mut stored_chunks = Vec::new();
-    for k in keys.iter().filter(|k| k.starts_with(prefix)) {
-        let name = &k[prefix.len()..];
-        if name.ends_with(".ndjson.gz") {
-            stored_chunks.push(name.trim_start_matches("events/").to_string());
-        }
-        let path = copy.path().join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, s3.get("sonde-e2e", k)).unwrap();
-    }
-    let (manifest, events) =
-        sonde_probes::chunks::read_events(copy.path()).expect("the stored events check out");
+    let (manifest, events, stored_chunks) = stored_folder(&s3, &keys, prefix);
     assert!(manifest.complete && manifest.resumed == 1, "{manifest:?}");
     let listed: Vec<String> = manifest.chunks.iter().map(|c| c.file.clone()).collect();
-    stored_chunks.sort();
     assert_eq!(stored_chunks, listed, "chunks in the store vs the manifest");
     assert!(
         manifest
@@ -1374,6 +1354,88 @@ async fn results_stream_through_two_store_outages_and_an_agent_killed_mid_upload
             .count()
             >= 3,
         "a reader saw fewer than 3 chunks within 5 s of capture: {latencies:?}"
+    );
+}
+
+/// A job's folder as the store has it (`prefix` ends with `/`), read back and checked (every chunk the
+/// manifest lists, SHA-256 and lines): the manifest, the events and the chunk names found in the store, sorted.
+fn stored_folder(
+    s3: &sonde_tests::S3Server,
+    keys: &[String],
+    prefix: &str,
+) -> (
+    sonde_probes::chunks::Manifest,
+    Vec<serde_json::Value>,
+    Vec<String>,
+) {
+    let copy = tempfile::tempdir().unwrap();
+    let mut chunks = Vec::new();
+    for k in keys.iter().filter(|k| k.starts_with(prefix)) {
+        let name = &k[prefix.len()..];
+        if let Some(chunk) = name
+            .strip_prefix("events/")
+            .filter(|n| n.ends_with(".ndjson.gz"))
+        {
+            chunks.push(chunk.to_string());
+        }
+        let path = copy.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, s3.get("sonde-e2e", k)).unwrap();
+    }
+    chunks.sort();
+    let (manifest, events) = sonde_probes::chunks::read_events(copy.path())
+        .unwrap_or_else(|e| panic!("the stored events of {prefix}: {e}"));
+    (manifest, events, chunks)
+}
+
+/// The spool cap reached mid-job (the store is down, and the agent's cap is 0 MiB: the first chunk waiting
+/// fills it): from then on the job's events are counted, by reason, and not kept; those kept before are intact
+/// and reach the store once it is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_spool_stops_keeping_events_and_keeps_what_came_before() {
+    let mut s = Scene::new("capped").await;
+    let mut s3 = sonde_tests::S3Server::start();
+    s3.create_bucket("sonde-e2e");
+    s.agent_with_archive(&s3, &[("SONDE_MAX_SPOOL_MIB", "0")]);
+    s.ping_pod("ping").await;
+    s3.stop();
+    s.create_job(&(wakeups_job("capped", "8s") + "  storage: {location: archive}\n"))
+        .await;
+    let job = s
+        .wait_job("capped", Duration::from_secs(40), finished)
+        .await;
+    let st = job.status.unwrap();
+    let refused = st
+        .counts
+        .not_kept
+        .get("SpoolFull")
+        .copied()
+        .unwrap_or_default();
+    let kept = st.counts.captured - refused;
+    assert!(refused > 0 && kept > 0, "{:?}", st.counts);
+    s.agent_with_archive(&s3, &[]);
+    s3.restart();
+    s.wait_job("capped", Duration::from_secs(60), |j| {
+        j.status
+            .as_ref()
+            .and_then(|st| st.upload.as_ref())
+            .is_some_and(|u| u.state == sonde_crds::UploadState::Complete)
+    })
+    .await;
+    let keys = s3.keys("sonde-e2e");
+    let manifest_key = keys
+        .iter()
+        .find(|k| k.ends_with("/events/manifest.json"))
+        .unwrap_or_else(|| panic!("no manifest in {keys:?}"));
+    let prefix = manifest_key.trim_end_matches("events/manifest.json");
+    let (manifest, events, chunks) = stored_folder(&s3, &keys, prefix);
+    assert!(manifest.complete, "{manifest:?}");
+    assert_eq!(chunks.len(), manifest.chunks.len());
+    assert_eq!(
+        events.len() as u64,
+        kept,
+        "events in the store vs kept ({:?})",
+        st.counts
     );
 }
 
