@@ -288,6 +288,16 @@ spec:
     )
 }
 
+/// Whether a job's results stand so (`status.upload.state`).
+fn upload_is(state: sonde_crds::UploadState) -> impl Fn(&TraceJob) -> bool {
+    move |j| {
+        j.status
+            .as_ref()
+            .and_then(|st| st.upload.as_ref())
+            .is_some_and(|u| u.state == state)
+    }
+}
+
 fn finished(j: &TraceJob) -> bool {
     j.status.as_ref().is_some_and(|s| s.phase.is_finished())
 }
@@ -1158,12 +1168,11 @@ async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
     s3.restart();
     s3.create_bucket("sonde-e2e");
     let job = s
-        .wait_job("outage", Duration::from_secs(120), |j| {
-            j.status
-                .as_ref()
-                .and_then(|st| st.upload.as_ref())
-                .is_some_and(|u| u.state == sonde_crds::UploadState::Complete)
-        })
+        .wait_job(
+            "outage",
+            Duration::from_secs(120),
+            upload_is(sonde_crds::UploadState::Complete),
+        )
         .await;
     let st = job.status.unwrap();
     let late = st
@@ -1177,12 +1186,11 @@ async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
         "{late:?}"
     );
     assert_results_in_the_archive(&st);
-    s.wait_job("outage-2", Duration::from_secs(60), |j| {
-        j.status
-            .as_ref()
-            .and_then(|st| st.upload.as_ref())
-            .is_some_and(|u| u.state == sonde_crds::UploadState::Complete)
-    })
+    s.wait_job(
+        "outage-2",
+        Duration::from_secs(60),
+        upload_is(sonde_crds::UploadState::Complete),
+    )
     .await;
     let keys = s3.keys("sonde-e2e");
     let key = |name: &str| {
@@ -1240,14 +1248,6 @@ async fn results_stream_through_two_store_outages_and_an_agent_killed_mid_upload
         wait_for(Duration::from_secs(15), || async { seen(&s3) >= 2 }).await,
         "no chunk reached the store while the job runs"
     );
-    let upload_is = |state: sonde_crds::UploadState| {
-        move |j: &TraceJob| {
-            j.status
-                .as_ref()
-                .and_then(|st| st.upload.as_ref())
-                .is_some_and(|u| u.state == state)
-        }
-    };
     // Outage 1: the job says its results wait on the node, then streams on once the store is back.
     s3.stop();
     let job = s
@@ -1415,12 +1415,11 @@ async fn a_full_spool_stops_keeping_events_and_keeps_what_came_before() {
     assert!(refused > 0 && kept > 0, "{:?}", st.counts);
     s.agent_with_archive(&s3, &[]);
     s3.restart();
-    s.wait_job("capped", Duration::from_secs(60), |j| {
-        j.status
-            .as_ref()
-            .and_then(|st| st.upload.as_ref())
-            .is_some_and(|u| u.state == sonde_crds::UploadState::Complete)
-    })
+    s.wait_job(
+        "capped",
+        Duration::from_secs(60),
+        upload_is(sonde_crds::UploadState::Complete),
+    )
     .await;
     let keys = s3.keys("sonde-e2e");
     let manifest_key = keys
