@@ -299,6 +299,48 @@ pub struct Upload {
 
 impl Upload {
     /// The upload state of a job over its nodes: the worst state, pending sets summed, the oldest first.
+    /// The `ResultsComplete` condition for this state: status, reason, message. `running`: the trace still
+    /// runs (its events stream, and what is pending are chunks); `was_pending`: an earlier report said pending
+    /// (so complete now means uploaded late); `place` names where the results wait (`on node-a, node-b`), or is
+    /// empty for one node's session.
+    pub fn condition(
+        &self,
+        running: bool,
+        was_pending: bool,
+        place: &str,
+    ) -> (bool, &'static str, String) {
+        let place = match place {
+            "" => String::new(),
+            p => format!(" {p}"),
+        };
+        let why = self.message.as_deref().unwrap_or_default();
+        match self.state {
+            UploadState::Complete if running => (
+                true,
+                "Streaming",
+                "every closed chunk of events is in the object store; the rest follow as the trace runs".into(),
+            ),
+            UploadState::Complete if was_pending => (
+                true,
+                "UploadedLate",
+                "every result file is in the object store (some uploaded after the trace ended, once the store \
+                 took them)"
+                    .into(),
+            ),
+            UploadState::Complete => (true, "Uploaded", "every result file is in the object store".into()),
+            UploadState::Pending => (
+                false,
+                "UploadPending",
+                format!(
+                    "{} {} spooled{place}, retried until the object store takes them: {why}",
+                    self.pending,
+                    if running { "chunk(s) of events" } else { "result set(s)" },
+                ),
+            ),
+            UploadState::Incomplete => (false, "ResultsIncomplete", format!("results lost{place}: {why}")),
+        }
+    }
+
     pub fn merge<'a>(uploads: impl IntoIterator<Item = &'a Upload>) -> Option<Upload> {
         let mut out: Option<Upload> = None;
         for u in uploads {
@@ -394,4 +436,45 @@ pub struct Counts {
     /// `MaxEvents` (`output.maxEvents`). Aggregates still count them.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub not_kept: std::collections::BTreeMap<String, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_results_condition_says_streaming_pending_late_or_lost() {
+        let pending = Upload {
+            state: UploadState::Pending,
+            pending: 3,
+            message: Some("connection refused".into()),
+            ..Default::default()
+        };
+        let (ok, reason, msg) = pending.condition(true, false, "on node-a");
+        assert_eq!((ok, reason), (false, "UploadPending"));
+        assert!(
+            msg.starts_with("3 chunk(s) of events spooled on node-a")
+                && msg.ends_with("connection refused"),
+            "{msg}"
+        );
+        assert!(
+            pending
+                .condition(false, false, "")
+                .2
+                .starts_with("3 result set(s) spooled,")
+        );
+        let done = Upload::default();
+        assert_eq!(done.condition(true, true, "").1, "Streaming");
+        assert_eq!(done.condition(false, true, "").1, "UploadedLate");
+        assert_eq!(done.condition(false, false, "").1, "Uploaded");
+        let lost = Upload {
+            state: UploadState::Incomplete,
+            message: Some("disk full".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            lost.condition(false, false, "on node-b").2,
+            "results lost on node-b: disk full"
+        );
+    }
 }

@@ -425,33 +425,6 @@ pub fn state_of(spool: &Path, namespace: &str, session: &str, last_error: Option
     }
 }
 
-/// The condition that says where the results are.
-pub fn condition(u: &Upload, late: bool) -> (bool, &'static str, String) {
-    match u.state {
-        UploadState::Complete if late => (
-            true,
-            "UploadedLate",
-            "every result file is in the object store (uploaded after the trace ended, once the store took it)"
-                .into(),
-        ),
-        UploadState::Complete => (true, "Uploaded", "every result file is in the object store".into()),
-        UploadState::Pending => (
-            false,
-            "UploadPending",
-            format!(
-                "{} result set(s) spooled on the node, retried until the object store takes them: {}",
-                u.pending,
-                u.message.as_deref().unwrap_or_default()
-            ),
-        ),
-        UploadState::Incomplete => (
-            false,
-            "ResultsIncomplete",
-            u.message.clone().unwrap_or_default(),
-        ),
-    }
-}
-
 /// Bytes of a result set's files: those directly in `dir` and its events.
 fn dir_bytes(dir: &Path) -> u64 {
     [
@@ -628,7 +601,7 @@ impl Uploader {
             return;
         };
         let mut st = session.status.unwrap_or_default();
-        let (ok, reason, message) = condition(&upload, true);
+        let (ok, reason, message) = upload.condition(false, true, "");
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         conditions::set(
             &mut st.conditions,
@@ -689,7 +662,7 @@ mod tests {
         assert_eq!((sealed.len(), cut.len()), (1, 0));
         let u = state_of(spool.path(), "ns", "job-node", Some("store down"));
         assert_eq!((u.state, u.pending), (UploadState::Pending, 1));
-        assert!(condition(&u, false).2.contains("store down"));
+        assert!(u.condition(false, false, "").2.contains("store down"));
         assert_eq!(
             state_of(spool.path(), "ns", "other", None).state,
             UploadState::Complete

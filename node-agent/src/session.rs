@@ -156,7 +156,7 @@ impl Reporter {
 
     /// Where the results stand: `status.upload` and the `ResultsComplete` condition.
     fn report_upload(&mut self, upload: Upload) {
-        let (ok, reason, message) = outbox::condition(&upload, false);
+        let (ok, reason, message) = upload.condition(false, false, "");
         self.condition(types::RESULTS_COMPLETE, ok, reason, message);
         self.status.upload = Some(upload);
     }
@@ -683,37 +683,27 @@ impl Streaming {
         Streaming { stop, task, state }
     }
 
-    /// Puts the chunks' state in the heartbeat: pending while the store refuses them, else streaming.
+    /// Puts the chunks' state in the heartbeat: pending while the store refuses them, else streaming (once
+    /// it has been pending: a trace whose store never failed says nothing until its end).
     fn report(&self, rep: &mut Reporter) {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(error) = st.error else {
-            if rep.status.upload.is_some() {
-                rep.status.upload = Some(Upload::default());
-                rep.condition(
-                    types::RESULTS_COMPLETE,
-                    true,
-                    "Streaming",
-                    format!(
-                        "{} chunks of events are in the object store; the rest follow as the trace runs",
-                        st.sent
-                    ),
-                );
-            }
+        if st.error.is_none() && rep.status.upload.is_none() {
             return;
+        }
+        let upload = match st.error {
+            None => Upload::default(),
+            Some(error) => Upload {
+                state: UploadState::Pending,
+                pending: st.waiting,
+                oldest_pending: st
+                    .oldest
+                    .map(|t| Time(k8s_openapi::jiff::Timestamp::try_from(t).unwrap_or_default())),
+                message: Some(error),
+            },
         };
-        let message = format!(
-            "{} chunks of events spooled on the node, retried until the object store takes them: {error}",
-            st.waiting
-        );
-        rep.condition(types::RESULTS_COMPLETE, false, "UploadPending", message);
-        rep.status.upload = Some(Upload {
-            state: UploadState::Pending,
-            pending: st.waiting,
-            oldest_pending: st
-                .oldest
-                .map(|t| Time(k8s_openapi::jiff::Timestamp::try_from(t).unwrap_or_default())),
-            message: Some(error),
-        });
+        let (ok, reason, message) = upload.condition(true, false, "on the node");
+        rep.condition(types::RESULTS_COMPLETE, ok, reason, message);
+        rep.status.upload = Some(upload);
     }
 
     /// Stops sending (a put under way finishes): what is left goes with the sealed set.

@@ -240,38 +240,16 @@ pub fn upload_rollup(
         .conditions
         .iter()
         .any(|c| c.type_ == types::RESULTS_COMPLETE && c.reason == "UploadPending");
-    let (ok, reason, msg) = match merged.state {
-        UploadState::Complete if was_pending => (
-            true,
-            "UploadedLate",
-            "every node's results are in the object store (some uploaded after the trace ended)"
-                .to_string(),
-        ),
-        UploadState::Complete => (
-            true,
-            "Uploaded",
-            "every node's results are in the object store".into(),
-        ),
-        UploadState::Pending => (
-            false,
-            "UploadPending",
-            format!(
-                "{} result set(s) spooled on {} and retried until the object store takes them: {}",
-                merged.pending,
-                on(UploadState::Pending),
-                merged.message.as_deref().unwrap_or_default()
-            ),
-        ),
-        UploadState::Incomplete => (
-            false,
-            "ResultsIncomplete",
-            format!(
-                "results lost on {}: {}",
-                on(UploadState::Incomplete),
-                merged.message.as_deref().unwrap_or_default()
-            ),
-        ),
+    let waiting = match merged.state {
+        UploadState::Pending => on(UploadState::Pending),
+        UploadState::Incomplete => on(UploadState::Incomplete),
+        UploadState::Complete => String::new(),
     };
+    let (ok, reason, msg) = merged.condition(
+        !st.phase.is_finished(),
+        was_pending,
+        &format!("on {waiting}"),
+    );
     conditions::set(
         &mut st.conditions,
         types::RESULTS_COMPLETE,

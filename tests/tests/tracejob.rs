@@ -1268,12 +1268,22 @@ async fn results_stream_through_two_store_outages_and_an_agent_killed_mid_upload
     assert_eq!(cond.map(|c| c.reason), Some("UploadPending".into()));
     s3.restart();
     let before = seen(&s3);
-    s.wait_job(
-        "stream",
-        Duration::from_secs(20),
-        upload_is(sonde_crds::UploadState::Complete),
-    )
-    .await;
+    let job = s
+        .wait_job(
+            "stream",
+            Duration::from_secs(20),
+            upload_is(sonde_crds::UploadState::Complete),
+        )
+        .await;
+    let st = job.status.as_ref().unwrap();
+    let cond = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == types::RESULTS_COMPLETE);
+    assert!(
+        !st.phase.is_finished() && cond.is_some_and(|c| c.reason == "Streaming"),
+        "{st:#?}"
+    );
     assert!(
         wait_for(Duration::from_secs(10), || async { seen(&s3) > before }).await,
         "streaming did not resume after the outage"
