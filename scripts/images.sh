@@ -125,7 +125,7 @@ stage() {
   local name=$1 b
   case $name in
     sonde)
-      for b in sonde-operator sonde-agent sonde; do
+      for b in sonde-operator sonde-agent sonde-results sonde; do
         [ -x "$release/$b" ] || die "$release/$b missing (cargo build --release)"
         # Stripped in the image only: target/release keeps its symbols for profiling Sonde itself.
         install -D -s -m 0755 "$release/$b" "$root/usr/local/bin/$b"
@@ -137,7 +137,7 @@ stage() {
       cfg=(--entrypoint '["/usr/local/bin/sonde-operator"]' --user 65532:65532
         --env PATH=/usr/local/bin:/usr/bin:/bin
         --label org.opencontainers.image.title=sonde
-        --label "org.opencontainers.image.description=Declarative eBPF probes for Kubernetes: sonde-operator, sonde-agent and the sonde CLI"
+        --label "org.opencontainers.image.description=Declarative eBPF probes for Kubernetes: sonde-operator, sonde-agent, sonde-results and the sonde CLI"
         --label "org.opencontainers.image.version=$version"
         --label "org.opencontainers.image.revision=$revision"
         --label org.opencontainers.image.source=https://github.com/sonde-dev/sonde
@@ -189,7 +189,7 @@ build() {
   stage "$name"
   # Every binary must start from the staged tree alone (proves the library list complete).
   if [ "$name" = sonde ] && [ "$(id -u)" = 0 ]; then
-    for b in sonde-operator sonde-agent sonde; do
+    for b in sonde-operator sonde-agent sonde-results sonde; do
       chroot "$root" "/usr/local/bin/$b" --help >/dev/null || die "$b does not start in the image's root filesystem"
     done
   fi
@@ -225,7 +225,7 @@ build() {
 }
 
 if [[ " ${want[*]} " == *" sonde "* ]] && [ "${SONDE_IMAGES_NO_CARGO:-0}" != 1 ]; then
-  cargo build --release --locked -p sonde-operator -p sonde-agent -p sonde-cli
+  cargo build --release --locked -p sonde-operator -p sonde-agent -p sonde-results -p sonde-cli
 fi
 for name in "${want[@]}"; do build "$name"; done
 # Images that lost their names to a rebuild.

@@ -19,13 +19,15 @@ fn bin_dir() -> &'static PathBuf {
                 "sonde-agent",
                 "-p",
                 "sonde-operator",
+                "-p",
+                "sonde-results",
             ])
             .current_dir(crate::repo_root())
             .status()
             .expect("cargo build runs");
         assert!(
             status.success(),
-            "building sonde-agent and sonde-operator failed"
+            "building sonde-agent, sonde-operator and sonde-results failed"
         );
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
@@ -41,6 +43,8 @@ pub struct Component {
     pub log: PathBuf,
     /// Where its /metrics, /healthz and /readyz are (127.0.0.1), when the test chose the port.
     pub metrics_port: Option<u16>,
+    /// Where it serves its API (the results server).
+    pub api_port: Option<u16>,
 }
 
 impl Component {
@@ -70,6 +74,7 @@ impl Component {
             child,
             log,
             metrics_port: None,
+            api_port: None,
         }
     }
 
@@ -137,6 +142,21 @@ impl Component {
         let log = dir.join("agent.log");
         let mut c = Self::spawn(kubeconfig, "sonde-agent", &args, log, env);
         c.metrics_port = Some(port);
+        c
+    }
+
+    /// The results server acting as the identity in `kubeconfig`, with `env` (storage locations, AWS_*).
+    pub fn results(kubeconfig: &Path, dir: &Path, env: &[(String, String)]) -> Component {
+        let (api, metrics) = (free_port(), free_port());
+        let args = [
+            format!("--listen=127.0.0.1:{api}"),
+            format!("--metrics-addr=127.0.0.1:{metrics}"),
+            format!("--storage-url=file://{}", dir.join("results").display()),
+        ];
+        let log = dir.join("results-server.log");
+        let mut c = Self::spawn(kubeconfig, "sonde-results", &args, log, env);
+        c.metrics_port = Some(metrics);
+        c.api_port = Some(api);
         c
     }
 
@@ -254,6 +274,32 @@ pub fn free_port() -> u16 {
 }
 
 /// GET `http://127.0.0.1:<port><path>` with curl: (status, body).
+/// A GET with a bearer token (if any): status, `Content-Type` and body.
+pub async fn http_get_as(port: u16, path: &str, token: Option<&str>) -> (u16, String, String) {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code} %{content_type}",
+        &url,
+    ]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd.output().await.expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or_default();
+    let (code, kind) = tail.split_once(' ').unwrap_or((tail, ""));
+    (
+        code.trim().parse().unwrap_or(0),
+        kind.trim().to_string(),
+        body.to_string(),
+    )
+}
+
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let url = format!("http://127.0.0.1:{port}{path}");
     let out = tokio::process::Command::new("curl")

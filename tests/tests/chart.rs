@@ -82,10 +82,15 @@ async fn everything_the_chart_renders_is_accepted_by_the_api_server() {
         ],
     );
     assert!(ok, "the API server refused the chart:\n{err}\n{out}");
-    assert!(
-        out.contains("daemonset.apps/sonde-agent serverside-applied (server dry run)"),
-        "{out}"
-    );
+    for what in [
+        "daemonset.apps/sonde-agent",
+        "deployment.apps/sonde-results",
+    ] {
+        assert!(
+            out.contains(&format!("{what} serverside-applied (server dry run)")),
+            "{out}"
+        );
+    }
 }
 
 /// A kubeconfig in the plane's directory authenticating with `token` (as the chart's pods would).

@@ -97,7 +97,11 @@ fn sonde_pods(node: &RealNode, component: &str) -> Vec<Value> {
 /// lease to be held by a current pod: a rollout is over for the kubelet while the old pods are still
 /// terminating, and until then an old leader may still act with the old values.
 fn rolled_out(node: &RealNode) {
-    for what in ["deployment/sonde-operator", "daemonset/sonde-agent"] {
+    for what in [
+        "deployment/sonde-operator",
+        "daemonset/sonde-agent",
+        "deployment/sonde-results",
+    ] {
         let args = [
             "rollout",
             "status",
@@ -223,6 +227,83 @@ async fn real_node_chart_installs_and_rolls_out() {
     eprintln!(
         "leader {holder}; agent securityContext {} hostPID {}",
         pod["spec"]["containers"][0]["securityContext"], pod["spec"]["hostPID"]
+    );
+
+    // The results server, under the chart's securityContext and RBAC: a namespace's viewer (the built-in view
+    // role, into which the chart aggregates `get tracejobs/results`) lists its jobs; an account with no role
+    // there is refused, and no token is asked for one.
+    let results = json(
+        node,
+        &[
+            &ns[..],
+            &["get", "pods", "-l", "app.kubernetes.io/component=results"],
+        ]
+        .concat(),
+    );
+    let ip = results["items"][0]["status"]["podIP"]
+        .as_str()
+        .expect("a results server pod with an IP")
+        .to_string();
+    fresh_namespace(node, "results-smoke");
+    let token = |account: &str| {
+        let _ = kubectl(
+            node,
+            &["create", "serviceaccount", account, "-n", "results-smoke"],
+        );
+        let (ok, out, err) = kubectl(
+            node,
+            &[
+                "create",
+                "token",
+                account,
+                "-n",
+                "results-smoke",
+                "--audience",
+                "sonde-results",
+            ],
+        );
+        assert!(ok, "{err}");
+        out.trim().to_string()
+    };
+    kubectl_ok(
+        node,
+        &[
+            "create",
+            "rolebinding",
+            "viewer",
+            "-n",
+            "results-smoke",
+            "--clusterrole=view",
+            "--serviceaccount=results-smoke:viewer",
+        ],
+    );
+    let (viewer, stranger) = (token("viewer"), token("stranger"));
+    let url = format!("http://{ip}:8080/api/v1/namespaces/results-smoke/tracejobs");
+    let get = |token: Option<&str>| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--max-time",
+            "10",
+            &url,
+        ]);
+        if let Some(t) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let out = String::from_utf8_lossy(&cmd.output().expect("curl").stdout).into_owned();
+        let (body, code) = out.rsplit_once('\n').unwrap_or_default();
+        (code.to_string(), body.to_string())
+    };
+    assert_eq!(get(Some(&viewer)), ("200".into(), "[]".into()));
+    assert_eq!(get(Some(&stranger)).0, "403");
+    assert_eq!(get(None).0, "401");
+    let _ = kubectl(
+        node,
+        &["delete", "namespace", "results-smoke", "--wait=false"],
     );
 }
 

@@ -13,7 +13,8 @@ use sonde_crds::{Phase, ProbeSession, TraceJob, TraceJobStatus};
 use sonde_tests::{
     CgroupDriver, Component, ControlPlane, Identity, LOAD_BOUND, Load, RealPod, SCHED_PIPE,
     TestNamespace, WAKEUPS_PROGS, bounded_argv, bpf_programs, chart_identities, fast_ping_argv,
-    free_port, http_get, isc_socket_argv, register_this_node, wait_for, wait_for_every,
+    free_port, http_get, http_get_as, isc_socket_argv, register_this_node, wait_for,
+    wait_for_every,
 };
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -1446,6 +1447,262 @@ async fn a_full_spool_stops_keeping_events_and_keeps_what_came_before() {
         "events in the store vs kept ({:?})",
         st.counts
     );
+}
+
+/// A service account of `ns` that may read TraceJob results there (a Role on `tracejobs` and
+/// `tracejobs/results`), and a token of it for the results server's audience.
+fn results_reader(plane: &ControlPlane, ns: &str) -> String {
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: reader, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: results-reader, namespace: {ns}}}
+rules:
+- apiGroups: [sonde.dev]
+  resources: [tracejobs, tracejobs/results]
+  verbs: [get, list]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: results-reader, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: results-reader}}
+subjects: [{{kind: ServiceAccount, name: reader, namespace: {ns}}}]
+"#
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), yaml).unwrap();
+    let (ok, _, err) = plane.kubectl(
+        Identity::Admin,
+        &["apply", "-f", file.path().to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    let (ok, token, err) = plane.kubectl(
+        Identity::Admin,
+        &[
+            "create",
+            "token",
+            "reader",
+            "-n",
+            ns,
+            "--audience",
+            "sonde-results",
+        ],
+    );
+    assert!(ok, "{err}");
+    token.trim().to_string()
+}
+
+/// CLOCK_MONOTONIC, the clock of the kernel's event timestamps (`ts_ns`).
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// The results server on a real API server, S3 server and kernel: a namespaced reader follows a running job's
+/// events live (each exactly once, within seconds of capture), then reads its status, summary and every event
+/// through pages; a reader of another namespace, no token and a forged token are refused on every route.
+#[tokio::test(flavor = "multi_thread")]
+async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
+    let mut s = Scene::new("rest").await;
+    let s3 = sonde_tests::S3Server::start();
+    s3.create_bucket("sonde-e2e");
+    s.agent_with_archive(&s3, &[]);
+    s.ping_pod("ping").await;
+    let other = TestNamespace::create(s.plane, "rest-other").await;
+    let mine = results_reader(s.plane, &s.ns.name);
+    let theirs = results_reader(s.plane, &other.name);
+    let mut env = s3.env();
+    env.push((
+        "SONDE_STORAGE_LOCATIONS".into(),
+        "archive=s3://sonde-e2e/runs".into(),
+    ));
+    let server = Component::results(&s.plane.kubeconfig(Identity::Admin), s.dir.path(), &env);
+    let port = server.api_port.unwrap();
+    assert!(
+        wait_for(Duration::from_secs(20), || async {
+            http_get_as(port, "/openapi.json", None).await.0 == 200
+        })
+        .await,
+        "the results server did not serve"
+    );
+    s.create_job(&(wakeups_job("rest", "12s") + "  storage: {location: archive}\n"))
+        .await;
+    s.wait_attached("rest").await;
+    let base = format!("/api/v1/namespaces/{}/tracejobs", s.ns.name);
+
+    // The live tail, from the start, as Server-Sent Events, read as they arrive.
+    let mut tail = tokio::process::Command::new("curl")
+        .args([
+            "-sN",
+            "--max-time",
+            "90",
+            "-H",
+            &format!("Authorization: Bearer {mine}"),
+        ])
+        .arg(format!("http://127.0.0.1:{port}{base}/rest/events/tail"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let out = tail.stdout.take().unwrap();
+    let reading = tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(out).lines();
+        let (mut got, mut ended) = (Vec::new(), false);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(data) = line.strip_prefix("data: ")
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(data)
+            {
+                got.push((monotonic_ns(), v));
+            }
+            ended |= line == "event: end";
+        }
+        (got, ended)
+    });
+
+    let job = s.wait_job("rest", Duration::from_secs(60), finished).await;
+    assert_eq!(job.status.as_ref().unwrap().phase, Phase::Succeeded);
+    s.wait_job(
+        "rest",
+        Duration::from_secs(60),
+        upload_is(sonde_crds::UploadState::Complete),
+    )
+    .await;
+    let (tailed, ended) = tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("the tail did not end after the job")
+        .unwrap();
+    assert!(ended, "the tail ended without `event: end`");
+
+    // Every event through pages of 7, each exactly once, as the store has them.
+    let (code, kind, body) = http_get_as(port, &format!("{base}/rest"), Some(&mine)).await;
+    assert_eq!((code, kind.as_str()), (200, "application/json"), "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["status"]["phase"], "Succeeded", "{view}");
+    let node = view["nodes"][0]
+        .as_str()
+        .expect("a node with results")
+        .to_string();
+    let mut paged = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (code, _, body) = http_get_as(
+            port,
+            &format!("{base}/rest/events?limit=7&cursor={cursor}"),
+            Some(&mine),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let events = page["events"].as_array().unwrap();
+        assert!(events.len() <= 7);
+        paged.extend(events.iter().cloned());
+        cursor = page["next"].as_str().unwrap().to_string();
+        if page["caughtUp"] == true && page["complete"] == true {
+            break;
+        }
+    }
+    let keys = s3.keys("sonde-e2e");
+    let prefix = format!(
+        "{}/",
+        keys.iter()
+            .find(|k| k.ends_with("/events/manifest.json"))
+            .unwrap()
+            .trim_end_matches("/events/manifest.json")
+    );
+    let (_, stored, _) = stored_folder(&s3, &keys, &prefix);
+    let without_node = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        v.as_object_mut().unwrap().remove("node");
+        v.to_string()
+    };
+    let stored: Vec<String> = stored.iter().map(|v| v.to_string()).collect();
+    assert!(!stored.is_empty(), "no events stored");
+    let paged_lines: Vec<String> = paged.iter().map(without_node).collect();
+    assert_eq!(paged_lines, stored, "paged events vs the stored ones");
+    assert!(paged.iter().all(|e| e["node"] == node.as_str()));
+    let tailed_lines: Vec<String> = tailed.iter().map(|(_, v)| without_node(v)).collect();
+    assert_eq!(tailed_lines, stored, "tailed events vs the stored ones");
+    let mut latency: Vec<Duration> = tailed
+        .iter()
+        .filter_map(|(at, v)| {
+            Some(Duration::from_nanos(
+                at.saturating_sub(v["ts_ns"].as_u64()?),
+            ))
+        })
+        .collect();
+    latency.sort();
+    eprintln!(
+        "tail: {} events; capture to received: min {:?}, median {:?}, max {:?}",
+        latency.len(),
+        latency.first(),
+        latency.get(latency.len() / 2),
+        latency.last()
+    );
+    assert!(
+        latency
+            .first()
+            .is_some_and(|l| *l <= Duration::from_secs(5)),
+        "no event reached the tail within 5 s of capture: {latency:?}"
+    );
+    // A filter.
+    let (code, _, body) = http_get_as(
+        port,
+        &format!("{base}/rest/events?filter=wakee_comm%3D%3Dno-such-task"),
+        Some(&mine),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"events\":[]"), "{body}");
+    let (code, kind, _) = http_get_as(
+        port,
+        &format!("{base}/rest/events?filter=latency"),
+        Some(&mine),
+    )
+    .await;
+    assert_eq!((code, kind.as_str()), (400, "application/problem+json"));
+    let (code, _, summary) = http_get_as(
+        port,
+        &format!("{base}/rest/nodes/{node}/summary.json"),
+        Some(&mine),
+    )
+    .await;
+    assert_eq!(code, 200, "{summary}");
+    assert!(summary.contains("\"probe\""), "{summary}");
+
+    // Every route refuses another namespace's reader (403, whether or not the job exists), no token and a
+    // forged one (401).
+    let routes = [
+        base.clone(),
+        format!("{base}/rest"),
+        format!("{base}/rest/events"),
+        format!("{base}/rest/events/tail"),
+        format!("{base}/rest/nodes/{node}/summary.json"),
+        format!("{base}/no-such-job"),
+    ];
+    for r in &routes {
+        let (code, kind, body) = http_get_as(port, r, Some(&theirs)).await;
+        assert_eq!(
+            (code, kind.as_str()),
+            (403, "application/problem+json"),
+            "{r}: {body}"
+        );
+        assert!(!body.contains("ts_ns"), "{r}: {body}");
+        assert_eq!(http_get_as(port, r, None).await.0, 401, "{r}");
+        assert_eq!(http_get_as(port, r, Some("forged")).await.0, 401, "{r}");
+    }
+    // Their own namespace's list answers, and shows none of ours.
+    let (code, _, body) = http_get_as(
+        port,
+        &format!("/api/v1/namespaces/{}/tracejobs", other.name),
+        Some(&theirs),
+    )
+    .await;
+    assert_eq!((code, body.as_str()), (200, "[]"));
+    drop(server);
 }
 
 /// The job's result URLs, all in the `archive` location of [`Scene::agent_with_archive`].

@@ -1,0 +1,385 @@
+//! Who is asking, and may they: bearer tokens checked with a TokenReview for the server's own audience, access
+//! with a SubjectAccessReview on the job's namespace and name, for a `results` subresource of `tracejobs` or
+//! `probepolicies` (`get tracejobs/results`), so that ordinary Roles grant it. Reviews are cached briefly,
+//! keyed by a hash of the token (never the token), successes longer than failures; concurrent identical
+//! reviews wait for one call.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, header};
+use futures::future::BoxFuture;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The cookie the web page keeps a token in.
+pub const TOKEN_COOKIE: &str = "sonde_token";
+const ALLOWED_FOR: Duration = Duration::from_secs(30);
+const REFUSED_FOR: Duration = Duration::from_secs(3);
+/// Past this many entries, expired ones are dropped.
+const CACHE_ENTRIES: usize = 10_000;
+
+/// An authenticated user, as the TokenReview named them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct User {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// What a request needs: `verb` on `resource[/subresource]` (group sonde.dev) in `namespace`, by `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Access {
+    pub namespace: String,
+    pub verb: &'static str,
+    pub resource: &'static str,
+    pub subresource: Option<&'static str>,
+    pub name: Option<String>,
+}
+
+impl Access {
+    /// `get <resource>/results` of one object: reading its results.
+    pub fn results(namespace: &str, resource: &'static str, name: &str) -> Access {
+        Access {
+            namespace: namespace.into(),
+            verb: "get",
+            resource,
+            subresource: Some("results"),
+            name: Some(name.into()),
+        }
+    }
+
+    /// `list <resource>` in a namespace.
+    pub fn list(namespace: &str, resource: &'static str) -> Access {
+        Access {
+            namespace: namespace.into(),
+            verb: "list",
+            resource,
+            subresource: None,
+            name: None,
+        }
+    }
+}
+
+/// The two reviews, as calls that may fail (the outer error: not cached) or answer (the verdict: cached).
+pub trait Reviewer: Send + Sync {
+    fn authenticate(&self, token: String) -> BoxFuture<'static, Result<Result<User, String>>>;
+    fn authorize(
+        &self,
+        user: User,
+        access: Access,
+    ) -> BoxFuture<'static, Result<Result<(), String>>>;
+}
+
+/// Reviews by the Kubernetes API server.
+pub struct KubeReviewer {
+    pub client: Client,
+    pub audience: String,
+    /// API calls made, by kind (`TokenReview`, `SubjectAccessReview`).
+    pub calls: Family<Vec<(&'static str, &'static str)>, Counter>,
+}
+
+impl Reviewer for KubeReviewer {
+    fn authenticate(&self, token: String) -> BoxFuture<'static, Result<Result<User, String>>> {
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let audience = self.audience.clone();
+        self.calls
+            .get_or_create(&vec![("kind", "TokenReview")])
+            .inc();
+        Box::pin(async move {
+            let review = TokenReview {
+                spec: TokenReviewSpec {
+                    token,
+                    audiences: Some(vec![audience.clone()]),
+                },
+                ..Default::default()
+            };
+            let st = submit(&api, &review).await?.status.unwrap_or_default();
+            let for_us = st.audiences.as_ref().is_none_or(|a| a.contains(&audience));
+            match (st.authenticated, st.user) {
+                (Some(true), Some(u)) if for_us => Ok(Ok(User {
+                    name: u.username.unwrap_or_default(),
+                    uid: u.uid.unwrap_or_default(),
+                    groups: u.groups.unwrap_or_default(),
+                    extra: u.extra.unwrap_or_default(),
+                })),
+                (Some(true), _) => Ok(Err(format!("the token is not for audience {audience}"))),
+                _ => Ok(Err(st.error.unwrap_or_else(|| {
+                    format!("not a valid token for audience {audience} (`kubectl create token <account> --audience {audience}`)")
+                }))),
+            }
+        })
+    }
+
+    fn authorize(
+        &self,
+        user: User,
+        access: Access,
+    ) -> BoxFuture<'static, Result<Result<(), String>>> {
+        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        self.calls
+            .get_or_create(&vec![("kind", "SubjectAccessReview")])
+            .inc();
+        Box::pin(async move {
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(user.name.clone()),
+                    uid: Some(user.uid.clone()),
+                    groups: Some(user.groups.clone()),
+                    extra: Some(user.extra.clone()),
+                    resource_attributes: Some(ResourceAttributes {
+                        namespace: Some(access.namespace.clone()),
+                        verb: Some(access.verb.into()),
+                        group: Some("sonde.dev".into()),
+                        resource: Some(access.resource.into()),
+                        subresource: access.subresource.map(String::from),
+                        name: access.name.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let st = submit(&api, &review).await?.status.unwrap_or_default();
+            if st.allowed {
+                return Ok(Ok(()));
+            }
+            let what = match (access.subresource, &access.name) {
+                (Some(sub), Some(name)) => {
+                    format!("{} {}/{sub} {name:?}", access.verb, access.resource)
+                }
+                _ => format!("{} {}", access.verb, access.resource),
+            };
+            Ok(Err(format!(
+                "{} may not {what} in namespace {} (sonde.dev; the chart's aggregated view role grants it)",
+                user.name, access.namespace
+            )))
+        })
+    }
+}
+
+/// An answer and until when it holds; empty while its review is under way.
+type Slot<V> = Arc<tokio::sync::OnceCell<(Instant, V)>>;
+
+/// Creates a review object; the API server answers in its status.
+async fn submit<K>(api: &Api<K>, review: &K) -> Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    api.create(&PostParams::default(), review)
+        .await
+        .map_err(Error::Kube)
+}
+
+/// Answers kept until they expire; a key being reviewed is reviewed once, whoever else asks meanwhile.
+struct Cache<K, V> {
+    slots: Mutex<HashMap<K, Slot<V>>>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
+    fn new() -> Self {
+        Cache {
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The answer for `key`: cached, or from `review` (called only when there is none and none under way).
+    async fn get<F: Future<Output = Result<V>>>(
+        &self,
+        key: K,
+        ttl: impl FnOnce(&V) -> Duration,
+        review: impl FnOnce() -> F,
+    ) -> Result<V> {
+        let now = Instant::now();
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            if slots.len() > CACHE_ENTRIES {
+                slots.retain(|_, s| s.get().is_none_or(|(until, _)| *until > now));
+            }
+            match slots.get(&key) {
+                Some(s) if s.get().is_none_or(|(until, _)| *until > now) => s.clone(),
+                _ => {
+                    let s = Arc::new(tokio::sync::OnceCell::new());
+                    slots.insert(key, s.clone());
+                    s
+                }
+            }
+        };
+        let (_, v) = slot
+            .get_or_try_init(|| async {
+                let v = review().await?;
+                Ok::<_, Error>((Instant::now() + ttl(&v), v))
+            })
+            .await?;
+        Ok(v.clone())
+    }
+}
+
+fn ttl<T>(verdict: &Result<T, String>) -> Duration {
+    match verdict {
+        Ok(_) => ALLOWED_FOR,
+        Err(_) => REFUSED_FOR,
+    }
+}
+
+pub struct Auth {
+    reviewer: Arc<dyn Reviewer>,
+    users: Cache<[u8; 32], Result<User, String>>,
+    grants: Cache<([u8; 32], Access), Result<(), String>>,
+}
+
+impl Auth {
+    pub fn new(reviewer: Arc<dyn Reviewer>) -> Auth {
+        Auth {
+            reviewer,
+            users: Cache::new(),
+            grants: Cache::new(),
+        }
+    }
+
+    /// The caller, if their token is good and grants `access`.
+    pub async fn check(&self, headers: &HeaderMap, access: Access) -> Result<User> {
+        let token = token(headers).ok_or(Error::NoToken)?;
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let user = self
+            .users
+            .get(key, ttl, || self.reviewer.authenticate(token.to_string()))
+            .await?
+            .map_err(Error::BadToken)?;
+        self.grants
+            .get((key, access.clone()), ttl, || {
+                self.reviewer.authorize(user.clone(), access)
+            })
+            .await?
+            .map_err(Error::Forbidden)?;
+        Ok(user)
+    }
+}
+
+/// The bearer token of a request: `Authorization: Bearer`, else the web page's cookie.
+pub fn token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(t) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(t.trim()).filter(|t| !t.is_empty());
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == TOKEN_COOKIE)
+        .map(|(_, v)| v)
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Users by token: `good-a` may read namespace a, `good-b` namespace b.
+    #[derive(Default)]
+    struct Fake {
+        authn: AtomicU32,
+        authz: AtomicU32,
+    }
+
+    impl Reviewer for Arc<Fake> {
+        fn authenticate(&self, token: String) -> BoxFuture<'static, Result<Result<User, String>>> {
+            self.authn.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(match token.strip_prefix("good-") {
+                    Some(ns) => Ok(User {
+                        name: format!("user-{ns}"),
+                        uid: ns.into(),
+                        groups: vec![],
+                        extra: BTreeMap::new(),
+                    }),
+                    None => Err("unknown token".into()),
+                })
+            })
+        }
+
+        fn authorize(
+            &self,
+            user: User,
+            access: Access,
+        ) -> BoxFuture<'static, Result<Result<(), String>>> {
+            self.authz.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                Ok(match user.uid == access.namespace {
+                    true => Ok(()),
+                    false => Err(format!("{} may not read {}", user.name, access.namespace)),
+                })
+            })
+        }
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        h
+    }
+
+    #[tokio::test]
+    async fn tokens_and_grants_are_reviewed_once_and_refusals_say_why() {
+        let fake = Arc::new(Fake::default());
+        let auth = Arc::new(Auth::new(Arc::new(fake.clone())));
+        let read_a = Access::results("a", "tracejobs", "job");
+        // Ten identical requests at once: one TokenReview, one SubjectAccessReview.
+        let calls = (0..10).map(|_| {
+            let auth = auth.clone();
+            let access = read_a.clone();
+            async move { auth.check(&bearer("good-a"), access).await }
+        });
+        for r in futures::future::join_all(calls).await {
+            assert_eq!(r.unwrap().name, "user-a");
+        }
+        assert_eq!(fake.authn.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.authz.load(Ordering::SeqCst), 1);
+        let other = auth
+            .check(&bearer("good-b"), read_a.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(other, Error::Forbidden(ref m) if m.contains("user-b")),
+            "{other}"
+        );
+        let bad = auth
+            .check(&bearer("forged"), read_a.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(bad, Error::BadToken(_)), "{bad}");
+        let none = auth.check(&HeaderMap::new(), read_a).await.unwrap_err();
+        assert!(matches!(none, Error::NoToken), "{none}");
+    }
+
+    #[test]
+    fn the_token_comes_from_the_header_or_the_cookie() {
+        assert_eq!(token(&bearer("t1")), Some("t1"));
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, "a=b; sonde_token=t2".parse().unwrap());
+        assert_eq!(token(&h), Some("t2"));
+        assert_eq!(token(&HeaderMap::new()), None);
+    }
+}

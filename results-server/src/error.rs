@@ -1,0 +1,97 @@
+//! Errors as `application/problem+json` (RFC 9457): a type-free problem with a title, the HTTP status and a
+//! detail that names what was wrong, and a low-cardinality `reason` for metrics and clients.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no bearer token: send `Authorization: Bearer <token>` (`kubectl create token`)")]
+    NoToken,
+    #[error("the token was not accepted: {0}")]
+    BadToken(String),
+    /// Also returned for objects of namespaces the caller may not read, so that their existence does not leak.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("the object store: {0}")]
+    Store(#[source] object_store::Error),
+    #[error("stored results are damaged: {0}")]
+    Damaged(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::NoToken | Error::BadToken(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Kube(_) | Error::Store(_) => StatusCode::BAD_GATEWAY,
+            Error::Damaged(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A label for metrics and for clients that branch on the kind of problem.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::NoToken => "NoToken",
+            Error::BadToken(_) => "BadToken",
+            Error::Forbidden(_) => "Forbidden",
+            Error::NotFound(_) => "NotFound",
+            Error::BadRequest(_) => "BadRequest",
+            Error::Kube(_) => "KubernetesApi",
+            Error::Store(_) => "ObjectStore",
+            Error::Damaged(_) => "Damaged",
+        }
+    }
+}
+
+/// The body of an error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: the status and `reason` say what kind of problem it is.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub reason: String,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, reason = self.reason(), "request failed");
+        }
+        let body = Problem {
+            type_: "about:blank".into(),
+            title: status.canonical_reason().unwrap_or("error").into(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            reason: self.reason().into(),
+        };
+        let mut res = (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            serde_json::to_string(&body).unwrap_or_default(),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"sonde\""),
+            );
+        }
+        res
+    }
+}

@@ -1,0 +1,87 @@
+//! `sonde-results`: serves TraceJob results over REST (see the crate docs).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::Parser;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use sonde_results::auth::{Auth, KubeReviewer};
+use sonde_results::{Context, request_histogram, routes, store};
+
+#[derive(Parser)]
+#[command(version, about = "Sonde's results server")]
+struct Args {
+    #[arg(long, env = "SONDE_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "SONDE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    metrics_addr: SocketAddr,
+    /// The audience tokens must be for (`kubectl create token <account> --audience <this>`).
+    #[arg(long, env = "SONDE_AUDIENCE", default_value = "sonde-results")]
+    audience: String,
+    /// The agents' default storage URL.
+    #[arg(
+        long,
+        env = "SONDE_STORAGE_URL",
+        default_value = "file:///var/lib/sonde/results"
+    )]
+    storage_url: String,
+    /// The agents' named storage locations: `name=url,name=url`.
+    #[arg(long, env = "SONDE_STORAGE_LOCATIONS", default_value = "")]
+    storage_locations: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    sonde_telemetry::init_logging();
+    let args = Args::parse();
+    let client = kube::Client::try_default().await?;
+    let mut registry = Registry::default();
+    let sub = registry.sub_registry_with_prefix("sonde_results");
+    let requests = request_histogram();
+    sub.register(
+        "request_duration_seconds",
+        "Requests by route, method and status",
+        requests.clone(),
+    );
+    let calls = Family::default();
+    sub.register(
+        "reviews",
+        "TokenReview and SubjectAccessReview calls to the API server",
+        calls.clone(),
+    );
+    let health = sonde_telemetry::Health::new(registry);
+    sonde_telemetry::serve(args.metrics_addr, health.clone()).await?;
+    let stores = store::Stores::parse(args.storage_url, &args.storage_locations)
+        .map_err(anyhow::Error::msg)?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        auth: Auth::new(Arc::new(KubeReviewer {
+            client,
+            audience: args.audience,
+            calls,
+        })),
+        stores,
+        requests,
+        stopping,
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving results");
+    health.set_ready(true);
+    axum::serve(listener, routes::router(ctx))
+        .with_graceful_shutdown(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down");
+            let _ = stop.send(true);
+        })
+        .await?;
+    Ok(())
+}

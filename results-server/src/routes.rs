@@ -1,0 +1,577 @@
+//! The REST API (`/api/v1`), its OpenAPI document (`/openapi.json`) and the request metrics.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use kube::api::{Api, ListParams};
+use serde::Serialize;
+use serde_json::Value;
+use sonde_crds::TraceJob;
+use utoipa::OpenApi;
+
+use crate::auth::Access;
+use crate::error::{Error, Problem, Result};
+use crate::events::{self, Cursor, Filter};
+use crate::store::Folder;
+use crate::{Context, Ctx};
+
+/// Events per page unless the request says; and at most.
+const DEFAULT_LIMIT: usize = 500;
+const MAX_LIMIT: usize = 5000;
+/// How often a live tail looks for new chunks.
+const TAIL_EVERY: Duration = Duration::from_millis(500);
+/// Files of a node's results that can be fetched, and their media types.
+const FILES: [(&str, &str); 5] = [
+    ("summary.json", "application/json"),
+    ("histograms.json", "application/json"),
+    ("histograms.txt", "text/plain; charset=utf-8"),
+    ("folded.txt", "text/plain; charset=utf-8"),
+    ("flamegraph.svg", "image/svg+xml"),
+];
+
+pub fn router(ctx: Ctx) -> axum::Router {
+    let api = axum::Router::new()
+        .route("/api/v1/namespaces/{namespace}/tracejobs", get(list_jobs))
+        .route(
+            "/api/v1/namespaces/{namespace}/tracejobs/{name}",
+            get(get_job),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/tracejobs/{name}/events",
+            get(events_page),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/tracejobs/{name}/events/tail",
+            get(tail),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/tracejobs/{name}/nodes/{node}/{file}",
+            get(node_file),
+        )
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .fallback(|| async { Error::NotFound("no such route (see /openapi.json)".into()) })
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), track))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(16 << 10));
+    api.with_state(ctx)
+}
+
+async fn track(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let res = next.run(req).await;
+    ctx.requests
+        .get_or_create(&vec![
+            ("route", route),
+            ("method", method),
+            ("status", res.status().as_u16().to_string()),
+        ])
+        .observe(started.elapsed().as_secs_f64());
+    res
+}
+
+/// A job in a list.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRow {
+    pub name: String,
+    pub probe: String,
+    pub phase: String,
+    pub created: Option<String>,
+    pub completion_time: Option<String>,
+    /// Events captured over all nodes.
+    pub captured: u64,
+    pub breaches: u64,
+    /// Where its results stand: Complete, Pending or Incomplete (absent until a node reports).
+    pub upload: Option<String>,
+}
+
+/// One job: its status as the operator rolled it up over nodes, and the nodes that stored results.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub name: String,
+    pub namespace: String,
+    pub probe: String,
+    /// The TraceJob's status: phase, conditions, counts, the merged summary, per-node results, upload state.
+    #[schema(value_type = Object)]
+    pub status: Value,
+    /// Nodes with results in the object store.
+    pub nodes: Vec<String>,
+}
+
+/// A page of events.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsPage {
+    /// Events as the probe wrote them, each with the `node` that stored it.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Value>,
+    /// Pass as `cursor` for the next page; also valid for `events/tail`.
+    pub next: String,
+    /// Nothing more is stored now (a running job may store more: ask again with `next`).
+    pub caught_up: bool,
+    /// Every node's events are complete and read: there will be no more.
+    pub complete: bool,
+}
+
+/// A TraceJob, in its namespace.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documents the path; handlers take it as a tuple
+struct JobPath {
+    /// Kubernetes namespace
+    namespace: String,
+    /// TraceJob name
+    name: String,
+}
+
+/// Which events, from where.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documents the query; handlers parse it with repeated `filter`s
+struct EventsQuery {
+    /// Events per page, 1 to 5000 (default 500); ignored by the tail
+    limit: Option<usize>,
+    /// `next` of the previous page, or an event's `id` from the tail
+    cursor: Option<String>,
+    /// `field<op>value`, op one of `==` `!=` `>=` `<=` `>` `<` `~` (contains); repeatable
+    filter: Option<Vec<String>>,
+    /// Only events this node stored
+    node: Option<String>,
+    /// Only events with a `comm` or `*_comm` field equal to this
+    comm: Option<String>,
+}
+
+/// Why a request was refused.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documents responses; errors are `Error`s
+enum Refused {
+    /// No token, or one the API server did not accept for this audience
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthenticated(Problem),
+    /// Not allowed (also for jobs of namespaces the caller may not read, whether or not they exist)
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+    /// No such job, node or file
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+}
+
+/// A request that makes no sense (a bad filter, cursor or limit).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum BadRequest {
+    #[response(status = 400, content_type = "application/problem+json")]
+    Bad(Problem),
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sonde results",
+        description = "TraceJob results: status, summaries, events (paged or live), histograms and flame graphs. \
+                       Authenticate with `Authorization: Bearer <token>` (`kubectl create token <account> \
+                       --audience sonde-results`); access is `get tracejobs/results` in the job's namespace."
+    ),
+    paths(list_jobs, get_job, events_page, tail, node_file),
+    components(schemas(JobRow, JobView, EventsPage, Problem)),
+    modifiers(&Bearer)
+)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        api.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+async fn job(ctx: &Context, ns: &str, name: &str) -> Result<TraceJob> {
+    let api: Api<TraceJob> = Api::namespaced(ctx.client.clone(), ns);
+    api.get_opt(name)
+        .await
+        .map_err(Error::Kube)?
+        .ok_or_else(|| Error::NotFound(format!("no TraceJob {name} in namespace {ns}")))
+}
+
+fn folder(ctx: &Context, job: &TraceJob) -> Result<Folder> {
+    let ns = job.metadata.namespace.as_deref().unwrap_or_default();
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    let location = job
+        .spec
+        .storage
+        .as_ref()
+        .and_then(|s| s.location.as_deref());
+    ctx.stores.folder("tracejobs", ns, name, uid, location)
+}
+
+/// The TraceJobs of a namespace.
+#[utoipa::path(
+    get,
+    path = "/api/v1/namespaces/{namespace}/tracejobs",
+    params(("namespace" = String, Path, description = "Kubernetes namespace")),
+    responses(
+        (status = 200, body = [JobRow]),
+        Refused,
+    )
+)]
+async fn list_jobs(
+    State(ctx): State<Ctx>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<JobRow>>> {
+    ctx.auth
+        .check(&headers, Access::list(&ns, "tracejobs"))
+        .await?;
+    let api: Api<TraceJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let jobs = api
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::Kube)?;
+    let rows = jobs
+        .items
+        .into_iter()
+        .map(|j| {
+            let st = j.status.clone().unwrap_or_default();
+            JobRow {
+                name: j.metadata.name.clone().unwrap_or_default(),
+                probe: j.spec.probe.to_string(),
+                phase: format!("{:?}", st.phase),
+                created: j
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string()),
+                completion_time: st.completion_time.as_ref().map(|t| t.0.to_string()),
+                captured: st.counts.captured,
+                breaches: st.counts.breaches,
+                upload: st.upload.as_ref().map(|u| format!("{:?}", u.state)),
+            }
+        })
+        .collect();
+    Ok(Json(rows))
+}
+
+/// One TraceJob: status, merged summary, per-node results and where they stand.
+#[utoipa::path(
+    get,
+    path = "/api/v1/namespaces/{namespace}/tracejobs/{name}",
+    params(JobPath),
+    responses(
+        (status = 200, body = JobView),
+        Refused,
+    )
+)]
+async fn get_job(
+    State(ctx): State<Ctx>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<JobView>> {
+    ctx.auth
+        .check(&headers, Access::results(&ns, "tracejobs", &name))
+        .await?;
+    let job = job(&ctx, &ns, &name).await?;
+    let nodes = folder(&ctx, &job)?.nodes().await?;
+    Ok(Json(JobView {
+        name,
+        namespace: ns,
+        probe: job.spec.probe.to_string(),
+        status: serde_json::to_value(job.status.unwrap_or_default()).unwrap_or_default(),
+        nodes,
+    }))
+}
+
+/// `limit`, `cursor` and any number of `filter`s of a query string.
+fn query(raw: Option<&str>) -> Result<(usize, Cursor, Vec<Filter>)> {
+    let (mut limit, mut cursor, mut filters) = (DEFAULT_LIMIT, Cursor::default(), Vec::new());
+    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        Error::BadRequest(format!(
+                            "limit {v:?} is not a number from 1 to {MAX_LIMIT}"
+                        ))
+                    })?
+            }
+            // Empty: from the start (a client's first `cursor=`).
+            "cursor" if v.is_empty() => {}
+            "cursor" => cursor = Cursor::decode(&v)?,
+            "filter" => filters.push(Filter::parse(&v)?),
+            "node" => filters.push(Filter::parse(&format!("node=={v}"))?),
+            "comm" => filters.push(Filter::parse(&format!("comm=={v}"))?),
+            other => {
+                return Err(Error::BadRequest(format!(
+                    "unknown query parameter {other:?} (limit, cursor, filter, node, comm)"
+                )));
+            }
+        }
+    }
+    Ok((limit, cursor, filters))
+}
+
+fn with_node(node: String, mut ev: Value) -> Value {
+    if let Some(obj) = ev.as_object_mut() {
+        obj.insert("node".into(), Value::String(node));
+    }
+    ev
+}
+
+/// Events read from the stored chunks, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/namespaces/{namespace}/tracejobs/{name}/events",
+    params(JobPath, EventsQuery),
+    responses(
+        (status = 200, body = EventsPage),
+        BadRequest,
+        Refused,
+    )
+)]
+async fn events_page(
+    State(ctx): State<Ctx>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<EventsPage>> {
+    ctx.auth
+        .check(&headers, Access::results(&ns, "tracejobs", &name))
+        .await?;
+    let (limit, cursor, filters) = query(raw.as_deref())?;
+    let job = job(&ctx, &ns, &name).await?;
+    let page = events::page(&folder(&ctx, &job)?, &cursor, limit, &filters).await?;
+    Ok(Json(EventsPage {
+        events: page
+            .events
+            .into_iter()
+            .map(|(n, e, _)| with_node(n, e))
+            .collect(),
+        next: page.next.encode(),
+        caught_up: page.caught_up,
+        complete: page.complete,
+    }))
+}
+
+enum Tailed {
+    Event { id: String, body: Value },
+    End,
+    Trouble(String),
+}
+
+/// Follows a job's events as they are stored: Server-Sent Events (each event's `id` resumes after it, as
+/// `Last-Event-ID`), or NDJSON for `Accept: application/x-ndjson`. Ends once every node's events are complete.
+#[utoipa::path(
+    get,
+    path = "/api/v1/namespaces/{namespace}/tracejobs/{name}/events/tail",
+    params(JobPath, EventsQuery),
+    responses(
+        (status = 200, description = "a stream of events", content_type = "text/event-stream"),
+        BadRequest,
+        Refused,
+    )
+)]
+async fn tail(
+    State(ctx): State<Ctx>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response> {
+    ctx.auth
+        .check(&headers, Access::results(&ns, "tracejobs", &name))
+        .await?;
+    let (_, mut cursor, filters) = query(raw.as_deref())?;
+    if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        cursor = Cursor::decode(last)?;
+    }
+    let job = job(&ctx, &ns, &name).await?;
+    let folder = folder(&ctx, &job)?;
+    let mut stopping = ctx.stopping.clone();
+    let stream = async_stream::stream! {
+        loop {
+            match events::page(&folder, &cursor, 1000, &filters).await {
+                Ok(p) => {
+                    for (node, ev, after) in p.events {
+                        yield Tailed::Event { id: after.encode(), body: with_node(node, ev) };
+                    }
+                    cursor = p.next;
+                    if !p.caught_up {
+                        continue;
+                    }
+                    if p.complete {
+                        let finished = self::job(&ctx, &ns, &name)
+                            .await
+                            .is_ok_and(|j| j.status.is_some_and(|s| s.phase.is_finished()));
+                        if finished {
+                            yield Tailed::End;
+                            break;
+                        }
+                    }
+                }
+                Err(e) => yield Tailed::Trouble(e.to_string()),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(TAIL_EVERY) => {}
+                _ = stopping.changed() => break,
+            }
+        }
+    };
+    let ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/x-ndjson"));
+    if ndjson {
+        let lines = stream.filter_map(|t| async move {
+            match t {
+                Tailed::Event { body, .. } => Some(Ok::<_, Infallible>(format!("{body}\n"))),
+                _ => None,
+            }
+        });
+        return Ok((
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            Body::from_stream(lines),
+        )
+            .into_response());
+    }
+    let events = stream.map(|t| {
+        Ok::<_, Infallible>(match t {
+            Tailed::Event { id, body } => Event::default().id(id).data(body.to_string()),
+            Tailed::End => Event::default().event("end").data("complete"),
+            Tailed::Trouble(why) => Event::default().event("trouble").data(why),
+        })
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// A node's end-of-trace file: `summary.json`, `histograms.json`, `histograms.txt`, `folded.txt` or
+/// `flamegraph.svg` (served with a sandboxing Content-Security-Policy).
+#[utoipa::path(
+    get,
+    path = "/api/v1/namespaces/{namespace}/tracejobs/{name}/nodes/{node}/{file}",
+    params(
+        ("namespace" = String, Path, description = "Kubernetes namespace"),
+        ("name" = String, Path, description = "TraceJob name"),
+        ("node" = String, Path, description = "node name, as in `nodes` of the job"),
+        ("file" = String, Path, description = "summary.json, histograms.json, histograms.txt, folded.txt or flamegraph.svg"),
+    ),
+    responses(
+        (status = 200, description = "the file"),
+        Refused,
+    )
+)]
+async fn node_file(
+    State(ctx): State<Ctx>,
+    Path((ns, name, node, file)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    ctx.auth
+        .check(&headers, Access::results(&ns, "tracejobs", &name))
+        .await?;
+    let Some((_, kind)) = FILES.iter().find(|(f, _)| *f == file) else {
+        let names: Vec<&str> = FILES.iter().map(|(f, _)| *f).collect();
+        return Err(Error::NotFound(format!(
+            "{file:?} is not a result file ({})",
+            names.join(", ")
+        )));
+    };
+    let job = job(&ctx, &ns, &name).await?;
+    let folder = folder(&ctx, &job)?;
+    if !folder.nodes().await?.contains(&node) {
+        return Err(Error::NotFound(format!(
+            "node {node:?} stored no results for this job"
+        )));
+    }
+    let body = folder.file(&node, &file).await?;
+    let mut res = ([(header::CONTENT_TYPE, *kind)], body).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // SVGs come from results: shown as images, never run as documents.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; sandbox"),
+    );
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document generated from the handlers names every route, its parameters and its refusals.
+    #[test]
+    fn the_openapi_document_covers_the_routes() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        assert_eq!(paths.len(), 5, "{:?}", paths.keys());
+        let events = &doc["paths"]["/api/v1/namespaces/{namespace}/tracejobs/{name}/events"]["get"];
+        let params: Vec<&str> = events["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        for p in [
+            "namespace",
+            "name",
+            "limit",
+            "cursor",
+            "filter",
+            "node",
+            "comm",
+        ] {
+            assert!(params.contains(&p), "{p} missing: {params:?}");
+        }
+        for code in ["200", "400", "401", "403", "404"] {
+            assert!(
+                events["responses"][code].is_object(),
+                "{code}: {}",
+                events["responses"]
+            );
+        }
+        assert!(
+            events["responses"]["403"]["content"]["application/problem+json"].is_object(),
+            "{}",
+            events["responses"]["403"]
+        );
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+    }
+}

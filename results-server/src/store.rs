@@ -1,0 +1,246 @@
+//! Reading stored results. A job's folder is `<location>/tracejobs/<namespace>/<name>-<uid first 8>/`, one
+//! folder per node below it, each with `events/` (chunks and, once the trace ended, `manifest.json`) and the
+//! end-of-trace files (ARCHITECTURE.md, "Layout in a store"). The server reads the locations the agents write
+//! to; a location is named by the job (`spec.storage.location`) and resolved here, never a URL from a user.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The admin's storage locations (as given to the agents): the default URL and named ones.
+pub struct Stores {
+    default: String,
+    named: BTreeMap<String, String>,
+    opened: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+/// One job's results in a store.
+#[derive(Clone)]
+pub struct Folder {
+    pub store: Arc<dyn ObjectStore>,
+    /// `<base>/tracejobs/<namespace>/<name>-<uid8>`.
+    pub path: Path,
+}
+
+/// A chunk of a node's events: from the manifest (checked when read) or, while the trace runs, from a listing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChunkRef {
+    pub seq: u64,
+    pub key: Path,
+    pub lines: Option<u64>,
+    pub sha256: Option<String>,
+}
+
+/// What a node's folder holds of events now.
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    pub chunks: Vec<ChunkRef>,
+    /// The manifest is there and says it is complete: no chunk will be added.
+    pub complete: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    complete: bool,
+    chunks: Vec<ManifestChunk>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestChunk {
+    seq: u64,
+    file: String,
+    lines: u64,
+    sha256: String,
+}
+
+impl Stores {
+    /// `named` is `name=url,name=url`, as the agents' `--storage-locations`.
+    pub fn parse(default: String, named: &str) -> Result<Stores, String> {
+        let mut out = BTreeMap::new();
+        for entry in named.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, url) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("storage location {entry:?} is not name=url"))?;
+            out.insert(name.trim().to_string(), url.trim().to_string());
+        }
+        Ok(Stores {
+            default,
+            named: out,
+            opened: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The folder of a job's results. `location` is the job's `spec.storage.location`.
+    pub fn folder(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        location: Option<&str>,
+    ) -> Result<Folder> {
+        let url = match location {
+            None => self.default.clone(),
+            Some(l) => self.named.get(l).cloned().ok_or_else(|| {
+                Error::NotFound(format!(
+                    "the job's storage location {l:?} is not one this server reads (Helm value storage.locations)"
+                ))
+            })?,
+        };
+        let (store, base) = self.open(&url)?;
+        let uid8 = uid.get(..8).unwrap_or(uid);
+        let path = Path::from(
+            format!("{}/{kind}/{namespace}/{name}-{uid8}", base.as_ref()).trim_start_matches('/'),
+        );
+        Ok(Folder { store, path })
+    }
+
+    fn open(&self, url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| Error::NotFound(format!("storage URL {url:?}: {e}")))?;
+        let (_, base) = ObjectStoreScheme::parse(&parsed)
+            .map_err(|e| Error::NotFound(format!("storage URL {url:?}: {e}")))?;
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = opened.get(url) {
+            return Ok((s.clone(), base));
+        }
+        let aws_env = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
+        let (store, _) = object_store::parse_url_opts(&parsed, aws_env).map_err(Error::Store)?;
+        let store: Arc<dyn ObjectStore> = Arc::from(store);
+        opened.insert(url.to_string(), store.clone());
+        Ok((store, base))
+    }
+}
+
+impl Folder {
+    /// The nodes that stored something for this job, sorted.
+    pub async fn nodes(&self) -> Result<Vec<String>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.path))
+            .await
+            .map_err(Error::Store)?;
+        let mut nodes: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(String::from))
+            .collect();
+        nodes.sort();
+        Ok(nodes)
+    }
+
+    /// A node's chunks: the manifest's list once it is there, else the chunks stored so far, up to the first
+    /// gap (a reader must never skip a chunk that is still on its way).
+    pub async fn series(&self, node: &str) -> Result<Series> {
+        let events = self.path.clone().join(node).join("events");
+        match self.store.get(&events.clone().join("manifest.json")).await {
+            Ok(got) => {
+                let bytes = got.bytes().await.map_err(Error::Store)?;
+                let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Damaged(format!("{}/manifest.json: {e}", events.as_ref()))
+                })?;
+                let chunks = m
+                    .chunks
+                    .into_iter()
+                    .map(|c| ChunkRef {
+                        seq: c.seq,
+                        key: events.clone().join(c.file.as_str()),
+                        lines: Some(c.lines),
+                        sha256: Some(c.sha256),
+                    })
+                    .collect();
+                return Ok(Series {
+                    chunks,
+                    complete: m.complete,
+                });
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::Store(e)),
+        }
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&events))
+            .try_collect()
+            .await
+            .map_err(Error::Store)?;
+        let mut seqs: Vec<u64> = listed
+            .iter()
+            .filter_map(|o| o.location.filename())
+            .filter_map(|f| f.strip_suffix(".ndjson.gz"))
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        seqs.sort();
+        let chunks = seqs
+            .into_iter()
+            .enumerate()
+            .take_while(|(i, s)| *i as u64 == *s)
+            .map(|(_, seq)| ChunkRef {
+                seq,
+                key: events.clone().join(format!("{seq:06}.ndjson.gz").as_str()),
+                lines: None,
+                sha256: None,
+            })
+            .collect();
+        Ok(Series {
+            chunks,
+            complete: false,
+        })
+    }
+
+    /// A chunk's lines, checked against the manifest when it lists the chunk.
+    pub async fn lines(&self, c: &ChunkRef) -> Result<Vec<String>> {
+        use std::io::BufRead;
+        let raw = self
+            .store
+            .get(&c.key)
+            .await
+            .map_err(Error::Store)?
+            .bytes()
+            .await
+            .map_err(Error::Store)?;
+        let damaged = |why: String| Error::Damaged(format!("{}: {why}", c.key.as_ref()));
+        if let Some(want) = &c.sha256 {
+            let got: String = Sha256::digest(&raw)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if &got != want {
+                return Err(damaged("SHA-256 differs from the manifest".into()));
+            }
+        }
+        let lines = std::io::BufReader::new(flate2::read::GzDecoder::new(&raw[..]))
+            .lines()
+            .collect::<std::io::Result<Vec<String>>>()
+            .map_err(|e| damaged(e.to_string()))?;
+        if let Some(n) = c.lines
+            && n != lines.len() as u64
+        {
+            return Err(damaged(format!(
+                "{} lines, the manifest says {n}",
+                lines.len()
+            )));
+        }
+        Ok(lines)
+    }
+
+    /// One of a node's end-of-trace files.
+    pub async fn file(&self, node: &str, name: &str) -> Result<bytes::Bytes> {
+        let key = self.path.clone().join(node).join(name);
+        match self.store.get(&key).await {
+            Ok(got) => got.bytes().await.map_err(Error::Store),
+            Err(object_store::Error::NotFound { .. }) => Err(Error::NotFound(format!(
+                "node {node} has no {name} for this job (yet)"
+            ))),
+            Err(e) => Err(Error::Store(e)),
+        }
+    }
+}
