@@ -15,3 +15,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The S3 server the storage tests write to (moto's server mode: real S3 over HTTP).
 python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'moto[server]==5.2.1'
+# The results server's API is fuzzed against its own OpenAPI document (schemathesis, CLI `st`).
+python3 -c 'import schemathesis' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'schemathesis==4.32.5'

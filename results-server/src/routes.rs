@@ -149,6 +149,7 @@ struct JobPath {
 #[allow(dead_code)] // documents the query; handlers parse it with repeated `filter`s
 struct EventsQuery {
     /// Events per page, 1 to 5000 (default 500); ignored by the tail
+    #[param(minimum = 1, maximum = 5000)]
     limit: Option<usize>,
     /// `next` of the previous page, or an event's `id` from the tail
     cursor: Option<String>,

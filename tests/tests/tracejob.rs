@@ -1694,6 +1694,67 @@ async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
         assert_eq!(http_get_as(port, r, None).await.0, 401, "{r}");
         assert_eq!(http_get_as(port, r, Some("forged")).await.0, 401, "{r}");
     }
+    // schemathesis (PyPI) fuzzes every route from /openapi.json as this reader, on this job: no server error,
+    // and every answer as documented (status, content type, headers, body schema).
+    let work = tempfile::tempdir().unwrap();
+    let config = format!(
+        "headers = {{ Authorization = \"Bearer {mine}\" }}\nrequest-timeout = 20.0\n\n[parameters]\n\
+         \"path.namespace\" = \"{}\"\n\"path.name\" = \"rest\"\n\"path.node\" = \"{node}\"\n",
+        s.ns.name
+    );
+    std::fs::write(work.path().join("schemathesis.toml"), config).unwrap();
+    let fuzz = tokio::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'st'; sys.exit(schemathesis())",
+        ])
+        .args(["--config-file", "schemathesis.toml", "run"])
+        .arg(format!("http://127.0.0.1:{port}/openapi.json"))
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+             response_headers_conformance,response_schema_conformance",
+            "--max-examples",
+            "25",
+            "--workers",
+            "2",
+            "--generation-deterministic",
+        ])
+        .current_dir(work.path())
+        .output()
+        .await
+        .expect("schemathesis (scripts/deps.sh installs it)");
+    let report = String::from_utf8_lossy(&fuzz.stdout);
+    assert!(
+        fuzz.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&fuzz.stderr)
+    );
+    eprintln!(
+        "schemathesis: {}",
+        report.lines().rev().take(8).collect::<Vec<_>>().join(" | ")
+    );
+    // The review cache: API calls per request (the paging above made hundreds of requests with one token).
+    let metrics = http_get(server.metrics_port.unwrap(), "/metrics")
+        .await
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let sum = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (reviews, requests) = (
+        sum("sonde_results_reviews_total"),
+        sum("sonde_results_request_duration_seconds_count"),
+    );
+    eprintln!("review calls: {reviews} for {requests} requests");
+    assert!(
+        requests > 100.0 && reviews < requests / 10.0,
+        "{reviews} reviews for {requests} requests: the cache does not hold"
+    );
     // Their own namespace's list answers, and shows none of ours.
     let (code, _, body) = http_get_as(
         port,
