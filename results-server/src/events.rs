@@ -300,6 +300,7 @@ mod paging {
         Folder {
             store: Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap()),
             path: Path::from("tracejobs/ns/job-abcd1234"),
+            inner: None,
         }
     }
 

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use kube::api::{Api, ListParams};
 use serde::Serialize;
 use serde_json::Value;
-use sonde_crds::TraceJob;
+use sonde_crds::{ProbePolicy, TraceJob};
 use utoipa::OpenApi;
 
 use crate::auth::Access;
@@ -56,6 +56,19 @@ pub fn router(ctx: Ctx) -> axum::Router {
         .route(
             "/api/v1/namespaces/{namespace}/tracejobs/{name}/nodes/{node}/{file}",
             get(node_file),
+        )
+        .route("/api/v1/namespaces/{namespace}/probepolicies", get(list_policies))
+        .route(
+            "/api/v1/namespaces/{namespace}/probepolicies/{name}",
+            get(get_policy),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/probepolicies/{name}/windows/{window}/events",
+            get(window_events),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/probepolicies/{name}/windows/{window}/nodes/{node}/{file}",
+            get(window_file),
         )
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .fallback(|| async { Error::NotFound("no such route (see /openapi.json)".into()) })
@@ -192,8 +205,18 @@ enum BadRequest {
                        Authenticate with `Authorization: Bearer <token>` (`kubectl create token <account> \
                        --audience sonde-results`); access is `get tracejobs/results` in the job's namespace."
     ),
-    paths(list_jobs, get_job, events_page, tail, node_file),
-    components(schemas(JobRow, JobView, EventsPage, Problem)),
+    paths(
+        list_jobs,
+        get_job,
+        events_page,
+        tail,
+        node_file,
+        list_policies,
+        get_policy,
+        window_events,
+        window_file
+    ),
+    components(schemas(JobRow, JobView, EventsPage, PolicyRow, PolicyView, Window, Problem)),
     modifiers(&Bearer)
 )]
 pub struct ApiDoc;
@@ -372,8 +395,19 @@ async fn events_page(
         .await?;
     let (limit, cursor, filters) = query(raw.as_deref())?;
     let job = job(&ctx, &ns, &name).await?;
-    let page = events::page(&folder(&ctx, &job)?, &cursor, limit, &filters).await?;
-    Ok(Json(EventsPage {
+    Ok(Json(
+        events_page_of(&folder(&ctx, &job)?, &cursor, limit, &filters).await?,
+    ))
+}
+
+async fn events_page_of(
+    folder: &Folder,
+    cursor: &Cursor,
+    limit: usize,
+    filters: &[Filter],
+) -> Result<EventsPage> {
+    let page = events::page(folder, cursor, limit, filters).await?;
+    Ok(EventsPage {
         events: page
             .events
             .into_iter()
@@ -382,7 +416,7 @@ async fn events_page(
         next: page.next.encode(),
         caught_up: page.caught_up,
         complete: page.complete,
-    }))
+    })
 }
 
 enum Tailed {
@@ -501,6 +535,12 @@ async fn node_file(
     ctx.auth
         .check(&headers, Access::results(&ns, "tracejobs", &name))
         .await?;
+    let job = job(&ctx, &ns, &name).await?;
+    serve_file(&folder(&ctx, &job)?, &node, &file).await
+}
+
+/// A node's result file, with headers that keep a browser from running it.
+async fn serve_file(folder: &Folder, node: &str, file: &str) -> Result<Response> {
     let Some((_, kind)) = FILES.iter().find(|(f, _)| *f == file) else {
         let names: Vec<&str> = FILES.iter().map(|(f, _)| *f).collect();
         return Err(Error::NotFound(format!(
@@ -508,14 +548,12 @@ async fn node_file(
             names.join(", ")
         )));
     };
-    let job = job(&ctx, &ns, &name).await?;
-    let folder = folder(&ctx, &job)?;
-    if !folder.nodes().await?.contains(&node) {
+    if !folder.nodes().await?.iter().any(|n| n == node) {
         return Err(Error::NotFound(format!(
-            "node {node:?} stored no results for this job"
+            "node {node:?} stored no results here"
         )));
     }
-    let body = folder.file(&node, &file).await?;
+    let body = folder.file(node, file).await?;
     let mut res = ([(header::CONTENT_TYPE, *kind)], body).into_response();
     let h = res.headers_mut();
     h.insert(
@@ -530,6 +568,204 @@ async fn node_file(
     Ok(res)
 }
 
+/// A ProbePolicy in a list.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRow {
+    pub name: String,
+    pub probe: String,
+    /// Its window, e.g. `5m`.
+    pub window: String,
+    pub suspend: bool,
+    pub breaches: u64,
+    pub last_breach_time: Option<String>,
+}
+
+/// One window of a policy: its name (`window-<end time>`) and the nodes that stored results for it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Window {
+    pub window: String,
+    pub nodes: Vec<String>,
+}
+
+/// One ProbePolicy: its status and its stored windows, oldest first.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyView {
+    pub name: String,
+    pub namespace: String,
+    pub probe: String,
+    #[schema(value_type = Object)]
+    pub status: Value,
+    pub windows: Vec<Window>,
+}
+
+/// A ProbePolicy, in its namespace.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documents the path; handlers take it as a tuple
+struct PolicyPath {
+    /// Kubernetes namespace
+    namespace: String,
+    /// ProbePolicy name
+    name: String,
+    /// A window, as `windows` of the policy lists it (`window-<end time>`)
+    window: String,
+}
+
+async fn policy(ctx: &Context, ns: &str, name: &str) -> Result<ProbePolicy> {
+    let api: Api<ProbePolicy> = Api::namespaced(ctx.client.clone(), ns);
+    api.get_opt(name)
+        .await
+        .map_err(Error::Kube)?
+        .ok_or_else(|| Error::NotFound(format!("no ProbePolicy {name} in namespace {ns}")))
+}
+
+fn policy_folder(ctx: &Context, p: &ProbePolicy) -> Result<Folder> {
+    let location = p.spec.storage.as_ref().and_then(|s| s.location.as_deref());
+    ctx.stores.folder(
+        "probepolicies",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default(),
+        p.metadata.uid.as_deref().unwrap_or_default(),
+        location,
+    )
+}
+
+/// A window name as the agents write them, and nothing that could leave the policy's folder.
+fn window_name(window: &str) -> Result<&str> {
+    let plain = window
+        .strip_prefix("window-")
+        .is_some_and(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric()));
+    match plain {
+        true => Ok(window),
+        false => Err(Error::NotFound(format!(
+            "{window:?} is not a window (window-<end time>, as the policy lists them)"
+        ))),
+    }
+}
+
+/// The ProbePolicies of a namespace.
+#[utoipa::path(
+    get,
+    path = "/api/v1/namespaces/{namespace}/probepolicies",
+    params(("namespace" = String, Path, description = "Kubernetes namespace")),
+    responses((status = 200, body = [PolicyRow]), Refused)
+)]
+async fn list_policies(
+    State(ctx): State<Ctx>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<PolicyRow>>> {
+    ctx.auth
+        .check(&headers, Access::list(&ns, "probepolicies"))
+        .await?;
+    let api: Api<ProbePolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::Kube)?;
+    Ok(Json(
+        list.items
+            .into_iter()
+            .map(|p| {
+                let st = p.status.clone().unwrap_or_default();
+                PolicyRow {
+                    name: p.metadata.name.clone().unwrap_or_default(),
+                    probe: p.spec.probe.to_string(),
+                    window: p.spec.window.clone(),
+                    suspend: p.spec.suspend,
+                    breaches: st.counts.breaches,
+                    last_breach_time: st.last_breach_time.as_ref().map(|t| t.0.to_string()),
+                }
+            })
+            .collect(),
+    ))
+}
+
+/// One ProbePolicy: status and the windows stored so far.
+#[utoipa::path(
+    get,
+    path = "/api/v1/namespaces/{namespace}/probepolicies/{name}",
+    params(
+        ("namespace" = String, Path, description = "Kubernetes namespace"),
+        ("name" = String, Path, description = "ProbePolicy name"),
+    ),
+    responses((status = 200, body = PolicyView), Refused)
+)]
+async fn get_policy(
+    State(ctx): State<Ctx>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<PolicyView>> {
+    ctx.auth
+        .check(&headers, Access::results(&ns, "probepolicies", &name))
+        .await?;
+    let p = policy(&ctx, &ns, &name).await?;
+    let windows = policy_folder(&ctx, &p)?
+        .windows()
+        .await?
+        .into_iter()
+        .map(|(window, nodes)| Window { window, nodes })
+        .collect();
+    Ok(Json(PolicyView {
+        name,
+        namespace: ns,
+        probe: p.spec.probe.to_string(),
+        status: serde_json::to_value(p.status.unwrap_or_default()).unwrap_or_default(),
+        windows,
+    }))
+}
+
+/// The events of one window, a page at a time (as for a TraceJob's events).
+#[utoipa::path(
+    get,
+    path = "/api/v1/namespaces/{namespace}/probepolicies/{name}/windows/{window}/events",
+    params(PolicyPath, EventsQuery),
+    responses((status = 200, body = EventsPage), BadRequest, Refused)
+)]
+async fn window_events(
+    State(ctx): State<Ctx>,
+    Path((ns, name, window)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<EventsPage>> {
+    ctx.auth
+        .check(&headers, Access::results(&ns, "probepolicies", &name))
+        .await?;
+    let (limit, cursor, filters) = query(raw.as_deref())?;
+    let window = window_name(&window)?;
+    let p = policy(&ctx, &ns, &name).await?;
+    let folder = policy_folder(&ctx, &p)?.window(window);
+    Ok(Json(
+        events_page_of(&folder, &cursor, limit, &filters).await?,
+    ))
+}
+
+/// A node's file of one window.
+#[utoipa::path(
+    get,
+    path = "/api/v1/namespaces/{namespace}/probepolicies/{name}/windows/{window}/nodes/{node}/{file}",
+    params(
+        PolicyPath,
+        ("node" = String, Path, description = "node name, as the window lists it"),
+        ("file" = String, Path, description = "summary.json, histograms.json, histograms.txt, folded.txt or flamegraph.svg"),
+    ),
+    responses((status = 200, description = "the file"), Refused)
+)]
+async fn window_file(
+    State(ctx): State<Ctx>,
+    Path((ns, name, window, node, file)): Path<(String, String, String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    ctx.auth
+        .check(&headers, Access::results(&ns, "probepolicies", &name))
+        .await?;
+    let window = window_name(&window)?;
+    let p = policy(&ctx, &ns, &name).await?;
+    serve_file(&policy_folder(&ctx, &p)?.window(window), &node, &file).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,7 +775,7 @@ mod tests {
     fn the_openapi_document_covers_the_routes() {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         let paths = doc["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), 5, "{:?}", paths.keys());
+        assert_eq!(paths.len(), 9, "{:?}", paths.keys());
         let events = &doc["paths"]["/api/v1/namespaces/{namespace}/tracejobs/{name}/events"]["get"];
         let params: Vec<&str> = events["parameters"]
             .as_array()

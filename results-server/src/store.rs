@@ -21,12 +21,14 @@ pub struct Stores {
     opened: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
 
-/// One job's results in a store.
+/// One job's results in a store (or one window of a policy's).
 #[derive(Clone)]
 pub struct Folder {
     pub store: Arc<dyn ObjectStore>,
-    /// `<base>/tracejobs/<namespace>/<name>-<uid8>`.
+    /// `<base>/<tracejobs|probepolicies>/<namespace>/<name>-<uid8>`.
     pub path: Path,
+    /// Below each node's folder: a policy's window (`window-<end time>`).
+    pub inner: Option<String>,
 }
 
 /// A chunk of a node's events: from the manifest (checked when read) or, while the trace runs, from a listing.
@@ -101,7 +103,11 @@ impl Stores {
         let path = Path::from(
             format!("{}/{kind}/{namespace}/{name}-{uid8}", base.as_ref()).trim_start_matches('/'),
         );
-        Ok(Folder { store, path })
+        Ok(Folder {
+            store,
+            path,
+            inner: None,
+        })
     }
 
     fn open(&self, url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
@@ -122,26 +128,74 @@ impl Stores {
 }
 
 impl Folder {
-    /// The nodes that stored something for this job, sorted.
+    /// One window of a policy's results.
+    pub fn window(&self, window: &str) -> Folder {
+        Folder {
+            inner: Some(window.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// A node's folder (its window's, for a window).
+    fn node_path(&self, node: &str) -> Path {
+        let p = self.path.clone().join(node);
+        match &self.inner {
+            Some(w) => p.join(w.as_str()),
+            None => p,
+        }
+    }
+
+    /// A policy's windows (`window-<end time>`, in time order) and the nodes that stored each.
+    pub async fn windows(&self) -> Result<BTreeMap<String, Vec<String>>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for node in self.nodes().await? {
+            for w in self.folders(&self.path.clone().join(node.as_str())).await? {
+                if w.starts_with("window-") {
+                    out.entry(w).or_default().push(node.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The nodes that stored something for this job (for a window: for that window), sorted.
     pub async fn nodes(&self) -> Result<Vec<String>> {
+        let mut nodes = self.folders(&self.path).await?;
+        if let Some(w) = &self.inner {
+            let mut with = Vec::new();
+            for n in nodes {
+                if self
+                    .folders(&self.path.clone().join(n.as_str()))
+                    .await?
+                    .contains(w)
+                {
+                    with.push(n);
+                }
+            }
+            nodes = with;
+        }
+        nodes.sort();
+        Ok(nodes)
+    }
+
+    /// The folders directly below `path`.
+    async fn folders(&self, path: &Path) -> Result<Vec<String>> {
         let listed = self
             .store
-            .list_with_delimiter(Some(&self.path))
+            .list_with_delimiter(Some(path))
             .await
             .map_err(Error::Store)?;
-        let mut nodes: Vec<String> = listed
+        Ok(listed
             .common_prefixes
             .iter()
             .filter_map(|p| p.filename().map(String::from))
-            .collect();
-        nodes.sort();
-        Ok(nodes)
+            .collect())
     }
 
     /// A node's chunks: the manifest's list once it is there, else the chunks stored so far, up to the first
     /// gap (a reader must never skip a chunk that is still on its way).
     pub async fn series(&self, node: &str) -> Result<Series> {
-        let events = self.path.clone().join(node).join("events");
+        let events = self.node_path(node).join("events");
         match self.store.get(&events.clone().join("manifest.json")).await {
             Ok(got) => {
                 let bytes = got.bytes().await.map_err(Error::Store)?;
@@ -234,7 +288,7 @@ impl Folder {
 
     /// One of a node's end-of-trace files.
     pub async fn file(&self, node: &str, name: &str) -> Result<bytes::Bytes> {
-        let key = self.path.clone().join(node).join(name);
+        let key = self.node_path(node).join(name);
         match self.store.get(&key).await {
             Ok(got) => got.bytes().await.map_err(Error::Store),
             Err(object_store::Error::NotFound { .. }) => Err(Error::NotFound(format!(

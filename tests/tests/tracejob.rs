@@ -1449,8 +1449,8 @@ async fn a_full_spool_stops_keeping_events_and_keeps_what_came_before() {
     );
 }
 
-/// A service account of `ns` that may read TraceJob results there (a Role on `tracejobs` and
-/// `tracejobs/results`), and a token of it for the results server's audience.
+/// A service account of `ns` that may read TraceJob and ProbePolicy results there (a Role on them and their
+/// `results` subresource), and a token of it for the results server's audience.
 fn results_reader(plane: &ControlPlane, ns: &str) -> String {
     let yaml = format!(
         r#"
@@ -1463,7 +1463,7 @@ kind: Role
 metadata: {{name: results-reader, namespace: {ns}}}
 rules:
 - apiGroups: [sonde.dev]
-  resources: [tracejobs, tracejobs/results]
+  resources: [tracejobs, tracejobs/results, probepolicies, probepolicies/results]
   verbs: [get, list]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
@@ -1504,7 +1504,8 @@ fn monotonic_ns() -> u64 {
 
 /// The results server on a real API server, S3 server and kernel: a namespaced reader follows a running job's
 /// events live (each exactly once, within seconds of capture), then reads its status, summary and every event
-/// through pages; a reader of another namespace, no token and a forged token are refused on every route.
+/// through pages, and a policy's windows; a reader of another namespace, no token and a forged token are
+/// refused on every route; schemathesis finds no server error and no answer off the OpenAPI document.
 #[tokio::test(flavor = "multi_thread")]
 async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
     let mut s = Scene::new("rest").await;
@@ -1529,6 +1530,24 @@ async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
         .await,
         "the results server did not serve"
     );
+    // A standing probe beside the job: its windows go to the default location, which the server reads too.
+    let policy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        policy.path(),
+        wakeups_policy("rest-watch", 20, false).replace("  output: {events: false}\n", ""),
+    )
+    .unwrap();
+    let (ok, _, err) = s.plane.kubectl(
+        Identity::Admin,
+        &[
+            "apply",
+            "-n",
+            &s.ns.name,
+            "-f",
+            policy.path().to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
     s.create_job(&(wakeups_job("rest", "12s") + "  storage: {location: archive}\n"))
         .await;
     s.wait_attached("rest").await;
@@ -1694,12 +1713,54 @@ async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
         assert_eq!(http_get_as(port, r, None).await.0, 401, "{r}");
         assert_eq!(http_get_as(port, r, Some("forged")).await.0, 401, "{r}");
     }
+    // The policy's windows, each with its events and files.
+    let policies = format!("/api/v1/namespaces/{}/probepolicies", s.ns.name);
+    let until = Instant::now() + Duration::from_secs(40);
+    let window = loop {
+        let (_, _, body) = http_get_as(port, &format!("{policies}/rest-watch"), Some(&mine)).await;
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if let Some(w) = view["windows"][0]["window"].as_str() {
+            break w.to_string();
+        }
+        assert!(
+            Instant::now() < until,
+            "no window of the policy listed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let windowed = format!("{policies}/rest-watch/windows/{window}");
+    let (code, _, body) =
+        http_get_as(port, &format!("{windowed}/events?limit=5000"), Some(&mine)).await;
+    assert_eq!(code, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        page["complete"] == true && page["caughtUp"] == true,
+        "{page}"
+    );
+    let (code, _, summary) = http_get_as(
+        port,
+        &format!("{windowed}/nodes/{node}/summary.json"),
+        Some(&mine),
+    )
+    .await;
+    assert_eq!(code, 200, "{summary}");
+    assert!(summary.contains("\"window\""), "{summary}");
+    let (code, _, body) = http_get_as(port, &policies, Some(&mine)).await;
+    assert_eq!(code, 200);
+    assert!(body.contains("\"rest-watch\""), "{body}");
+    for r in [
+        policies.clone(),
+        format!("{policies}/rest-watch"),
+        format!("{windowed}/events"),
+    ] {
+        assert_eq!(http_get_as(port, &r, Some(&theirs)).await.0, 403, "{r}");
+    }
     // schemathesis (PyPI) fuzzes every route from /openapi.json as this reader, on this job: no server error,
     // and every answer as documented (status, content type, headers, body schema).
     let work = tempfile::tempdir().unwrap();
     let config = format!(
         "headers = {{ Authorization = \"Bearer {mine}\" }}\nrequest-timeout = 20.0\n\n[parameters]\n\
-         \"path.namespace\" = \"{}\"\n\"path.name\" = \"rest\"\n\"path.node\" = \"{node}\"\n",
+         \"path.namespace\" = \"{}\"\n\"path.name\" = \"rest\"\n\"path.node\" = \"{node}\"\n\"path.window\" = \"{window}\"\n",
         s.ns.name
     );
     std::fs::write(work.path().join("schemathesis.toml"), config).unwrap();
