@@ -1,6 +1,7 @@
 //! `sonde`: run a TraceJob manifest on this machine with no cluster (`sonde run -f job.yaml`), list probes.
 
 mod local_target;
+mod results;
 mod run;
 
 use std::path::PathBuf;
@@ -25,6 +26,8 @@ enum Command {
     Run(run::RunArgs),
     /// List the probes in the library.
     Probes,
+    /// Read a cluster's results through the results server: list, show, events, tail, file.
+    Results(results::ResultsArgs),
     /// Check manifests as the API server would (schema and CEL rules) without running them.
     Validate {
         /// Manifest files.
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Results(args) => results::run(args),
         Command::Probes => {
             for p in sonde_probes::CATALOGUE {
                 let chain: Vec<String> = p

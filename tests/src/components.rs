@@ -21,6 +21,8 @@ fn bin_dir() -> &'static PathBuf {
                 "sonde-operator",
                 "-p",
                 "sonde-results",
+                "-p",
+                "sonde-cli",
             ])
             .current_dir(crate::repo_root())
             .status()
@@ -34,6 +36,11 @@ fn bin_dir() -> &'static PathBuf {
             .unwrap_or_else(|| crate::repo_root().join("target"));
         target.join("debug")
     })
+}
+
+/// The path of one of the workspace's binaries (`sonde`, `sonde-agent`, ...), built on first use.
+pub fn binary(name: &str) -> PathBuf {
+    bin_dir().join(name)
 }
 
 /// A running Sonde process; killed (SIGKILL) on drop. Its log is kept in `log`.

@@ -11,7 +11,7 @@ mod node;
 mod realnode;
 mod s3;
 
-pub use components::{Component, chart_identities, free_port, helm, http_get, http_get_as};
+pub use components::{Component, binary, chart_identities, free_port, helm, http_get, http_get_as};
 pub use controlplane::{ControlPlane, Identity, kubectl_with};
 pub use load::{
     LOAD_BOUND, Load, SCHED_PIPE, bounded_argv, fast_ping_argv, isc_socket_argv, processes_matching,

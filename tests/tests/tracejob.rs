@@ -1667,6 +1667,48 @@ async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
             .is_some_and(|l| *l <= Duration::from_secs(5)),
         "no event reached the tail within 5 s of capture: {latency:?}"
     );
+    // The CLI, as a user runs it: every event as NDJSON, a summary, and a refusal that says why.
+    let sonde = |args: &[&str], token: &str| {
+        let out = std::process::Command::new(sonde_tests::binary("sonde"))
+            .arg("results")
+            .args(args)
+            .args([
+                "--server",
+                &format!("http://127.0.0.1:{port}"),
+                "-n",
+                &s.ns.name,
+            ])
+            .env("SONDE_TOKEN", token)
+            .output()
+            .expect("sonde runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, ndjson, err) = sonde(&["events", "rest"], &mine);
+    assert!(ok, "{err}");
+    let cli_lines: Vec<String> = ndjson
+        .lines()
+        .map(|l| without_node(&serde_json::from_str(l).unwrap()))
+        .collect();
+    assert_eq!(
+        cli_lines, stored,
+        "sonde results events vs the stored events"
+    );
+    let (ok, tailed_cli, err) = sonde(&["tail", "rest"], &mine);
+    assert!(ok && tailed_cli.lines().count() == stored.len(), "{err}");
+    let (ok, listing, err) = sonde(&["list"], &mine);
+    assert!(
+        ok && listing.contains("rest") && listing.contains("Succeeded"),
+        "{listing}{err}"
+    );
+    let (ok, _, err) = sonde(&["show", "rest"], &theirs);
+    assert!(
+        !ok && err.contains("403") && err.contains("may not"),
+        "{err}"
+    );
     // A filter.
     let (code, _, body) = http_get_as(
         port,
