@@ -403,7 +403,16 @@ async fn send_closed(
 
 /// How a session's sets stand, from the spool: what the uploader (and the session, at its end) reports.
 pub fn state_of(spool: &Path, namespace: &str, session: &str, last_error: Option<&str>) -> Upload {
-    let (sealed, _) = find(spool);
+    state_in(&find(spool).0, namespace, session, last_error)
+}
+
+/// [`state_of`], from the sealed sets already found.
+fn state_in(
+    sealed: &[(PathBuf, Parcel)],
+    namespace: &str,
+    session: &str,
+    last_error: Option<&str>,
+) -> Upload {
     let mine: Vec<&Parcel> = sealed
         .iter()
         .map(|(_, p)| p)
@@ -530,6 +539,8 @@ impl Uploader {
         // Per session: whether its final set (and so its result URLs) went up in this pass. One status write
         // each, so the job never sees the upload complete without the URLs.
         let mut touched: HashMap<(String, String), Option<Vec<String>>> = HashMap::new();
+        // What stays sealed after this pass: how sessions stand, without walking the spool again.
+        let mut left = Vec::new();
         for (dir, p) in sealed {
             let age = std::fs::metadata(dir.join(MARKER))
                 .and_then(|m| m.modified())
@@ -543,6 +554,7 @@ impl Uploader {
                     .get(&dir)
                     .is_some_and(|r| r.next > Instant::now())
             {
+                left.push((dir, p));
                 continue;
             }
             let key = (p.to.namespace.clone(), p.to.session.clone());
@@ -575,24 +587,31 @@ impl Uploader {
                     r.error = e.to_string();
                     tracing::debug!(dir = %dir.display(), attempts = r.attempts, error = %e, "upload failed; will retry");
                     touched.entry(key).or_default();
+                    left.push((dir, p));
                 }
             }
         }
         for ((ns, name), urls) in touched {
-            self.tell(&ns, &name, urls).await;
+            self.tell(&ns, &name, urls, &left).await;
         }
     }
 
     /// Writes the session's `status.upload` and `ResultsComplete` condition (and its result URLs once its final
     /// set is in), if they changed. A session that no longer exists is not told.
-    async fn tell(&mut self, ns: &str, name: &str, urls: Option<Vec<String>>) {
+    async fn tell(
+        &mut self,
+        ns: &str,
+        name: &str,
+        urls: Option<Vec<String>>,
+        sealed: &[(PathBuf, Parcel)],
+    ) {
         let key = (ns.to_string(), name.to_string());
         let error = self
             .retries
             .values()
             .find(|r| r.session == key)
             .map(|r| r.error.clone());
-        let upload = state_of(&self.spool, ns, name, error.as_deref());
+        let upload = state_in(sealed, ns, name, error.as_deref());
         if urls.is_none() && self.told.get(&key) == Some(&upload) {
             return;
         }
