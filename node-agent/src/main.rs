@@ -18,16 +18,8 @@ struct Args {
     /// Local results folder, kept when an upload fails.
     #[arg(long, env = "SONDE_SPOOL", default_value = "/var/lib/sonde/spool")]
     spool: PathBuf,
-    /// Default object store for results (file:///dir or s3://bucket/prefix).
-    #[arg(
-        long,
-        env = "SONDE_STORAGE_URL",
-        default_value = "file:///var/lib/sonde/results"
-    )]
-    storage_url: String,
-    /// Named storage locations sessions may pick with spec.storage.location: `name=url,name=url`.
-    #[arg(long, env = "SONDE_STORAGE_LOCATIONS", default_value = "")]
-    storage_locations: String,
+    #[command(flatten)]
+    storage: sonde_telemetry::StorageArgs,
     /// Report counterparts outside the traced pods (host tasks that wake or are woken by them) as `[outside]`
     /// instead of by comm and pid.
     #[arg(long, env = "SONDE_REDACT_COUNTERPARTS", default_value_t = false)]
@@ -100,9 +92,12 @@ async fn main() -> anyhow::Result<()> {
             .cgroup_root
             .unwrap_or_else(sonde_probes::cgroup::v2_root),
         spool: args.spool,
-        storage: sonde_agent::storage::Locations::parse(args.storage_url, &args.storage_locations)
-            .map_err(anyhow::Error::msg)
-            .context("--storage-locations")?,
+        storage: sonde_agent::storage::Locations::parse(
+            args.storage.storage_url,
+            &args.storage.storage_locations,
+        )
+        .map_err(anyhow::Error::msg)
+        .context("--storage-locations")?,
         redact_outside: args.redact_counterparts,
         node_wide: sonde_crds::NodeWide::parse(&args.node_wide_namespaces),
         limits: Limits {

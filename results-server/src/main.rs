@@ -20,16 +20,9 @@ struct Args {
     /// The audience tokens must be for (`kubectl create token <account> --audience <this>`).
     #[arg(long, env = "SONDE_AUDIENCE", default_value = "sonde-results")]
     audience: String,
-    /// The agents' default storage URL.
-    #[arg(
-        long,
-        env = "SONDE_STORAGE_URL",
-        default_value = "file:///var/lib/sonde/results"
-    )]
-    storage_url: String,
-    /// The agents' named storage locations: `name=url,name=url`.
-    #[arg(long, env = "SONDE_STORAGE_LOCATIONS", default_value = "")]
-    storage_locations: String,
+    /// The agents' storage (the server reads what they write).
+    #[command(flatten)]
+    storage: sonde_telemetry::StorageArgs,
 }
 
 #[tokio::main]
@@ -53,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let health = sonde_telemetry::Health::new(registry);
     sonde_telemetry::serve(args.metrics_addr, health.clone()).await?;
-    let stores = store::Stores::parse(args.storage_url, &args.storage_locations)
+    let stores = store::Stores::parse(args.storage.storage_url, &args.storage.storage_locations)
         .map_err(anyhow::Error::msg)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(Context {

@@ -25,6 +25,22 @@ pub fn init_logging() {
     }
 }
 
+/// Where results are stored, as the cluster admin configured it (the agents write there, the results server
+/// reads): the same flags and variables for both.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StorageArgs {
+    /// Default object store for results (file:///dir or s3://bucket/prefix).
+    #[arg(
+        long,
+        env = "SONDE_STORAGE_URL",
+        default_value = "file:///var/lib/sonde/results"
+    )]
+    pub storage_url: String,
+    /// Named storage locations sessions may pick with spec.storage.location: `name=url,name=url`.
+    #[arg(long, env = "SONDE_STORAGE_LOCATIONS", default_value = "")]
+    pub storage_locations: String,
+}
+
 /// This host's name, lower-cased as Kubernetes node names are.
 pub fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
