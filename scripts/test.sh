@@ -35,6 +35,9 @@ step cargo test --locked --no-fail-fast -p sonde-tests --test realnode
 KEEP_LOGS=$status tests/node/down.sh "$SONDE_REALNODE_DIR/node"
 KEEP_LOGS=$status tests/controlplane/down.sh "$SONDE_REALNODE_DIR/cp"
 
+# Kept for the run's record: the web page test's screenshots.
+if [ -d target/artifacts ]; then echo "artifacts (target/artifacts):"; find target/artifacts -type f | sort; fi
+
 # One line for the whole run (cargo prints a summary per test binary). An ignored test counts as a failure.
 awk -v status="$status" '/^test result:/ {p+=$4; f+=$6; i+=$8}
   END {printf "\nALL TESTS: %d passed, %d failed, %d ignored\n", p, f, i; exit (status != 0 || f > 0 || i > 0)}' "$log"

@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 
 use sonde_crds::ProbeSessionSpec;
 
+/// What a location may be: a directory, an S3 bucket, or the results server's own volume.
+pub const STORE_SCHEMES: [&str; 4] = ["file://", "s3://", "results+http://", "results+https://"];
+
 /// The admin's storage locations: the default and the named ones.
 #[derive(Clone, Debug)]
 pub struct Locations {
@@ -16,7 +19,7 @@ pub struct Locations {
 }
 
 impl Locations {
-    /// `named` is `name=url,name=url` (URLs `file://...` or `s3://...`).
+    /// `named` is `name=url,name=url` (URLs of [`STORE_SCHEMES`]).
     pub fn parse(default: String, named: &str) -> Result<Locations, String> {
         let mut out = BTreeMap::new();
         for entry in named.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -24,9 +27,10 @@ impl Locations {
                 return Err(format!("storage location {entry:?} is not name=url"));
             };
             let (name, url) = (name.trim(), url.trim());
-            if !(url.starts_with("file://") || url.starts_with("s3://")) {
+            if !STORE_SCHEMES.iter().any(|s| url.starts_with(s)) {
                 return Err(format!(
-                    "storage location {name}: {url:?} is not a file:// or s3:// URL"
+                    "storage location {name}: {url:?} is not a {} URL",
+                    STORE_SCHEMES.join(", ")
                 ));
             }
             out.insert(name.to_string(), url.to_string());

@@ -1,7 +1,9 @@
-//! Results leave the node through the `object_store` crate: `file://` (the default, a directory on the node or a
-//! shared volume) or `s3://bucket/prefix`, configured by the usual `AWS_*` environment variables
-//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...).
-//! Files are written under `<url>/<resultPrefix>/`.
+//! Results leave the node through the `object_store` crate: `file://` (a directory on the node or a shared
+//! volume) or `s3://bucket/prefix`, configured by the usual `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...); or, in a cluster without an
+//! object store, through the results server (`results+http://<service>:<port>`), which keeps them on its own
+//! volume and takes them from an agent with its pod's projected token (audience `sonde-results`, re-read for every
+//! upload, as the kubelet rotates it). Files are written under `<url>/<resultPrefix>/`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,11 +20,24 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
+/// Where the pod's token for the results server is (a projected volume of the chart).
+pub const RESULTS_TOKEN_FILE: &str = "/var/run/secrets/sonde.dev/results/token";
+
 /// An object store and the path its URL points into.
 pub struct Store {
     url: String,
-    store: Arc<dyn ObjectStore>,
+    backend: Backend,
     base: object_store::path::Path,
+}
+
+enum Backend {
+    Objects(Arc<dyn ObjectStore>),
+    /// The results server's upload route (`<server>/agent/v1/objects/`).
+    Server {
+        http: reqwest::Client,
+        objects: Url,
+        token_file: PathBuf,
+    },
 }
 
 impl Store {
@@ -32,6 +47,31 @@ impl Store {
             message,
         };
         let url = Url::parse(store_url).map_err(|e| err(e.to_string()))?;
+        if let Some(scheme) = url.scheme().strip_prefix("results+") {
+            let host = url
+                .host_str()
+                .ok_or_else(|| err("no results server host".into()))?;
+            let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let server = format!("{scheme}://{host}{port}");
+            let objects = Url::parse(&format!("{server}/agent/v1/objects/"))
+                .map_err(|e| err(e.to_string()))?;
+            let http = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(120))
+                .build()
+                .map_err(|e| err(e.to_string()))?;
+            let token_file = std::env::var_os("SONDE_RESULTS_TOKEN_FILE")
+                .map_or_else(|| PathBuf::from(RESULTS_TOKEN_FILE), PathBuf::from);
+            return Ok(Store {
+                url: store_url.trim_end_matches('/').to_string(),
+                backend: Backend::Server {
+                    http,
+                    objects,
+                    token_file,
+                },
+                base: object_store::path::Path::default(),
+            });
+        }
         if url.scheme() == "file" {
             // LocalFileSystem writes below an existing root only.
             std::fs::create_dir_all(url.path())?;
@@ -66,7 +106,7 @@ impl Store {
         };
         Ok(Store {
             url: store_url.to_string(),
-            store,
+            backend: Backend::Objects(store),
             base,
         })
     }
@@ -106,11 +146,23 @@ impl Store {
     /// that, so the memory of the upload path does not grow with the file.
     pub async fn put_file(&self, prefix: &str, name: &str, file: &Path) -> Result<()> {
         let key = self.key(prefix, name);
+        let store = match &self.backend {
+            Backend::Objects(store) => store,
+            Backend::Server {
+                http,
+                objects,
+                token_file,
+            } => {
+                return self
+                    .put_to_server(http, objects, token_file, &key, name, file)
+                    .await;
+            }
+        };
         if is_chunk(name) {
-            return self.put_chunk(&key, file).await;
+            return self.put_chunk(store, &key, file).await;
         }
         let mut from = tokio::fs::File::open(file).await?;
-        let mut to = BufWriter::new(self.store.clone(), key.clone());
+        let mut to = BufWriter::new(store.clone(), key.clone());
         let copied = tokio::io::copy(&mut from, &mut to).await;
         let done = match copied {
             Ok(_) => to.shutdown().await,
@@ -123,20 +175,24 @@ impl Store {
     }
 
     /// One create-only put: a chunk is at most 8 MiB of NDJSON before compression, so its bytes are bounded.
-    async fn put_chunk(&self, key: &object_store::path::Path, file: &Path) -> Result<()> {
+    async fn put_chunk(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        key: &object_store::path::Path,
+        file: &Path,
+    ) -> Result<()> {
         let body = tokio::fs::read(file).await?;
         let len = body.len() as u64;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self.store.put_opts(key, body.into(), opts).await {
+        match store.put_opts(key, body.into(), opts).await {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 // Landed before (a put retried after its answer was lost, or a set uploaded again after a
                 // crash): done, if it is the same object.
-                let there = self
-                    .store
+                let there = store
                     .head(key)
                     .await
                     .map_err(|e| self.err(format!("{key}: {e}")))?;
@@ -150,6 +206,60 @@ impl Store {
             }
             Err(e) => Err(self.err(format!("{key}: {e}"))),
         }
+    }
+}
+
+impl Store {
+    /// One PUT to the results server, the file streamed from the spool. A chunk goes create-only
+    /// (`If-None-Match: *`): the server answers 200 for one that landed before with the same size, 409 for other
+    /// bytes under its name.
+    async fn put_to_server(
+        &self,
+        http: &reqwest::Client,
+        objects: &Url,
+        token_file: &Path,
+        key: &object_store::path::Path,
+        name: &str,
+        file: &Path,
+    ) -> Result<()> {
+        let token = tokio::fs::read_to_string(token_file).await.map_err(|e| {
+            self.err(format!(
+                "the token for the results server ({}): {e}",
+                token_file.display()
+            ))
+        })?;
+        let to = objects
+            .join(key.as_ref())
+            .map_err(|e| self.err(format!("{key}: {e}")))?;
+        let from = tokio::fs::File::open(file).await?;
+        let len = from.metadata().await?.len();
+        let mut req = http
+            .put(to)
+            .bearer_auth(token.trim())
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(
+                tokio_util::io::ReaderStream::new(from),
+            ));
+        if is_chunk(name) {
+            req = req.header(reqwest::header::IF_NONE_MATCH, "*");
+        }
+        let res = req
+            .send()
+            .await
+            .map_err(|e| self.err(format!("{key}: {e}")))?;
+        if res.status().is_success() {
+            return Ok(());
+        }
+        let status = res.status();
+        let detail = res
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|p| p["detail"].as_str().map(String::from))
+            .unwrap_or_default();
+        Err(self.err(format!(
+            "{key}: the results server answered {status}: {detail}"
+        )))
     }
 }
 

@@ -252,12 +252,7 @@ impl Auth {
     /// The caller, if their token is good and grants `access`.
     pub async fn check(&self, headers: &HeaderMap, access: Access) -> Result<User> {
         let token = token(headers).ok_or(Error::NoToken)?;
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let user = self
-            .users
-            .get(key, ttl, || self.reviewer.authenticate(token.to_string()))
-            .await?
-            .map_err(Error::BadToken)?;
+        let (key, user) = self.user(token).await?;
         self.grants
             .get((key, access.clone()), ttl, || {
                 self.reviewer.authorize(user.clone(), access)
@@ -265,6 +260,22 @@ impl Auth {
             .await?
             .map_err(Error::Forbidden)?;
         Ok(user)
+    }
+
+    /// Who `token` belongs to, if the API server accepts it for this audience (the web page's login).
+    pub async fn authenticate(&self, token: &str) -> Result<User> {
+        Ok(self.user(token).await?.1)
+    }
+
+    /// The token's cache key and its user.
+    async fn user(&self, token: &str) -> Result<([u8; 32], User)> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let user = self
+            .users
+            .get(key, ttl, || self.reviewer.authenticate(token.to_string()))
+            .await?
+            .map_err(Error::BadToken)?;
+        Ok((key, user))
     }
 }
 

@@ -24,6 +24,11 @@ pub enum Error {
     Store(#[source] object_store::Error),
     #[error("stored results are damaged: {0}")]
     Damaged(String),
+    /// An upload under a name that holds other bytes (create-only objects are never overwritten).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("writing to the server's storage: {0}")]
+    Stored(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -36,7 +41,8 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Kube(_) | Error::Store(_) => StatusCode::BAD_GATEWAY,
-            Error::Damaged(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Damaged(_) | Error::Stored(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -51,6 +57,8 @@ impl Error {
             Error::Kube(_) => "KubernetesApi",
             Error::Store(_) => "ObjectStore",
             Error::Damaged(_) => "Damaged",
+            Error::Conflict(_) => "Conflict",
+            Error::Stored(_) => "StorageWrite",
         }
     }
 }

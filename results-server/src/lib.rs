@@ -2,13 +2,15 @@
 //! authenticate with a Kubernetes bearer token (TokenReview, audience `sonde-results` by default) and are
 //! authorized per job with SubjectAccessReview (`get tracejobs/results`), so ordinary Roles grant access.
 //! Results are read from the object store the agents write to (`store`), events page by page or as a live tail
-//! (`events`).
+//! (`events`). People use the same API through a web page served beside it (`web`).
 
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod intake;
 pub mod routes;
 pub mod store;
+pub mod web;
 
 pub use error::{Error, Result};
 
@@ -30,6 +32,8 @@ pub struct Context {
     pub client: Client,
     pub auth: auth::Auth,
     pub stores: store::Stores,
+    /// Uploads from agents into the default location, when the server takes them (`--agent-user`).
+    pub intake: Option<intake::Intake>,
     pub requests: RequestHistogram,
     /// Set when the server shuts down: live tails end, so connections close.
     pub stopping: tokio::sync::watch::Receiver<bool>,

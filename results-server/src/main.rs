@@ -20,6 +20,10 @@ struct Args {
     /// The audience tokens must be for (`kubectl create token <account> --audience <this>`).
     #[arg(long, env = "SONDE_AUDIENCE", default_value = "sonde-results")]
     audience: String,
+    /// The agents' user (`system:serviceaccount:<namespace>:<name>`): when set, agents may upload their own
+    /// node's results into the default storage location through this server (clusters without S3).
+    #[arg(long, env = "SONDE_AGENT_USER")]
+    agent_user: Option<String>,
     /// The agents' storage (the server reads what they write).
     #[command(flatten)]
     storage: sonde_telemetry::StorageArgs,
@@ -57,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
             calls,
         })),
         stores,
+        intake: args.agent_user.map(sonde_results::intake::Intake::new),
         requests,
         stopping,
     });

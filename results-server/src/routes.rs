@@ -1,4 +1,5 @@
-//! The REST API (`/api/v1`), its OpenAPI document (`/openapi.json`) and the request metrics.
+//! The REST API (`/api/v1`), its OpenAPI document (`/openapi.json`), the web page (`web`) and the request
+//! metrics.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -71,6 +72,11 @@ pub fn router(ctx: Ctx) -> axum::Router {
             get(window_file),
         )
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .merge(crate::web::router())
+        .route(
+            "/agent/v1/objects/{*key}",
+            axum::routing::put(crate::intake::put_object),
+        )
         .fallback(|| async { Error::NotFound("no such route (see /openapi.json)".into()) })
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), track))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

@@ -110,6 +110,11 @@ impl Stores {
         })
     }
 
+    /// The default location: where agents' uploads through this server go.
+    pub fn default_store(&self) -> Result<(Arc<dyn ObjectStore>, Path)> {
+        self.open(&self.default)
+    }
+
     fn open(&self, url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
         let parsed = url::Url::parse(url)
             .map_err(|e| Error::NotFound(format!("storage URL {url:?}: {e}")))?;

@@ -138,28 +138,30 @@ impl Component {
     }
 
     /// The agent with extra environment (such as an object store's `AWS_*` settings).
+    /// `SONDE_STORAGE_URL` in `env` replaces the default `dir/results`.
     pub fn agent_with_env(kubeconfig: &Path, dir: &Path, env: &[(String, String)]) -> Component {
         let port = free_port();
-        let args = [
+        let mut args = vec![
             format!("--node-name={}", crate::this_node_name()),
             format!("--spool={}", dir.join("spool").display()),
-            format!("--storage-url=file://{}", dir.join("results").display()),
             format!("--metrics-addr=127.0.0.1:{port}"),
         ];
+        args.extend(default_storage(dir, env));
         let log = dir.join("agent.log");
         let mut c = Self::spawn(kubeconfig, "sonde-agent", &args, log, env);
         c.metrics_port = Some(port);
         c
     }
 
-    /// The results server acting as the identity in `kubeconfig`, with `env` (storage locations, AWS_*).
+    /// The results server acting as the identity in `kubeconfig`, with `env` (storage locations, AWS_*;
+    /// `SONDE_STORAGE_URL` replaces the default `dir/results`).
     pub fn results(kubeconfig: &Path, dir: &Path, env: &[(String, String)]) -> Component {
         let (api, metrics) = (free_port(), free_port());
-        let args = [
+        let mut args = vec![
             format!("--listen=127.0.0.1:{api}"),
             format!("--metrics-addr=127.0.0.1:{metrics}"),
-            format!("--storage-url=file://{}", dir.join("results").display()),
         ];
+        args.extend(default_storage(dir, env));
         let log = dir.join("results-server.log");
         let mut c = Self::spawn(kubeconfig, "sonde-results", &args, log, env);
         c.metrics_port = Some(metrics);
@@ -273,6 +275,17 @@ pub fn chart_identities(plane: &ControlPlane, namespace: &str) -> (PathBuf, Path
 }
 
 /// A port nothing listens on right now.
+/// `--storage-url=file://<dir>/results`, the agents' and the server's default here, unless `env` names one.
+fn default_storage(dir: &Path, env: &[(String, String)]) -> Option<String> {
+    match env.iter().any(|(k, _)| k == "SONDE_STORAGE_URL") {
+        true => None,
+        false => Some(format!(
+            "--storage-url=file://{}",
+            dir.join("results").display()
+        )),
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

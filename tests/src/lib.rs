@@ -2,6 +2,7 @@
 //! binary), the Sonde CRDs installed, a namespace per test, this host registered as a Node and Pods bound to it
 //! whose containers are real processes in cgroups named the way the kubelet names them.
 
+mod browser;
 mod components;
 mod controlplane;
 mod load;
@@ -11,6 +12,7 @@ mod node;
 mod realnode;
 mod s3;
 
+pub use browser::{Browser, artifacts_dir};
 pub use components::{Component, binary, chart_identities, free_port, helm, http_get, http_get_as};
 pub use controlplane::{ControlPlane, Identity, kubectl_with};
 pub use load::{

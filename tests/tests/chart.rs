@@ -39,6 +39,19 @@ fn chart_lints_and_its_schema_refuses_bad_values() {
         !ok && err.contains("replica"),
         "a misspelt value was accepted: {err}"
     );
+    // Results go through the results server by default: without it, an object store must be named.
+    let (ok, _, err) = helm(&[
+        "template",
+        "--kube-version=1.35.4",
+        "sonde",
+        "helm/sonde",
+        "--set",
+        "results.enabled=false",
+    ]);
+    assert!(
+        !ok && err.contains("agent.storageUrl is empty"),
+        "no storage for results rendered: {err}"
+    );
 }
 
 #[tokio::test]
@@ -61,6 +74,7 @@ async fn everything_the_chart_renders_is_accepted_by_the_api_server() {
         "CustomResourceDefinition",
         "ServiceAccount",
         "Service",
+        "PersistentVolumeClaim",
     ] {
         assert!(
             rendered.contains(&format!("kind: {kind}")),

@@ -44,6 +44,7 @@ async fn chart(node: &RealNode) -> Duration {
     *CHART
         .get_or_init(|| async {
             let kubeconfig = node.plane.kubeconfig(Identity::Admin);
+            results_volume(node);
             let t = Instant::now();
             let (ok, out, err) = sonde_tests::helm(&[
                 "upgrade",
@@ -81,6 +82,45 @@ async fn chart(node: &RealNode) -> Duration {
             took
         })
         .await
+}
+
+/// What an admin of a cluster without dynamic provisioning does for the results server's claim: a volume of no
+/// StorageClass (the claim names none and this cluster has no default), here a directory of the node owned by the
+/// server's user. A volume a reused node's earlier claim released is offered again.
+fn results_volume(node: &RealNode) {
+    let dir = "/var/lib/sonde-results-realnode";
+    std::fs::create_dir_all(dir).unwrap();
+    std::os::unix::fs::chown(dir, Some(65532), Some(65532)).unwrap();
+    let pv = format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: sonde-results-realnode}}\nspec:\n  \
+         capacity: {{storage: 10Gi}}\n  accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  \
+         hostPath: {{path: {dir}, type: Directory}}\n"
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), pv).unwrap();
+    kubectl_ok(node, &["apply", "-f", file.path().to_str().unwrap()]);
+    let phase = kubectl_ok(
+        node,
+        &[
+            "get",
+            "pv",
+            "sonde-results-realnode",
+            "-o",
+            "jsonpath={.status.phase}",
+        ],
+    );
+    if phase == "Released" {
+        kubectl_ok(
+            node,
+            &[
+                "patch",
+                "pv",
+                "sonde-results-realnode",
+                "--type=json",
+                "-p=[{\"op\": \"remove\", \"path\": \"/spec/claimRef\"}]",
+            ],
+        );
+    }
 }
 
 /// The chart's pods of one component (`operator`, `agent`), terminating ones included.
@@ -301,6 +341,18 @@ async fn real_node_chart_installs_and_rolls_out() {
     assert_eq!(get(Some(&viewer)), ("200".into(), "[]".into()));
     assert_eq!(get(Some(&stranger)).0, "403");
     assert_eq!(get(None).0, "401");
+    // Its web page, from the image, with the policy that keeps it to its own script.
+    let page = std::process::Command::new("curl")
+        .args(["-si", "--max-time", "10", &format!("http://{ip}:8080/")])
+        .output()
+        .expect("curl");
+    let page = String::from_utf8_lossy(&page.stdout).to_lowercase();
+    assert!(
+        page.starts_with("http/1.1 200")
+            && page.contains("content-security-policy: default-src 'none'; script-src 'self'")
+            && page.contains("<title>sonde results</title>"),
+        "{page}"
+    );
     let _ = kubectl(
         node,
         &["delete", "namespace", "results-smoke", "--wait=false"],
@@ -934,17 +986,20 @@ async fn real_node_a_drain_ends_a_running_job_with_the_reason() {
     })
     .await;
     // An earlier test's namespace may still be going: the eviction API refuses pods of a terminating namespace,
-    // and drain would wait on them (the kubelet has been seen taking minutes to report such pods gone).
+    // and drain would wait on them (the kubelet has been seen taking minutes to report such pods gone). Its pods
+    // are not marked for deletion at once: the namespace itself must be gone too.
     wait_until(
-        "no pod of an earlier test is still terminating",
+        "no namespace or pod of an earlier test is still terminating",
         Duration::from_secs(240),
         || {
-            let pods = json(node, &["get", "pods", "-A"]);
-            pods["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|p| p["metadata"]["deletionTimestamp"].is_null())
+            let gone = |kind: &str| {
+                json(node, &["get", kind, "-A"])["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|o| o["metadata"]["deletionTimestamp"].is_null())
+            };
+            gone("namespaces") && gone("pods")
         },
     )
     .await;

@@ -106,17 +106,21 @@ impl Scene {
     /// Replaces the agent (SIGKILL, as a crash would) with one whose storage location `archive` is the bucket
     /// `sonde-e2e` of `s3` under `runs/`, with `extra` environment.
     fn agent_with_archive(&mut self, s3: &sonde_tests::S3Server, extra: &[(&str, &str)]) {
-        self.agent.as_mut().unwrap().kill();
         let mut env = s3.env();
         env.push((
             "SONDE_STORAGE_LOCATIONS".into(),
             "archive=s3://sonde-e2e/runs".into(),
         ));
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.restart_agent_with(&env);
+    }
+
+    fn restart_agent_with(&mut self, env: &[(String, String)]) {
+        self.agent.as_mut().unwrap().kill();
         self.agent = Some(Component::agent_with_env(
             &self.agent_kc,
             self.dir.path(),
-            &env,
+            env,
         ));
     }
 
@@ -1894,4 +1898,426 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// The web page in headless Chromium, as a namespace's reader uses it: a token pasted into the login form (kept
+/// in an HttpOnly cookie the page's script cannot read), the namespace's job list, a running job's live tail
+/// filling, then, once it finished, its summary rows and latency chart as the API has them, and a profile's
+/// flame graph drawn as an image; a reader of another namespace sees a refusal, not the job. Screenshots of
+/// each page stay in target/artifacts/web.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_web_page_shows_a_running_job_and_its_results_to_its_reader_only() {
+    let mut s = Scene::new("web").await;
+    s.ping_pod("ping").await;
+    let busy = bounded_argv(
+        LOAD_BOUND,
+        &["nice", "-n", "19", "sh", "-c", "while :; do :; done"],
+    );
+    let pod = RealPod::start(
+        &s.client,
+        &s.ns.name,
+        "busy",
+        &[("app", "busy")],
+        CgroupDriver::Systemd,
+        &busy,
+    )
+    .await
+    .expect("busy pod");
+    s.pods.push(pod);
+    let other = TestNamespace::create(s.plane, "web-other").await;
+    let mine = results_reader(s.plane, &s.ns.name);
+    let theirs = results_reader(s.plane, &other.name);
+    let server = Component::results(&s.plane.kubeconfig(Identity::Admin), s.dir.path(), &[]);
+    let port = server.api_port.unwrap();
+    assert!(
+        wait_for(Duration::from_secs(20), || async {
+            http_get_as(port, "/", None).await.0 == 200
+        })
+        .await,
+        "the results server did not serve its page"
+    );
+    s.create_job(
+        r#"
+apiVersion: sonde.dev/v1alpha1
+kind: TraceJob
+metadata: {name: web-runq}
+spec:
+  probe: runq-latency
+  target: {podSelector: {matchLabels: {app: ping}}}
+  duration: 20s
+  thresholds: [{metric: runqLatencyUs, value: 0, comparison: GreaterOrEqual}]
+  output: {sampleEvery: 10}
+"#,
+    )
+    .await;
+    s.create_job(
+        r#"
+apiVersion: sonde.dev/v1alpha1
+kind: TraceJob
+metadata: {name: web-profile}
+spec:
+  probe: cpu-profile
+  target: {podSelector: {matchLabels: {app: busy}}}
+  duration: 4s
+"#,
+    )
+    .await;
+    s.wait_attached("web-runq").await;
+    let shots = sonde_tests::artifacts_dir();
+    let site = format!("http://127.0.0.1:{port}");
+    let ns = s.ns.name.clone();
+    let browser = sonde_tests::Browser::start().await;
+
+    // Log in as the reader, into this namespace: the job list.
+    browser.goto(&format!("{site}/#/login")).await;
+    browser.type_into("#token", &mine).await;
+    browser.type_into("#namespace", &ns).await;
+    browser.click("#login button[type=submit]").await;
+    let listed = browser
+        .wait_for(
+            Duration::from_secs(20),
+            "const rows = [...document.querySelectorAll('#jobs tbody tr')].map(r => r.innerText); \
+             return rows.length >= 2 ? rows : null",
+        )
+        .await;
+    browser.screenshot(&shots, "jobs").await;
+    let Some(listed) = listed.map(|l| l.to_string()) else {
+        panic!("no job list: {}", page_text(&browser).await)
+    };
+    assert!(
+        listed.contains("web-runq") && listed.contains("web-profile") && listed.contains("Running"),
+        "{listed}"
+    );
+    let cookie = browser.eval("return document.cookie").await;
+    assert!(
+        !cookie.to_string().contains(&mine[..20]),
+        "the page's script can read the token: {cookie}"
+    );
+
+    // The running job: its live tail fills while it runs.
+    browser.click("#jobs a[href$='/jobs/web-runq']").await;
+    let live = browser
+        .wait_for(
+            Duration::from_secs(20),
+            "const p = document.getElementById('phase'); \
+             const n = document.querySelectorAll('#events tbody tr').length; \
+             return p && p.textContent === 'Running' && n > 0 ? n : null",
+        )
+        .await;
+    browser.screenshot(&shots, "job-running").await;
+    assert!(
+        live.is_some(),
+        "no live events on the running job's page: {}",
+        page_text(&browser).await
+    );
+
+    // Finished: the summary rows and the latency chart, as the API has them.
+    let job = s
+        .wait_job(
+            "web-runq",
+            Duration::from_secs(60),
+            upload_is(sonde_crds::UploadState::Complete),
+        )
+        .await;
+    let summary = job.status.unwrap().summary.expect("a summary");
+    let (code, _, view) = http_get_as(
+        port,
+        &format!("/api/v1/namespaces/{ns}/tracejobs/web-runq"),
+        Some(&mine),
+    )
+    .await;
+    assert_eq!(code, 200, "{view}");
+    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+    let node = view["nodes"][0].as_str().expect("a node with results");
+    let (code, _, hists) = http_get_as(
+        port,
+        &format!("/api/v1/namespaces/{ns}/tracejobs/web-runq/nodes/{node}/histograms.json"),
+        Some(&mine),
+    )
+    .await;
+    assert_eq!(code, 200, "{hists}");
+    let hists: serde_json::Value = serde_json::from_str(&hists).unwrap();
+    let buckets: usize = hists
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["buckets"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert!(buckets > 0, "no histogram buckets: {hists}");
+    // A new query string: the page loads afresh, as a reader's reload.
+    browser
+        .goto(&format!("{site}/?reload#/ns/{ns}/jobs/web-runq"))
+        .await;
+    let drawn = browser
+        .wait_for(
+            Duration::from_secs(20),
+            "const p = document.getElementById('phase'); \
+             const rows = [...document.querySelectorAll('#summary tbody tr')].map(r => r.innerText); \
+             const bars = document.querySelectorAll('svg.histogram rect.bar').length; \
+             return p && p.textContent === 'Succeeded' && rows.length && bars ? {rows, bars} : null",
+        )
+        .await;
+    browser.screenshot(&shots, "job-finished").await;
+    let Some(drawn) = drawn else {
+        panic!("no summary or chart: {}", page_text(&browser).await)
+    };
+    assert_eq!(drawn["bars"], buckets, "one bar per stored bucket: {drawn}");
+    let first = drawn["rows"][0].as_str().unwrap();
+    assert!(
+        first.contains(&summary.rows[0].key),
+        "the first summary row {first:?} is not the status's {:?}",
+        summary.rows[0]
+    );
+
+    // The profile's flame graph, drawn by the browser as an image.
+    s.wait_job(
+        "web-profile",
+        Duration::from_secs(60),
+        upload_is(sonde_crds::UploadState::Complete),
+    )
+    .await;
+    browser
+        .goto(&format!("{site}/#/ns/{ns}/jobs/web-profile"))
+        .await;
+    let flame = browser
+        .wait_for(
+            Duration::from_secs(20),
+            "const i = document.querySelector('img.flamegraph'); \
+             return i && i.complete && i.naturalWidth > 0 ? i.naturalWidth : null",
+        )
+        .await;
+    browser.screenshot(&shots, "flamegraph").await;
+    assert!(
+        flame.is_some(),
+        "no flame graph drawn: {}",
+        page_text(&browser).await
+    );
+
+    // Another namespace's reader, logged in, is refused the job and its tail.
+    browser.goto(&format!("{site}/#/login")).await;
+    browser.type_into("#token", &theirs).await;
+    browser.type_into("#namespace", &ns).await;
+    browser.click("#login button[type=submit]").await;
+    let refused = browser
+        .wait_for(
+            Duration::from_secs(20),
+            "const e = document.querySelector('#app .error'); return e ? e.textContent : null",
+        )
+        .await;
+    browser
+        .goto(&format!("{site}/#/ns/{ns}/jobs/web-runq"))
+        .await;
+    let job_refused = browser
+        .wait_for(
+            Duration::from_secs(20),
+            "const e = document.querySelector('#app .error'); \
+             return e && e.textContent.includes('tracejobs/results') ? e.textContent : null",
+        )
+        .await;
+    browser.screenshot(&shots, "refused").await;
+    for (r, what) in [
+        (&refused, "list tracejobs"),
+        (&job_refused, "tracejobs/results"),
+    ] {
+        let text = r.as_ref().map(|v| v.to_string()).unwrap_or_default();
+        assert!(
+            text.contains("403") && text.contains("may not") && text.contains(what),
+            "{what}: {text:?}"
+        );
+    }
+    assert_eq!(
+        browser
+            .eval("return document.querySelectorAll('#summary, #events').length")
+            .await,
+        0
+    );
+    browser.quit().await;
+}
+
+/// What the browser shows, for a failure message.
+async fn page_text(browser: &sonde_tests::Browser) -> String {
+    browser
+        .eval("return document.body.innerText")
+        .await
+        .to_string()
+}
+
+/// A cluster without an object store: the agent puts its results through the results server with its pod-bound
+/// token (audience `sonde-results`), the server keeps them on its own volume and serves them from there. Every
+/// event the kernel counted is in the server's store, checked against the manifest, and pages back over REST;
+/// nothing went to the agent's own directory. The upload route refuses a reader's token, the agent's token
+/// without a node, another node's key and a key no session of the node writes; a chunk put again is taken when
+/// it is the same and refused (409) when it is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn results_reach_the_server_when_the_cluster_has_no_object_store() {
+    let mut s = Scene::new("intake").await;
+    s.ping_pod("ping").await;
+    let ns = s.ns.name.clone();
+    // The agent's service account and its pod on this node: it never runs (no kubelet here), but a token bound
+    // to it is the one the kubelet would project for the agent, naming the node.
+    let (ok, _, err) = s.plane.kubectl(
+        Identity::Admin,
+        &["create", "serviceaccount", "agent", "-n", &ns],
+    );
+    assert!(ok, "{err}");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(s.client.clone(), &ns);
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "agent"},
+        "spec": {
+            "nodeName": sonde_tests::this_node_name(), "serviceAccountName": "agent",
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "agent", "image": "sonde.dev/e2e-fixture:never-runs"}],
+        },
+    }))
+    .unwrap();
+    let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let token = |bound: bool| {
+        let uid = pod.metadata.uid.clone().unwrap();
+        let mut args = vec![
+            "create",
+            "token",
+            "agent",
+            "-n",
+            &ns,
+            "--audience",
+            "sonde-results",
+        ];
+        if bound {
+            args.extend([
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                "agent",
+                "--bound-object-uid",
+                &uid,
+            ]);
+        }
+        let (ok, token, err) = s.plane.kubectl(Identity::Admin, &args);
+        assert!(ok, "{err}");
+        token.trim().to_string()
+    };
+    let (agent_token, unbound) = (token(true), token(false));
+    let token_file = s.dir.path().join("results-token");
+    std::fs::write(&token_file, &agent_token).unwrap();
+    let volume = s.dir.path().join("server-volume");
+    let server = Component::results(
+        &s.plane.kubeconfig(Identity::Admin),
+        s.dir.path(),
+        &[
+            (
+                "SONDE_STORAGE_URL".into(),
+                format!("file://{}", volume.display()),
+            ),
+            (
+                "SONDE_AGENT_USER".into(),
+                format!("system:serviceaccount:{ns}:agent"),
+            ),
+        ],
+    );
+    let port = server.api_port.unwrap();
+    assert!(
+        wait_for(Duration::from_secs(20), || async {
+            http_get_as(port, "/", None).await.0 == 200
+        })
+        .await,
+        "the results server did not serve"
+    );
+    s.restart_agent_with(&[
+        (
+            "SONDE_STORAGE_URL".into(),
+            format!("results+http://127.0.0.1:{port}"),
+        ),
+        (
+            "SONDE_RESULTS_TOKEN_FILE".into(),
+            token_file.display().to_string(),
+        ),
+    ]);
+    let job = s.create_job(&wakeups_job("intake", "6s")).await;
+    let uid8 = job.metadata.uid.clone().unwrap()[..8].to_string();
+    let job = s
+        .wait_job(
+            "intake",
+            Duration::from_secs(60),
+            upload_is(sonde_crds::UploadState::Complete),
+        )
+        .await;
+    let st = job.status.unwrap();
+    assert_eq!(st.phase, Phase::Succeeded, "{st:#?}");
+    let node = sonde_tests::this_node_name();
+    let folder = volume.join(format!("tracejobs/{ns}/intake-{uid8}/{node}"));
+    let (manifest, events) = sonde_probes::chunks::read_events(&folder)
+        .unwrap_or_else(|e| panic!("the server's volume: {e}; {:?}", walk_files(&volume)));
+    assert!(manifest.complete, "{manifest:?}");
+    assert!(!events.is_empty(), "no event captured");
+    assert_eq!(
+        events.len() as u64,
+        st.counts.captured,
+        "events on the server's volume vs captured: {:?}",
+        st.counts
+    );
+    assert!(folder.join("summary.json").is_file());
+    let own = walk_files(&s.dir.path().join("results").join("tracejobs").join(&ns));
+    assert!(own.is_empty(), "written beside the server: {own:?}");
+    // Read back over REST from the one place, by a reader of the namespace.
+    let reader = results_reader(s.plane, &ns);
+    let (code, _, body) = http_get_as(
+        port,
+        &format!("/api/v1/namespaces/{ns}/tracejobs/intake/events?limit=5000"),
+        Some(&reader),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        page["events"].as_array().map(Vec::len),
+        Some(events.len()),
+        "{}",
+        page["next"]
+    );
+
+    // The upload route's refusals, and create-only puts.
+    let chunk = folder.join("events/000000.ndjson.gz");
+    let put = |token: &str, key: &str, body: &std::path::Path| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "PUT"])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args(["-H", "If-None-Match: *", "--data-binary"])
+            .arg(format!("@{}", body.display()))
+            .arg(format!("http://127.0.0.1:{port}/agent/v1/objects/{key}"))
+            .output()
+            .expect("curl");
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = out.rsplit_once('\n').unwrap_or_default();
+        (code.to_string(), body.to_string())
+    };
+    let mine = format!("tracejobs/{ns}/intake-{uid8}/{node}/events/000000.ndjson.gz");
+    assert_eq!(
+        put(&agent_token, &mine, &chunk).0,
+        "200",
+        "the same chunk again"
+    );
+    let other = folder.join("summary.json");
+    let (code, body) = put(&agent_token, &mine, &other);
+    assert_eq!(code, "409", "{body}");
+    assert_eq!(
+        std::fs::read(&chunk).unwrap(),
+        std::fs::read(volume.join(&mine)).unwrap()
+    );
+    for (who, key, why) in [
+        (&reader, mine.clone(), "may not upload"),
+        (&unbound, mine.clone(), "names no node"),
+        (
+            &agent_token,
+            format!("tracejobs/{ns}/intake-{uid8}/another-node/events/000000.ndjson.gz"),
+            "may not write node another-node",
+        ),
+        (
+            &agent_token,
+            format!("tracejobs/{ns}/other-{uid8}/{node}/events/000000.ndjson.gz"),
+            "no ProbeSession",
+        ),
+    ] {
+        let (code, body) = put(who, &key, &chunk);
+        assert!(code == "403" && body.contains(why), "{key}: {code} {body}");
+    }
 }

@@ -10,6 +10,32 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{/* Whether agents upload through the results server (agent.storageUrl empty). */}}
+{{- define "sonde.viaResults" -}}
+{{- if not .Values.agent.storageUrl -}}
+{{- if not .Values.results.enabled -}}
+{{- fail "agent.storageUrl is empty, so results go through the results server: set results.enabled=true, or an s3:// or file:// agent.storageUrl" -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The agents' default storage URL. */}}
+{{- define "sonde.agentStorageUrl" -}}
+{{- if include "sonde.viaResults" . -}}
+{{- /* The Service's address from the variables the kubelet gives pods created after it (the chart creates the
+Service first): no cluster DNS needed. */ -}}
+results+http://$(SONDE_RESULTS_SERVICE_HOST):$(SONDE_RESULTS_SERVICE_PORT_HTTP)
+{{- else -}}
+{{ .Values.agent.storageUrl }}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the results server keeps results it takes from agents (its volume). */}}
+{{- define "sonde.resultsVolumePath" -}}
+/var/lib/sonde-results
+{{- end -}}
+
 {{/* storage.locations as `name=url,...` for the agent and the operator. */}}
 {{- define "sonde.storageLocations" -}}
 {{- $out := list -}}

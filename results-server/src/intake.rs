@@ -1,0 +1,240 @@
+//! Uploads from the node agents, for clusters without an object store: the server owns a volume (its default
+//! storage location, `file://` on a PersistentVolume) and agents put their result files here instead of holding
+//! storage credentials. An upload is allowed to the agents' service account only, with a pod-bound token for
+//! the server's audience, and only below the result prefix of a ProbeSession of the node that token names: an
+//! agent writes its own node's results and nothing else. Chunks are create-only, as in any store: `If-None-Match:
+//! *` on an object that exists answers 200 when it has the same size (a retried put that had landed) and 409
+//! otherwise, never overwriting it.
+//!
+//! With S3 configured the agents write to it directly and this route is unused: results do not all flow
+//! through one pod.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use futures::StreamExt;
+use kube::api::{Api, ListParams};
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use sonde_crds::{NODE_LABEL, ProbeSession, node_label_value};
+use tokio::io::AsyncWriteExt;
+
+use crate::Ctx;
+use crate::auth::User;
+use crate::error::{Error, Result};
+
+/// The token claim (TokenReview `extra`) of a pod-bound service-account token that names the pod's node.
+pub const NODE_CLAIM: &str = "authentication.kubernetes.io/node-name";
+/// A create-only object is read whole before it is put (event chunks: at most 8 MiB of NDJSON, gzipped).
+const MAX_CREATE_ONLY: usize = 64 << 20;
+/// How long a session's prefix, once seen, is taken without asking the API server again.
+const PREFIX_FOR: Duration = Duration::from_secs(60);
+
+/// Who may upload, and the prefixes recently found allowed.
+pub struct Intake {
+    /// The agents' user, `system:serviceaccount:<namespace>:<name>`.
+    pub agent_user: String,
+    prefixes: Mutex<HashMap<String, Instant>>,
+}
+
+impl Intake {
+    pub fn new(agent_user: String) -> Intake {
+        Intake {
+            agent_user,
+            prefixes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The node of an agent's token, or why this user may not upload.
+    fn node_of(&self, user: &User) -> Result<String> {
+        if user.name != self.agent_user {
+            return Err(Error::Forbidden(format!(
+                "{} may not upload results (only {})",
+                user.name, self.agent_user
+            )));
+        }
+        match user.extra.get(NODE_CLAIM).and_then(|v| v.first()) {
+            Some(node) if !node.is_empty() => Ok(node.clone()),
+            _ => Err(Error::Forbidden(format!(
+                "the token of {} names no node: use the pod's projected token",
+                user.name
+            ))),
+        }
+    }
+
+    /// Whether `node` has a ProbeSession writing under `prefix` (`<kind>/<namespace>/<name>-<uid8>/<node>`).
+    async fn session_writes(
+        &self,
+        client: &kube::Client,
+        ns: &str,
+        prefix: &str,
+        node: &str,
+    ) -> Result<()> {
+        let now = Instant::now();
+        {
+            let mut known = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+            known.retain(|_, until| *until > now);
+            if known.contains_key(prefix) {
+                return Ok(());
+            }
+        }
+        let api: Api<ProbeSession> = Api::namespaced(client.clone(), ns);
+        let lp = ListParams::default().labels(&format!("{NODE_LABEL}={}", node_label_value(node)));
+        let sessions = api.list(&lp).await.map_err(Error::Kube)?;
+        let mut known = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+        for s in sessions.items.iter().filter(|s| s.spec.node_name == node) {
+            known.insert(s.spec.result_prefix.clone(), now + PREFIX_FOR);
+        }
+        match known.contains_key(prefix) {
+            true => Ok(()),
+            false => Err(Error::Forbidden(format!(
+                "no ProbeSession of node {node} writes under {prefix}"
+            ))),
+        }
+    }
+}
+
+/// `<tracejobs|probepolicies>/<namespace>/<name>-<uid8>/<node>/<file...>`: its session's prefix and namespace,
+/// if every segment is plain and the node is `node`.
+fn split_key<'k>(key: &'k str, node: &str) -> Result<(&'k str, &'k str)> {
+    let bad = |why: &str| Error::BadRequest(format!("{key:?} is not a result key: {why}"));
+    let segments: Vec<&str> = key.split('/').collect();
+    let plain = |s: &&str| {
+        !s.is_empty()
+            && *s != "."
+            && *s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    if segments.len() < 5 || !segments.iter().all(plain) {
+        return Err(bad(
+            "<tracejobs|probepolicies>/<namespace>/<name>-<uid>/<node>/<file>, plain segments",
+        ));
+    }
+    if !matches!(segments[0], "tracejobs" | "probepolicies") {
+        return Err(bad("it starts with neither tracejobs nor probepolicies"));
+    }
+    if segments[3] != node {
+        return Err(Error::Forbidden(format!(
+            "the agent of node {node} may not write node {}'s results",
+            segments[3]
+        )));
+    }
+    let prefix_len = segments[..4].iter().map(|s| s.len() + 1).sum::<usize>() - 1;
+    Ok((&key[..prefix_len], segments[1]))
+}
+
+/// `PUT /agent/v1/objects/{key}`: one result file from an agent, into the server's own location.
+pub async fn put_object(
+    State(ctx): State<Ctx>,
+    UrlPath(key): UrlPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode> {
+    let Some(intake) = &ctx.intake else {
+        return Err(Error::NotFound(
+            "this server takes no uploads (it has no --agent-user)".into(),
+        ));
+    };
+    let token = crate::auth::token(&headers).ok_or(Error::NoToken)?;
+    let user = ctx.auth.authenticate(token).await?;
+    let node = intake.node_of(&user)?;
+    let (prefix, ns) = split_key(&key, &node)?;
+    intake
+        .session_writes(&ctx.client, ns, prefix, &node)
+        .await?;
+    let (store, base) = ctx.stores.default_store()?;
+    let path = Path::from(format!("{}/{key}", base.as_ref()).trim_start_matches('/'));
+    let create_only = headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == b"*");
+    if !create_only {
+        // Streamed: a large file never sits whole in memory.
+        let mut to = BufWriter::new(store.clone(), path.clone());
+        let mut from = body.into_data_stream();
+        while let Some(part) = from.next().await {
+            let part = part.map_err(|e| Error::BadRequest(format!("reading the upload: {e}")))?;
+            if let Err(e) = to.write_all(&part).await {
+                let _ = to.abort().await;
+                return Err(Error::Stored(format!("{path}: {e}")));
+            }
+        }
+        to.shutdown()
+            .await
+            .map_err(|e| Error::Stored(format!("{path}: {e}")))?;
+        return Ok(StatusCode::CREATED);
+    }
+    let bytes = axum::body::to_bytes(body, MAX_CREATE_ONLY)
+        .await
+        .map_err(|e| Error::BadRequest(format!("reading the upload: {e}")))?;
+    let len = bytes.len() as u64;
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    match store.put_opts(&path, bytes.into(), opts).await {
+        Ok(_) => Ok(StatusCode::CREATED),
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            let there = store.head(&path).await.map_err(Error::Store)?;
+            match there.size == len {
+                true => Ok(StatusCode::OK),
+                false => Err(Error::Conflict(format!(
+                    "{key} exists with {} bytes, this one has {len}: not overwritten",
+                    there.size
+                ))),
+            }
+        }
+        Err(e) => Err(Error::Store(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_stay_in_their_nodes_session_folder() {
+        let key = "tracejobs/team-a/ping-0a1b2c3d/node-1/events/000001.ndjson.gz";
+        assert_eq!(
+            split_key(key, "node-1").unwrap(),
+            ("tracejobs/team-a/ping-0a1b2c3d/node-1", "team-a")
+        );
+        assert!(matches!(
+            split_key(key, "node-2"),
+            Err(Error::Forbidden(m)) if m.contains("node-1")
+        ));
+        for bad in [
+            "tracejobs/team-a/ping-0a1b2c3d/node-1",
+            "tracejobs/team-a/../node-1/x/summary.json",
+            "secrets/team-a/ping-0a1b2c3d/node-1/summary.json",
+            "tracejobs/team-a//node-1/summary.json",
+            "tracejobs/team-a/ping/node-1/sum mary.json",
+        ] {
+            assert!(
+                matches!(split_key(bad, "node-1"), Err(Error::BadRequest(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_agents_with_a_node_bound_token_may_upload() {
+        let intake = Intake::new("system:serviceaccount:sonde:sonde-agent".into());
+        let mut user = User {
+            name: "system:serviceaccount:sonde:sonde-agent".into(),
+            uid: "u".into(),
+            groups: vec![],
+            extra: Default::default(),
+        };
+        assert!(matches!(intake.node_of(&user), Err(Error::Forbidden(m)) if m.contains("no node")));
+        user.extra.insert(NODE_CLAIM.into(), vec!["node-1".into()]);
+        assert_eq!(intake.node_of(&user).unwrap(), "node-1");
+        user.name = "system:serviceaccount:team-a:default".into();
+        assert!(matches!(intake.node_of(&user), Err(Error::Forbidden(_))));
+    }
+}
