@@ -8,6 +8,9 @@ pub enum Error {
     Probe(#[from] sonde_probes::Error),
     #[error("object store {url}: {message}")]
     Store { url: String, message: String },
+    /// The store will never take these results: the object they belong to is gone (the results server says so).
+    #[error("object store {url}: {message}")]
+    StoreGone { url: String, message: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -18,7 +21,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Probe(e) => e.label(),
-            Error::Store { .. } => "store",
+            Error::Store { .. } | Error::StoreGone { .. } => "store",
             Error::Io(_) => "io",
         }
     }

@@ -568,8 +568,8 @@ impl Uploader {
                         *entry = urls;
                     }
                 }
-                Err(e) if age > KEEP => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "results undeliverable for a week; deleted");
+                Err(e) if age > KEEP || matches!(e, crate::Error::StoreGone { .. }) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "results undeliverable (for a week, or their object is gone); deleted");
                     self.metrics.results_abandoned.inc();
                     let _ = std::fs::remove_dir_all(&dir);
                     self.retries.remove(&dir);

@@ -257,9 +257,14 @@ impl Store {
             .ok()
             .and_then(|p| p["detail"].as_str().map(String::from))
             .unwrap_or_default();
-        Err(self.err(format!(
-            "{key}: the results server answered {status}: {detail}"
-        )))
+        let message = format!("{key}: the results server answered {status}: {detail}");
+        match status {
+            reqwest::StatusCode::GONE => Err(Error::StoreGone {
+                url: self.url.clone(),
+                message,
+            }),
+            _ => Err(self.err(message)),
+        }
     }
 }
 

@@ -29,6 +29,9 @@ pub enum Error {
     Conflict(String),
     #[error("writing to the server's storage: {0}")]
     Stored(String),
+    /// Results of an object that no longer exists: nobody could read them.
+    #[error("{0}")]
+    Gone(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -42,6 +45,7 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Kube(_) | Error::Store(_) => StatusCode::BAD_GATEWAY,
             Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Gone(_) => StatusCode::GONE,
             Error::Damaged(_) | Error::Stored(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -58,6 +62,7 @@ impl Error {
             Error::Store(_) => "ObjectStore",
             Error::Damaged(_) => "Damaged",
             Error::Conflict(_) => "Conflict",
+            Error::Gone(_) => "Gone",
             Error::Stored(_) => "StorageWrite",
         }
     }

@@ -86,17 +86,49 @@ impl Intake {
         let api: Api<ProbeSession> = Api::namespaced(client.clone(), ns);
         let lp = ListParams::default().labels(&format!("{NODE_LABEL}={}", node_label_value(node)));
         let sessions = api.list(&lp).await.map_err(Error::Kube)?;
-        let mut known = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
-        for s in sessions.items.iter().filter(|s| s.spec.node_name == node) {
-            known.insert(s.spec.result_prefix.clone(), now + PREFIX_FOR);
+        {
+            let mut known = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+            for s in sessions.items.iter().filter(|s| s.spec.node_name == node) {
+                known.insert(s.spec.result_prefix.clone(), now + PREFIX_FOR);
+            }
+            if known.contains_key(prefix) {
+                return Ok(());
+            }
         }
-        match known.contains_key(prefix) {
-            true => Ok(()),
-            false => Err(Error::Forbidden(format!(
-                "no ProbeSession of node {node} writes under {prefix}"
+        let refused = format!("no ProbeSession of node {node} writes under {prefix}");
+        match owner_exists(client, prefix).await? {
+            true => Err(Error::Forbidden(refused)),
+            false => Err(Error::Gone(format!(
+                "{refused}, and the object they belong to is gone: nobody could read them"
             ))),
         }
     }
+}
+
+/// Whether the TraceJob or ProbePolicy a prefix (`<kind>/<namespace>/<name>-<uid8>/...`) belongs to exists:
+/// this very object (its uid), not a later one of its name.
+async fn owner_exists(client: &kube::Client, prefix: &str) -> Result<bool> {
+    let segments: Vec<&str> = prefix.split('/').collect();
+    let (Some(kind), Some(ns), Some((name, uid8))) = (
+        segments.first(),
+        segments.get(1),
+        segments.get(2).and_then(|f| f.rsplit_once('-')),
+    ) else {
+        return Ok(false);
+    };
+    let uid = match *kind {
+        "tracejobs" => Api::<sonde_crds::TraceJob>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(Error::Kube)?
+            .and_then(|o| o.metadata.uid),
+        _ => Api::<sonde_crds::ProbePolicy>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(Error::Kube)?
+            .and_then(|o| o.metadata.uid),
+    };
+    Ok(uid.is_some_and(|u| u.starts_with(uid8)))
 }
 
 /// `<tracejobs|probepolicies>/<namespace>/<name>-<uid8>/<node>/<file...>`: its session's prefix and namespace,

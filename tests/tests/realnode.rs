@@ -84,11 +84,14 @@ async fn chart(node: &RealNode) -> Duration {
         .await
 }
 
+/// The results server's volume: a directory of this host.
+const RESULTS_VOLUME: &str = "/var/lib/sonde-results-realnode";
+
 /// What an admin of a cluster without dynamic provisioning does for the results server's claim: a volume of no
 /// StorageClass (the claim names none and this cluster has no default), here a directory of the node owned by the
 /// server's user. A volume a reused node's earlier claim released is offered again.
 fn results_volume(node: &RealNode) {
-    let dir = "/var/lib/sonde-results-realnode";
+    let dir = RESULTS_VOLUME;
     std::fs::create_dir_all(dir).unwrap();
     std::os::unix::fs::chown(dir, Some(65532), Some(65532)).unwrap();
     let pv = format!(
@@ -508,7 +511,7 @@ async fn real_node_field_case_a_names_the_neighbour_and_nothing_else() {
         e["reason"] == "ThresholdBreached" && e["involvedObject"]["name"] == "ping-wakeups"
     });
     assert!(breach, "no ThresholdBreached event: {events}");
-    // Results: the chart's default store is a directory on the node.
+    // Results: the chart's default store is the results server's volume (a directory of this host here).
     let summary = st["results"]
         .as_array()
         .unwrap()
@@ -516,7 +519,7 @@ async fn real_node_field_case_a_names_the_neighbour_and_nothing_else() {
         .filter_map(Value::as_str)
         .find(|u| u.ends_with("/summary.json"))
         .unwrap_or_else(|| panic!("no summary.json in {st}"));
-    let text = std::fs::read_to_string(summary.trim_start_matches("file://")).unwrap();
+    let text = std::fs::read_to_string(stored_path(summary)).unwrap();
     let report: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(report["probe"], "wakeups");
     kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
@@ -536,7 +539,21 @@ fn workload_pod(node: &RealNode, app: &str, port: u16) -> String {
     )
 }
 
-/// Everything a finished job left: its status and the text of every result file (on the node's directory).
+/// Where a result URL's file is on this host: `file://` paths as they are; `results+http://<server>/<key>` (the
+/// chart's default, through the results server) on the server's volume, [`RESULTS_VOLUME`].
+fn stored_path(url: &str) -> String {
+    if let Some(path) = url.strip_prefix("file://") {
+        return path.to_string();
+    }
+    let key = url
+        .strip_prefix("results+http://")
+        .and_then(|r| r.split_once('/'))
+        .map(|(_, key)| key)
+        .unwrap_or_else(|| panic!("{url}: neither file:// nor the results server"));
+    format!("{RESULTS_VOLUME}/{key}")
+}
+
+/// Everything a finished job left: its status and the text of every result file (where the chart stores them).
 fn results_text(st: &Value) -> String {
     let mut text = st.to_string();
     for url in st["results"]
@@ -545,10 +562,10 @@ fn results_text(st: &Value) -> String {
         .iter()
         .filter_map(Value::as_str)
     {
-        let path = url.trim_start_matches("file://");
-        text += &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let path = stored_path(url);
+        text += &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{url}: {e}"));
         if url.ends_with("/events/manifest.json") {
-            for e in sonde_tests::events_of(url) {
+            for e in sonde_tests::events_of(&path) {
                 text += &e.to_string();
                 text.push('\n');
             }
@@ -751,7 +768,7 @@ async fn real_node_field_case_b_puts_the_delay_in_front_of_the_receiver() {
         .expect("breaching events kept");
     // Through the CNI bridge the data segments reach __netif_receive_skb late; their TCP stage is not asserted
     // here (on this topology the slow segments show no tcp_rcv_established record: an open question).
-    let events = sonde_tests::slow_segments(events_url, 5.0);
+    let events = sonde_tests::slow_segments(&stored_path(events_url), 5.0);
     assert!(
         events
             .iter()
@@ -1028,10 +1045,11 @@ async fn real_node_a_drain_ends_a_running_job_with_the_reason() {
     .await;
     let st = &session["status"];
     assert_eq!(complete(st)["reason"], "NodeDrained", "{st}");
-    assert!(
-        st["results"].as_array().is_some_and(|r| !r.is_empty()),
-        "no results kept: {st}"
-    );
+    // Its results are kept: in the store, or spooled on the node while the store is away (draining the only
+    // node also evicts the results server, where results go by default).
+    let kept = st["results"].as_array().is_some_and(|r| !r.is_empty())
+        || (st["upload"]["state"] == "Pending" && st["upload"]["pending"].as_u64() > Some(0));
+    assert!(kept, "no results kept: {st}");
     kubectl_ok(node, &["uncordon", node.name()]);
     let st = finished_job(node, ns, "until-drained", Duration::from_secs(180)).await;
     eprintln!("drain -> job {} after {:?}", st["phase"], t.elapsed());
@@ -1039,6 +1057,15 @@ async fn real_node_a_drain_ends_a_running_job_with_the_reason() {
     let c = complete(&st);
     assert_eq!(c["reason"], "NodeDrained", "{st}");
     assert!(c["message"].as_str().unwrap().contains("cordoned"), "{c}");
+    wait_until(
+        "the drained job's results reach the store",
+        Duration::from_secs(180),
+        || {
+            json(node, &["get", "tracejob", "-n", ns, "until-drained"])["status"]["upload"]["state"]
+                == "Complete"
+        },
+    )
+    .await;
     rolled_out(node);
     kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
 }

@@ -1994,8 +1994,25 @@ spec:
         "the page's script can read the token: {cookie}"
     );
 
-    // The running job: its live tail fills while it runs.
+    // The running job: its live tail fills while it runs. When each row appears is noted in the page (by the
+    // test, not the page) to measure capture to browser; rows of events captured before that are the backlog.
     browser.click("#jobs a[href$='/jobs/web-runq']").await;
+    let watching = browser
+        .wait_for(
+            Duration::from_secs(20),
+            "const b = document.querySelector('#events tbody'); if (!b) return null; \
+             if (!window.seenRows) { window.seenRows = []; window.watchedFrom = Date.now(); \
+               new MutationObserver(ms => { const t = Date.now(); \
+                 for (const m of ms) for (const n of m.addedNodes) { \
+                   const f = n.textContent.match(/ts_ns=(\\d+)/); if (f) window.seenRows.push([t, f[1]]); } \
+               }).observe(b, {childList: true}); } \
+             return window.watchedFrom",
+        )
+        .await;
+    // CLOCK_REALTIME (the browser's Date.now()) minus CLOCK_MONOTONIC (the events' ts_ns), in ns.
+    let realtime = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+    let offset =
+        (realtime.tv_sec as u64 * 1_000_000_000 + realtime.tv_nsec as u64) - monotonic_ns();
     let live = browser
         .wait_for(
             Duration::from_secs(20),
@@ -2009,6 +2026,34 @@ spec:
         live.is_some(),
         "no live events on the running job's page: {}",
         page_text(&browser).await
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let from_ms = watching.and_then(|v| v.as_u64()).expect("rows watched");
+    let seen = browser.eval("return window.seenRows").await;
+    let mut latency: Vec<Duration> = seen
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let shown_ns = r[0].as_u64()? * 1_000_000;
+            let captured_ns = r[1].as_str()?.parse::<u64>().ok()? + offset;
+            (captured_ns >= from_ms * 1_000_000)
+                .then(|| Duration::from_nanos(shown_ns.saturating_sub(captured_ns)))
+        })
+        .collect();
+    latency.sort();
+    eprintln!(
+        "browser tail: {} live events; capture to shown: min {:?}, median {:?}, max {:?}",
+        latency.len(),
+        latency.first(),
+        latency.get(latency.len() / 2),
+        latency.last()
+    );
+    assert!(
+        latency
+            .first()
+            .is_some_and(|l| *l <= Duration::from_secs(5)),
+        "no live event shown within 5 s of capture: {latency:?}"
     );
 
     // Finished: the summary rows and the latency chart, as the API has them.
@@ -2146,8 +2191,8 @@ async fn page_text(browser: &sonde_tests::Browser) -> String {
 /// token (audience `sonde-results`), the server keeps them on its own volume and serves them from there. Every
 /// event the kernel counted is in the server's store, checked against the manifest, and pages back over REST;
 /// nothing went to the agent's own directory. The upload route refuses a reader's token, the agent's token
-/// without a node, another node's key and a key no session of the node writes; a chunk put again is taken when
-/// it is the same and refused (409) when it is not.
+/// without a node, another node's key and a key no session of the node writes (410 when its job does not exist);
+/// a chunk put again is taken when it is the same and refused (409) when it is not.
 #[tokio::test(flavor = "multi_thread")]
 async fn results_reach_the_server_when_the_cluster_has_no_object_store() {
     let mut s = Scene::new("intake").await;
@@ -2303,21 +2348,35 @@ async fn results_reach_the_server_when_the_cluster_has_no_object_store() {
         std::fs::read(&chunk).unwrap(),
         std::fs::read(volume.join(&mine)).unwrap()
     );
-    for (who, key, why) in [
-        (&reader, mine.clone(), "may not upload"),
-        (&unbound, mine.clone(), "names no node"),
+    // A job that exists but has no session on this node (it selects no pod).
+    let idle = s
+        .create_job(&wakeups_job("idle", "60s").replace("app: ping", "app: nobody"))
+        .await;
+    let idle8 = &idle.metadata.uid.clone().unwrap()[..8];
+    for (who, key, status, why) in [
+        (&reader, mine.clone(), "403", "may not upload"),
+        (&unbound, mine.clone(), "403", "names no node"),
         (
             &agent_token,
             format!("tracejobs/{ns}/intake-{uid8}/another-node/events/000000.ndjson.gz"),
+            "403",
             "may not write node another-node",
         ),
         (
             &agent_token,
-            format!("tracejobs/{ns}/other-{uid8}/{node}/events/000000.ndjson.gz"),
+            format!("tracejobs/{ns}/idle-{idle8}/{node}/events/000000.ndjson.gz"),
+            "403",
             "no ProbeSession",
+        ),
+        // Results of a job that does not exist (deleted): 410, and the agent drops them.
+        (
+            &agent_token,
+            format!("tracejobs/{ns}/other-{uid8}/{node}/events/000000.ndjson.gz"),
+            "410",
+            "gone",
         ),
     ] {
         let (code, body) = put(who, &key, &chunk);
-        assert!(code == "403" && body.contains(why), "{key}: {code} {body}");
+        assert!(code == status && body.contains(why), "{key}: {code} {body}");
     }
 }
