@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -561,15 +561,10 @@ async fn serve_file(folder: &Folder, node: &str, file: &str) -> Result<Response>
     }
     let body = folder.file(node, file).await?;
     let mut res = ([(header::CONTENT_TYPE, *kind)], body).into_response();
-    let h = res.headers_mut();
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
     // SVGs come from results: shown as images, never run as documents.
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; sandbox"),
+    crate::web::confine(
+        res.headers_mut(),
+        "default-src 'none'; style-src 'unsafe-inline'; sandbox",
     );
     Ok(res)
 }

@@ -50,20 +50,25 @@ pub fn router() -> axum::Router<Ctx> {
 fn asset(body: &'static str, kind: &'static str) -> Response {
     let mut res = ([(header::CONTENT_TYPE, kind)], body).into_response();
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(PAGE_CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    confine(h, PAGE_CSP);
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     res
+}
+
+/// What a browser may do with a response: take its type as sent (`nosniff`), under the given policy.
+pub fn confine(h: &mut HeaderMap, csp: &'static str) {
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(csp),
+    );
 }
 
 #[derive(Deserialize)]

@@ -13,41 +13,32 @@ use kube::{Client, Config};
 use sonde_crds::{NODE_LABEL, ProbeSession, node_label_value};
 use sonde_tests::{ControlPlane, Identity, TestNamespace, helm, kubectl_with};
 
+/// `helm template` of the chart with one `--set`.
+fn template_with(value: &str) -> (bool, String, String) {
+    helm(&[
+        "template",
+        "--kube-version=1.35.4",
+        "sonde",
+        "helm/sonde",
+        "--set",
+        value,
+    ])
+}
+
 #[test]
 fn chart_lints_and_its_schema_refuses_bad_values() {
     let (ok, out, err) = helm(&["lint", "--strict", "helm/sonde"]);
     assert!(ok, "helm lint:\n{out}\n{err}");
-    let (ok, out, err) = helm(&[
-        "template",
-        "--kube-version=1.35.4",
-        "sonde",
-        "helm/sonde",
-        "--set",
-        "agent.storageUrl=ftp://nope",
-    ]);
+    let (ok, out, err) = template_with("agent.storageUrl=ftp://nope");
     assert!(!ok, "a ftp:// storage URL rendered:\n{out}");
     assert!(err.contains("storageUrl"), "{err}");
-    let (ok, _, err) = helm(&[
-        "template",
-        "--kube-version=1.35.4",
-        "sonde",
-        "helm/sonde",
-        "--set",
-        "operator.replica=3",
-    ]);
+    let (ok, _, err) = template_with("operator.replica=3");
     assert!(
         !ok && err.contains("replica"),
         "a misspelt value was accepted: {err}"
     );
     // Results go through the results server by default: without it, an object store must be named.
-    let (ok, _, err) = helm(&[
-        "template",
-        "--kube-version=1.35.4",
-        "sonde",
-        "helm/sonde",
-        "--set",
-        "results.enabled=false",
-    ]);
+    let (ok, _, err) = template_with("results.enabled=false");
     assert!(
         !ok && err.contains("agent.storageUrl is empty"),
         "no storage for results rendered: {err}"

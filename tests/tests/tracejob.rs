@@ -137,16 +137,28 @@ impl Scene {
     }
 
     async fn ping_pod(&mut self, name: &str) -> u32 {
+        self.pod(name, "ping", CgroupDriver::Systemd, &fast_ping_argv())
+            .await
+    }
+
+    /// A pod labelled `app: <app>` running `argv`, ended with the scene; its pid.
+    async fn pod(
+        &mut self,
+        name: &str,
+        app: &str,
+        driver: CgroupDriver,
+        argv: &[impl AsRef<str>],
+    ) -> u32 {
         let pod = RealPod::start(
             &self.client,
             &self.ns.name,
             name,
-            &[("app", "ping")],
-            CgroupDriver::Systemd,
-            &fast_ping_argv(),
+            &[("app", app)],
+            driver,
+            argv,
         )
         .await
-        .expect("ping pod");
+        .unwrap_or_else(|e| panic!("pod {name}: {e:#}"));
         let pid = pod.pid();
         self.pods.push(pod);
         pid
@@ -603,17 +615,13 @@ async fn a_pod_added_mid_run_is_traced() {
 async fn a_session_over_its_budget_is_stopped() {
     let mut s = Scene::new("budget").await;
     // Tens of thousands of wakeups a second between the pod's two tasks: far over a 0.01 % budget.
-    let pod = RealPod::start(
-        &s.client,
-        &s.ns.name,
+    s.pod(
         "pipe",
-        &[("app", "ping")],
+        "ping",
         CgroupDriver::Systemd,
         &bounded_argv(LOAD_BOUND, SCHED_PIPE),
     )
-    .await
-    .expect("pipe pod");
-    s.pods.push(pod);
+    .await;
     let yaml = wakeups_job("greedy", "60s") + "  budget: {maxKernelCpuPercent: 0.01}\n";
     s.create_job(&yaml).await;
     let job = s
@@ -638,26 +646,20 @@ async fn an_overloaded_agent_keeps_its_heartbeat_and_detaches_on_delete() {
     let mut s = Scene::new("flood").await;
     let one = bounded_argv(LOAD_BOUND, SCHED_PIPE).join(" ");
     let script = format!("{one} & {one} & wait");
-    let pod = RealPod::start(
-        &s.client,
-        &s.ns.name,
+    s.pod(
         "pipes",
-        &[("app", "ping")],
+        "ping",
         CgroupDriver::Systemd,
         &["sh", "-c", &script],
     )
-    .await
-    .expect("pipe pod");
-    s.pods.push(pod);
+    .await;
     // The budget would end the session (the probe costs far more than 5 % of a CPU here): this test is about
     // the heartbeat, a_session_over_its_budget_is_stopped about the budget. The node's ceiling on budgets is
     // raised the way an admin would (agent.limits.maxKernelCpuPercent).
-    s.agent.as_mut().unwrap().kill();
-    let env = [(
+    s.restart_agent_with(&[(
         "SONDE_MAX_KERNEL_CPU_PERCENT".to_string(),
         "100".to_string(),
-    )];
-    s.agent = Some(Component::agent_with_env(&s.agent_kc, s.dir.path(), &env));
+    )]);
     let yaml = wakeups_job("flood", "10m")
         + "  output: {events: true}\n  budget: {maxKernelCpuPercent: 100}\n";
     s.create_job(&yaml).await;
@@ -710,19 +712,8 @@ async fn an_overloaded_agent_keeps_its_heartbeat_and_detaches_on_delete() {
 async fn packet_latency_job_reports_slow_segments_of_the_pod() {
     let mut s = Scene::new("packets").await;
     let mut pair = sonde_tests::NetPair::new("e2e", 79, sonde_tests::TIGHT_TBF);
-    let sink = pair.sink_argv();
-    let argv: Vec<&str> = sink.iter().map(String::as_str).collect();
-    let pod = RealPod::start(
-        &s.client,
-        &s.ns.name,
-        "sink",
-        &[("app", "sink")],
-        CgroupDriver::Cgroupfs,
-        &argv,
-    )
-    .await
-    .expect("sink pod");
-    s.pods.push(pod);
+    s.pod("sink", "sink", CgroupDriver::Cgroupfs, &pair.sink_argv())
+        .await;
     let yaml = r#"
 apiVersion: sonde.dev/v1alpha1
 kind: TraceJob
@@ -1913,17 +1904,7 @@ async fn the_web_page_shows_a_running_job_and_its_results_to_its_reader_only() {
         LOAD_BOUND,
         &["nice", "-n", "19", "sh", "-c", "while :; do :; done"],
     );
-    let pod = RealPod::start(
-        &s.client,
-        &s.ns.name,
-        "busy",
-        &[("app", "busy")],
-        CgroupDriver::Systemd,
-        &busy,
-    )
-    .await
-    .expect("busy pod");
-    s.pods.push(pod);
+    s.pod("busy", "busy", CgroupDriver::Systemd, &busy).await;
     let other = TestNamespace::create(s.plane, "web-other").await;
     let mine = results_reader(s.plane, &s.ns.name);
     let theirs = results_reader(s.plane, &other.name);
