@@ -17,6 +17,7 @@ cache=${SONDE_CACHE:-$HOME/.cache/sonde}
 [ -x "$cache/bin/vegeta" ] || GOBIN="$cache/bin" GOFLAGS=-mod=mod go install github.com/tsenart/vegeta/v12@v12.13.0
 vegeta=$cache/bin/vegeta
 cargo build -q --release -p sonde-cli -p sonde-results
+bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 cp=$work/cp
 trap 'kill $(jobs -p) 2>/dev/null || true; tests/controlplane/down.sh "$cp" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
@@ -39,7 +40,7 @@ spec:
 EOF
 timeout -s KILL 30 perf bench sched pipe -l 100000000 >/dev/null 2>&1 &
 load=$!
-target/release/sonde run -f "$work/job.yaml" --output "$work/run" >/dev/null
+"$bin/sonde" run -f "$work/job.yaml" --output "$work/run" >/dev/null
 kill -KILL -- "-$load" 2>/dev/null || kill -KILL "$load" 2>/dev/null || true
 
 # The same job in the API server, a reader allowed to read it, and its results where the agents put them.
@@ -73,7 +74,7 @@ api_token=$(kubectl -n bench create token reader)
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 metrics=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-target/release/sonde-results --listen "127.0.0.1:$port" --metrics-addr "127.0.0.1:$metrics" \
+"$bin/sonde-results" --listen "127.0.0.1:$port" --metrics-addr "127.0.0.1:$metrics" \
   --storage-url "file://$work/store" >"$work/server.log" 2>&1 &
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$metrics/readyz" >/dev/null && break; sleep 0.1; done
 job=/api/v1/namespaces/bench/tracejobs/bench-runq
