@@ -231,8 +231,8 @@ impl Scene {
     }
 
     /// Deletes a running job whose programs are attached; returns how long until nothing is attached (at most
-    /// 1.2 s, or the test fails).
-    async fn delete_job_and_time_detach(&self, name: &str) -> Duration {
+    /// `limit`, or the test fails).
+    async fn delete_job_and_time_detach(&self, name: &str, limit: Duration) -> Duration {
         assert!(
             !bpf_programs(WAKEUPS_PROGS).is_empty(),
             "{name}: attached per status but no program loaded"
@@ -250,7 +250,7 @@ impl Scene {
         .await;
         let took = t0.elapsed();
         assert!(gone, "programs still attached 5 s after {name} was deleted");
-        assert!(took <= Duration::from_millis(1200), "detach took {took:?}");
+        assert!(took <= limit, "detach took {took:?}");
         took
     }
 
@@ -445,7 +445,9 @@ async fn deleting_a_job_detaches_within_a_second() {
     s.ping_pod("ping").await;
     s.create_job(&wakeups_job("long", "10m")).await;
     s.wait_attached("long").await;
-    let took = s.delete_job_and_time_detach("long").await;
+    let took = s
+        .delete_job_and_time_detach("long", Duration::from_millis(1200))
+        .await;
     eprintln!("delete -> detached in {took:?}");
 }
 
@@ -702,7 +704,12 @@ async fn an_overloaded_agent_keeps_its_heartbeat_and_detaches_on_delete() {
     assert!(st.counts.dropped > 0, "not overloaded: {:?}", st.counts);
     assert!(st.counts.dropped_percent.is_some_and(|p| p > 0.0));
     assert!(is_true(&st.conditions, types::EVENTS_DROPPED), "{st:#?}");
-    let took = s.delete_job_and_time_detach("flood").await;
+    // The latency of a detach is deleting_a_job_detaches_within_a_second's; here the API server, the operator
+    // and the agent share two cores with two unbounded floods (one CI run took 2.9 s), and what is checked is
+    // that the overloaded agent still detaches on delete.
+    let took = s
+        .delete_job_and_time_detach("flood", Duration::from_secs(5))
+        .await;
     eprintln!("overloaded: delete -> detached in {took:?}");
 }
 
