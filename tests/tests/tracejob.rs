@@ -1498,6 +1498,25 @@ subjects: [{{kind: ServiceAccount, name: reader, namespace: {ns}}}]
     token.trim().to_string()
 }
 
+/// Prints how long events took from capture to `what` (min, median, max) and fails unless the first took at most
+/// 5 s.
+fn capture_to(mut latency: Vec<Duration>, what: &str) {
+    latency.sort();
+    eprintln!(
+        "capture to {what}: {} events; min {:?}, median {:?}, max {:?}",
+        latency.len(),
+        latency.first(),
+        latency.get(latency.len() / 2),
+        latency.last()
+    );
+    assert!(
+        latency
+            .first()
+            .is_some_and(|l| *l <= Duration::from_secs(5)),
+        "no event {what} within 5 s of capture: {latency:?}"
+    );
+}
+
 /// CLOCK_MONOTONIC, the clock of the kernel's event timestamps (`ts_ns`).
 fn monotonic_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -1647,7 +1666,7 @@ async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
     assert!(paged.iter().all(|e| e["node"] == node.as_str()));
     let tailed_lines: Vec<String> = tailed.iter().map(|(_, v)| without_node(v)).collect();
     assert_eq!(tailed_lines, stored, "tailed events vs the stored ones");
-    let mut latency: Vec<Duration> = tailed
+    let latency: Vec<Duration> = tailed
         .iter()
         .filter_map(|(at, v)| {
             Some(Duration::from_nanos(
@@ -1655,20 +1674,7 @@ async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
             ))
         })
         .collect();
-    latency.sort();
-    eprintln!(
-        "tail: {} events; capture to received: min {:?}, median {:?}, max {:?}",
-        latency.len(),
-        latency.first(),
-        latency.get(latency.len() / 2),
-        latency.last()
-    );
-    assert!(
-        latency
-            .first()
-            .is_some_and(|l| *l <= Duration::from_secs(5)),
-        "no event reached the tail within 5 s of capture: {latency:?}"
-    );
+    capture_to(latency, "received from the tail");
     // The CLI, as a user runs it: every event as NDJSON, a summary, and a refusal that says why.
     let sonde = |args: &[&str], token: &str| {
         let out = std::process::Command::new(sonde_tests::binary("sonde"))
@@ -2018,7 +2024,7 @@ spec:
     tokio::time::sleep(Duration::from_secs(5)).await;
     let from_ms = watching.and_then(|v| v.as_u64()).expect("rows watched");
     let seen = browser.eval("return window.seenRows").await;
-    let mut latency: Vec<Duration> = seen
+    let latency: Vec<Duration> = seen
         .as_array()
         .into_iter()
         .flatten()
@@ -2029,20 +2035,7 @@ spec:
                 .then(|| Duration::from_nanos(shown_ns.saturating_sub(captured_ns)))
         })
         .collect();
-    latency.sort();
-    eprintln!(
-        "browser tail: {} live events; capture to shown: min {:?}, median {:?}, max {:?}",
-        latency.len(),
-        latency.first(),
-        latency.get(latency.len() / 2),
-        latency.last()
-    );
-    assert!(
-        latency
-            .first()
-            .is_some_and(|l| *l <= Duration::from_secs(5)),
-        "no live event shown within 5 s of capture: {latency:?}"
-    );
+    capture_to(latency, "shown in the browser");
 
     // Finished: the summary rows and the latency chart, as the API has them.
     let job = s
