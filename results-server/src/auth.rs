@@ -25,7 +25,8 @@ use crate::error::{Error, Result};
 
 /// The cookie the web page keeps a token in.
 pub const TOKEN_COOKIE: &str = "sonde_token";
-const ALLOWED_FOR: Duration = Duration::from_secs(30);
+/// How long a refusal is kept (an allowance is kept for `Auth`'s `allowed_for`, 30 s by default, as the API
+/// server's own webhook authorizer does; never shorter than this).
 const REFUSED_FOR: Duration = Duration::from_secs(3);
 /// Past this many entries, expired ones are dropped.
 const CACHE_ENTRIES: usize = 10_000;
@@ -227,25 +228,29 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     }
 }
 
-fn ttl<T>(verdict: &Result<T, String>) -> Duration {
-    match verdict {
-        Ok(_) => ALLOWED_FOR,
-        Err(_) => REFUSED_FOR,
-    }
-}
-
 pub struct Auth {
     reviewer: Arc<dyn Reviewer>,
+    allowed_for: Duration,
     users: Cache<[u8; 32], Result<User, String>>,
     grants: Cache<([u8; 32], Access), Result<(), String>>,
 }
 
 impl Auth {
-    pub fn new(reviewer: Arc<dyn Reviewer>) -> Auth {
+    /// Allowances are kept for `allowed_for` (it bounds how late a revoked grant takes effect, live tails
+    /// included); refusals for 3 s at most.
+    pub fn new(reviewer: Arc<dyn Reviewer>, allowed_for: Duration) -> Auth {
         Auth {
             reviewer,
+            allowed_for,
             users: Cache::new(),
             grants: Cache::new(),
+        }
+    }
+
+    fn ttl<T>(&self, verdict: &Result<T, String>) -> Duration {
+        match verdict {
+            Ok(_) => self.allowed_for,
+            Err(_) => REFUSED_FOR.min(self.allowed_for),
         }
     }
 
@@ -254,9 +259,11 @@ impl Auth {
         let token = token(headers).ok_or(Error::NoToken)?;
         let (key, user) = self.user(token).await?;
         self.grants
-            .get((key, access.clone()), ttl, || {
-                self.reviewer.authorize(user.clone(), access)
-            })
+            .get(
+                (key, access.clone()),
+                |v| self.ttl(v),
+                || self.reviewer.authorize(user.clone(), access),
+            )
             .await?
             .map_err(Error::Forbidden)?;
         Ok(user)
@@ -272,7 +279,11 @@ impl Auth {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let user = self
             .users
-            .get(key, ttl, || self.reviewer.authenticate(token.to_string()))
+            .get(
+                key,
+                |v| self.ttl(v),
+                || self.reviewer.authenticate(token.to_string()),
+            )
             .await?
             .map_err(Error::BadToken)?;
         Ok((key, user))
@@ -309,6 +320,8 @@ mod tests {
     struct Fake {
         authn: AtomicU32,
         authz: AtomicU32,
+        /// Every grant withdrawn (a RoleBinding deleted).
+        revoked: std::sync::atomic::AtomicBool,
     }
 
     impl Reviewer for Arc<Fake> {
@@ -334,8 +347,9 @@ mod tests {
             access: Access,
         ) -> BoxFuture<'static, Result<Result<(), String>>> {
             self.authz.fetch_add(1, Ordering::SeqCst);
+            let revoked = self.revoked.load(Ordering::SeqCst);
             Box::pin(async move {
-                Ok(match user.uid == access.namespace {
+                Ok(match !revoked && user.uid == access.namespace {
                     true => Ok(()),
                     false => Err(format!("{} may not read {}", user.name, access.namespace)),
                 })
@@ -355,7 +369,7 @@ mod tests {
     #[tokio::test]
     async fn tokens_and_grants_are_reviewed_once_and_refusals_say_why() {
         let fake = Arc::new(Fake::default());
-        let auth = Arc::new(Auth::new(Arc::new(fake.clone())));
+        let auth = Arc::new(Auth::new(Arc::new(fake.clone()), Duration::from_secs(30)));
         let read_a = Access::results("a", "tracejobs", "job");
         // Ten identical requests at once: one TokenReview, one SubjectAccessReview.
         let calls = (0..10).map(|_| {
@@ -383,6 +397,21 @@ mod tests {
         assert!(matches!(bad, Error::BadToken(_)), "{bad}");
         let none = auth.check(&HeaderMap::new(), read_a).await.unwrap_err();
         assert!(matches!(none, Error::NoToken), "{none}");
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_grant_is_refused_once_its_allowance_expires() {
+        let fake = Arc::new(Fake::default());
+        let auth = Auth::new(Arc::new(fake.clone()), Duration::from_millis(200));
+        let read_a = Access::results("a", "tracejobs", "job");
+        auth.check(&bearer("good-a"), read_a.clone()).await.unwrap();
+        fake.revoked.store(true, Ordering::SeqCst);
+        // Still allowed from the cache, then asked again and refused.
+        auth.check(&bearer("good-a"), read_a.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let gone = auth.check(&bearer("good-a"), read_a).await.unwrap_err();
+        assert!(matches!(gone, Error::Forbidden(_)), "{gone}");
+        assert_eq!(fake.authz.load(Ordering::SeqCst), 2);
     }
 
     #[test]

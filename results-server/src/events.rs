@@ -299,6 +299,8 @@ mod paging {
         }
         Folder {
             store: Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap()),
+            origin: "file:///test".into(),
+            chunks: Arc::new(crate::chunk_cache::ChunkCache::new(1 << 20)),
             path: Path::from("tracejobs/ns/job-abcd1234"),
             inner: None,
         }
@@ -345,6 +347,18 @@ mod paging {
         assert_eq!(
             seqs(&page(&f, &Cursor::default(), 100, &only_b).await.unwrap()),
             vec![100, 100, 102]
+        );
+        // Pages come from the decoded chunks in memory: a chunk read once is not read again.
+        assert!(f.chunks.used() > 0);
+        std::fs::remove_file(
+            dir.path()
+                .join("tracejobs/ns/job-abcd1234/node-a/events/000001.ndjson.gz"),
+        )
+        .unwrap();
+        let again = page(&f, &Cursor::default(), 100, &[]).await.unwrap();
+        assert_eq!(
+            seqs(&again),
+            (0..12).chain([100, 100, 102]).collect::<Vec<_>>()
         );
     }
 

@@ -5,6 +5,7 @@
 //! (`events`). People use the same API through a web page served beside it (`web`).
 
 pub mod auth;
+pub mod chunk_cache;
 pub mod error;
 pub mod events;
 pub mod intake;

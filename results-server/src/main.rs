@@ -24,6 +24,13 @@ struct Args {
     /// node's results into the default storage location through this server (clusters without S3).
     #[arg(long, env = "SONDE_AGENT_USER")]
     agent_user: Option<String>,
+    /// How long an allowed review is trusted, in seconds: a revoked grant or token takes effect after at most
+    /// this long, on new requests and on live tails alike.
+    #[arg(long, env = "SONDE_AUTHORIZED_TTL_SECONDS", default_value_t = 30)]
+    authorized_ttl_seconds: u64,
+    /// Memory for decoded event chunks, in MiB (pages and tails reuse them instead of reading each again).
+    #[arg(long, env = "SONDE_CHUNK_CACHE_MIB", default_value_t = 64)]
+    chunk_cache_mib: usize,
     /// The agents' storage (the server reads what they write).
     #[command(flatten)]
     storage: sonde_telemetry::StorageArgs,
@@ -50,16 +57,23 @@ async fn main() -> anyhow::Result<()> {
     );
     let health = sonde_telemetry::Health::new(registry);
     sonde_telemetry::serve(args.metrics_addr, health.clone()).await?;
-    let stores = store::Stores::parse(args.storage.storage_url, &args.storage.storage_locations)
-        .map_err(anyhow::Error::msg)?;
+    let stores = store::Stores::parse(
+        args.storage.storage_url,
+        &args.storage.storage_locations,
+        args.chunk_cache_mib << 20,
+    )
+    .map_err(anyhow::Error::msg)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(Context {
         client: client.clone(),
-        auth: Auth::new(Arc::new(KubeReviewer {
-            client,
-            audience: args.audience,
-            calls,
-        })),
+        auth: Auth::new(
+            Arc::new(KubeReviewer {
+                client,
+                audience: args.audience,
+                calls,
+            }),
+            std::time::Duration::from_secs(args.authorized_ttl_seconds),
+        ),
         stores,
         intake: args.agent_user.map(sonde_results::intake::Intake::new),
         requests,

@@ -426,9 +426,14 @@ async fn events_page_of(
 }
 
 enum Tailed {
-    Event { id: String, body: Value },
+    Event {
+        id: String,
+        body: Value,
+    },
     End,
     Trouble(String),
+    /// The reader's token or grant no longer holds: the tail ends (the review cache bounds how late).
+    Refused(String),
 }
 
 /// Follows a job's events as they are stored: Server-Sent Events (each event's `id` resumes after it, as
@@ -449,9 +454,8 @@ async fn tail(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
-    ctx.auth
-        .check(&headers, Access::results(&ns, "tracejobs", &name))
-        .await?;
+    let access = Access::results(&ns, "tracejobs", &name);
+    ctx.auth.check(&headers, access.clone()).await?;
     let (_, mut cursor, filters) = query(raw.as_deref())?;
     if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         cursor = Cursor::decode(last)?;
@@ -459,6 +463,10 @@ async fn tail(
     let job = job(&ctx, &ns, &name).await?;
     let folder = folder(&ctx, &job)?;
     let mut stopping = ctx.stopping.clone();
+    let ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/x-ndjson"));
     let stream = async_stream::stream! {
         loop {
             match events::page(&folder, &cursor, 1000, &filters).await {
@@ -486,16 +494,21 @@ async fn tail(
                 _ = tokio::time::sleep(TAIL_EVERY) => {}
                 _ = stopping.changed() => break,
             }
+            // A tail outlives its first review: it is asked again (cached for as long as any request's), so a
+            // revoked RoleBinding or an expired token ends it as it would refuse a new request.
+            if let Err(e) = ctx.auth.check(&headers, access.clone()).await {
+                yield Tailed::Refused(e.to_string());
+                break;
+            }
         }
     };
-    let ndjson = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/x-ndjson"));
     if ndjson {
+        // NDJSON has no place for a refusal: the stream is cut short (no final chunk), so a client sees an
+        // error, not a clean end.
         let lines = stream.filter_map(|t| async move {
             match t {
-                Tailed::Event { body, .. } => Some(Ok::<_, Infallible>(format!("{body}\n"))),
+                Tailed::Event { body, .. } => Some(Ok(format!("{body}\n"))),
+                Tailed::Refused(why) => Some(Err(std::io::Error::other(why))),
                 _ => None,
             }
         });
@@ -510,6 +523,7 @@ async fn tail(
             Tailed::Event { id, body } => Event::default().id(id).data(body.to_string()),
             Tailed::End => Event::default().event("end").data("complete"),
             Tailed::Trouble(why) => Event::default().event("trouble").data(why),
+            Tailed::Refused(why) => Event::default().event("refused").data(why),
         })
     });
     Ok(Sse::new(events)

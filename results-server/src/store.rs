@@ -12,6 +12,7 @@ use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::chunk_cache::{ChunkCache, Lines};
 use crate::error::{Error, Result};
 
 /// The admin's storage locations (as given to the agents): the default URL and named ones.
@@ -19,12 +20,16 @@ pub struct Stores {
     default: String,
     named: BTreeMap<String, String>,
     opened: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    chunks: Arc<ChunkCache>,
 }
 
 /// One job's results in a store (or one window of a policy's).
 #[derive(Clone)]
 pub struct Folder {
     pub store: Arc<dyn ObjectStore>,
+    /// The store's URL: with a chunk's key, what names it in `chunks`.
+    pub origin: Arc<str>,
+    pub chunks: Arc<ChunkCache>,
     /// `<base>/<tracejobs|probepolicies>/<namespace>/<name>-<uid8>`.
     pub path: Path,
     /// Below each node's folder: a policy's window (`window-<end time>`).
@@ -65,8 +70,9 @@ struct ManifestChunk {
 }
 
 impl Stores {
-    /// `named` is `name=url,name=url`, as the agents' `--storage-locations`.
-    pub fn parse(default: String, named: &str) -> Result<Stores, String> {
+    /// `named` is `name=url,name=url`, as the agents' `--storage-locations`; decoded chunks are kept up to
+    /// `cache_bytes`.
+    pub fn parse(default: String, named: &str, cache_bytes: usize) -> Result<Stores, String> {
         let mut out = BTreeMap::new();
         for entry in named.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (name, url) = entry
@@ -78,6 +84,7 @@ impl Stores {
             default,
             named: out,
             opened: Mutex::new(HashMap::new()),
+            chunks: Arc::new(ChunkCache::new(cache_bytes)),
         })
     }
 
@@ -105,6 +112,8 @@ impl Stores {
         );
         Ok(Folder {
             store,
+            origin: url.into(),
+            chunks: self.chunks.clone(),
             path,
             inner: None,
         })
@@ -255,8 +264,24 @@ impl Folder {
         })
     }
 
-    /// A chunk's lines, checked against the manifest when it lists the chunk.
-    pub async fn lines(&self, c: &ChunkRef) -> Result<Vec<String>> {
+    /// A chunk's lines, checked against the manifest when it lists the chunk (a chunk read before its manifest
+    /// was there is checked again once it is).
+    pub async fn lines(&self, c: &ChunkRef) -> Result<Lines> {
+        let key = format!(
+            "{}\n{}\n{}",
+            self.origin,
+            c.key.as_ref(),
+            c.sha256.as_deref().unwrap_or("-")
+        );
+        if let Some(lines) = self.chunks.get(&key) {
+            return Ok(lines);
+        }
+        let lines = Arc::new(self.read_lines(c).await?);
+        self.chunks.put(key, lines.clone());
+        Ok(lines)
+    }
+
+    async fn read_lines(&self, c: &ChunkRef) -> Result<Vec<String>> {
         use std::io::BufRead;
         let raw = self
             .store

@@ -1454,11 +1454,17 @@ async fn a_full_spool_stops_keeping_events_and_keeps_what_came_before() {
 /// A service account of `ns` that may read TraceJob and ProbePolicy results there (a Role on them and their
 /// `results` subresource), and a token of it for the results server's audience.
 fn results_reader(plane: &ControlPlane, ns: &str) -> String {
+    results_reader_as(plane, ns, "reader")
+}
+
+/// A token of service account `account`, bound to the namespace's results reader role by RoleBinding
+/// `results-<account>`.
+fn results_reader_as(plane: &ControlPlane, ns: &str, account: &str) -> String {
     let yaml = format!(
         r#"
 apiVersion: v1
 kind: ServiceAccount
-metadata: {{name: reader, namespace: {ns}}}
+metadata: {{name: {account}, namespace: {ns}}}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
@@ -1470,9 +1476,9 @@ rules:
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
-metadata: {{name: results-reader, namespace: {ns}}}
+metadata: {{name: results-{account}, namespace: {ns}}}
 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: results-reader}}
-subjects: [{{kind: ServiceAccount, name: reader, namespace: {ns}}}]
+subjects: [{{kind: ServiceAccount, name: {account}, namespace: {ns}}}]
 "#
     );
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -1487,7 +1493,7 @@ subjects: [{{kind: ServiceAccount, name: reader, namespace: {ns}}}]
         &[
             "create",
             "token",
-            "reader",
+            account,
             "-n",
             ns,
             "--audience",
@@ -1496,6 +1502,52 @@ subjects: [{{kind: ServiceAccount, name: reader, namespace: {ns}}}]
     );
     assert!(ok, "{err}");
     token.trim().to_string()
+}
+
+/// What a Server-Sent Events tail received: each event as it arrived (CLOCK_MONOTONIC) and the last named event
+/// (`end`, `refused`) with its data.
+struct Followed {
+    events: Vec<(u64, serde_json::Value)>,
+    last: Option<(String, String)>,
+}
+
+/// Follows `path` as Server-Sent Events with `token` (curl, at most 90 s) until the server ends the stream.
+fn follow_sse(port: u16, path: &str, token: &str) -> tokio::task::JoinHandle<Followed> {
+    let mut tail = tokio::process::Command::new("curl")
+        .args([
+            "-sN",
+            "--max-time",
+            "90",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+        ])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("curl");
+    let out = tail.stdout.take().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let _tail = tail;
+        let mut lines = tokio::io::BufReader::new(out).lines();
+        let (mut events, mut last, mut name) = (Vec::new(), None, None);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(n) = line.strip_prefix("event: ") {
+                name = Some(n.to_string());
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                match name.take() {
+                    Some(n) => last = Some((n, data.to_string())),
+                    None => {
+                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(data) {
+                            events.push((monotonic_ns(), v));
+                        }
+                    }
+                }
+            }
+        }
+        Followed { events, last }
+    })
 }
 
 /// Prints how long events took from capture to `what` (min, median, max) and fails unless the first took at most
@@ -1542,6 +1594,7 @@ async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
         "SONDE_STORAGE_LOCATIONS".into(),
         "archive=s3://sonde-e2e/runs".into(),
     ));
+    env.push(("SONDE_AUTHORIZED_TTL_SECONDS".into(), "2".into()));
     let server = Component::results(&s.plane.kubeconfig(Identity::Admin), s.dir.path(), &env);
     let port = server.api_port.unwrap();
     assert!(
@@ -1574,34 +1627,41 @@ async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
     s.wait_attached("rest").await;
     let base = format!("/api/v1/namespaces/{}/tracejobs", s.ns.name);
 
-    // The live tail, from the start, as Server-Sent Events, read as they arrive.
-    let mut tail = tokio::process::Command::new("curl")
-        .args([
-            "-sN",
-            "--max-time",
-            "90",
-            "-H",
-            &format!("Authorization: Bearer {mine}"),
-        ])
-        .arg(format!("http://127.0.0.1:{port}{base}/rest/events/tail"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("curl");
-    let out = tail.stdout.take().unwrap();
-    let reading = tokio::spawn(async move {
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(out).lines();
-        let (mut got, mut ended) = (Vec::new(), false);
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(data) = line.strip_prefix("data: ")
-                && let Ok(v) = serde_json::from_str::<serde_json::Value>(data)
-            {
-                got.push((monotonic_ns(), v));
-            }
-            ended |= line == "event: end";
-        }
-        (got, ended)
-    });
+    // The live tail, from the start, as Server-Sent Events, read as they arrive; a second reader's tail too,
+    // whose RoleBinding is deleted while the job runs: their tail ends, refused, within the server's review
+    // allowance (2 s here) and a tail period.
+    let reading = follow_sse(port, &format!("{base}/rest/events/tail"), &mine);
+    let revoked = results_reader_as(s.plane, &s.ns.name, "revoked");
+    let revoked_tail = follow_sse(port, &format!("{base}/rest/events/tail"), &revoked);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (ok, _, err) = s.plane.kubectl(
+        Identity::Admin,
+        &["delete", "rolebinding", "results-revoked", "-n", &s.ns.name],
+    );
+    assert!(ok, "{err}");
+    let revoked_at = Instant::now();
+    let cut = tokio::time::timeout(Duration::from_secs(8), revoked_tail)
+        .await
+        .expect("the revoked reader's tail went on past the review allowance")
+        .unwrap();
+    eprintln!(
+        "a revoked reader's tail ended {:?} after the RoleBinding was deleted, {} events in",
+        revoked_at.elapsed(),
+        cut.events.len()
+    );
+    assert!(
+        cut.last
+            .as_ref()
+            .is_some_and(|(name, why)| name == "refused" && why.contains("may not")),
+        "the revoked tail did not end refused: {:?}",
+        cut.last
+    );
+    assert_eq!(
+        http_get_as(port, &format!("{base}/rest/events"), Some(&revoked))
+            .await
+            .0,
+        403
+    );
 
     let job = s.wait_job("rest", Duration::from_secs(60), finished).await;
     assert_eq!(job.status.as_ref().unwrap().phase, Phase::Succeeded);
@@ -1611,11 +1671,16 @@ async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
         upload_is(sonde_crds::UploadState::Complete),
     )
     .await;
-    let (tailed, ended) = tokio::time::timeout(Duration::from_secs(60), reading)
+    let followed = tokio::time::timeout(Duration::from_secs(60), reading)
         .await
         .expect("the tail did not end after the job")
         .unwrap();
-    assert!(ended, "the tail ended without `event: end`");
+    assert_eq!(
+        followed.last.as_ref().map(|(name, _)| name.as_str()),
+        Some("end"),
+        "the tail ended without `event: end`"
+    );
+    let tailed = followed.events;
 
     // Every event through pages of 7, each exactly once, as the store has them.
     let (code, kind, body) = http_get_as(port, &format!("{base}/rest"), Some(&mine)).await;
