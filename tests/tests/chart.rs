@@ -43,6 +43,15 @@ fn chart_lints_and_its_schema_refuses_bad_values() {
         !ok && err.contains("agent.storageUrl is empty"),
         "no storage for results rendered: {err}"
     );
+    // Replicas of the server share its volume: only one that all of them can mount.
+    let (ok, _, err) = template_with("results.replicas=2");
+    assert!(
+        !ok && err.contains("ReadWriteMany"),
+        "two replicas on a ReadWriteOnce volume rendered: {err}"
+    );
+    let (ok, out, err) =
+        template_with("results.replicas=2,results.persistence.accessModes={ReadWriteMany}");
+    assert!(ok && out.contains("- ReadWriteMany"), "{err}");
 }
 
 #[tokio::test]

@@ -16,6 +16,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if not .Values.results.enabled -}}
 {{- fail "agent.storageUrl is empty, so results go through the results server: set results.enabled=true, or an s3:// or file:// agent.storageUrl" -}}
 {{- end -}}
+{{- /* Replicas share the one volume: it must be mountable by all of them. */ -}}
+{{- if and (gt (int .Values.results.replicas) 1) (not (and .Values.results.persistence.enabled (has "ReadWriteMany" .Values.results.persistence.accessModes))) -}}
+{{- fail "results.replicas > 1 with agent.storageUrl empty needs one volume for all replicas: set results.persistence.accessModes to [ReadWriteMany] (a storage class that offers it), or agent.storageUrl to an s3:// bucket" -}}
+{{- end -}}
 true
 {{- end -}}
 {{- end -}}
