@@ -67,13 +67,19 @@ impl Intake {
         }
     }
 
-    /// Whether `node` has a ProbeSession writing under `prefix` (`<kind>/<namespace>/<name>-<uid8>/<node>`).
+    /// Whether `node` may write under `prefix` (`<kind>/<namespace>/<name>-<uid8>/<node>`): a ProbeSession of
+    /// that node writes there, or one did (the node's folder holds its earlier files) and the object it belongs
+    /// to still exists. The second case takes the files of a session that ended before they were delivered (a
+    /// suspended policy's last window, an outage outlasting the session); a node never starts a folder without
+    /// a session.
     async fn session_writes(
         &self,
         client: &kube::Client,
+        stored: &Path,
         ns: &str,
         prefix: &str,
         node: &str,
+        store: &dyn object_store::ObjectStore,
     ) -> Result<()> {
         let now = Instant::now();
         {
@@ -97,7 +103,16 @@ impl Intake {
         }
         let refused = format!("no ProbeSession of node {node} writes under {prefix}");
         match owner_exists(client, prefix).await? {
-            true => Err(Error::Forbidden(refused)),
+            true => {
+                let earlier = store
+                    .list_with_delimiter(Some(stored))
+                    .await
+                    .map_err(Error::Store)?;
+                match earlier.objects.is_empty() && earlier.common_prefixes.is_empty() {
+                    true => Err(Error::Forbidden(refused)),
+                    false => Ok(()),
+                }
+            }
             false => Err(Error::Gone(format!(
                 "{refused}, and the object they belong to is gone: nobody could read them"
             ))),
@@ -177,11 +192,19 @@ pub async fn put_object(
     let user = ctx.auth.authenticate(token).await?;
     let node = intake.node_of(&user)?;
     let (prefix, ns) = split_key(&key, &node)?;
-    intake
-        .session_writes(&ctx.client, ns, prefix, &node)
-        .await?;
     let (store, base) = ctx.stores.default_store()?;
-    let path = Path::from(format!("{}/{key}", base.as_ref()).trim_start_matches('/'));
+    let under = |k: &str| Path::from(format!("{}/{k}", base.as_ref()).trim_start_matches('/'));
+    intake
+        .session_writes(
+            &ctx.client,
+            &under(prefix),
+            ns,
+            prefix,
+            &node,
+            store.as_ref(),
+        )
+        .await?;
+    let path = under(&key);
     let create_only = headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == b"*");

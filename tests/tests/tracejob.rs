@@ -2425,4 +2425,16 @@ async fn results_reach_the_server_when_the_cluster_has_no_object_store() {
         let (code, body) = put(who, &key, &chunk);
         assert!(code == status && body.contains(why), "{key}: {code} {body}");
     }
+    // Once a node's folder holds files of the job (its session wrote them), later ones are taken while the job
+    // exists, session or not: a session that ended before its files were delivered loses nothing.
+    let idle_folder = volume.join(format!("tracejobs/{ns}/idle-{idle8}/{node}"));
+    std::fs::create_dir_all(&idle_folder).unwrap();
+    std::fs::write(idle_folder.join("summary.json"), "{}").unwrap();
+    let late = format!("tracejobs/{ns}/idle-{idle8}/{node}/events/000000.ndjson.gz");
+    let (code, body) = put(&agent_token, &late, &chunk);
+    assert_eq!(code, "201", "{body}");
+    assert_eq!(
+        std::fs::read(&chunk).unwrap(),
+        std::fs::read(volume.join(&late)).unwrap()
+    );
 }
