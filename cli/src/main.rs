@@ -24,8 +24,12 @@ struct Cli {
 enum Command {
     /// Run a TraceJob manifest on this machine until its duration ends or Ctrl-C, keeping everything collected.
     Run(run::RunArgs),
-    /// List the probes in the library.
-    Probes,
+    /// List the probes in the library, or print one's example TraceJob.
+    Probes {
+        /// Print this probe's example TraceJob (`sonde probes --example runq-latency > job.yaml`).
+        #[arg(long, value_name = "PROBE")]
+        example: Option<sonde_crds::ProbeName>,
+    },
     /// Read a cluster's results through the results server: list, show, events, tail, file.
     Results(results::ResultsArgs),
     /// Check manifests as the API server would (schema and CEL rules) without running them.
@@ -45,8 +49,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Results(args) => results::run(args),
-        Command::Probes => {
-            for p in sonde_probes::CATALOGUE {
+        Command::Probes {
+            example: Some(probe),
+        } => {
+            print!("{}", sonde_probes::catalogue::info(probe).example);
+            Ok(())
+        }
+        Command::Probes { example: None } => {
+            for p in sonde_probes::catalogue::all() {
                 let chain: Vec<String> = p
                     .hooks
                     .iter()

@@ -6,6 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::probe::Metric;
+
 /// Go-style duration (`90s`, `1m30s`, `500ms`) as accepted by `kubectl` and `time.ParseDuration`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 
@@ -41,38 +43,6 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub cgroup_paths: Option<Vec<String>>,
-}
-
-/// A metric a threshold watches. Per-event metrics are checked in the kernel, so only breaching events cross
-/// the ring buffer; rate metrics are counted in the kernel per one-second window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum Metric {
-    /// Wakeups per second of one waker -> wakee pair (`wakeups`).
-    WakeupsPerSecond,
-    /// Milliseconds from device xmit to a receive stage, per TCP segment (`packet-latency`).
-    SegmentLatencyMs,
-    /// Microseconds a task waited runnable before running (`runq-latency`).
-    RunqLatencyUs,
-    /// Milliseconds a syscall took (`syscall-latency`).
-    SyscallLatencyMs,
-    /// Milliseconds from SYN to established (`tcp-connect`).
-    ConnectLatencyMs,
-    /// Events of any probe per second, over all keys.
-    EventsPerSecond,
-}
-
-impl Metric {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Metric::WakeupsPerSecond => "wakeupsPerSecond",
-            Metric::SegmentLatencyMs => "segmentLatencyMs",
-            Metric::RunqLatencyUs => "runqLatencyUs",
-            Metric::SyscallLatencyMs => "syscallLatencyMs",
-            Metric::ConnectLatencyMs => "connectLatencyMs",
-            Metric::EventsPerSecond => "eventsPerSecond",
-        }
-    }
 }
 
 /// How the observed value compares with `value` to count as a breach.

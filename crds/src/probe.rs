@@ -4,84 +4,163 @@
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-/// A probe from Sonde's prebuilt library.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProbeName {
-    /// Who wakes whom: waker comm/pid -> wakee comm/pid with counts and rates (sched_waking).
-    Wakeups,
-    /// Per TCP segment latency from device xmit to netif receive and the TCP receive functions.
-    PacketLatency,
-    /// Sampled kernel+user stacks folded into a flame graph.
-    CpuProfile,
-    /// Run-queue latency (wakeup to on-CPU) as a log2 histogram.
-    RunqLatency,
-    /// TCP retransmissions with addresses and state.
-    TcpRetransmit,
-    /// TCP active connect latency (SYN_SENT -> ESTABLISHED).
-    TcpConnect,
-    /// Process executions.
-    Exec,
-    /// OOM killer victims.
-    OomKill,
-    /// Per-syscall latency histograms.
-    SyscallLatency,
+/// The probe registry, the one place a probe's API shape is declared: its name, description, `params` section
+/// and the metrics its thresholds may watch. From it come [`ProbeName`] (and `ALL`), [`ProbeParams`], [`Metric`]
+/// and the CEL rules that tie params and thresholds to the probe (`PARAMS_MATCH_PROBE`,
+/// `THRESHOLDS_MATCH_PROBE`), so none of them can miss a probe. The probe library's catalogue
+/// (`sonde_probes::catalogue`) holds the kernel side; both are exhaustive matches on [`ProbeName`].
+macro_rules! probe_registry {
+    ($(
+        $(#[doc = $doc:literal])*
+        $variant:ident = $name:literal,
+        params $field:ident = $key:literal: $params:ty,
+        metrics [$( $(#[doc = $mdoc:literal])* $metric:ident = $mname:literal ),* $(,)?];
+    )*) => {
+        /// A probe from Sonde's prebuilt library.
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+            schemars::JsonSchema,
+        )]
+        pub enum ProbeName {
+            $( $(#[doc = $doc])* #[serde(rename = $name)] $variant, )*
+        }
+
+        impl ProbeName {
+            /// Every probe, in registry order.
+            pub const ALL: &'static [ProbeName] = &[$(ProbeName::$variant),*];
+
+            /// The name as written in manifests (`packet-latency`).
+            pub fn as_str(self) -> &'static str {
+                match self { $(ProbeName::$variant => $name,)* }
+            }
+
+            /// The `params` section that belongs to this probe (`packetLatency`).
+            pub fn params_key(self) -> &'static str {
+                match self { $(ProbeName::$variant => $key,)* }
+            }
+
+            /// The metrics its thresholds may watch besides `eventsPerSecond`, which every probe has.
+            pub fn metrics(self) -> &'static [Metric] {
+                match self { $(ProbeName::$variant => &[$(Metric::$metric),*],)* }
+            }
+        }
+
+        /// Parameters of the chosen probe. Set at most the one section named after `probe`; every field has a default.
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct ProbeParams {
+            $(
+                #[serde(rename = $key, default, skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$params>,
+            )*
+        }
+
+        impl ProbeParams {
+            /// Sections that are set, by their manifest key.
+            pub fn set_sections(&self) -> Vec<&'static str> {
+                let mut out = Vec::new();
+                $( if self.$field.is_some() { out.push($key); } )*
+                out
+            }
+        }
+
+        /// A metric a threshold watches. Per-event metrics are checked in the kernel, so only breaching events
+        /// cross the ring buffer; rate metrics are counted in the kernel per one-second window.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+        pub enum Metric {
+            $($( $(#[doc = $mdoc])* #[serde(rename = $mname)] $metric, )*)*
+            /// Events of any probe per second, over all keys.
+            #[serde(rename = "eventsPerSecond")]
+            EventsPerSecond,
+        }
+
+        impl Metric {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($( Metric::$metric => $mname, )*)*
+                    Metric::EventsPerSecond => "eventsPerSecond",
+                }
+            }
+        }
+
+        /// CEL: a `params` section may only be set for the probe it belongs to.
+        pub const PARAMS_MATCH_PROBE: &str = concat!(
+            "!has(self.params) || (",
+            $( "(!has(self.params.", $key, ") || self.probe == '", $name, "') && ", )*
+            "true)"
+        );
+        pub const PARAMS_MATCH_PROBE_MSG: &str = concat!(
+            "params may only set the probe's own section: ",
+            $( "params.", $key, " for ", $name, ", ", )*
+            "and no other"
+        );
+
+        /// CEL: every threshold must watch a metric the probe produces.
+        pub const THRESHOLDS_MATCH_PROBE: &str = concat!(
+            "!has(self.thresholds) || self.thresholds.all(t, t.metric == 'eventsPerSecond'",
+            $($( " || (t.metric == '", $mname, "' && self.probe == '", $name, "')", )*)*
+            ")"
+        );
+        pub const THRESHOLDS_MATCH_PROBE_MSG: &str = concat!(
+            "thresholds[].metric must be produced by the probe: ",
+            $($( $mname, " (", $name, "), ", )*)*
+            "or eventsPerSecond (any)"
+        );
+    };
 }
 
-impl ProbeName {
-    pub const ALL: [ProbeName; 9] = [
-        ProbeName::Wakeups,
-        ProbeName::PacketLatency,
-        ProbeName::CpuProfile,
-        ProbeName::RunqLatency,
-        ProbeName::TcpRetransmit,
-        ProbeName::TcpConnect,
-        ProbeName::Exec,
-        ProbeName::OomKill,
-        ProbeName::SyscallLatency,
-    ];
-
-    /// The name as written in manifests (`packet-latency`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProbeName::Wakeups => "wakeups",
-            ProbeName::PacketLatency => "packet-latency",
-            ProbeName::CpuProfile => "cpu-profile",
-            ProbeName::RunqLatency => "runq-latency",
-            ProbeName::TcpRetransmit => "tcp-retransmit",
-            ProbeName::TcpConnect => "tcp-connect",
-            ProbeName::Exec => "exec",
-            ProbeName::OomKill => "oom-kill",
-            ProbeName::SyscallLatency => "syscall-latency",
-        }
-    }
-
-    /// The `params` section that belongs to this probe (`packetLatency`).
-    pub fn params_key(self) -> &'static str {
-        match self {
-            ProbeName::Wakeups => "wakeups",
-            ProbeName::PacketLatency => "packetLatency",
-            ProbeName::CpuProfile => "cpuProfile",
-            ProbeName::RunqLatency => "runqLatency",
-            ProbeName::TcpRetransmit => "tcpRetransmit",
-            ProbeName::TcpConnect => "tcpConnect",
-            ProbeName::Exec => "exec",
-            ProbeName::OomKill => "oomKill",
-            ProbeName::SyscallLatency => "syscallLatency",
-        }
-    }
+probe_registry! {
+    /// Who wakes whom: waker comm/pid -> wakee comm/pid with counts and rates (sched_waking).
+    Wakeups = "wakeups",
+        params wakeups = "wakeups": WakeupsParams,
+        metrics [
+            /// Wakeups per second of one waker -> wakee pair (`wakeups`).
+            WakeupsPerSecond = "wakeupsPerSecond",
+        ];
+    /// Per TCP segment latency from device xmit to netif receive and the TCP receive functions.
+    PacketLatency = "packet-latency",
+        params packet_latency = "packetLatency": PacketLatencyParams,
+        metrics [
+            /// Milliseconds from device xmit to a receive stage, per TCP segment (`packet-latency`).
+            SegmentLatencyMs = "segmentLatencyMs",
+        ];
+    /// Sampled kernel+user stacks folded into a flame graph.
+    CpuProfile = "cpu-profile",
+        params cpu_profile = "cpuProfile": CpuProfileParams,
+        metrics [];
+    /// Run-queue latency (wakeup to on-CPU) as a log2 histogram.
+    RunqLatency = "runq-latency",
+        params runq_latency = "runqLatency": EmptyParams,
+        metrics [
+            /// Microseconds a task waited runnable before running (`runq-latency`).
+            RunqLatencyUs = "runqLatencyUs",
+        ];
+    /// TCP retransmissions with addresses and state.
+    TcpRetransmit = "tcp-retransmit",
+        params tcp_retransmit = "tcpRetransmit": PortParams,
+        metrics [];
+    /// TCP active connect latency (SYN_SENT -> ESTABLISHED).
+    TcpConnect = "tcp-connect",
+        params tcp_connect = "tcpConnect": PortParams,
+        metrics [
+            /// Milliseconds from SYN to established (`tcp-connect`).
+            ConnectLatencyMs = "connectLatencyMs",
+        ];
+    /// Process executions.
+    Exec = "exec",
+        params exec = "exec": EmptyParams,
+        metrics [];
+    /// OOM killer victims.
+    OomKill = "oom-kill",
+        params oom_kill = "oomKill": EmptyParams,
+        metrics [];
+    /// Per-syscall latency histograms.
+    SyscallLatency = "syscall-latency",
+        params syscall_latency = "syscallLatency": SyscallLatencyParams,
+        metrics [
+            /// Milliseconds a syscall took (`syscall-latency`).
+            SyscallLatencyMs = "syscallLatencyMs",
+        ];
 }
 
 impl std::fmt::Display for ProbeName {
@@ -94,37 +173,14 @@ impl std::str::FromStr for ProbeName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         ProbeName::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|p| p.as_str() == s)
             .ok_or_else(|| {
                 let known: Vec<_> = ProbeName::ALL.iter().map(|p| p.as_str()).collect();
                 format!("unknown probe {s:?}; the library has: {}", known.join(", "))
             })
     }
-}
-
-/// Parameters of the chosen probe. Set at most the one section named after `probe`; every field has a default.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ProbeParams {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wakeups: Option<WakeupsParams>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub packet_latency: Option<PacketLatencyParams>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_profile: Option<CpuProfileParams>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runq_latency: Option<EmptyParams>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_retransmit: Option<PortParams>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_connect: Option<PortParams>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exec: Option<EmptyParams>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oom_kill: Option<EmptyParams>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub syscall_latency: Option<SyscallLatencyParams>,
 }
 
 impl ProbeParams {
@@ -134,26 +190,6 @@ impl ProbeParams {
             .and_then(|p| p.wakeups.as_ref())
             .and_then(|w| w.top)
             .unwrap_or(10) as usize
-    }
-
-    /// Sections that are set, by their manifest key.
-    pub fn set_sections(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        let mut push = |set: bool, p: ProbeName| {
-            if set {
-                out.push(p.params_key())
-            }
-        };
-        push(self.wakeups.is_some(), ProbeName::Wakeups);
-        push(self.packet_latency.is_some(), ProbeName::PacketLatency);
-        push(self.cpu_profile.is_some(), ProbeName::CpuProfile);
-        push(self.runq_latency.is_some(), ProbeName::RunqLatency);
-        push(self.tcp_retransmit.is_some(), ProbeName::TcpRetransmit);
-        push(self.tcp_connect.is_some(), ProbeName::TcpConnect);
-        push(self.exec.is_some(), ProbeName::Exec);
-        push(self.oom_kill.is_some(), ProbeName::OomKill);
-        push(self.syscall_latency.is_some(), ProbeName::SyscallLatency);
-        out
     }
 }
 

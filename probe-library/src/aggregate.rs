@@ -10,7 +10,6 @@ use sonde_crds::{Figure, ProbeName, Summary, SummaryRow};
 use sonde_probe_abi::{self as abi, EV_BREACH, cstr, read};
 
 use crate::histogram::{Histogram, read_slots};
-use crate::profile;
 
 /// One decoded event. `value` is the probe's metric in manifest units (ms, us, wakeups/s) for threshold checks.
 #[derive(Clone, Debug)]
@@ -36,19 +35,9 @@ pub trait Aggregator: Send {
     fn reset(&mut self) {}
 }
 
+/// The probe's aggregator, as its catalogue entry makes it.
 pub fn aggregator(probe: ProbeName) -> Box<dyn Aggregator> {
-    match probe {
-        ProbeName::Wakeups => Box::new(Wakeups),
-        ProbeName::PacketLatency => Box::<PacketLatency>::default(),
-        ProbeName::CpuProfile => Box::new(profile::Profile),
-        ProbeName::RunqLatency => Box::new(Latency::new("runq latency", 1, "us", 1e3)),
-        ProbeName::SyscallLatency => Box::new(Latency::new("syscall latency", 512, "us", 1e6)),
-        ProbeName::TcpConnect => Box::new(Latency::new("connect latency", 1, "us", 1e6)),
-        ProbeName::TcpRetransmit | ProbeName::Exec | ProbeName::OomKill => Box::new(Notes {
-            probe,
-            counts: HashMap::new(),
-        }),
-    }
+    (crate::catalogue::info(probe).aggregator)()
 }
 
 fn secs(elapsed: Duration) -> f64 {
@@ -71,7 +60,7 @@ fn addr(family: u32, bytes: &[u8; 16]) -> IpAddr {
 
 // ---------------- wakeups ----------------
 
-struct Wakeups;
+pub(crate) struct Wakeups;
 
 impl Aggregator for Wakeups {
     fn record(&mut self, bytes: &[u8]) -> Option<Event> {
@@ -146,7 +135,7 @@ impl Aggregator for Wakeups {
 // ---------------- packet-latency ----------------
 
 #[derive(Default)]
-struct PacketLatency {
+pub(crate) struct PacketLatency {
     /// (stage, flow) -> (count, max ms)
     slow: HashMap<(u8, String), (u64, f64)>,
 }
@@ -252,7 +241,7 @@ impl Aggregator for PacketLatency {
 
 // ---------------- latency probes (runq, syscall, connect) ----------------
 
-struct Latency {
+pub(crate) struct Latency {
     name: &'static str,
     hists: usize,
     unit: &'static str,
@@ -262,7 +251,12 @@ struct Latency {
 }
 
 impl Latency {
-    fn new(name: &'static str, hists: usize, unit: &'static str, metric_ns: f64) -> Self {
+    pub(crate) fn new(
+        name: &'static str,
+        hists: usize,
+        unit: &'static str,
+        metric_ns: f64,
+    ) -> Self {
         Latency {
             name,
             hists,
@@ -367,9 +361,30 @@ impl Aggregator for Latency {
 
 // ---------------- single happenings (exec, oom-kill, tcp-retransmit) ----------------
 
-struct Notes {
-    probe: ProbeName,
+/// What a `note_event` says, by probe.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Note {
+    /// An executed file (`exec`).
+    Exec,
+    /// An OOM victim (`oom-kill`).
+    OomVictim,
+    /// A TCP connection's segment (`tcp-retransmit`).
+    Connection,
+}
+
+/// Counts of one-off notes (a retransmit, an exec, an OOM kill) by what they name.
+pub(crate) struct Notes {
+    note: Note,
     counts: HashMap<String, u64>,
+}
+
+impl Notes {
+    pub(crate) fn new(note: Note) -> Notes {
+        Notes {
+            note,
+            counts: HashMap::new(),
+        }
+    }
 }
 
 const TCP_STATES: [&str; 13] = [
@@ -395,22 +410,22 @@ impl Aggregator for Notes {
 
     fn record(&mut self, bytes: &[u8]) -> Option<Event> {
         let e: abi::NoteEvent = read(bytes)?;
-        let (json, key) = match self.probe {
-            ProbeName::Exec => {
+        let (json, key) = match self.note {
+            Note::Exec => {
                 let file = cstr(&e.text);
                 (
                     json!({"ts_ns": e.ts_ns, "pid": e.pid, "ppid": e.ppid, "comm": cstr(&e.comm), "filename": file}),
                     file,
                 )
             }
-            ProbeName::OomKill => {
+            Note::OomVictim => {
                 let victim = cstr(&e.text);
                 (
                     json!({"ts_ns": e.ts_ns, "victim_pid": e.pid, "victim_comm": victim, "rss_mib": e.value, "trigger_comm": cstr(&e.comm)}),
                     victim,
                 )
             }
-            _ => {
+            Note::Connection => {
                 let src = format!("{}:{}", addr(e.family, &e.saddr), e.sport);
                 let dst = format!("{}:{}", addr(e.family, &e.daddr), e.dport);
                 let state = TCP_STATES.get(e.value as usize).copied().unwrap_or("?");
@@ -441,10 +456,10 @@ impl Aggregator for Notes {
                 max: None,
             })
             .collect();
-        let meaning = match self.probe {
-            ProbeName::Exec => "executed file",
-            ProbeName::OomKill => "victim comm",
-            _ => "connection",
+        let meaning = match self.note {
+            Note::Exec => "executed file",
+            Note::OomVictim => "victim comm",
+            Note::Connection => "connection",
         };
         Findings {
             summary: Summary {

@@ -1,7 +1,11 @@
-//! What the library offers: each probe's name, description, hooks with their attach chains, the metrics its
-//! thresholds may watch, and the object that implements it.
+//! The kernel side of the probe registry: for each probe its description, hooks with their attach chains, the
+//! kernel threshold, the object that implements it, its kernel aggregates (reset per policy window), its
+//! aggregator and an example. Its API side (name, params section, metrics, CEL rules) is the registry in
+//! `sonde_crds::probe`. [`info`] is an exhaustive match, so a probe without an entry does not compile.
 
-use sonde_crds::{Metric, ProbeName};
+use sonde_crds::{Metric, ProbeName, ProbeParams};
+
+use crate::aggregate::{Aggregator, Latency, Note, Notes, PacketLatency, Wakeups};
 
 /// One way to attach a hook, tried in the order the probe declares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,13 +86,74 @@ pub struct KernelThreshold {
     pub scale: f64,
 }
 
-#[derive(Clone, Copy, Debug)]
+/// A kernel map that sums what the probe saw, zeroed when a ProbePolicy window rolls (`window.rs`). Maps of
+/// these names must be declared by the probe that has them (the registry test checks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregate {
+    /// `pairs`: waker -> wakee counts (`WakeupKey` -> `WakeupVal`).
+    WakeupPairs,
+    /// `counts`: sampled stacks (`StackKey` -> count).
+    StackCounts,
+    /// `stacks`: the stack trace map the counts point into.
+    Stacks,
+    /// `hists`: log2 histograms, a per-CPU array.
+    Histograms,
+}
+
+impl Aggregate {
+    pub const ALL: [Aggregate; 4] = [
+        Aggregate::WakeupPairs,
+        Aggregate::StackCounts,
+        Aggregate::Stacks,
+        Aggregate::Histograms,
+    ];
+
+    /// The map's name in the object.
+    pub fn map(self) -> &'static str {
+        match self {
+            Aggregate::WakeupPairs => "pairs",
+            Aggregate::StackCounts => "counts",
+            Aggregate::Stacks => "stacks",
+            Aggregate::Histograms => "hists",
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
 pub struct ProbeInfo {
     pub name: ProbeName,
     pub description: &'static str,
     pub hooks: &'static [Hook],
     pub kernel_threshold: Option<KernelThreshold>,
+    /// The compiled object of `bpf/<probe>.bpf.c`, embedded at build time.
+    pub object: fn() -> &'static [u8],
+    /// Its kernel aggregates.
+    pub aggregates: &'static [Aggregate],
+    /// Its user-space side: events decoded, maps read into findings.
+    pub aggregator: fn() -> Box<dyn Aggregator>,
+    /// The `ports` of its params, for probes that filter by TCP port.
+    pub ports: fn(&ProbeParams) -> Option<&[u32]>,
+    /// A TraceJob that runs it on one machine (`sonde probes --example <probe>`); the registry test runs it.
+    pub example: &'static str,
 }
+
+impl std::fmt::Debug for ProbeInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeInfo")
+            .field("name", &self.name)
+            .field("hooks", &self.hooks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The embedded object compiled from `bpf/<file>.bpf.c`.
+macro_rules! object {
+    ($file:literal) => {
+        || aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/", $file, ".bpf.o"))
+    };
+}
+
+const NO_PORTS: fn(&ProbeParams) -> Option<&[u32]> = |_| None;
 
 const fn tp(program: &'static str, category: &'static str, name: &'static str) -> Attach {
     Attach::Tracepoint {
@@ -350,81 +415,228 @@ const SYSCALL_LATENCY: &[Hook] = &[
     },
 ];
 
-pub const CATALOGUE: &[ProbeInfo] = &[
-    ProbeInfo {
-        name: ProbeName::Wakeups,
-        description: "who wakes whom: waker comm/pid -> wakee comm/pid, counts and rates; flags pairs over a rate",
-        hooks: WAKEUPS,
-        kernel_threshold: Some(KernelThreshold {
-            metric: Metric::WakeupsPerSecond,
-            scale: 1.0,
-        }),
-    },
-    ProbeInfo {
-        name: ProbeName::PacketLatency,
-        description: "per TCP segment latency from device xmit to netif receive and the TCP receive functions",
-        hooks: PACKET_LATENCY,
-        kernel_threshold: Some(KernelThreshold {
-            metric: Metric::SegmentLatencyMs,
-            scale: 1e6,
-        }),
-    },
-    ProbeInfo {
-        name: ProbeName::CpuProfile,
-        description: "sampled kernel+user stacks, folded and rendered as a flame graph",
-        hooks: CPU_PROFILE,
-        kernel_threshold: None,
-    },
-    ProbeInfo {
-        name: ProbeName::RunqLatency,
-        description: "run-queue latency (wakeup to on-CPU) as a log2 histogram; flags long waits",
-        hooks: RUNQ_LATENCY,
-        kernel_threshold: Some(KernelThreshold {
-            metric: Metric::RunqLatencyUs,
-            scale: 1e3,
-        }),
-    },
-    ProbeInfo {
-        name: ProbeName::TcpRetransmit,
-        description: "TCP retransmissions with addresses, ports and state",
-        hooks: TCP_RETRANSMIT,
-        kernel_threshold: None,
-    },
-    ProbeInfo {
-        name: ProbeName::TcpConnect,
-        description: "TCP active connect latency (SYN_SENT -> ESTABLISHED)",
-        hooks: TCP_CONNECT,
-        kernel_threshold: Some(KernelThreshold {
-            metric: Metric::ConnectLatencyMs,
-            scale: 1e6,
-        }),
-    },
-    ProbeInfo {
-        name: ProbeName::Exec,
-        description: "process executions with filename",
-        hooks: EXEC,
-        kernel_threshold: None,
-    },
-    ProbeInfo {
-        name: ProbeName::OomKill,
-        description: "OOM killer victims with their memory at the kill",
-        hooks: OOM_KILL,
-        kernel_threshold: None,
-    },
-    ProbeInfo {
-        name: ProbeName::SyscallLatency,
-        description: "per-syscall latency histograms; flags slow syscalls",
-        hooks: SYSCALL_LATENCY,
-        kernel_threshold: Some(KernelThreshold {
-            metric: Metric::SyscallLatencyMs,
-            scale: 1e6,
-        }),
-    },
-];
-
+/// The entry of `name`.
 pub fn info(name: ProbeName) -> &'static ProbeInfo {
-    CATALOGUE
-        .iter()
-        .find(|p| p.name == name)
-        .expect("every ProbeName has a catalogue entry")
+    match name {
+        ProbeName::Wakeups => &WAKEUPS_PROBE,
+        ProbeName::PacketLatency => &PACKET_LATENCY_PROBE,
+        ProbeName::CpuProfile => &CPU_PROFILE_PROBE,
+        ProbeName::RunqLatency => &RUNQ_LATENCY_PROBE,
+        ProbeName::TcpRetransmit => &TCP_RETRANSMIT_PROBE,
+        ProbeName::TcpConnect => &TCP_CONNECT_PROBE,
+        ProbeName::Exec => &EXEC_PROBE,
+        ProbeName::OomKill => &OOM_KILL_PROBE,
+        ProbeName::SyscallLatency => &SYSCALL_LATENCY_PROBE,
+    }
 }
+
+/// Every probe's entry, in registry order.
+pub fn all() -> impl Iterator<Item = &'static ProbeInfo> {
+    ProbeName::ALL.iter().map(|p| info(*p))
+}
+
+const WAKEUPS_PROBE: ProbeInfo = ProbeInfo {
+    name: ProbeName::Wakeups,
+    description: "who wakes whom: waker comm/pid -> wakee comm/pid, counts and rates; flags pairs over a rate",
+    hooks: WAKEUPS,
+    kernel_threshold: Some(KernelThreshold {
+        metric: Metric::WakeupsPerSecond,
+        scale: 1.0,
+    }),
+    object: object!("wakeups"),
+    aggregates: &[Aggregate::WakeupPairs],
+    aggregator: || Box::new(Wakeups),
+    ports: NO_PORTS,
+    example: r#"# Who wakes `ping`, and who does it wake? Pairs above 200 wakeups/s are flagged.
+apiVersion: sonde.dev/v1alpha1
+kind: TraceJob
+metadata: {name: ping-wakeups}
+spec:
+  probe: wakeups
+  target: {comms: [ping]}
+  duration: 30s
+  params: {wakeups: {top: 10}}
+  thresholds: [{metric: wakeupsPerSecond, value: 200}]
+"#,
+};
+
+const PACKET_LATENCY_PROBE: ProbeInfo = ProbeInfo {
+    name: ProbeName::PacketLatency,
+    description: "per TCP segment latency from device xmit to netif receive and the TCP receive functions",
+    hooks: PACKET_LATENCY,
+    kernel_threshold: Some(KernelThreshold {
+        metric: Metric::SegmentLatencyMs,
+        scale: 1e6,
+    }),
+    object: object!("packet_latency"),
+    aggregates: &[Aggregate::Histograms],
+    aggregator: || Box::<PacketLatency>::default(),
+    ports: |p| p.packet_latency.as_ref().map(|x| x.ports.as_slice()),
+    example: r#"# TCP segments of port 8080 slower than 20 ms from the sender's device to the receiving socket.
+apiVersion: sonde.dev/v1alpha1
+kind: TraceJob
+metadata: {name: web-segments}
+spec:
+  probe: packet-latency
+  target: {comms: [web]}
+  duration: 30s
+  params: {packetLatency: {ports: [8080]}}
+  thresholds: [{metric: segmentLatencyMs, value: 20, comparison: GreaterOrEqual}]
+"#,
+};
+
+const CPU_PROFILE_PROBE: ProbeInfo = ProbeInfo {
+    name: ProbeName::CpuProfile,
+    description: "sampled kernel+user stacks, folded and rendered as a flame graph",
+    hooks: CPU_PROFILE,
+    kernel_threshold: None,
+    object: object!("cpu_profile"),
+    aggregates: &[Aggregate::StackCounts, Aggregate::Stacks],
+    aggregator: || Box::new(crate::profile::Profile),
+    ports: NO_PORTS,
+    example: r#"# Where does `stress-ng` spend its CPU? A flame graph of 99 Hz samples.
+apiVersion: sonde.dev/v1alpha1
+kind: TraceJob
+metadata: {name: stress-profile}
+spec:
+  probe: cpu-profile
+  target: {comms: [stress-ng]}
+  duration: 20s
+  params: {cpuProfile: {frequencyHz: 99, userStacks: true}}
+"#,
+};
+
+const RUNQ_LATENCY_PROBE: ProbeInfo = ProbeInfo {
+    name: ProbeName::RunqLatency,
+    description: "run-queue latency (wakeup to on-CPU) as a log2 histogram; flags long waits",
+    hooks: RUNQ_LATENCY,
+    kernel_threshold: Some(KernelThreshold {
+        metric: Metric::RunqLatencyUs,
+        scale: 1e3,
+    }),
+    object: object!("runq_latency"),
+    aggregates: &[Aggregate::Histograms],
+    aggregator: || Box::new(Latency::new("runq latency", 1, "us", 1e3)),
+    ports: NO_PORTS,
+    example: r#"# How long do `postgres` tasks wait for a CPU? Waits of 10 ms and more are flagged.
+apiVersion: sonde.dev/v1alpha1
+kind: TraceJob
+metadata: {name: db-runq}
+spec:
+  probe: runq-latency
+  target: {comms: [postgres]}
+  duration: 30s
+  thresholds: [{metric: runqLatencyUs, value: 10000, comparison: GreaterOrEqual}]
+"#,
+};
+
+const TCP_RETRANSMIT_PROBE: ProbeInfo = ProbeInfo {
+    name: ProbeName::TcpRetransmit,
+    description: "TCP retransmissions with addresses, ports and state",
+    hooks: TCP_RETRANSMIT,
+    kernel_threshold: None,
+    object: object!("tcp_retransmit"),
+    aggregates: &[],
+    aggregator: || Box::new(Notes::new(Note::Connection)),
+    ports: |p| p.tcp_retransmit.as_ref().map(|x| x.ports.as_slice()),
+    example: r#"# Retransmitted segments of connections on port 443, node-wide.
+apiVersion: sonde.dev/v1alpha1
+kind: TraceJob
+metadata: {name: tls-retransmits}
+spec:
+  probe: tcp-retransmit
+  target: {cgroupPaths: [/]}
+  duration: 60s
+  params: {tcpRetransmit: {ports: [443]}}
+"#,
+};
+
+const TCP_CONNECT_PROBE: ProbeInfo = ProbeInfo {
+    name: ProbeName::TcpConnect,
+    description: "TCP active connect latency (SYN_SENT -> ESTABLISHED)",
+    hooks: TCP_CONNECT,
+    kernel_threshold: Some(KernelThreshold {
+        metric: Metric::ConnectLatencyMs,
+        scale: 1e6,
+    }),
+    object: object!("tcp_connect"),
+    aggregates: &[Aggregate::Histograms],
+    aggregator: || Box::new(Latency::new("connect latency", 1, "us", 1e6)),
+    ports: |p| p.tcp_connect.as_ref().map(|x| x.ports.as_slice()),
+    example: r#"# How long do `curl`'s connects to port 5432 take? Over 100 ms is flagged.
+apiVersion: sonde.dev/v1alpha1
+kind: TraceJob
+metadata: {name: curl-connects}
+spec:
+  probe: tcp-connect
+  target: {comms: [curl]}
+  duration: 30s
+  params: {tcpConnect: {ports: [5432]}}
+  thresholds: [{metric: connectLatencyMs, value: 100}]
+"#,
+};
+
+const EXEC_PROBE: ProbeInfo = ProbeInfo {
+    name: ProbeName::Exec,
+    description: "process executions with filename",
+    hooks: EXEC,
+    kernel_threshold: None,
+    object: object!("exec"),
+    aggregates: &[],
+    aggregator: || Box::new(Notes::new(Note::Exec)),
+    ports: NO_PORTS,
+    example: r#"# What do `bash` shells execute?
+apiVersion: sonde.dev/v1alpha1
+kind: TraceJob
+metadata: {name: shell-execs}
+spec:
+  probe: exec
+  target: {comms: [bash]}
+  duration: 60s
+"#,
+};
+
+const OOM_KILL_PROBE: ProbeInfo = ProbeInfo {
+    name: ProbeName::OomKill,
+    description: "OOM killer victims with their memory at the kill",
+    hooks: OOM_KILL,
+    kernel_threshold: None,
+    object: object!("oom_kill"),
+    aggregates: &[],
+    aggregator: || Box::new(Notes::new(Note::OomVictim)),
+    ports: NO_PORTS,
+    example: r#"# Which tasks does the OOM killer pick, and how big were they?
+apiVersion: sonde.dev/v1alpha1
+kind: TraceJob
+metadata: {name: oom-victims}
+spec:
+  probe: oom-kill
+  target: {cgroupPaths: [/]}
+  duration: 10m
+"#,
+};
+
+const SYSCALL_LATENCY_PROBE: ProbeInfo = ProbeInfo {
+    name: ProbeName::SyscallLatency,
+    description: "per-syscall latency histograms; flags slow syscalls",
+    hooks: SYSCALL_LATENCY,
+    kernel_threshold: Some(KernelThreshold {
+        metric: Metric::SyscallLatencyMs,
+        scale: 1e6,
+    }),
+    object: object!("syscall_latency"),
+    aggregates: &[Aggregate::Histograms],
+    aggregator: || Box::new(Latency::new("syscall latency", 512, "us", 1e6)),
+    ports: NO_PORTS,
+    example: r#"# Which of `nginx`'s read(0)/write(1)/fsync(74) calls take 50 ms or more?
+apiVersion: sonde.dev/v1alpha1
+kind: TraceJob
+metadata: {name: nginx-syscalls}
+spec:
+  probe: syscall-latency
+  target: {comms: [nginx]}
+  duration: 30s
+  params: {syscallLatency: {syscalls: [0, 1, 74]}}
+  thresholds: [{metric: syscallLatencyMs, value: 50, comparison: GreaterOrEqual}]
+"#,
+};

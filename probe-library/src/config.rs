@@ -119,17 +119,10 @@ impl ProbeConfig {
 
     /// Ports of the params (packet-latency, tcp-*), at most 16.
     pub fn ports(&self) -> Vec<u16> {
-        let p = &self.params;
-        let ports = match self.probe {
-            ProbeName::PacketLatency => p.packet_latency.as_ref().map(|x| x.ports.clone()),
-            ProbeName::TcpConnect => p.tcp_connect.as_ref().map(|x| x.ports.clone()),
-            ProbeName::TcpRetransmit => p.tcp_retransmit.as_ref().map(|x| x.ports.clone()),
-            _ => None,
-        };
-        ports
+        (catalogue::info(self.probe).ports)(&self.params)
             .unwrap_or_default()
-            .into_iter()
-            .filter_map(|p| u16::try_from(p).ok())
+            .iter()
+            .filter_map(|p| u16::try_from(*p).ok())
             .take(16)
             .collect()
     }

@@ -11,14 +11,13 @@ pub mod error;
 mod filter;
 pub mod histogram;
 pub mod loader;
-mod objects;
 pub mod profile;
 pub mod results;
 pub mod run;
 mod window;
 
 pub use aggregate::{Event, Findings};
-pub use catalogue::{CATALOGUE, ProbeInfo};
+pub use catalogue::ProbeInfo;
 pub use config::{Filter, ProbeConfig};
 pub use error::{AttachAttempt, Error, Result};
 pub use run::{DrainLimit, Drained, Drops, KernelStats, Running};

@@ -85,7 +85,7 @@ pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
         .override_global("cfg_pods_root", &pods_root, false)
         .override_global("cfg_pods_root_level", &pods_root_level, false)
         .override_global("cfg_redact_outside", &redact_outside, false);
-    let mut ebpf = loader.load(crate::objects::object(probe)).map_err(|e| Error::Load {
+    let mut ebpf = loader.load((catalogue::info(probe).object)()).map_err(|e| Error::Load {
         probe,
         hint: "is this root (or CAP_BPF+CAP_PERFMON) on a kernel with BTF (/sys/kernel/btf/vmlinux)?",
         source: Box::new(e),

@@ -262,7 +262,10 @@ impl Running {
         self.drain(sink);
         let elapsed = self.window_started.elapsed();
         let findings = self.aggregator.finish(&mut self.loaded.ebpf, elapsed, top);
-        crate::window::reset_kernel_aggregates(&mut self.loaded.ebpf);
+        crate::window::reset_kernel_aggregates(
+            &mut self.loaded.ebpf,
+            crate::catalogue::info(self.loaded.probe).aggregates,
+        );
         self.aggregator.reset();
         self.window_started = Instant::now();
         findings

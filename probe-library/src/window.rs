@@ -7,24 +7,35 @@ use aya::Ebpf;
 use aya::maps::{HashMap, PerCpuArray, PerCpuValues, StackTraceMap};
 use sonde_probe_abi::{StackKey, WakeupKey, WakeupVal};
 
-pub(crate) fn reset_kernel_aggregates(ebpf: &mut Ebpf) {
-    clear_hash::<WakeupKey, WakeupVal>(ebpf, "pairs");
-    clear_hash::<StackKey, u64>(ebpf, "counts");
-    if let Some(m) = ebpf.map_mut("stacks")
-        && let Ok(mut stacks) = StackTraceMap::try_from(m)
-    {
-        let ids: Vec<u32> = stacks.stack_ids().filter_map(|r| r.ok()).collect();
-        for id in ids {
-            let _ = stacks.remove(&id);
-        }
-    }
-    if let Some(m) = ebpf.map_mut("hists")
-        && let Ok(mut hists) = PerCpuArray::<_, u64>::try_from(m)
-        && let Ok(cpus) = aya::util::nr_cpus()
-    {
-        for i in 0..hists.len() {
-            if let Ok(zero) = PerCpuValues::try_from(vec![0u64; cpus]) {
-                let _ = hists.set(i, zero, 0);
+use crate::catalogue::Aggregate;
+
+pub(crate) fn reset_kernel_aggregates(ebpf: &mut Ebpf, aggregates: &[Aggregate]) {
+    for a in aggregates {
+        let name = a.map();
+        match a {
+            Aggregate::WakeupPairs => clear_hash::<WakeupKey, WakeupVal>(ebpf, name),
+            Aggregate::StackCounts => clear_hash::<StackKey, u64>(ebpf, name),
+            Aggregate::Stacks => {
+                if let Some(m) = ebpf.map_mut(name)
+                    && let Ok(mut stacks) = StackTraceMap::try_from(m)
+                {
+                    let ids: Vec<u32> = stacks.stack_ids().filter_map(|r| r.ok()).collect();
+                    for id in ids {
+                        let _ = stacks.remove(&id);
+                    }
+                }
+            }
+            Aggregate::Histograms => {
+                if let Some(m) = ebpf.map_mut(name)
+                    && let Ok(mut hists) = PerCpuArray::<_, u64>::try_from(m)
+                    && let Ok(cpus) = aya::util::nr_cpus()
+                {
+                    for i in 0..hists.len() {
+                        if let Ok(zero) = PerCpuValues::try_from(vec![0u64; cpus]) {
+                            let _ = hists.set(i, zero, 0);
+                        }
+                    }
+                }
             }
         }
     }
