@@ -154,6 +154,13 @@ probe_registry! {
     OomKill = "oom-kill",
         params oom_kill = "oomKill": EmptyParams,
         metrics [];
+    /// Smoothed TCP round-trip time per connection as segments arrive, as a log2 histogram.
+    TcpRtt = "tcp-rtt",
+        params tcp_rtt = "tcpRtt": PortParams,
+        metrics [
+            /// Milliseconds of a connection's smoothed round-trip time, per received segment (`tcp-rtt`).
+            RttMs = "rttMs",
+        ];
     /// Per-syscall latency histograms.
     SyscallLatency = "syscall-latency",
         params syscall_latency = "syscallLatency": SyscallLatencyParams,

@@ -284,10 +284,20 @@ impl Aggregator for Latency {
             json["syscall"] = json!(e.id);
             format!("{} syscall {}", cstr(&e.comm), e.id)
         } else if e.family != 0 {
+            let src = format!("{}:{}", addr(e.family, &e.saddr), e.sport);
             let dst = format!("{}:{}", addr(e.family, &e.daddr), e.dport);
-            json["src"] = json!(format!("{}:{}", addr(e.family, &e.saddr), e.sport));
+            json["src"] = json!(src);
             json["dst"] = json!(dst);
-            format!("{} -> {dst}", cstr(&e.comm))
+            let comm = cstr(&e.comm);
+            if comm.is_empty() {
+                // Measured in softirq context (tcp-rtt): no task owns the sample, the connection names it.
+                for k in ["pid", "tid", "comm"] {
+                    json.as_object_mut().map(|o| o.remove(k));
+                }
+                format!("{src} -> {dst}")
+            } else {
+                format!("{comm} -> {dst}")
+            }
         } else {
             format!("tid {}", e.tid)
         };

@@ -415,6 +415,28 @@ const SYSCALL_LATENCY: &[Hook] = &[
     },
 ];
 
+const TCP_RTT: &[Hook] = &[Hook {
+    name: "segment",
+    required: true,
+    context: false,
+    chain: &[
+        Attach::Fentry {
+            program: "fentry_tcp_rcv_established",
+            func: "tcp_rcv_established",
+        },
+        Attach::Kprobe {
+            program: "kprobe_tcp_rcv_established",
+            func: "tcp_rcv_established",
+        },
+        // tcp_probe fires at the top of tcp_rcv_established with the socket.
+        Attach::TpBtf {
+            program: "tp_btf_tcp_probe",
+            event: "tcp_probe",
+        },
+        tp("tp_tcp_probe", "tcp", "tcp_probe"),
+    ],
+}];
+
 /// The entry of `name`.
 pub fn info(name: ProbeName) -> &'static ProbeInfo {
     match name {
@@ -427,6 +449,7 @@ pub fn info(name: ProbeName) -> &'static ProbeInfo {
         ProbeName::Exec => &EXEC_PROBE,
         ProbeName::OomKill => &OOM_KILL_PROBE,
         ProbeName::SyscallLatency => &SYSCALL_LATENCY_PROBE,
+        ProbeName::TcpRtt => &TCP_RTT_PROBE,
     }
 }
 
@@ -638,5 +661,30 @@ spec:
   duration: 30s
   params: {syscallLatency: {syscalls: [0, 1, 74]}}
   thresholds: [{metric: syscallLatencyMs, value: 50, comparison: GreaterOrEqual}]
+"#,
+};
+
+const TCP_RTT_PROBE: ProbeInfo = ProbeInfo {
+    name: ProbeName::TcpRtt,
+    description: "smoothed TCP round-trip time per connection as segments arrive (log2 histogram); flags slow ones",
+    hooks: TCP_RTT,
+    kernel_threshold: Some(KernelThreshold {
+        metric: Metric::RttMs,
+        scale: 1e6,
+    }),
+    object: object!("tcp_rtt"),
+    aggregates: &[Aggregate::Histograms],
+    aggregator: || Box::new(Latency::new("round-trip time", 1, "us", 1e6)),
+    ports: |p| p.tcp_rtt.as_ref().map(|x| x.ports.as_slice()),
+    example: r#"# Round-trip times of connections on port 6379 (redis); samples over 50 ms are flagged.
+apiVersion: sonde.dev/v1alpha1
+kind: TraceJob
+metadata: {name: redis-rtt}
+spec:
+  probe: tcp-rtt
+  target: {cgroupPaths: [/]}
+  duration: 30s
+  params: {tcpRtt: {ports: [6379]}}
+  thresholds: [{metric: rttMs, value: 50}]
 "#,
 };

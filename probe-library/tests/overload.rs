@@ -80,8 +80,11 @@ fn drains_stay_bounded_and_every_event_is_accounted_for() {
     let t = Instant::now();
     let findings = running.finish(10_000, |_| slow(&mut n));
     let took = t.elapsed();
+    // finish = detach + the final drain (bounded by FINAL.time) + reading the maps. Detach waits out the kernel's
+    // RCU grace periods, which the flood stretches (0.14 s to 3.4 s measured on two cores): bounded so that a
+    // drain that never returns fails, not the kernel's pace.
     assert!(
-        took < DrainLimit::FINAL.time + Duration::from_millis(750),
+        took < DrainLimit::FINAL.time + Duration::from_secs(5),
         "finish took {took:?}"
     );
     let k = running.kernel_stats();

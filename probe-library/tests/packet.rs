@@ -221,3 +221,111 @@ fn packet_latency_redacts_the_softirq_task_outside_the_traced_cgroups() {
         .collect();
     assert!(leaked.is_empty(), "named under the switch: {leaked:?}");
 }
+
+/// tcp-rtt against the kernel's own report (`ss -ti`, inet_diag) on a path with a known bottleneck: a bulk flow
+/// through the tight tbf queues behind it, so the sender's smoothed RTT grows to tens of milliseconds, while an
+/// unshaped ping-pong on loopback at the same time keeps well under one. With port 5201 only, the loopback
+/// connection (another port) is absent and the shaped one is measured as ss sees it.
+#[test]
+fn tcp_rtt_measures_the_queue_behind_a_tbf_as_ss_does() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+
+    let mut pair = Pair::new("rtt", 74, TIGHT_TBF);
+    let params = ProbeParams {
+        tcp_rtt: Some(PortParams { ports: vec![5201] }),
+        ..Default::default()
+    };
+    let mut cfg = common::config(ProbeName::TcpRtt, Filter::default(), vec![], params);
+    cfg.output.events = true;
+    // The loopback ping-pong, on a port the job does not select.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lo_port = listener.local_addr().unwrap().port();
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut b = [0u8; 64];
+        while matches!(s.read(&mut b), Ok(n) if n > 0) {
+            let _ = s.write_all(&b[..1]);
+        }
+    });
+    pair.bulk_flow(4.0);
+    let seen: Arc<Mutex<Option<(u64, String)>>> = Arc::default();
+    let (at_ss, ns) = (seen.clone(), pair.a.clone());
+    let out = common::trace(cfg, Duration::from_secs(3), move || {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", lo_port)).unwrap();
+        let mut b = [0u8; 1];
+        let end = std::time::Instant::now() + Duration::from_millis(2500);
+        while std::time::Instant::now() < end {
+            c.write_all(b"p").unwrap();
+            c.read_exact(&mut b).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let ss = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "ss", "-tinH", "dport", "=", ":5201"])
+            .output()
+            .expect("ss from iproute2");
+        *at_ss.lock().unwrap() = Some((
+            sonde_tests::monotonic_ns(),
+            String::from_utf8_lossy(&ss.stdout).into_owned(),
+        ));
+    });
+    drop(pair);
+    let _ = echo.join();
+    let (ss_at, ss) = seen.lock().unwrap().clone().expect("ss ran");
+    // `rtt:<srtt>/<rttvar>` in ms.
+    let ss_rtt: f64 = ss
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rtt:"))
+        .and_then(|r| r.split('/').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no rtt in ss's report: {ss}"));
+    let lo = format!(":{lo_port}");
+    assert!(
+        !out.events
+            .iter()
+            .any(|e| e["src"].as_str().unwrap_or("").ends_with(&lo)
+                || e["dst"].as_str().unwrap_or("").ends_with(&lo)),
+        "the loopback connection on port {lo_port} was reported"
+    );
+    let sender: Vec<(u64, f64)> = out
+        .events
+        .iter()
+        .filter(|e| e["dst"] == "10.74.0.2:5201")
+        .map(|e| {
+            (
+                e["ts_ns"].as_u64().unwrap(),
+                e["latency_us"].as_f64().unwrap() / 1e3,
+            )
+        })
+        .collect();
+    assert!(
+        !sender.is_empty(),
+        "no sample of the shaped connection: {:?}",
+        &out.events[..out.events.len().min(5)]
+    );
+    let (_, nearest) = sender
+        .iter()
+        .min_by_key(|(ts, _)| ts.abs_diff(ss_at))
+        .copied()
+        .unwrap();
+    let max = sender.iter().map(|(_, v)| *v).fold(0.0, f64::max);
+    eprintln!(
+        "tcp-rtt: {} samples of the shaped connection, max {max:.1} ms, nearest to ss {nearest:.1} ms; ss {ss_rtt} ms",
+        sender.len()
+    );
+    assert!(
+        max >= 5.0,
+        "the queue behind the tbf did not show: max {max} ms"
+    );
+    assert!(
+        (nearest / 1.5..=nearest * 1.5).contains(&ss_rtt),
+        "ss says {ss_rtt} ms, the probe {nearest} ms at that time"
+    );
+    assert!(
+        out.findings
+            .summary
+            .rows
+            .iter()
+            .all(|r| r.key.contains("5201"))
+    );
+}

@@ -127,3 +127,9 @@ pub fn events_of(url: &str) -> Vec<serde_json::Value> {
         sonde_probes::chunks::read_events(folder).unwrap_or_else(|e| panic!("{url}: {e}"));
     events
 }
+
+/// CLOCK_MONOTONIC, the clock of the kernel's event timestamps (`ts_ns`).
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}

@@ -1540,7 +1540,7 @@ fn follow_sse(port: u16, path: &str, token: &str) -> tokio::task::JoinHandle<Fol
                     Some(n) => last = Some((n, data.to_string())),
                     None => {
                         if let Ok(v) = serde_json::from_str::<serde_json::Value>(data) {
-                            events.push((monotonic_ns(), v));
+                            events.push((sonde_tests::monotonic_ns(), v));
                         }
                     }
                 }
@@ -1567,12 +1567,6 @@ fn capture_to(mut latency: Vec<Duration>, what: &str) {
             .is_some_and(|l| *l <= Duration::from_secs(5)),
         "no event {what} within 5 s of capture: {latency:?}"
     );
-}
-
-/// CLOCK_MONOTONIC, the clock of the kernel's event timestamps (`ts_ns`).
-fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// The results server on a real API server, S3 server and kernel: a namespaced reader follows a running job's
@@ -2070,8 +2064,8 @@ spec:
         .await;
     // CLOCK_REALTIME (the browser's Date.now()) minus CLOCK_MONOTONIC (the events' ts_ns), in ns.
     let realtime = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
-    let offset =
-        (realtime.tv_sec as u64 * 1_000_000_000 + realtime.tv_nsec as u64) - monotonic_ns();
+    let offset = (realtime.tv_sec as u64 * 1_000_000_000 + realtime.tv_nsec as u64)
+        - sonde_tests::monotonic_ns();
     let live = browser
         .wait_for(
             Duration::from_secs(20),
