@@ -473,7 +473,7 @@ const WAKEUPS_PROBE: ProbeInfo = ProbeInfo {
     example: r#"# Who wakes `ping`, and who does it wake? Pairs above 200 wakeups/s are flagged.
 apiVersion: sonde.dev/v1alpha1
 kind: TraceJob
-metadata: {name: ping-wakeups}
+metadata: {name: who-wakes-ping}
 spec:
   probe: wakeups
   target: {comms: [ping]}

@@ -92,6 +92,22 @@ async fn api_server_rejects_every_bad_example_naming_the_field() {
         );
         assert!(ok, "{good} refused: {err}");
     }
+    // So is every probe's example from the registry (`sonde probes --example <probe>`).
+    for info in sonde_probes::catalogue::all() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), info.example).unwrap();
+        let (ok, _, err) = plane.kubectl(
+            Identity::Admin,
+            &[
+                "create",
+                "-n",
+                &ns.name,
+                "-f",
+                file.path().to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{}'s example refused: {err}", info.name);
+    }
 }
 
 #[tokio::test]
