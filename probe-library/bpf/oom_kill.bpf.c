@@ -21,33 +21,26 @@ static __always_inline int emit(__u32 pid, const char *comm, __u64 rss_pages)
 	return 0;
 }
 
+/* The victim with its resident memory, whichever hook found it. */
+static __always_inline int emit_victim(struct task_struct *t)
+{
+	if (!task_admitted(t))
+		return 0;
+	return emit(BPF_CORE_READ(t, tgid), t->comm, mm_resident_pages(BPF_CORE_READ(t, mm)));
+}
+
+/* Clusters with kprobes take this one first: the chosen victim, before the kill. */
 SEC("kprobe/oom_kill_process")
 int BPF_KPROBE(kprobe_oom_kill_process, struct oom_control___min *oc)
 {
-	struct task_struct *t = BPF_CORE_READ(oc, chosen);
-	if (!task_admitted(t))
-		return 0;
-	return emit(BPF_CORE_READ(t, tgid), t->comm, 0);
-}
-
-/* Resident pages of a victim as the mark_victim tracepoint counts them: file + anon + shmem (not swap). The
- * per-CPU batched counters (6.2+) are read without summing the CPUs' deltas: close enough for MiB. */
-static __always_inline __u64 rss_pages(struct task_struct *t)
-{
-	struct mm_struct *mm = BPF_CORE_READ(t, mm);
-	if (!mm)
-		return 0;
-	return BPF_CORE_READ(mm, rss_stat[0].count) + BPF_CORE_READ(mm, rss_stat[1].count) +
-	       BPF_CORE_READ(mm, rss_stat[3].count);
+	return emit_victim(BPF_CORE_READ(oc, chosen));
 }
 
 /* 6.8+ passes the victim task itself, so the target filter sees the victim's cgroup. */
 SEC("tp_btf/mark_victim")
 int BPF_PROG(tp_btf_mark_victim, struct task_struct *t)
 {
-	if (!task_admitted(t))
-		return 0;
-	return emit(BPF_CORE_READ(t, tgid), t->comm, rss_pages(t));
+	return emit_victim(t);
 }
 
 /* The record carries the victim's pid and comm but not its cgroup, and the current task is whoever allocated:

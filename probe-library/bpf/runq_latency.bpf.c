@@ -60,7 +60,7 @@ int BPF_PROG(tp_btf_sched_wakeup_new, struct task_struct *p) { on_wake(BPF_CORE_
 SEC("tp_btf/sched_switch")
 int BPF_PROG(tp_btf_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	on_switch(BPF_CORE_READ(prev, pid), BPF_CORE_READ(prev, __state), task_admitted(prev), BPF_CORE_READ(next, pid),
+	on_switch(BPF_CORE_READ(prev, pid), task_state(prev), task_admitted(prev), BPF_CORE_READ(next, pid),
 		  BPF_CORE_READ(next, tgid), next->comm);
 	return 0;
 }

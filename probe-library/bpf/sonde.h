@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Shared by every Sonde probe: the event structs (Rust twins in probe-library/abi/src/lib.rs), the in-kernel
- * target filter, drop accounting and log2 histograms. Config arrives as `const volatile` globals set by the
- * agent before load; filter maps are updated live as pods come and go. */
+/* BPF-side helpers shared by every Sonde probe: the in-kernel target filter, drop accounting, thresholds and log2
+ * histograms. The structs that cross to user space are in sonde_abi.h, CO-RE fallbacks across kernel versions in
+ * core_fixes.bpf.h. Config arrives as `const volatile` globals set by the agent before load; filter maps are
+ * updated live as pods come and go. */
 #ifndef SONDE_H
 #define SONDE_H
 
@@ -11,21 +12,8 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_endian.h>
 
-#define TASK_COMM_LEN 16
-#define MAX_PORTS 16
-#define HIST_SLOTS 64
-
-/* Stat slots of the `stats` per-CPU array. */
-enum sonde_stat {
-	STAT_SEEN = 0,     /* hook hits that passed the filter */
-	STAT_EMITTED = 1,  /* events written to the ring buffer */
-	STAT_DROPPED = 2,  /* events lost: ring buffer full */
-	STAT_BREACHES = 3, /* threshold breaches */
-	STAT_MAX = 4,
-};
-
-/* Flags carried by events. */
-#define EV_BREACH 1u
+#include "sonde_abi.h"
+#include "core_fixes.bpf.h"
 
 /* --- config set before load --- */
 const volatile __u8 cfg_filter_cgroup = 0;
@@ -51,11 +39,6 @@ struct {
 	__type(value, __u8);
 } filter_pids SEC(".maps");
 
-struct comm_key {
-	char comm[TASK_COMM_LEN];
-};
-
-#define MAX_COMMS 8
 /* The comm filter is read-only config: compared word by word, cheaper than a hash lookup on every event. */
 const volatile struct comm_key cfg_comms[MAX_COMMS] = {};
 
@@ -278,124 +261,5 @@ static __always_inline __u32 log2_slot(__u64 v)
 		if (c)                                                                                             \
 			*c += 1;                                                                                   \
 	}
-
-/* ---------------- event structs (Rust twins: sonde_probe_abi) ---------------- */
-
-/* wakeups: one wakeup of `wakee` by the current task (`waker`). */
-struct wakeup_event {
-	__u64 ts_ns;
-	__u32 waker_pid; /* tgid */
-	__u32 waker_tid;
-	__u32 wakee_pid;
-	__u32 wakee_tid;
-	__u64 wakee_cgroup;
-	__u32 window_count; /* wakeups of this pair in the current 1 s window, including this one */
-	__u32 flags;
-	__u32 cpu;
-	__u32 _pad;
-	char waker_comm[TASK_COMM_LEN];
-	char wakee_comm[TASK_COMM_LEN];
-};
-
-/* wakeups: the in-kernel aggregate, keyed by pair. */
-/* A pair is keyed by thread ids only: 8 bytes hash faster than ids plus two comms. The comms are taken when the
- * pair is first seen (a thread that execs later keeps its old name in this pair). */
-struct wakeup_key {
-	__u32 waker_tid;
-	__u32 wakee_tid;
-};
-
-struct wakeup_val {
-	__u64 count;
-	__u64 window_start_ns;
-	__u32 window_count;
-	__u32 breached_windows;
-	__u32 waker_pid;
-	__u32 wakee_pid;
-	char waker_comm[TASK_COMM_LEN];
-	char wakee_comm[TASK_COMM_LEN];
-};
-
-/* packet-latency stages */
-enum pkt_stage {
-	STAGE_XMIT = 0,
-	STAGE_NETIF_RECEIVE = 1,
-	STAGE_TCP_RCV_ESTABLISHED = 2,
-	STAGE_TCP_RCV_STATE_PROCESS = 3,
-};
-
-struct pkt_event {
-	__u64 ts_ns;
-	__u64 delta_ns;       /* since device xmit */
-	__u64 stage_delta_ns; /* since the previous receive stage (0 at netif_receive) */
-	__u32 netns;
-	__u32 ifindex;
-	__u32 pid;
-	__u32 cpu;
-	__u32 seq;
-	__u32 ack;
-	__u32 family; /* AF_INET or AF_INET6 */
-	__u16 win;
-	__u16 sport;
-	__u16 dport;
-	__u8 tcp_flags;
-	__u8 stage;
-	__u32 flags;
-	__u8 saddr[16];
-	__u8 daddr[16];
-	char ifname[16];
-	char comm[TASK_COMM_LEN];
-};
-
-/* cpu-profile: stack counts keyed by task and stack ids. */
-struct stack_key {
-	__u32 pid;
-	__s32 kstack;
-	__s32 ustack;
-	char comm[TASK_COMM_LEN];
-};
-
-/* generic latency event for runq-latency, syscall-latency, tcp-connect */
-struct latency_event {
-	__u64 ts_ns;
-	__u64 latency_ns;
-	__u32 pid;
-	__u32 tid;
-	__u32 cpu;
-	__u32 id; /* syscall number, or 0 */
-	__u32 flags;
-	__u16 sport;
-	__u16 dport;
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__u32 family;
-	__u32 _pad;
-	char comm[TASK_COMM_LEN];
-};
-
-/* exec, oom-kill, tcp-retransmit: a single happening with addresses or a path */
-struct note_event {
-	__u64 ts_ns;
-	__u32 pid;
-	__u32 ppid;
-	__u32 cpu;
-	__u32 value; /* tcp state, or oom victim pages in MiB */
-	__u32 family;
-	__u16 sport;
-	__u16 dport;
-	__u8 saddr[16];
-	__u8 daddr[16];
-	char comm[TASK_COMM_LEN];
-	char text[128]; /* exec filename, oom victim comm */
-};
-
-/* Layouts are shared with Rust (sonde_probe_abi); both sides assert the sizes. */
-_Static_assert(sizeof(struct wakeup_event) == 80, "wakeup_event layout");
-_Static_assert(sizeof(struct wakeup_key) == 8, "wakeup_key layout");
-_Static_assert(sizeof(struct wakeup_val) == 64, "wakeup_val layout");
-_Static_assert(sizeof(struct pkt_event) == 128, "pkt_event layout");
-_Static_assert(sizeof(struct stack_key) == 28, "stack_key layout");
-_Static_assert(sizeof(struct latency_event) == 96, "latency_event layout");
-_Static_assert(sizeof(struct note_event) == 208, "note_event layout");
 
 #endif
