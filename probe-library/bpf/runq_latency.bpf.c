@@ -32,12 +32,7 @@ static __always_inline void on_switch(__u32 prev_tid, long prev_state, bool prev
 		return;
 	__u64 delta = bpf_ktime_get_ns() - *ts;
 	bpf_map_delete_elem(&wakeup_ts, &next_tid);
-	stat_inc(STAT_SEEN);
-	hist_add(0, delta / 1000);
-	bool breach = breaches(delta);
-	if (breach)
-		stat_inc(STAT_BREACHES);
-	if (!breach) /* per-wakeup events are too many to send: only long waits */
+	if (!latency_sample(0, delta)) /* per-wakeup events are too many to send: only long waits */
 		return;
 	struct latency_event *e = reserve(sizeof(*e));
 	if (!e)

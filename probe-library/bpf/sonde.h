@@ -260,6 +260,17 @@ static __always_inline __u32 log2_slot(__u64 v)
 		__u64 *c = bpf_map_lookup_elem(&hists, &idx);                                                      \
 		if (c)                                                                                             \
 			*c += 1;                                                                                   \
+	}                                                                                                          \
+	/* One measured latency: counted, added to histogram `hist` in microseconds, checked against the       \
+	 * threshold in nanoseconds. Returns whether it breached. */                                               \
+	static __always_inline bool latency_sample(__u32 hist, __u64 ns)                                          \
+	{                                                                                                          \
+		stat_inc(STAT_SEEN);                                                                               \
+		hist_add(hist, ns / 1000);                                                                         \
+		bool breach = breaches(ns);                                                                        \
+		if (breach)                                                                                        \
+			stat_inc(STAT_BREACHES);                                                                   \
+		return breach;                                                                                     \
 	}
 
 #endif

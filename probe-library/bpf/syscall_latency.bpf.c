@@ -54,12 +54,7 @@ int tp_sys_exit(struct trace_event_raw_sys_exit *ctx)
 	__u64 delta = bpf_ktime_get_ns() - in->ts;
 	__u32 nr = in->nr;
 	bpf_map_delete_elem(&inflight, &tid);
-	stat_inc(STAT_SEEN);
-	hist_add(nr & (MAX_SYSCALLS - 1), delta / 1000);
-	bool breach = breaches(delta);
-	if (breach)
-		stat_inc(STAT_BREACHES);
-	if (!breach)
+	if (!latency_sample(nr & (MAX_SYSCALLS - 1), delta))
 		return 0;
 	struct latency_event *e = reserve(sizeof(*e));
 	if (!e)

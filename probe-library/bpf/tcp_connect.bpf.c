@@ -37,11 +37,7 @@ static __always_inline int on_state(struct sock *sk, int old, int new)
 	if (!s)
 		return 0;
 	__u64 delta = bpf_ktime_get_ns() - s->ts;
-	stat_inc(STAT_SEEN);
-	hist_add(0, delta / 1000);
-	bool breach = breaches(delta);
-	if (breach)
-		stat_inc(STAT_BREACHES);
+	bool breach = latency_sample(0, delta);
 	if (new == TCP_ESTABLISHED && keep_event(breach)) {
 		struct latency_event *e = reserve(sizeof(*e));
 		if (e) {

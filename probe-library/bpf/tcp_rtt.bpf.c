@@ -14,11 +14,7 @@ static __always_inline int on_segment(struct sock *sk, __u32 srtt_us)
 	if (!port_ok(sport, dport) || !sock_admitted(sk))
 		return 0;
 	__u64 rtt_ns = (__u64)srtt_us * 1000;
-	stat_inc(STAT_SEEN);
-	hist_add(0, srtt_us);
-	bool breach = breaches(rtt_ns);
-	if (breach)
-		stat_inc(STAT_BREACHES);
+	bool breach = latency_sample(0, rtt_ns);
 	if (!keep_event(breach))
 		return 0;
 	struct latency_event *e = reserve(sizeof(*e));
