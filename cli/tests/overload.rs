@@ -155,6 +155,7 @@ fn assert_accounted(report: &Value, out_dir: &Path) {
 
 #[test]
 fn the_deadline_holds_under_a_flood() {
+    sonde_tests::requires!(Root);
     let _serial = serial();
     let (took, report, out_dir, _run) = start(pipes(), "sched-pipe", "3s", "").finish();
     assert_eq!(report["stopped_by"], "deadline", "{report}");
@@ -176,6 +177,7 @@ fn the_deadline_holds_under_a_flood() {
 
 #[test]
 fn ctrl_c_stops_a_flooded_run_and_keeps_its_results() {
+    sonde_tests::requires!(Root);
     let _serial = serial();
     let run = start(pipes(), "sched-pipe", "60s", "");
     std::thread::sleep(Duration::from_millis(1500));
@@ -201,6 +203,7 @@ fn ctrl_c_stops_a_flooded_run_and_keeps_its_results() {
 
 #[test]
 fn a_stop_threshold_ends_a_flooded_run() {
+    sonde_tests::requires!(Root);
     let _serial = serial();
     // The flood: sched-messaging's hundreds of pairs, each far under the threshold, together far more events
     // than are read. Then one sched-pipe pair crosses it within milliseconds, while the ring is full: the

@@ -13,6 +13,7 @@ fn sonde(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn run_wakeups_example_writes_results_and_json() {
+    sonde_tests::requires!(Root);
     let mut ping = sonde_tests::Load::self_bounded(&sonde_tests::fast_ping_argv());
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("r");

@@ -15,6 +15,7 @@ use sonde_tests::{Load, fast_ping_argv, isc_socket_argv};
 /// Field case A: a raw ICMP listener named isc-socket is woken by every packet `ping -i 0.002 127.0.0.1` sends.
 #[test]
 fn wakeups_finds_ping_waking_the_noisy_neighbour() {
+    sonde_tests::requires!(Root);
     let listener = Load::self_bounded(&isc_socket_argv());
     listener.wait_for_comm("isc-socket");
     let ping = Load::self_bounded(&fast_ping_argv());
@@ -71,6 +72,7 @@ fn wakeups_finds_ping_waking_the_noisy_neighbour() {
 /// is named `[outside]/0` when redaction is on, and by comm/pid when it is off.
 #[test]
 fn wakeups_redacts_counterparts_outside_the_traced_cgroups_when_asked() {
+    sonde_tests::requires!(Root);
     let listener = Load::self_bounded(&isc_socket_argv());
     listener.wait_for_comm("isc-socket");
     let ping = Load::self_bounded(&fast_ping_argv());
@@ -135,6 +137,7 @@ fn sonde_profile_busy_loop(until: Instant) -> u64 {
 
 #[test]
 fn cpu_profile_folds_a_busy_function() {
+    sonde_tests::requires!(Root);
     let filter = Filter {
         pids: Some(vec![std::process::id()]),
         ..Default::default()
@@ -173,6 +176,7 @@ fn cpu_profile_folds_a_busy_function() {
 
 #[test]
 fn exec_sees_a_spawned_binary() {
+    sonde_tests::requires!(Root);
     let filter = Filter {
         comms: Some(vec!["sonde-exec-t".into()]),
         ..Default::default()
@@ -201,6 +205,7 @@ fn exec_sees_a_spawned_binary() {
 
 #[test]
 fn syscall_latency_flags_a_slow_sleep() {
+    sonde_tests::requires!(Root);
     let filter = Filter {
         pids: Some(vec![std::process::id()]),
         ..Default::default()
@@ -243,6 +248,7 @@ fn syscall_latency_flags_a_slow_sleep() {
 
 #[test]
 fn runq_latency_histograms_our_threads() {
+    sonde_tests::requires!(Root);
     let filter = Filter {
         pids: Some(vec![std::process::id()]),
         ..Default::default()
@@ -292,6 +298,7 @@ fn runq_latency_histograms_our_threads() {
 
 #[test]
 fn tcp_connect_times_a_local_connect() {
+    sonde_tests::requires!(Root);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let params = ProbeParams {
@@ -322,6 +329,7 @@ fn tcp_connect_times_a_local_connect() {
 /// a filter on our own cgroup v2 admits them, a filter on another cgroup admits none.
 #[test]
 fn tcp_retransmit_reports_dropped_syns_by_the_sockets_cgroup() {
+    sonde_tests::requires!(Root);
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
     let v2 = sonde_probes::cgroup::v2_root();
@@ -399,6 +407,7 @@ fn memory_cgroup(name: &str) -> (std::path::PathBuf, &'static str) {
 
 #[test]
 fn oom_kill_reports_the_victim() {
+    sonde_tests::requires!(Root);
     let (cg, limit) = memory_cgroup("sonde-oom-test");
     let _ = std::fs::remove_dir(&cg);
     std::fs::create_dir(&cg).expect("a memory cgroup");
@@ -445,6 +454,7 @@ fn oom_kill_reports_the_victim() {
 /// A standing probe rolls windows: the second window counts only what happened after the first was read.
 #[test]
 fn rolling_a_window_starts_the_kernel_aggregates_again() {
+    sonde_tests::requires!(Root);
     let mut load = Load::sched_pipe();
     let filter = Filter {
         comms: Some(vec!["sched-pipe".into()]),
@@ -493,6 +503,7 @@ fn pinned_python(comm: &str, body: &str) -> Load {
 /// wakee; with the sleeper traced, its wakeups count as `[irq]/0 -> sonde-sleeper/<pid>`.
 #[test]
 fn wakeups_in_hard_interrupts_are_not_the_interrupted_tasks() {
+    sonde_tests::requires!(Root);
     let burner = pinned_python("sonde-burner", "pass");
     let sleeper = pinned_python("sonde-sleeper", "time.sleep(0.001)");
     let run = |comm: &str| {

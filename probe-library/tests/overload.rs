@@ -51,6 +51,7 @@ const SLICE_BOUND: Duration = Duration::from_millis(300);
 
 #[test]
 fn drains_stay_bounded_and_every_event_is_accounted_for() {
+    sonde_tests::requires!(Root);
     let _serial = serial();
     let _load = Load::sched_pipe();
     let mut running = Running::start(flood()).expect("wakeups loads");
@@ -113,6 +114,7 @@ fn drains_stay_bounded_and_every_event_is_accounted_for() {
 
 #[test]
 fn a_window_roll_under_a_flood_returns_in_bounded_time() {
+    sonde_tests::requires!(Root);
     let _serial = serial();
     let mut load = Load::sched_pipe();
     let mut running = Running::start(flood()).expect("wakeups loads");

@@ -37,6 +37,7 @@ fn slow_segments(param_netns: Option<u64>, filter_netns: Vec<u32>) -> ProbeConfi
 
 #[test]
 fn packet_latency_puts_the_tbf_delay_between_xmit_and_receive() {
+    sonde_tests::requires!(Root);
     let mut pair = Pair::new("pl", 77, TIGHT_TBF);
     let netns = pair.netns_inode(&pair.b.clone());
     let cfg = slow_segments(Some(netns as u64), vec![netns]);
@@ -110,6 +111,7 @@ fn packet_latency_puts_the_tbf_delay_between_xmit_and_receive() {
 
 #[test]
 fn tcp_retransmit_sees_drops_at_a_tiny_queue() {
+    sonde_tests::requires!(Root);
     let mut pair = Pair::new(
         "rt",
         78,
@@ -150,6 +152,7 @@ fn tcp_retransmit_sees_drops_at_a_tiny_queue() {
 /// added while the probe runs is traced from then on.
 #[test]
 fn packet_latency_namespace_filter_updates_while_attached() {
+    sonde_tests::requires!(Root);
     let mut pair = Pair::new("pn", 76, TIGHT_TBF);
     let netns = pair.netns_inode(&pair.b.clone());
     let cfg = slow_segments(None, vec![]);
@@ -179,6 +182,7 @@ fn packet_latency_namespace_filter_updates_while_attached() {
 /// every event is redacted, and the same flow traced without the switch names real tasks.
 #[test]
 fn packet_latency_redacts_the_softirq_task_outside_the_traced_cgroups() {
+    sonde_tests::requires!(Root);
     let mut pair = Pair::new("pr", 75, TIGHT_TBF);
     let netns = pair.netns_inode(&pair.b.clone());
     let cg = sonde_probes::cgroup::v2_root().join("sonde-pl-redact-test");
@@ -228,6 +232,7 @@ fn packet_latency_redacts_the_softirq_task_outside_the_traced_cgroups() {
 /// connection (another port) is absent and the shaped one is measured as ss sees it.
 #[test]
 fn tcp_rtt_measures_the_queue_behind_a_tbf_as_ss_does() {
+    sonde_tests::requires!(Root);
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};
 

@@ -105,6 +105,7 @@ fn every_probe_is_registered_whole() {
 /// Needs root and a BTF kernel, as every kernel test.
 #[test]
 fn every_probe_loads_through_its_chain_with_the_aggregates_it_declares() {
+    sonde_tests::requires!(Root);
     for info in catalogue::all() {
         let probe = info.name;
         let spec: TraceJobSpec = serde_json::from_value(example_spec(probe)).unwrap();

@@ -133,3 +133,65 @@ pub fn monotonic_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
+
+/// What a test needs from the machine beyond `cargo test`.
+#[derive(Clone, Copy, Debug)]
+pub enum Need {
+    /// root: BPF programs, cgroups, network namespaces, a kubelet.
+    Root,
+    /// The Kubernetes control plane binaries (`tests/controlplane/build.sh`, `$SONDE_CONTROLPLANE_DIR`).
+    ControlPlane,
+    /// The chart's helm (`$SONDE_HELM`, or `helm` on PATH).
+    Helm,
+}
+
+impl Need {
+    fn met(self) -> bool {
+        match self {
+            Need::Root => rustix::process::geteuid().is_root(),
+            Need::ControlPlane => std::env::var_os("SONDE_CONTROLPLANE_DIR").is_some(),
+            Need::Helm => {
+                std::env::var_os("SONDE_HELM").is_some()
+                    || std::env::var_os("PATH").is_some_and(|p| {
+                        std::env::split_paths(&p).any(|d| d.join("helm").is_file())
+                    })
+            }
+        }
+    }
+}
+
+/// Whether the calling test must be skipped because the machine lacks what it `needs`: `cargo test` as a user
+/// without them passes. The README's test command (`scripts/test.sh`) sets `SONDE_REQUIRE_ALL_TESTS=1`, and
+/// there a test that cannot run fails instead: a skipped test is not a passed test. Use [`requires!`].
+pub fn skip_unless(needs: &[Need]) -> bool {
+    let missing: Vec<String> = needs
+        .iter()
+        .filter(|n| !n.met())
+        .map(|n| format!("{n:?}"))
+        .collect();
+    if missing.is_empty() {
+        return false;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    assert!(
+        std::env::var_os("SONDE_REQUIRE_ALL_TESTS").is_none(),
+        "{test} needs {} (SONDE_REQUIRE_ALL_TESTS is set: it may not be skipped)",
+        missing.join(", ")
+    );
+    eprintln!("skipped {test}: needs {}", missing.join(", "));
+    true
+}
+
+/// Returns from the calling test unless the machine has every need (see [`skip_unless`]):
+/// `sonde_tests::requires!(Root, ControlPlane);`.
+#[macro_export]
+macro_rules! requires {
+    ($($need:ident),+ $(,)?) => {
+        if $crate::skip_unless(&[$($crate::Need::$need),+]) {
+            return;
+        }
+    };
+}

@@ -27,6 +27,7 @@ fn template_with(value: &str) -> (bool, String, String) {
 
 #[test]
 fn chart_lints_and_its_schema_refuses_bad_values() {
+    sonde_tests::requires!(Helm);
     let (ok, out, err) = helm(&["lint", "--strict", "helm/sonde"]);
     assert!(ok, "helm lint:\n{out}\n{err}");
     let (ok, out, err) = template_with("agent.storageUrl=ftp://nope");
@@ -56,6 +57,7 @@ fn chart_lints_and_its_schema_refuses_bad_values() {
 
 #[tokio::test]
 async fn everything_the_chart_renders_is_accepted_by_the_api_server() {
+    sonde_tests::requires!(ControlPlane, Helm);
     let plane = ControlPlane::get().await;
     let (ok, rendered, err) = helm(&[
         "template",
@@ -170,6 +172,7 @@ const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 /// binding is deleted B's write goes through, so the refusals came from the policy and not from RBAC.
 #[tokio::test]
 async fn agents_may_write_only_the_probesessions_of_their_own_node() {
+    sonde_tests::requires!(ControlPlane, Helm);
     let plane = ControlPlane::get().await;
     let ns = TestNamespace::create(plane, "nodescope").await;
     let client = plane.client(Identity::Admin).await;

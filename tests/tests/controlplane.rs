@@ -24,6 +24,7 @@ spec:
 
 #[tokio::test]
 async fn crds_are_established_with_their_names() {
+    sonde_tests::requires!(ControlPlane);
     let plane = ControlPlane::get().await;
     let names = plane
         .install_crds()
@@ -54,6 +55,7 @@ async fn crds_are_established_with_their_names() {
 /// `# expect:` line gives -- the same rules `sonde validate` checks client-side.
 #[tokio::test]
 async fn api_server_rejects_every_bad_example_naming_the_field() {
+    sonde_tests::requires!(ControlPlane);
     let plane = ControlPlane::get().await;
     let ns = TestNamespace::create(plane, "bad").await;
     let mut checked = 0;
@@ -112,6 +114,7 @@ async fn api_server_rejects_every_bad_example_naming_the_field() {
 
 #[tokio::test]
 async fn tracejob_spec_is_immutable_on_the_server() {
+    sonde_tests::requires!(ControlPlane);
     let plane = ControlPlane::get().await;
     let ns = TestNamespace::create(plane, "immutable").await;
     let client = plane.client(Identity::Admin).await;
@@ -128,6 +131,7 @@ async fn tracejob_spec_is_immutable_on_the_server() {
 
 #[tokio::test]
 async fn kubectl_shows_printer_columns_and_explains_fields() {
+    sonde_tests::requires!(ControlPlane);
     let plane = ControlPlane::get().await;
     let ns = TestNamespace::create(plane, "columns").await;
     let file = tempfile_with(WAKEUPS_JOB);
@@ -163,6 +167,7 @@ async fn kubectl_shows_printer_columns_and_explains_fields() {
 /// The namespaced identity works in its namespace and nowhere else.
 #[tokio::test]
 async fn rbac_confines_the_namespaced_user() {
+    sonde_tests::requires!(ControlPlane);
     let plane = ControlPlane::get().await;
     let file = tempfile_with(&WAKEUPS_JOB.replace("ping-wakeups", "user-job"));
     let (ok, _, err) = plane.kubectl(Identity::User, &["create", "-n", "sonde-user", "-f", &file]);
@@ -177,6 +182,7 @@ async fn rbac_confines_the_namespaced_user() {
 /// Deleting a TraceJob deletes the ProbeSessions it owns, through the controller-manager's garbage collector.
 #[tokio::test]
 async fn garbage_collector_deletes_owned_probe_sessions() {
+    sonde_tests::requires!(ControlPlane);
     let plane = ControlPlane::get().await;
     let ns = TestNamespace::create(plane, "gc").await;
     let client = plane.client(Identity::Admin).await;
@@ -238,6 +244,7 @@ async fn garbage_collector_deletes_owned_probe_sessions() {
 /// in a kubelet-named cgroup.
 #[tokio::test]
 async fn real_pods_run_in_kubelet_named_cgroups() {
+    sonde_tests::requires!(ControlPlane);
     let plane = ControlPlane::get().await;
     let ns = TestNamespace::create(plane, "pods").await;
     let client = plane.client(Identity::Admin).await;

@@ -194,6 +194,7 @@ fn host_pids(uid: &str, comm: &str) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_runs_pods_in_kubelet_cgroups_without_egress() {
+    sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let node = RealNode::get();
     let out = std::process::Command::new(repo_root().join("tests/node/smoke.sh"))
@@ -213,6 +214,7 @@ async fn real_node_runs_pods_in_kubelet_cgroups_without_egress() {
 /// on the node.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_chart_installs_and_rolls_out() {
+    sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let node = RealNode::get();
     chart(node).await;
@@ -464,6 +466,7 @@ const PING_POD: &str = r#"
 /// work without the label appears nowhere in the results: the cgroup filter holds in the negative.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_field_case_a_names_the_neighbour_and_nothing_else() {
+    sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let node = RealNode::get();
     chart(node).await;
@@ -580,6 +583,7 @@ fn results_text(st: &Value) -> String {
 /// context the probe's hook runs in (the task's own, softirq for retransmits, the OOM killer's).
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_every_probe_sees_only_the_selected_pod() {
+    sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let node = RealNode::get();
     chart(node).await;
@@ -690,6 +694,7 @@ fn host_veth(pid: u32) -> String {
 /// tbf and flow appears nowhere in the results.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_field_case_b_puts_the_delay_in_front_of_the_receiver() {
+    sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let node = RealNode::get();
     chart(node).await;
@@ -789,6 +794,7 @@ async fn real_node_field_case_b_puts_the_delay_in_front_of_the_receiver() {
 /// Deployment replaces it, the session's filter follows the new pod (its new ping is the one counted).
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_a_policy_breaches_and_follows_a_replaced_pod() {
+    sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let node = RealNode::get();
     chart(node).await;
@@ -891,6 +897,7 @@ fn programs_held_by(pid: u32) -> Vec<u64> {
 /// the successor attaches again and says that events before the restart were lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_a_deleted_agent_pod_leaves_nothing_behind_and_its_successor_is_truthful() {
+    sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let node = RealNode::get();
     chart(node).await;
@@ -989,6 +996,7 @@ impl Drop for Uncordon<'_> {
 /// operator comes back and completes the job with that reason, minutes before its deadline.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_a_drain_ends_a_running_job_with_the_reason() {
+    sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let node = RealNode::get();
     chart(node).await;
@@ -1103,6 +1111,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// printed for the note.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_twenty_jobs_attach_and_the_agent_memory_is_reported() {
+    sonde_tests::requires!(Root, ControlPlane);
     use kube::api::{Api, DeleteParams, PostParams};
     let _serial = SERIAL.lock().await;
     let node = RealNode::get();
@@ -1213,6 +1222,7 @@ fn end_reason(st: &Value) -> String {
 /// canary's answer is the field case's.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
+    sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let node = RealNode::get();
     chart(node).await;
@@ -1496,6 +1506,7 @@ fn helm_set_json(node: &RealNode, value: &str) {
 /// pod.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_a_granted_user_traces_the_whole_node() {
+    sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let node = RealNode::get();
     chart(node).await;

@@ -56,6 +56,7 @@ async fn allowed_and_refused(
 /// out, and no session exists.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_places_node_wide_sessions_only_for_allowed_namespaces() {
+    sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let plane = ControlPlane::get().await;
     let client = plane.client(Identity::Admin).await;
@@ -177,6 +178,7 @@ async fn the_operator_places_node_wide_sessions_only_for_allowed_namespaces() {
 /// same requests pass: the refusal came from the policy.
 #[tokio::test(flavor = "multi_thread")]
 async fn node_wide_targets_need_a_permission_the_admin_grants() {
+    sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let plane = ControlPlane::get().await;
     let release = "tenancy-e2e";
@@ -364,6 +366,7 @@ async fn node_wide_targets_need_a_permission_the_admin_grants() {
 /// defined location passes.
 #[tokio::test(flavor = "multi_thread")]
 async fn storage_is_only_a_location_the_admin_defined() {
+    sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let plane = ControlPlane::get().await;
     let client = plane.client(Identity::Admin).await;
@@ -443,6 +446,7 @@ async fn storage_is_only_a_location_the_admin_defined() {
 /// before loading anything.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_runs_node_wide_sessions_only_for_allowed_namespaces() {
+    sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let plane = ControlPlane::get().await;
     let client = plane.client(Identity::Admin).await;

@@ -323,6 +323,7 @@ fn finished(j: &TraceJob) -> bool {
 /// The operator and agent run as the Helm chart's service accounts: its RBAC is enough for the whole path.
 #[tokio::test(flavor = "multi_thread")]
 async fn wakeups_job_on_a_ping_pod_names_the_wakee() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::acting_as("wakeups", As::Chart).await;
     let listener = s.isc_socket();
     let ping = s.ping_pod("ping").await;
@@ -407,6 +408,7 @@ async fn wakeups_job_on_a_ping_pod_names_the_wakee() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_matching_nothing_says_so() {
+    sonde_tests::requires!(Root, ControlPlane);
     let s = Scene::new("nomatch").await;
     s.create_job(&wakeups_job("lonely", "3s")).await;
     let job = s
@@ -441,6 +443,7 @@ async fn a_job_matching_nothing_says_so() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_job_detaches_within_a_second() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("delete").await;
     s.ping_pod("ping").await;
     s.create_job(&wakeups_job("long", "10m")).await;
@@ -454,6 +457,7 @@ async fn deleting_a_job_detaches_within_a_second() {
 /// The agent ends a session by its own clock: with the operator stopped, the deadline still holds.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_deadline_holds_while_the_operator_is_down() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("deadline").await;
     s.ping_pod("ping").await;
     s.create_job(&wakeups_job("short", "6s")).await;
@@ -504,6 +508,7 @@ async fn the_deadline_holds_while_the_operator_is_down() {
 /// A restarted operator converges on the sessions that exist instead of making new ones.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_restart_mid_job_keeps_one_session_per_node() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("restart").await;
     s.ping_pod("ping").await;
     s.create_job(&wakeups_job("steady", "8s")).await;
@@ -536,6 +541,7 @@ async fn an_operator_restart_mid_job_keeps_one_session_per_node() {
 /// happened instead of pretending the trace was whole.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_agent_leaves_nothing_attached_and_its_successor_is_truthful() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("agentkill").await;
     s.ping_pod("ping").await;
     s.create_job(&wakeups_job("orphan", "12s")).await;
@@ -586,6 +592,7 @@ async fn a_killed_agent_leaves_nothing_attached_and_its_successor_is_truthful() 
 /// A pod that starts matching while the job runs is traced from then on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_added_mid_run_is_traced() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("latecomer").await;
     let listener = s.isc_socket();
     let first = s.ping_pod("ping-1").await;
@@ -615,6 +622,7 @@ async fn a_pod_added_mid_run_is_traced() {
 /// A session whose programs cost more kernel CPU than its budget is stopped, and says why.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_over_its_budget_is_stopped() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("budget").await;
     // Tens of thousands of wakeups a second between the pod's two tasks: far over a 0.01 % budget.
     s.pod(
@@ -645,6 +653,7 @@ async fn a_session_over_its_budget_is_stopped() {
 /// is deleted.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_overloaded_agent_keeps_its_heartbeat_and_detaches_on_delete() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("flood").await;
     let one = bounded_argv(LOAD_BOUND, SCHED_PIPE).join(" ");
     let script = format!("{one} & {one} & wait");
@@ -717,6 +726,7 @@ async fn an_overloaded_agent_keeps_its_heartbeat_and_detaches_on_delete() {
 /// tbf; the job reports slow segments whose delay sits between xmit and receive.
 #[tokio::test(flavor = "multi_thread")]
 async fn packet_latency_job_reports_slow_segments_of_the_pod() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("packets").await;
     let mut pair = sonde_tests::NetPair::new("e2e", 79, sonde_tests::TIGHT_TBF);
     s.pod("sink", "sink", CgroupDriver::Cgroupfs, &pair.sink_argv())
@@ -761,6 +771,7 @@ spec:
 /// apply -> Attached over 20 jobs, printed for the issue note (a measurement, not a timed assertion).
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_to_attached_latency_over_20_jobs() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("latency").await;
     s.ping_pod("ping").await;
     let sessions = s.sessions();
@@ -811,6 +822,7 @@ async fn apply_to_attached_latency_over_20_jobs() {
 /// Two replicas: one leads, the other takes over when the leader dies, and reconciles from then on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_operator_takes_over_the_lease() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("leader").await;
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(s.client.clone(), &s.lease_ns);
@@ -928,6 +940,7 @@ spec:
 /// policy (as GitOps would re-apply it) reloads its sessions only, not another policy's; suspend detaches.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_probe_policy_rolls_windows_raises_breaches_and_converges_on_edits() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("policy").await;
     let listener = s.isc_socket();
     let ping = s.ping_pod("ping").await;
@@ -1032,6 +1045,7 @@ spec:
 /// `--storage-locations`): the status links s3:// URLs and the objects are there.
 #[tokio::test(flavor = "multi_thread")]
 async fn results_go_to_s3_when_the_job_says_so() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("s3").await;
     let s3 = sonde_tests::S3Server::start();
     s3.create_bucket("sonde-e2e");
@@ -1068,6 +1082,7 @@ async fn results_go_to_s3_when_the_job_says_so() {
 /// is refused with reason SessionNameTaken, naming the first, whose session stays its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_policy_never_takes_over_a_jobs_session_of_the_same_name() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("samename").await;
     s.ping_pod("ping").await;
     s.create_job(&wakeups_job("twin", "60s")).await;
@@ -1111,6 +1126,7 @@ async fn a_policy_never_takes_over_a_jobs_session_of_the_same_name() {
 /// event the agent captured is in the store, and the summary's counts are the status's.
 #[tokio::test(flavor = "multi_thread")]
 async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("outage").await;
     let mut s3 = sonde_tests::S3Server::start();
     s.agent_with_archive(&s3, &[]);
@@ -1232,6 +1248,7 @@ async fn results_wait_out_an_object_store_outage_and_an_agent_restart() {
 /// chunk checks out, and the events of both agent processes are there.
 #[tokio::test(flavor = "multi_thread")]
 async fn results_stream_through_two_store_outages_and_an_agent_killed_mid_upload() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("stream").await;
     let mut s3 = sonde_tests::S3Server::start();
     s3.create_bucket("sonde-e2e");
@@ -1406,6 +1423,7 @@ fn stored_folder(
 /// and reach the store once it is back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_spool_stops_keeping_events_and_keeps_what_came_before() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("capped").await;
     let mut s3 = sonde_tests::S3Server::start();
     s3.create_bucket("sonde-e2e");
@@ -1575,6 +1593,7 @@ fn capture_to(mut latency: Vec<Duration>, what: &str) {
 /// refused on every route; schemathesis finds no server error and no answer off the OpenAPI document.
 #[tokio::test(flavor = "multi_thread")]
 async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("rest").await;
     let s3 = sonde_tests::S3Server::start();
     s3.create_bucket("sonde-e2e");
@@ -1970,6 +1989,7 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// each page stay in target/artifacts/web.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_web_page_shows_a_running_job_and_its_results_to_its_reader_only() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("web").await;
     s.ping_pod("ping").await;
     let busy = bounded_argv(
@@ -2235,6 +2255,7 @@ async fn page_text(browser: &sonde_tests::Browser) -> String {
 /// a chunk put again is taken when it is the same and refused (409) when it is not.
 #[tokio::test(flavor = "multi_thread")]
 async fn results_reach_the_server_when_the_cluster_has_no_object_store() {
+    sonde_tests::requires!(Root, ControlPlane);
     let mut s = Scene::new("intake").await;
     s.ping_pod("ping").await;
     let ns = s.ns.name.clone();
