@@ -2,14 +2,12 @@
 //! stop at the deadline by the local clock (the API server may be gone), at a Stop threshold, over budget or
 //! when the session is deleted; then write, upload and report the results.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
-use sonde_crds::conditions::{self, NODE_DRAINED, types};
+use sonde_crds::conditions::types;
 use sonde_crds::{
     Counts, NODE_WIDE_NOT_ALLOWED, Phase, ProbeName, ProbeSession, ProbeSessionSpec,
     ProbeSessionStatus, Upload, UploadState,
@@ -21,12 +19,22 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use crate::limits::{Limits, NODE_AT_CAPACITY};
 use crate::{outbox, upload};
 
+mod budget;
+mod outcome;
+mod publish;
+mod reporter;
+mod windows;
+
+use budget::BudgetWindow;
+use outcome::{Outcome, Stop, outcome};
+use publish::{Streaming, publish, window_prefix};
+use reporter::Reporter;
+use windows::{Windows, end_window, next_window};
+
 /// Field manager of everything the agent writes.
 pub const MANAGER: &str = "sonde-agent";
 /// How often status is written while a session runs (its heartbeat).
 const STATUS_EVERY: Duration = Duration::from_secs(2);
-/// The overhead budget is averaged over this window.
-const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
 /// What the kernel filter should admit, recomputed by the agent as pods come and go.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -114,74 +122,6 @@ impl SessionJob {
         to.prefix = format!("{}/run-{started_ms}", to.prefix);
         outbox::claim(&self.held, &dir);
         (dir, to)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-enum Stop {
-    Deadline,
-    Threshold,
-    OverBudget(String),
-    Deleted,
-    Failed(String),
-    /// The node was cordoned (`kubectl cordon`/`drain`): a one-shot trace stops and reports before the node is
-    /// taken down, rather than being cut off with it.
-    Drained(String),
-}
-
-/// Writes status by server-side apply; failures are logged and retried on the next beat, never fatal: the
-/// trace goes on (and ends on time) without the API server.
-struct Reporter {
-    api: Api<ProbeSession>,
-    name: String,
-    generation: Option<i64>,
-    status: ProbeSessionStatus,
-    /// Events not kept in the results so far, by reason (`status.counts.notKept`).
-    not_kept: std::collections::BTreeMap<String, u64>,
-}
-
-impl Reporter {
-    fn condition(&mut self, type_: &str, status: bool, reason: &str, message: impl Into<String>) {
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
-        conditions::set(
-            &mut self.status.conditions,
-            type_,
-            status,
-            reason,
-            message,
-            self.generation,
-            &now,
-        );
-    }
-
-    /// Where the results stand: `status.upload` and the `ResultsComplete` condition.
-    fn report_upload(&mut self, upload: Upload) {
-        let (ok, reason, message) = upload.condition(false, false, "");
-        self.condition(types::RESULTS_COMPLETE, ok, reason, message);
-        self.status.upload = Some(upload);
-    }
-
-    async fn write(&mut self) -> bool {
-        self.status.heartbeat = Some(Time(k8s_openapi::jiff::Timestamp::now()));
-        self.status.observed_generation = self.generation;
-        let body = serde_json::json!({
-            "apiVersion": "sonde.dev/v1alpha1", "kind": "ProbeSession", "status": self.status,
-        });
-        match self
-            .api
-            .patch_status(
-                &self.name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(body),
-            )
-            .await
-        {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(session = %self.name, error = %e, "status update failed; will retry");
-                false
-            }
-        }
     }
 }
 
@@ -380,7 +320,7 @@ pub async fn run(
             break Stop::Threshold;
         }
         let (run_time, _) = running.kernel_runtime();
-        if let Some(pct) = budget.sample(run_time)
+        if let Some(pct) = budget.sample(Instant::now(), run_time)
             && pct > budget_pct
         {
             break Stop::OverBudget(format!(
@@ -425,7 +365,7 @@ pub async fn run(
         "attach_strategy": strategy,
         "attach_attempts": attempts,
         "duration_seconds": elapsed.as_secs_f64(),
-        "stopped_by": stop_label(&stop),
+        "stopped_by": stop.label(),
         "counts": rep.status.counts,
         "kernel_run_time_ns": run_time.as_nanos() as u64,
         "kernel_runs": runs,
@@ -474,32 +414,14 @@ pub async fn run(
             format!("{n} threshold breaches"),
         );
     }
-    let (phase, reason, message) = match &stop {
-        Stop::OverBudget(m) => (Phase::Failed, "OverBudget", m.clone()),
-        Stop::Failed(m) => (Phase::Failed, "AgentError", m.clone()),
-        _ if !problems.is_empty() => (Phase::Failed, "ResultsLost", problems.join("; ")),
-        Stop::Threshold => (
-            Phase::Succeeded,
-            "ThresholdStop",
-            "stopped by a threshold with action Stop".into(),
-        ),
-        Stop::Drained(why) => (
-            Phase::Succeeded,
-            NODE_DRAINED,
-            format!(
-                "{why}: stopped {}s before the deadline; the results cover the trace until then",
-                deadline
-                    .and_then(|d| d.duration_since(SystemTime::now()).ok())
-                    .unwrap_or_default()
-                    .as_secs()
-            ),
-        ),
-        _ => (
-            Phase::Succeeded,
-            "DeadlineReached",
-            "traced until the deadline".into(),
-        ),
-    };
+    let left = deadline
+        .and_then(|d| d.duration_since(SystemTime::now()).ok())
+        .unwrap_or_default();
+    let Outcome {
+        phase,
+        reason,
+        message,
+    } = outcome(&stop, &problems, left);
     if let Stop::OverBudget(m) = &stop {
         rep.condition(types::OVER_BUDGET, true, "OverBudget", m.clone());
     }
@@ -521,17 +443,6 @@ pub async fn run(
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-fn stop_label(stop: &Stop) -> &'static str {
-    match stop {
-        Stop::Deadline => "deadline",
-        Stop::Threshold => "threshold",
-        Stop::OverBudget(_) => "budget",
-        Stop::Deleted => "deleted",
-        Stop::Failed(_) => "error",
-        Stop::Drained(_) => "drained",
     }
 }
 
@@ -560,7 +471,6 @@ fn probe_config(spec: &ProbeSessionSpec, t: &Targets, redact_outside: bool) -> P
     }
 }
 
-/// Counts from the kernel and the drain; `EventsDropped` once any event was dropped.
 /// Counts the events `writer` did not keep since the last call: in the session's status and the node's metric.
 fn tally_not_kept(job: &SessionJob, rep: &mut Reporter, writer: &mut ResultsWriter) {
     for (reason, n) in writer.take_not_kept() {
@@ -572,6 +482,7 @@ fn tally_not_kept(job: &SessionJob, rep: &mut Reporter, writer: &mut ResultsWrit
     }
 }
 
+/// Counts from the kernel and the drain; `EventsDropped` once any event was dropped.
 fn fill_counts(rep: &mut Reporter, running: &Running) {
     let k = running.kernel_stats();
     let drops = running.drops();
@@ -596,204 +507,6 @@ fn unresolved_message(t: &Targets) -> Option<String> {
     })
 }
 
-/// Writes a finished window's (or trace's) results and uploads them; returns their URLs and what went wrong.
-/// What became of a finished trace's (or window's) results.
-struct Published {
-    /// Their URLs, once the store has them.
-    urls: Vec<String>,
-    /// What could not even be written on the node (those results are lost).
-    problems: Vec<String>,
-    /// Where this session's result sets stand, this one and any earlier still spooled.
-    upload: Upload,
-}
-
-/// Writes the results, seals them in the spool (durable, marked for upload) and tries the store once. A set the
-/// store does not take now stays sealed for the uploader (`outbox`), which retries it.
-async fn publish(
-    job: &SessionJob,
-    mut writer: ResultsWriter,
-    findings: &Findings,
-    title: &str,
-    report: &serde_json::Value,
-    prefix: &str,
-    last: bool,
-) -> Published {
-    let mut problems = Vec::new();
-    let mut files = writer.finish(findings, title).unwrap_or_else(|e| {
-        problems.push(format!("writing results: {e}"));
-        Vec::new()
-    });
-    match writer.write_summary(report) {
-        Ok(p) => files.push(p),
-        Err(e) => problems.push(format!("writing summary.json: {e}")),
-    }
-    let dir = writer.dir().to_path_buf();
-    let to = job.destination(prefix);
-    // fsyncs can wait behind other writes for seconds: off the async workers.
-    let sealed = tokio::task::block_in_place(|| outbox::seal(&dir, &to, &files, last, false));
-    let delivered = match sealed {
-        Ok(parcel) => outbox::deliver(&dir, &parcel).await,
-        Err(e) => {
-            // Not durable on the node: the store is the only copy there can be.
-            problems.push(format!("spooling results in {}: {e}", dir.display()));
-            upload::upload(&to.store_url, &to.prefix, &dir, &files).await
-        }
-    };
-    let (mut urls, error) = match delivered {
-        Ok(urls) => (urls, None),
-        Err(e) => (Vec::new(), Some(e.to_string())),
-    };
-    // Chunks are listed in the manifest, not in status (a day-long trace has tens of thousands).
-    urls.retain(|u| !u.ends_with(".ndjson.gz"));
-    let mut upload = outbox::state_of(&job.spool, &job.namespace, &job.name, error.as_deref());
-    if !problems.is_empty() {
-        upload.state = UploadState::Incomplete;
-        upload.message = Some(problems.join("; "));
-    }
-    Published {
-        urls,
-        problems,
-        upload,
-    }
-}
-
-/// Where a window's results go: named by its end time, so windows of a reloaded session never collide.
-fn window_prefix(result_prefix: &str) -> String {
-    let end = k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
-    format!("{result_prefix}/window-{end}")
-}
-
-/// A running trace's chunk streamer ([`outbox::stream`]).
-struct Streaming {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-    state: std::sync::Arc<std::sync::Mutex<outbox::Streamed>>,
-}
-
-impl Streaming {
-    fn start(dir: &std::path::Path, to: &outbox::Destination) -> Streaming {
-        let (stop, stopped) = watch::channel(false);
-        let state = std::sync::Arc::default();
-        let task = tokio::spawn(outbox::stream(
-            dir.to_path_buf(),
-            to.clone(),
-            stopped,
-            std::sync::Arc::clone(&state),
-        ));
-        Streaming { stop, task, state }
-    }
-
-    /// Puts the chunks' state in the heartbeat: pending while the store refuses them, else streaming (once
-    /// it has been pending: a trace whose store never failed says nothing until its end).
-    fn report(&self, rep: &mut Reporter) {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if st.error.is_none() && rep.status.upload.is_none() {
-            return;
-        }
-        let upload = match st.error {
-            None => Upload::default(),
-            Some(error) => Upload {
-                state: UploadState::Pending,
-                pending: st.waiting,
-                oldest_pending: st
-                    .oldest
-                    .map(|t| Time(k8s_openapi::jiff::Timestamp::try_from(t).unwrap_or_default())),
-                message: Some(error),
-            },
-        };
-        let (ok, reason, message) = upload.condition(true, false, "on the node");
-        rep.condition(types::RESULTS_COMPLETE, ok, reason, message);
-        rep.status.upload = Some(upload);
-    }
-
-    /// Stops sending (a put under way finishes): what is left goes with the sealed set.
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
-}
-
-/// The rolling windows of a standing probe.
-struct Windows {
-    every: Duration,
-    ticker: tokio::time::Interval,
-    /// Windows completed.
-    n: u64,
-    breaches_before: u64,
-    spool: PathBuf,
-    keep_events: bool,
-}
-
-async fn next_window(windows: &mut Option<Windows>) {
-    match windows {
-        Some(w) => {
-            w.ticker.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// Ends a window: its findings and events are published, the kernel aggregates and the events file start
-/// again, and status reports the window (its summary, results, whether it breached). Err only when the next
-/// window cannot be written.
-async fn end_window(
-    job: &SessionJob,
-    w: &mut Windows,
-    running: &mut Running,
-    writer: &mut ResultsWriter,
-    rep: &mut Reporter,
-    top: usize,
-    title: &str,
-) -> Result<(), String> {
-    let mut write_error = None;
-    let findings = tokio::task::block_in_place(|| running.roll(top, writer.sink(&mut write_error)));
-    let mut problems: Vec<String> = write_error
-        .into_iter()
-        .map(|e| format!("writing events: {e}"))
-        .collect();
-    w.n += 1;
-    let dir = w.spool.join(format!("window-{:06}", w.n));
-    let next = ResultsWriter::create(&dir, w.keep_events, job.spec.output.max_events)
-        .map(|w| job.limited(w))
-        .map_err(|e| format!("starting window {}: {e}", w.n))?;
-    outbox::start(&dir, &job.destination(&job.spec.result_prefix))
-        .map_err(|e| format!("starting window {}: {e}", w.n))?;
-    tally_not_kept(job, rep, writer);
-    let done = std::mem::replace(writer, next);
-    fill_counts(rep, running);
-    let breaches = rep.status.counts.breaches - w.breaches_before;
-    w.breaches_before = rep.status.counts.breaches;
-    let report = serde_json::json!({
-        "session": format!("{}/{}", job.namespace, job.name),
-        "node": job.spec.node_name,
-        "probe": job.spec.probe.to_string(),
-        "window": w.n,
-        "window_seconds": w.every.as_secs_f64(),
-        "breaches": breaches,
-        "counts": rep.status.counts,
-        "summary": findings.summary,
-    });
-    let prefix = window_prefix(&job.spec.result_prefix);
-    let published = publish(job, done, &findings, title, &report, &prefix, false).await;
-    problems.extend(published.problems);
-    rep.status.windows = w.n;
-    rep.status.results = published.urls;
-    rep.report_upload(published.upload);
-    rep.status.summary = Some(findings.summary);
-    let n = w.n;
-    if breaches > 0 {
-        rep.status.last_breach_time = Some(Time(k8s_openapi::jiff::Timestamp::now()));
-        let msg = format!("{breaches} breaches in window {n}");
-        rep.condition(types::THRESHOLD_BREACHED, true, "Breached", msg);
-    } else {
-        let msg = format!("no breach in window {n}");
-        rep.condition(types::THRESHOLD_BREACHED, false, "Quiet", msg);
-    }
-    rep.status.message = (!problems.is_empty()).then(|| problems.join("; "));
-    rep.write().await;
-    Ok(())
-}
-
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -807,33 +520,5 @@ fn to_system(ts: &k8s_openapi::jiff::Timestamp) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
     } else {
         SystemTime::UNIX_EPOCH
-    }
-}
-
-/// Kernel run time sampled once per tick, averaged over the last [`BUDGET_WINDOW`].
-#[derive(Default)]
-struct BudgetWindow {
-    samples: VecDeque<(Instant, Duration)>,
-}
-
-impl BudgetWindow {
-    /// Percent of one CPU over the window, once it spans at least 2 s.
-    fn sample(&mut self, run_time: Duration) -> Option<f64> {
-        let now = Instant::now();
-        self.samples.push_back((now, run_time));
-        while self.samples.len() > 2 && now - self.samples[1].0 >= BUDGET_WINDOW {
-            self.samples.pop_front();
-        }
-        let span = self.span();
-        let (_, first) = self.samples.front()?;
-        (span >= Duration::from_secs(2))
-            .then(|| run_time.saturating_sub(*first).as_secs_f64() / span.as_secs_f64() * 100.0)
-    }
-
-    fn span(&self) -> Duration {
-        match (self.samples.front(), self.samples.back()) {
-            (Some(a), Some(b)) => b.0 - a.0,
-            _ => Duration::ZERO,
-        }
     }
 }
