@@ -174,8 +174,10 @@ fn cpu_profile_folds_a_busy_function() {
     assert!(svg.starts_with("<?xml") && svg.contains("sonde_profile_busy_loop"));
 }
 
+/// Against the workload's own count: three executions of a binary named sonde-exec-t, beside three of the same
+/// binary named sonde-exec-u that the comm filter leaves out: exactly three events, all of the first.
 #[test]
-fn exec_sees_a_spawned_binary() {
+fn exec_sees_exactly_the_spawned_binaries_it_selects() {
     sonde_tests::requires!(Root);
     let filter = Filter {
         comms: Some(vec!["sonde-exec-t".into()]),
@@ -188,62 +190,85 @@ fn exec_sees_a_spawned_binary() {
             std::thread::sleep(Duration::from_millis(300));
             // exec -a does not change comm; a symlink named sonde-exec-t does.
             let dir = tempfile::tempdir().unwrap();
-            let link = dir.path().join("sonde-exec-t");
-            std::os::unix::fs::symlink("/bin/true", &link).unwrap();
-            Command::new(&link).status().unwrap();
+            for name in ["sonde-exec-t", "sonde-exec-u"] {
+                let link = dir.path().join(name);
+                std::os::unix::fs::symlink("/bin/true", &link).unwrap();
+                for _ in 0..3 {
+                    assert!(Command::new(&link).status().unwrap().success());
+                }
+            }
         },
     );
+    let files: Vec<&str> = out
+        .events
+        .iter()
+        .map(|e| e["filename"].as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 3, "{:?}", out.events);
     assert!(
-        out.events.iter().any(|e| e["filename"]
-            .as_str()
-            .is_some_and(|f| f.ends_with("sonde-exec-t"))),
-        "{:?}",
-        out.events
+        files.iter().all(|f| f.ends_with("/sonde-exec-t")),
+        "{files:?}"
     );
     assert!(out.events.iter().all(|e| e["comm"] == "sonde-exec-t"));
 }
 
+/// Against the workload's own count: a process named sonde-sleep-a sleeps 60 ms exactly five times
+/// (clock_nanosleep), and the same program named sonde-sleep-b does the same beside it. With the comm filter on
+/// the first and a 50 ms threshold on clock_nanosleep, exactly five events come, all of the first.
 #[test]
-fn syscall_latency_flags_a_slow_sleep() {
+fn syscall_latency_flags_exactly_the_slow_sleeps_of_the_selected_process() {
     sonde_tests::requires!(Root);
+    const CLOCK_NANOSLEEP: u32 = 230; // x86_64
+    let dir = tempfile::tempdir().unwrap();
+    let python = |name: &str| {
+        let link = dir.path().join(name);
+        std::os::unix::fs::symlink("/usr/bin/python3", &link).unwrap();
+        link
+    };
+    let (a, b) = (python("sonde-sleep-a"), python("sonde-sleep-b"));
     let filter = Filter {
-        pids: Some(vec![std::process::id()]),
+        comms: Some(vec!["sonde-sleep-a".into()]),
         ..Default::default()
     };
     let thresholds = vec![threshold(
         Metric::SyscallLatencyMs,
-        Comparison::GreaterThan,
-        20.0,
+        Comparison::GreaterOrEqual,
+        50.0,
     )];
+    let params = ProbeParams {
+        syscall_latency: Some(SyscallLatencyParams {
+            syscalls: vec![CLOCK_NANOSLEEP],
+        }),
+        ..Default::default()
+    };
     let out = trace(
-        config(
-            ProbeName::SyscallLatency,
-            filter,
-            thresholds,
-            ProbeParams::default(),
-        ),
-        Duration::from_millis(1500),
-        || {
-            std::thread::sleep(Duration::from_millis(60));
+        config(ProbeName::SyscallLatency, filter, thresholds, params),
+        Duration::from_millis(2500),
+        move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let sleeps = "import time\nfor _ in range(5): time.sleep(0.06)";
+            let run =
+                |exe: &std::path::Path| Command::new(exe).args(["-c", sleeps]).spawn().unwrap();
+            let (mut a, mut b) = (run(&a), run(&b));
+            assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
         },
     );
-    let slow: Vec<&Value> = out
+    let comms: Vec<&str> = out
         .events
         .iter()
-        .filter(|e| e["latency_us"].as_f64().unwrap() > 20_000.0)
+        .map(|e| e["comm"].as_str().unwrap())
         .collect();
-    assert!(
-        !slow.is_empty(),
-        "the 60 ms sleep must be flagged: {:?}",
-        out.events
+    assert_eq!(comms, ["sonde-sleep-a"; 5], "{:?}", out.events);
+    for e in &out.events {
+        assert_eq!(e["syscall"], CLOCK_NANOSLEEP, "{e}");
+        let ms = e["latency_us"].as_f64().unwrap() / 1e3;
+        assert!((60.0..1000.0).contains(&ms), "a 60 ms sleep took {ms} ms");
+    }
+    // The histogram counts the selected process's sleeps too, breaching or not: the same five.
+    assert_eq!(
+        out.findings.histograms.iter().map(|h| h.total).sum::<u64>(),
+        5
     );
-    assert!(
-        out.events
-            .iter()
-            .all(|e| e["latency_us"].as_f64().unwrap() > 20_000.0),
-        "nothing under the threshold is sent"
-    );
-    assert!(out.findings.histograms.iter().map(|h| h.total).sum::<u64>() >= 1);
 }
 
 #[test]
