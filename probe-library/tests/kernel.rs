@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{config, threshold, trace};
-use serde_json::Value;
 use sonde_crds::*;
 use sonde_probes::Filter;
 use sonde_tests::{Load, fast_ping_argv, isc_socket_argv};
