@@ -36,6 +36,13 @@ static __always_inline int on_state(struct sock *sk, int old, int new)
 	struct start *s = bpf_map_lookup_elem(&starts, &key);
 	if (!s)
 		return 0;
+	/* The ports filter, here where both ports are known (at SYN_SENT the local port may not be bound yet). */
+	__u16 sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	__u16 dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (!port_ok(sport, dport)) {
+		bpf_map_delete_elem(&starts, &key);
+		return 0;
+	}
 	__u64 delta = bpf_ktime_get_ns() - s->ts;
 	bool breach = latency_sample(0, delta);
 	if (new == TCP_ESTABLISHED && keep_event(breach)) {
@@ -47,8 +54,8 @@ static __always_inline int on_state(struct sock *sk, int old, int new)
 			e->pid = s->pid;
 			e->cpu = bpf_get_smp_processor_id();
 			e->flags = breach ? EV_BREACH : 0;
-			e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-			e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+			e->sport = sport;
+			e->dport = dport;
 			FILL_SOCK_ADDRS(e, sk);
 			__builtin_memcpy(e->comm, s->comm, TASK_COMM_LEN);
 			bpf_ringbuf_submit(e, 0);

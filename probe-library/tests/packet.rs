@@ -334,3 +334,70 @@ fn tcp_rtt_measures_the_queue_behind_a_tbf_as_ss_does() {
             .all(|r| r.key.contains("5201"))
     );
 }
+
+/// tcp-connect against the workload's own clock on a path with a known delay: a bulk flow fills the tight tbf's
+/// queue, so each SYN waits behind it. The connecting process times its four connects to port 5202 itself; the
+/// probe reports exactly those four, each within the time the process measured (and at least half of it); two
+/// connects to port 5203 beside them are left out by the port filter.
+#[test]
+fn tcp_connect_reports_each_connect_as_long_as_the_process_waited() {
+    sonde_tests::requires!(Root);
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+
+    let mut pair = Pair::new("tc", 73, TIGHT_TBF);
+    let listen = "import socket,sys,threading\nfor p in (5202, 5203):\n  s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('10.73.0.2', p)); s.listen(16)\n  threading.Thread(target=lambda s=s: [s.accept()[0] for _ in iter(int, 1)], daemon=True).start()\nsys.stdin.read()";
+    let mut listener = Command::new("ip")
+        .args(["netns", "exec", &pair.b, "python3", "-c", listen])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    pair.bulk_flow(4.0);
+    let params = ProbeParams {
+        tcp_connect: Some(PortParams { ports: vec![5202] }),
+        ..Default::default()
+    };
+    let cfg = common::config(ProbeName::TcpConnect, Filter::default(), vec![], params);
+    let timed: Arc<Mutex<String>> = Arc::default();
+    let (out_times, ns) = (timed.clone(), pair.a.clone());
+    let out = common::trace(cfg, Duration::from_secs(3), move || {
+        std::thread::sleep(Duration::from_millis(1000)); // the queue fills
+        let connect = "import socket,time\nfor p in (5202, 5203, 5202, 5203, 5202, 5202):\n  t=time.monotonic(); c=socket.create_connection(('10.73.0.2', p)); d=time.monotonic()-t\n  if p == 5202: print(d * 1000)\n  c.close(); time.sleep(0.05)";
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c", connect])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        *out_times.lock().unwrap() = String::from_utf8_lossy(&o.stdout).into_owned();
+    });
+    let _ = listener.kill();
+    let _ = listener.wait();
+    drop(pair);
+    let measured: Vec<f64> = timed
+        .lock()
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    let probed: Vec<f64> = out
+        .events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["dst"], "10.73.0.2:5202", "{e}");
+            e["latency_us"].as_f64().unwrap() / 1e3
+        })
+        .collect();
+    eprintln!("tcp-connect: the process measured {measured:.1?} ms, the probe {probed:.1?} ms");
+    assert_eq!(probed.len(), 4, "{:?}", out.events);
+    assert_eq!(measured.len(), 4);
+    for (p, m) in probed.iter().zip(&measured) {
+        assert!(
+            *p <= m + 1.0 && *p >= m / 2.0,
+            "probe {p} ms vs the process's {m} ms"
+        );
+    }
+    assert!(
+        measured.iter().any(|m| *m >= 5.0),
+        "no connect waited behind the queue: {measured:?}"
+    );
+}
