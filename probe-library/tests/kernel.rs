@@ -320,6 +320,90 @@ fn runq_latency_histograms_our_threads() {
     );
 }
 
+/// CPU time of process `pid` (user + system) from /proc/<pid>/stat, at 100 ticks per second.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the comm, which is in parentheses and may hold spaces: utime and stime are the 12th and
+    // 13th of them.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    Duration::from_millis((f[0] + f[1]) * 10)
+}
+
+/// Against the task's own accounting: two busy processes pinned to one CPU take turns, so each waits on the run
+/// queue whenever the other runs. A task that never sleeps spends its wall time running or waiting, so over a
+/// window its run-queue waits add up to the wall time minus its CPU time (/proc/<pid>/stat). With a filter on
+/// one of them (a threshold of 1 us, so every wait is an event), the probe's waits of that process in the window
+/// add up to that within 20 %, and the other process is absent.
+#[test]
+fn runq_latency_adds_up_to_the_time_a_pinned_task_did_not_run() {
+    sonde_tests::requires!(Root);
+    let a = pinned_python("sonde-runq-a", "pass");
+    let b = pinned_python("sonde-runq-b", "pass");
+    let (a_pid, b_pid) = (a.pid(), b.pid());
+    let filter = Filter {
+        comms: Some(vec!["sonde-runq-a".into()]),
+        ..Default::default()
+    };
+    let thresholds = vec![threshold(
+        Metric::RunqLatencyUs,
+        Comparison::GreaterOrEqual,
+        1.0,
+    )];
+    let window: std::sync::Arc<std::sync::Mutex<Option<(u64, u64, Duration)>>> = Default::default();
+    let w = window.clone();
+    let out = trace(
+        config(
+            ProbeName::RunqLatency,
+            filter,
+            thresholds,
+            ProbeParams::default(),
+        ),
+        Duration::from_millis(2800),
+        move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let (t0, c0) = (sonde_tests::monotonic_ns(), cpu_time(a_pid));
+            std::thread::sleep(Duration::from_secs(2));
+            let (t1, c1) = (sonde_tests::monotonic_ns(), cpu_time(a_pid));
+            *w.lock().unwrap() = Some((t0, t1, c1 - c0));
+        },
+    );
+    drop((a, b));
+    let (t0, t1, ran) = window.lock().unwrap().expect("the window was measured");
+    let wall = Duration::from_nanos(t1 - t0);
+    let not_running = wall.saturating_sub(ran);
+    assert!(
+        out.events
+            .iter()
+            .all(|e| e["pid"] == a_pid && e["comm"] == "sonde-runq-a"),
+        "another task: pid {b_pid} is the twin"
+    );
+    let waited: f64 = out
+        .events
+        .iter()
+        .filter(|e| (t0..t1).contains(&e["ts_ns"].as_u64().unwrap()))
+        .map(|e| e["latency_us"].as_f64().unwrap() / 1e6)
+        .sum();
+    eprintln!(
+        "runq-latency: over {wall:?} sonde-runq-a ran {ran:?}; not running {not_running:?}; the probe's waits add up to {waited:.3} s"
+    );
+    // Both take turns on one CPU: a good share of the window is waiting.
+    assert!(
+        not_running >= Duration::from_millis(500),
+        "no contention: ran {ran:?} of {wall:?}"
+    );
+    let expected = not_running.as_secs_f64();
+    assert!(
+        (waited - expected).abs() <= 0.2 * expected,
+        "waits {waited:.3} s vs not running {expected:.3} s"
+    );
+}
+
 #[test]
 fn tcp_connect_times_a_local_connect() {
     sonde_tests::requires!(Root);
