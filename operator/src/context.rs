@@ -16,6 +16,8 @@ pub struct Context {
     pub node_wide: NodeWide,
     /// Names of the admin's storage locations, when the operator was told them.
     pub storage_locations: Option<std::collections::BTreeSet<String>>,
+    /// Consecutive reconcile failures by object, for the error policies' requeue.
+    pub backoff: crate::backoff::Backoff,
 }
 
 impl Context {
@@ -36,6 +38,7 @@ impl Context {
             metrics,
             node_wide,
             storage_locations,
+            backoff: Default::default(),
         })
     }
 }

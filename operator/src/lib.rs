@@ -1,6 +1,7 @@
 //! Sonde's operator: reconciles TraceJobs into per-node ProbeSessions (owned, labelled with their node), rolls
 //! the sessions' statuses up into the job, emits Events, and leads through a Lease so one replica acts.
 
+pub mod backoff;
 pub mod context;
 pub mod error;
 pub mod leader;

@@ -54,13 +54,15 @@ pub async fn run(ctx: Arc<Context>) {
         .await;
 }
 
+#[tracing::instrument(skip_all, fields(namespace = policy.namespace().unwrap_or_default(), name = %policy.name_any()))]
 pub async fn reconcile(policy: Arc<ProbePolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let key = policy.uid().unwrap_or_default();
     let ns = policy
         .namespace()
         .ok_or_else(|| Error::NoNamespace(policy.name_any()))?;
     let api: Api<ProbePolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let _timer = ctx.metrics.reconcile_started("probepolicy");
-    finalizer(&api, FINALIZER, policy, |event| async {
+    let result = finalizer(&api, FINALIZER, policy, |event| async {
         let sessions: Api<ProbeSession> = Api::namespaced(ctx.client.clone(), &ns);
         match event {
             Finalizer::Apply(p) => apply(p, &ctx, &ns).await,
@@ -71,13 +73,17 @@ pub async fn reconcile(policy: Arc<ProbePolicy>, ctx: Arc<Context>) -> Result<Ac
         }
     })
     .await
-    .map_err(Error::from)
+    .map_err(Error::from);
+    if result.is_ok() {
+        ctx.backoff.succeeded(&key);
+    }
+    result
 }
 
 fn error_policy(policy: Arc<ProbePolicy>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(policy = %policy.name_any(), error = %err, "reconcile failed");
     ctx.metrics.reconcile_failed("probepolicy", err.label());
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(ctx.backoff.failed(&policy.uid().unwrap_or_default()))
 }
 
 async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Action> {

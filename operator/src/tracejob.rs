@@ -53,26 +53,32 @@ pub async fn run(ctx: Arc<Context>) {
         .await;
 }
 
+#[tracing::instrument(skip_all, fields(namespace = job.namespace().unwrap_or_default(), name = %job.name_any()))]
 pub async fn reconcile(job: Arc<TraceJob>, ctx: Arc<Context>) -> Result<Action> {
+    let key = job.uid().unwrap_or_default();
     let ns = job
         .namespace()
         .ok_or_else(|| Error::NoNamespace(job.name_any()))?;
     let api: Api<TraceJob> = Api::namespaced(ctx.client.clone(), &ns);
     let _timer = ctx.metrics.reconcile_started("tracejob");
-    finalizer(&api, FINALIZER, job, |event| async {
+    let result = finalizer(&api, FINALIZER, job, |event| async {
         match event {
             Finalizer::Apply(job) => apply(job, &ctx, &ns).await,
             Finalizer::Cleanup(job) => cleanup(job, &ctx, &ns).await,
         }
     })
     .await
-    .map_err(Error::from)
+    .map_err(Error::from);
+    if result.is_ok() {
+        ctx.backoff.succeeded(&key);
+    }
+    result
 }
 
 fn error_policy(job: Arc<TraceJob>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(job = %job.name_any(), error = %err, "reconcile failed");
     ctx.metrics.reconcile_failed("tracejob", err.label());
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(ctx.backoff.failed(&job.uid().unwrap_or_default()))
 }
 
 /// Deleting a job detaches at once: its sessions are deleted here rather than whenever the garbage collector
