@@ -9,14 +9,11 @@ static __always_inline int emit(struct task_struct *t, const char *filename)
 	stat_inc(STAT_SEEN);
 	if (!keep_event(false))
 		return 0;
-	struct note_event *e = reserve(sizeof(*e));
+	struct note_event *e = RESERVE_EVENT(struct note_event);
 	if (!e)
 		return 0;
-	__builtin_memset(e, 0, sizeof(*e));
-	e->ts_ns = bpf_ktime_get_ns();
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->ppid = BPF_CORE_READ(t, real_parent, tgid);
-	e->cpu = bpf_get_smp_processor_id();
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_probe_read_kernel_str(e->text, sizeof(e->text), filename);
 	bpf_ringbuf_submit(e, 0);

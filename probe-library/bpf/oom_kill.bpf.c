@@ -7,13 +7,10 @@ struct oom_control___min { struct task_struct *chosen; } __attribute__((preserve
 static __always_inline int emit(__u32 pid, const char *comm, __u64 rss_pages)
 {
 	stat_inc(STAT_SEEN);
-	struct note_event *e = reserve(sizeof(*e));
+	struct note_event *e = RESERVE_EVENT(struct note_event);
 	if (!e)
 		return 0;
-	__builtin_memset(e, 0, sizeof(*e));
-	e->ts_ns = bpf_ktime_get_ns();
 	e->pid = pid;
-	e->cpu = bpf_get_smp_processor_id();
 	e->value = rss_pages * 4 / 1024; /* MiB, assuming 4 KiB pages */
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_probe_read_kernel_str(e->text, TASK_COMM_LEN, comm);

@@ -34,15 +34,12 @@ static __always_inline void on_switch(__u32 prev_tid, long prev_state, bool prev
 	bpf_map_delete_elem(&wakeup_ts, &next_tid);
 	if (!latency_sample(0, delta)) /* per-wakeup events are too many to send: only long waits */
 		return;
-	struct latency_event *e = reserve(sizeof(*e));
+	struct latency_event *e = RESERVE_EVENT(struct latency_event);
 	if (!e)
 		return;
-	__builtin_memset(e, 0, sizeof(*e));
-	e->ts_ns = bpf_ktime_get_ns();
 	e->latency_ns = delta;
 	e->tid = next_tid;
 	e->pid = next_tgid;
-	e->cpu = bpf_get_smp_processor_id();
 	e->flags = EV_BREACH;
 	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), next_comm);
 	bpf_ringbuf_submit(e, 0);

@@ -233,6 +233,19 @@ static __always_inline void *reserve(__u64 size)
 	return e;
 }
 
+/* A zeroed event of `type` from the ring buffer, stamped with the time and CPU; NULL when the ring is full (the
+ * drop is counted). */
+#define RESERVE_EVENT(type)                                                                                        \
+	({                                                                                                         \
+		type *__e = reserve(sizeof(type));                                                                 \
+		if (__e) {                                                                                         \
+			__builtin_memset(__e, 0, sizeof(type));                                                    \
+			__e->ts_ns = bpf_ktime_get_ns();                                                           \
+			__e->cpu = bpf_get_smp_processor_id();                                                     \
+		}                                                                                                  \
+		__e;                                                                                               \
+	})
+
 static __always_inline __u32 log2_slot(__u64 v)
 {
 	__u32 r = 0;

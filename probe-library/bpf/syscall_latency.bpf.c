@@ -56,15 +56,12 @@ int tp_sys_exit(struct trace_event_raw_sys_exit *ctx)
 	bpf_map_delete_elem(&inflight, &tid);
 	if (!latency_sample(nr & (MAX_SYSCALLS - 1), delta))
 		return 0;
-	struct latency_event *e = reserve(sizeof(*e));
+	struct latency_event *e = RESERVE_EVENT(struct latency_event);
 	if (!e)
 		return 0;
-	__builtin_memset(e, 0, sizeof(*e));
-	e->ts_ns = bpf_ktime_get_ns();
 	e->latency_ns = delta;
 	e->pid = id >> 32;
 	e->tid = tid;
-	e->cpu = bpf_get_smp_processor_id();
 	e->id = nr;
 	e->flags = EV_BREACH;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));

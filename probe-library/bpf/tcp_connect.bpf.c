@@ -46,13 +46,10 @@ static __always_inline int on_state(struct sock *sk, int old, int new)
 	__u64 delta = bpf_ktime_get_ns() - s->ts;
 	bool breach = latency_sample(0, delta);
 	if (new == TCP_ESTABLISHED && keep_event(breach)) {
-		struct latency_event *e = reserve(sizeof(*e));
+		struct latency_event *e = RESERVE_EVENT(struct latency_event);
 		if (e) {
-			__builtin_memset(e, 0, sizeof(*e));
-			e->ts_ns = bpf_ktime_get_ns();
 			e->latency_ns = delta;
 			e->pid = s->pid;
-			e->cpu = bpf_get_smp_processor_id();
 			e->flags = breach ? EV_BREACH : 0;
 			e->sport = sport;
 			e->dport = dport;

@@ -11,14 +11,11 @@ static __always_inline int emit_sock(struct sock *sk)
 	stat_inc(STAT_SEEN);
 	if (!keep_event(false))
 		return 0;
-	struct note_event *e = reserve(sizeof(*e));
+	struct note_event *e = RESERVE_EVENT(struct note_event);
 	if (!e)
 		return 0;
-	__builtin_memset(e, 0, sizeof(*e));
 	/* No pid or comm: retransmits fire from timers and softirqs, where the current task is whoever was on the
 	 * CPU (often another pod's), not the socket's owner. The 4-tuple names the connection. */
-	e->ts_ns = bpf_ktime_get_ns();
-	e->cpu = bpf_get_smp_processor_id();
 	e->value = BPF_CORE_READ(sk, __sk_common.skc_state);
 	e->sport = sport;
 	e->dport = dport;

@@ -17,14 +17,11 @@ static __always_inline int on_segment(struct sock *sk, __u32 srtt_us)
 	bool breach = latency_sample(0, rtt_ns);
 	if (!keep_event(breach))
 		return 0;
-	struct latency_event *e = reserve(sizeof(*e));
+	struct latency_event *e = RESERVE_EVENT(struct latency_event);
 	if (!e)
 		return 0;
-	__builtin_memset(e, 0, sizeof(*e));
 	/* No pid or comm: segments arrive in softirq context, where the current task is whoever was on the CPU. */
-	e->ts_ns = bpf_ktime_get_ns();
 	e->latency_ns = rtt_ns;
-	e->cpu = bpf_get_smp_processor_id();
 	e->flags = breach ? EV_BREACH : 0;
 	e->sport = sport;
 	e->dport = dport;
