@@ -10,6 +10,14 @@ use std::time::Duration;
 use sonde_probes::{Filter, ProbeConfig};
 use sonde_tests::{NetPair as Pair, TIGHT_TBF};
 
+/// One bulk flow at a time: each test measures delays that a second flow's CPU (two cores, the flows' Python
+/// processes and the decoder) would stretch or starve.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// packet-latency on port 5201 keeping only segments of 5 ms or more, filtered to `filter_netns`.
 fn slow_segments(param_netns: Option<u64>, filter_netns: Vec<u32>) -> ProbeConfig {
     let params = ProbeParams {
@@ -38,6 +46,7 @@ fn slow_segments(param_netns: Option<u64>, filter_netns: Vec<u32>) -> ProbeConfi
 #[test]
 fn packet_latency_puts_the_tbf_delay_between_xmit_and_receive() {
     sonde_tests::requires!(Root);
+    let _serial = serial();
     let mut pair = Pair::new("pl", 77, TIGHT_TBF);
     let netns = pair.netns_inode(&pair.b.clone());
     let cfg = slow_segments(Some(netns as u64), vec![netns]);
@@ -112,6 +121,7 @@ fn packet_latency_puts_the_tbf_delay_between_xmit_and_receive() {
 #[test]
 fn tcp_retransmit_sees_drops_at_a_tiny_queue() {
     sonde_tests::requires!(Root);
+    let _serial = serial();
     let mut pair = Pair::new(
         "rt",
         78,
@@ -153,6 +163,7 @@ fn tcp_retransmit_sees_drops_at_a_tiny_queue() {
 #[test]
 fn packet_latency_namespace_filter_updates_while_attached() {
     sonde_tests::requires!(Root);
+    let _serial = serial();
     let mut pair = Pair::new("pn", 76, TIGHT_TBF);
     let netns = pair.netns_inode(&pair.b.clone());
     let cfg = slow_segments(None, vec![]);
@@ -183,6 +194,7 @@ fn packet_latency_namespace_filter_updates_while_attached() {
 #[test]
 fn packet_latency_redacts_the_softirq_task_outside_the_traced_cgroups() {
     sonde_tests::requires!(Root);
+    let _serial = serial();
     let mut pair = Pair::new("pr", 75, TIGHT_TBF);
     let netns = pair.netns_inode(&pair.b.clone());
     let cg = sonde_probes::cgroup::v2_root().join("sonde-pl-redact-test");
@@ -233,6 +245,7 @@ fn packet_latency_redacts_the_softirq_task_outside_the_traced_cgroups() {
 #[test]
 fn tcp_rtt_measures_the_queue_behind_a_tbf_as_ss_does() {
     sonde_tests::requires!(Root);
+    let _serial = serial();
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};
 
@@ -342,6 +355,7 @@ fn tcp_rtt_measures_the_queue_behind_a_tbf_as_ss_does() {
 #[test]
 fn tcp_connect_reports_each_connect_as_long_as_the_process_waited() {
     sonde_tests::requires!(Root);
+    let _serial = serial();
     use std::process::{Command, Stdio};
     use std::sync::{Arc, Mutex};
 
