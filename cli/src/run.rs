@@ -2,15 +2,12 @@
 //! what was collected, a printed summary and a results folder.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
-use sonde_crds::{Manifest, Summary, TraceJob};
-use sonde_probes::{
-    AttachAttempt, Drops, KernelStats, ProbeConfig, Running, results::ResultsWriter,
-};
+use sonde_crds::{Manifest, TraceJob};
+use sonde_probes::{ProbeConfig, RunReport, Running, results::ResultsWriter};
 
 use crate::local_target;
 
@@ -28,29 +25,6 @@ pub struct RunArgs {
     /// Print the final report as JSON on stdout instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-/// What `--json` prints and summary.json holds.
-#[derive(Serialize)]
-pub struct Report {
-    pub job: String,
-    pub probe: String,
-    pub attach_strategy: String,
-    pub attach_attempts: Vec<AttachAttempt>,
-    pub duration_seconds: f64,
-    pub stopped_by: &'static str,
-    pub events_captured: u64,
-    pub events_written: u64,
-    pub kernel: KernelStats,
-    /// Events that never reached the results, by reason (ring buffer full, unread at stop).
-    pub drops: Drops,
-    /// Dropped events as a percentage of all the kernel produced (captured + dropped).
-    pub dropped_percent: f64,
-    pub kernel_run_time_ns: u64,
-    pub kernel_runs: u64,
-    pub notes: Vec<String>,
-    pub summary: Summary,
-    pub results: Vec<PathBuf>,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -114,33 +88,24 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(e) = write_err {
         return Err(e.into());
     }
-    let (run_time, runs) = running.kernel_runtime();
-    let mut report = Report {
-        job: name.clone(),
-        probe: job.spec.probe.to_string(),
-        attach_strategy: running.loaded.strategy(),
-        attach_attempts: running.loaded.attempts.clone(),
-        duration_seconds: running.elapsed().as_secs_f64(),
-        stopped_by,
-        events_captured: running.captured,
-        events_written: writer.written,
-        kernel: running.kernel_stats(),
-        drops: running.drops(),
-        dropped_percent: dropped_percent(running.captured, running.drops().total()),
-        kernel_run_time_ns: run_time.as_nanos() as u64,
-        kernel_runs: runs,
-        notes: target.notes,
-        summary: findings.summary.clone(),
-        results: vec![],
-    };
+    let mut report = running.report(name.clone(), stopped_by, findings.summary.clone());
+    report.notes = target.notes;
     drop(running); // detach before writing: the trace is over
+    for (reason, n) in writer.take_not_kept() {
+        *report
+            .counts
+            .not_kept
+            .entry(reason.to_string())
+            .or_default() += n;
+    }
+    report.events_written = writer.written;
     let title = format!("sonde {} {}", job.spec.probe, name);
-    report.results = writer.finish(&findings, &title)?;
-    writer.write_summary(&report)?;
+    let files = writer.finish(&findings, &title)?;
+    writer.write_summary(&mut report, &files)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_report(&report, &findings);
+        print_report(&report, &out_dir, &findings);
     }
     Ok(())
 }
@@ -204,7 +169,7 @@ fn dropped_percent(captured: u64, dropped: u64) -> f64 {
     sonde_crds::Counts::percent_of(dropped, captured + dropped)
 }
 
-fn print_report(r: &Report, findings: &sonde_probes::Findings) {
+fn print_report(r: &RunReport, dir: &Path, findings: &sonde_probes::Findings) {
     eprintln!();
     println!(
         "{} ({}) via {}: {:.1}s, stopped by {}; {} events captured, {} dropped, {} breaches",
@@ -213,16 +178,15 @@ fn print_report(r: &Report, findings: &sonde_probes::Findings) {
         r.attach_strategy,
         r.duration_seconds,
         r.stopped_by,
-        r.events_captured,
-        r.drops.total(),
-        r.kernel.breaches
+        r.counts.captured,
+        r.counts.dropped,
+        r.counts.breaches
     );
-    if r.drops.total() > 0 {
-        println!(
-            "dropped {:.1}% of events (ring buffer full: {}, unread at stop: {}): user space could not keep up; \
-             the kernel's aggregates (pair counts, histograms) still count them",
-            r.dropped_percent, r.drops.ring_buffer_full, r.drops.unread_at_stop
-        );
+    if let Some(msg) = r.counts.drop_message() {
+        println!("{msg}");
+    }
+    for (reason, n) in &r.counts.not_kept {
+        println!("{n} events not kept in events/ ({reason})");
     }
     if !r.summary.rows.is_empty() {
         println!(
@@ -250,7 +214,7 @@ fn print_report(r: &Report, findings: &sonde_probes::Findings) {
         }
     }
     println!("\nresults:");
-    for p in &r.results {
-        println!("  {}", p.display());
+    for f in std::iter::once("summary.json").chain(r.results.iter().map(String::as_str)) {
+        println!("  {}", dir.join(f).display());
     }
 }

@@ -36,14 +36,14 @@ fn run_wakeups_example_writes_results_and_json() {
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("--json prints the report");
     assert_eq!(report["probe"], "wakeups");
-    assert_eq!(report["stopped_by"], "deadline");
-    let secs = report["duration_seconds"].as_f64().unwrap();
+    assert_eq!(report["stoppedBy"], "deadline");
+    let secs = report["durationSeconds"].as_f64().unwrap();
     assert!((2.0..4.0).contains(&secs), "{secs}");
     assert!(
-        report["events_captured"].as_u64().unwrap() > 0,
+        report["counts"]["captured"].as_u64().unwrap() > 0,
         "ping wakes something: {report}"
     );
-    let attempts = report["attach_attempts"].as_array().unwrap();
+    let attempts = report["attachAttempts"].as_array().unwrap();
     assert!(
         attempts.iter().any(|a| a["error"].is_null()),
         "one attach attempt succeeded"
@@ -51,11 +51,16 @@ fn run_wakeups_example_writes_results_and_json() {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["summary"], report["summary"]);
+    let listed = summary["results"].as_array().unwrap();
+    assert!(
+        listed.iter().any(|f| f == "events/manifest.json"),
+        "summary.json lists the set's files: {summary}"
+    );
     let (manifest, events) = sonde_probes::chunks::read_events(&out_dir).unwrap();
     assert!(manifest.complete);
     assert_eq!(
         events.len() as u64,
-        report["events_written"].as_u64().unwrap()
+        report["eventsWritten"].as_u64().unwrap()
     );
 }
 

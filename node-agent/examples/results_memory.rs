@@ -85,7 +85,7 @@ async fn main() {
         .expect("finishing");
     files.push(
         writer
-            .write_summary(&serde_json::json!({}))
+            .write_summary(&mut Default::default(), &files)
             .expect("summary"),
     );
     let parcel = outbox::seal(&dir, &to, &files, true, false).expect("sealing");

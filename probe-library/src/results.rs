@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::aggregate::{Event, Findings};
 use crate::chunks::{ChunkLimits, ChunkWriter};
 use crate::error::{Error, Result};
+use crate::report::RunReport;
 
 pub struct ResultsWriter {
     dir: PathBuf,
@@ -239,7 +240,17 @@ impl ResultsWriter {
         Ok(files)
     }
 
-    pub fn write_summary(&self, report: &impl Serialize) -> Result<PathBuf> {
+    /// Writes `summary.json`, naming the set's other files (`files`, as [`ResultsWriter::finish`] returned
+    /// them) relative to the folder; the chunks are left to the manifest, which lists them.
+    pub fn write_summary(&self, report: &mut RunReport, files: &[PathBuf]) -> Result<PathBuf> {
+        report.results = files
+            .iter()
+            .filter(|f| {
+                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                name != "summary.json" && !name.ends_with(".ndjson.gz")
+            })
+            .map(|f| f.strip_prefix(&self.dir).unwrap_or(f).display().to_string())
+            .collect();
         self.write_json("summary.json", report)
     }
 

@@ -13,7 +13,7 @@ use sonde_crds::{
     ProbeSessionStatus, Upload, UploadState,
 };
 use sonde_probes::results::ResultsWriter;
-use sonde_probes::{Filter, Findings, ProbeConfig, Running};
+use sonde_probes::{Filter, Findings, ProbeConfig, RunReport, Running, WindowReport};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::limits::{Limits, NODE_AT_CAPACITY};
@@ -85,6 +85,27 @@ impl SessionJob {
             "this node's spool of results waiting for the object store reached its cap (Helm value \
              agent.limits.maxSpoolMiB)",
         )
+    }
+
+    /// `summary.json` of this session's trace (or window) so far, counts as status has them.
+    fn report(
+        &self,
+        running: &Running,
+        writer: &ResultsWriter,
+        rep: &Reporter,
+        stopped_by: &str,
+        findings: &Findings,
+    ) -> RunReport {
+        let mut report = running.report(
+            format!("{}/{}", self.namespace, self.name),
+            stopped_by,
+            findings.summary.clone(),
+        );
+        report.node = Some(self.spec.node_name.clone());
+        report.counts = rep.status.counts.clone();
+        report.events_written = writer.written;
+        report.notes.extend(self.resumed_note.clone());
+        report
     }
 
     /// Where results go under `prefix`; `run` has already ended a session whose storage was refused.
@@ -353,25 +374,10 @@ pub async fn run(
         tokio::task::block_in_place(|| running.finish(top, writer.sink(&mut write_error)));
     tally_not_kept(&job, &mut rep, &mut writer);
     fill_counts(&mut rep, &running);
-    let (run_time, runs) = running.kernel_runtime();
+    let (run_time, _) = running.kernel_runtime();
     let elapsed = running.elapsed();
-    let attempts = running.loaded.attempts.clone();
+    let mut report = job.report(&running, &writer, &rep, stop.label(), &findings);
     drop(running); // detach now: the trace is over, writing results must not extend it
-
-    let report = serde_json::json!({
-        "session": format!("{}/{}", job.namespace, job.name),
-        "node": job.spec.node_name,
-        "probe": job.spec.probe.to_string(),
-        "attach_strategy": strategy,
-        "attach_attempts": attempts,
-        "duration_seconds": elapsed.as_secs_f64(),
-        "stopped_by": stop.label(),
-        "counts": rep.status.counts,
-        "kernel_run_time_ns": run_time.as_nanos() as u64,
-        "kernel_runs": runs,
-        "summary": findings.summary,
-        "note": job.resumed_note,
-    });
     let cap_note = writer.cap_note();
     let prefix = match windows {
         Some(_) => window_prefix(&to.prefix),
@@ -385,7 +391,7 @@ pub async fn run(
         writer,
         &findings,
         &title,
-        &report,
+        &mut report,
         &prefix,
         windows.is_none(),
     )

@@ -20,7 +20,7 @@ pub(super) async fn publish(
     mut writer: ResultsWriter,
     findings: &Findings,
     title: &str,
-    report: &serde_json::Value,
+    report: &mut RunReport,
     prefix: &str,
     last: bool,
 ) -> Published {
@@ -29,7 +29,7 @@ pub(super) async fn publish(
         problems.push(format!("writing results: {e}"));
         Vec::new()
     });
-    match writer.write_summary(report) {
+    match writer.write_summary(report, &files) {
         Ok(p) => files.push(p),
         Err(e) => problems.push(format!("writing summary.json: {e}")),
     }

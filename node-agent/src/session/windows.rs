@@ -36,6 +36,7 @@ pub(super) async fn end_window(
     title: &str,
 ) -> Result<(), String> {
     let mut write_error = None;
+    let lasted = running.window_started.elapsed();
     let findings = tokio::task::block_in_place(|| running.roll(top, writer.sink(&mut write_error)));
     let mut problems: Vec<String> = write_error
         .into_iter()
@@ -53,18 +54,15 @@ pub(super) async fn end_window(
     fill_counts(rep, running);
     let breaches = rep.status.counts.breaches - w.breaches_before;
     w.breaches_before = rep.status.counts.breaches;
-    let report = serde_json::json!({
-        "session": format!("{}/{}", job.namespace, job.name),
-        "node": job.spec.node_name,
-        "probe": job.spec.probe.to_string(),
-        "window": w.n,
-        "window_seconds": w.every.as_secs_f64(),
-        "breaches": breaches,
-        "counts": rep.status.counts,
-        "summary": findings.summary,
+    let mut report = job.report(running, &done, rep, "window", &findings);
+    report.duration_seconds = lasted.as_secs_f64();
+    report.window = Some(WindowReport {
+        number: w.n,
+        seconds: w.every.as_secs_f64(),
+        breaches,
     });
     let prefix = window_prefix(&job.spec.result_prefix);
-    let published = publish(job, done, &findings, title, &report, &prefix, false).await;
+    let published = publish(job, done, &findings, title, &mut report, &prefix, false).await;
     problems.extend(published.problems);
     rep.status.windows = w.n;
     rep.status.results = published.urls;
