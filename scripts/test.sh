@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, builds (or reuses) the Kubernetes control plane and node
-# binaries, checks format and lints, then runs every test -- unit, kernel (root) and end-to-end against a real
+# binaries, checks format, lints and the dependencies' licences, then runs every test -- unit, kernel (root)
+# and end-to-end against a real
 # kube-apiserver + etcd -- then the release images and the real-node tests: `helm install` of the chart on this
 # host as a kubelet node (containerd, runc, CNI), field cases on real containers.
 set -euo pipefail
@@ -15,6 +16,7 @@ SONDE_HELM=$(scripts/tools.sh)
 SONDE_NODE_BIN=$(tests/node/build.sh)
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/cargo-deny.sh
 mkdir -p target
 log=target/test-output.log
 status=0
