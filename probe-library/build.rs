@@ -1,6 +1,11 @@
 //! Compiles every `bpf/*.bpf.c` with clang into OUT_DIR; the objects are embedded in the crate, so nodes need no
 //! compiler. CO-RE relocations against the vendored `bpf/<arch>/vmlinux.h` make one object fit many kernels.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a build script reports a missing Cargo variable or a failed compile by panicking"
+)]
+
 use std::{env, path::PathBuf, process::Command};
 
 fn main() {

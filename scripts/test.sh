@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, builds (or reuses) the Kubernetes control plane and node
 # binaries, checks format, lints and the dependencies' licences, then runs every test -- unit, kernel (root)
-# and end-to-end against a real
-# kube-apiserver + etcd -- then the release images and the real-node tests: `helm install` of the chart on this
-# host as a kubelet node (containerd, runc, CNI), field cases on real containers.
+# and end-to-end against a real kube-apiserver + etcd -- then the release images and the real-node tests:
+# `helm install` of the chart on this host as a kubelet node (containerd, runc, CNI), field cases on real
+# containers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh

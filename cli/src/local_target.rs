@@ -8,12 +8,12 @@ use anyhow::{Context, Result, bail};
 use sonde_crds::{ProbeName, TraceJobSpec};
 use sonde_probes::{Filter, cgroup};
 
-pub struct LocalTarget {
+pub(crate) struct LocalTarget {
     pub filter: Filter,
     pub notes: Vec<String>,
 }
 
-pub fn resolve(spec: &TraceJobSpec) -> Result<LocalTarget> {
+pub(crate) fn resolve(spec: &TraceJobSpec) -> Result<LocalTarget> {
     let t = &spec.target;
     let mut notes = Vec::new();
     if t.pod_selector.is_some() || t.node_selector.is_some() || t.node_names.is_some() {

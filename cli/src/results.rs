@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 #[derive(Args)]
-pub struct ResultsArgs {
+pub(crate) struct ResultsArgs {
     /// The results server, e.g. http://sonde-results.sonde-system (or SONDE_RESULTS_URL).
     #[arg(long, env = "SONDE_RESULTS_URL", global = true)]
     server: Option<String>,
@@ -118,7 +118,7 @@ impl Client {
     }
 }
 
-pub fn run(args: ResultsArgs) -> Result<()> {
+pub(crate) fn run(args: ResultsArgs) -> Result<()> {
     let (kube_ns, kube_token) = kubeconfig();
     let Some(server) = args.server else {
         bail!("no results server: pass --server or set SONDE_RESULTS_URL");

@@ -12,7 +12,7 @@ use sonde_probes::{ProbeConfig, RunReport, Running, results::ResultsWriter};
 use crate::local_target;
 
 #[derive(clap::Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// TraceJob manifest (the same YAML `kubectl apply` takes).
     #[arg(short = 'f', long = "filename")]
     file: PathBuf,
@@ -27,7 +27,7 @@ pub struct RunArgs {
     json: bool,
 }
 
-pub fn run(args: RunArgs) -> Result<()> {
+pub(crate) fn run(args: RunArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let manifests =

@@ -1,6 +1,11 @@
 //! `sonde run` under overload (root, real kernel): two unbounded sched-pipe loads keep both cores busy and wake
 //! each other far faster than the events can be written. The deadline, Ctrl-C and a Stop threshold still end
 //! the run on time, drops are counted and reported, and the kernel's pair counts stay exact.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test reports failure by panicking"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

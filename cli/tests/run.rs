@@ -1,4 +1,9 @@
 //! `sonde run` end to end as a user runs it (root, real kernel), and its refusals of bad input.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test reports failure by panicking"
+)]
 
 use std::path::Path;
 use std::process::Command;

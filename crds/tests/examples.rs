@@ -1,4 +1,9 @@
 //! Every example parses into the Rust types; every bad manifest is refused with a message naming its field.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test reports failure by panicking"
+)]
 
 use std::path::{Path, PathBuf};
 

@@ -2,6 +2,11 @@
 //! while the outbox streams closed chunks to the store, then the rest sealed and delivered, as a trace does.
 //! Prints the volume, the time, the chunks and the process's peak resident memory (VmHWM).
 //! Usage: results_memory <store URL> <MB of NDJSON>   (bench/results-memory.sh runs it against a real S3 server)
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an example reports failure by panicking"
+)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

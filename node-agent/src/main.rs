@@ -109,16 +109,7 @@ async fn main() -> anyhow::Result<()> {
     };
     tokio::select! {
         r = Agent::new(client, cfg, metrics, health).run() => r?,
-        _ = shutdown() => tracing::info!("shutting down; sessions detach with the process"),
+        _ = sonde_telemetry::stop_signal()? => tracing::info!("shutting down; sessions detach with the process"),
     }
     Ok(())
-}
-
-async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

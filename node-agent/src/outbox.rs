@@ -367,10 +367,10 @@ async fn send_closed(
     if files.is_empty() {
         return Ok(());
     }
-    if store.is_none() {
-        *store = Some(upload::Store::open(&to.store_url)?);
-    }
-    let store = store.as_ref().expect("opened above");
+    let store = match store {
+        Some(s) => &*s,
+        None => &*store.insert(upload::Store::open(&to.store_url)?),
+    };
     // Durable before the store sees it: a chunk the store does not take survives a crash of the node.
     let to_sync = files.clone();
     let events_dir = events.to_path_buf();

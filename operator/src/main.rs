@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     );
     // SIGTERM (a rollout, a drain) or SIGINT. As PID 1 of its container the process would otherwise ignore
     // SIGTERM and keep leading with its old configuration until the kubelet kills it.
-    let stop = stop_signal();
+    let stop = sonde_telemetry::stop_signal()?;
     tokio::pin!(stop);
     tokio::select! {
         r = lock.acquire() => r?,
@@ -93,13 +93,4 @@ async fn main() -> anyhow::Result<()> {
     }
     lock.release().await;
     Ok(())
-}
-
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

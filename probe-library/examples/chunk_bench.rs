@@ -2,6 +2,11 @@
 //! `ChunkWriter` as `sonde run` and the agents do, and prints events/s, MB/s of NDJSON, the compression ratio and
 //! CPU seconds per MB.
 //! Usage: cargo run --release -p sonde-probes --example chunk_bench -- EVENTS.ndjson [ROUNDS]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an example reports failure by panicking"
+)]
 
 use std::io::BufRead;
 use std::time::Instant;

@@ -201,10 +201,11 @@ impl ChunkWriter {
 
     /// Appends one NDJSON line (without its newline). Returns a chunk that this line filled and closed.
     pub fn line(&mut self, line: &[u8], ts_ns: Option<u64>) -> Result<Option<PathBuf>> {
-        if self.open.is_none() {
-            self.open = Some(self.open_next()?);
-        }
-        let o = self.open.as_mut().expect("opened above");
+        let o = match self.open.take() {
+            Some(o) => o,
+            None => self.open_next()?,
+        };
+        let o = self.open.insert(o);
         o.gz.write_all(line)
             .and_then(|()| o.gz.write_all(b"\n"))
             .map_err(io(format!("writing {}", o.part.display())))?;

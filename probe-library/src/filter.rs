@@ -55,7 +55,7 @@ pub(crate) fn insert_u32(
 }
 
 /// Makes a filter set exactly `ids`: new members are admitted, gone ones dropped, others untouched.
-pub fn set_exactly<K: aya::Pod + Ord>(
+pub(crate) fn set_exactly<K: aya::Pod + Ord>(
     ebpf: &mut Ebpf,
     probe: ProbeName,
     name: &'static str,

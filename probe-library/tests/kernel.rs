@@ -1,5 +1,10 @@
 //! Kernel tests: every probe loads through its attach chain on this kernel and sees events it caused.
 //! They need root and a BTF kernel; CI runs them as root. Each test cleans up what it creates, even on failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test reports failure by panicking"
+)]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

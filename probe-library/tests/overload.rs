@@ -3,6 +3,11 @@
 //! returns after its slice, `finish` and `roll` return in bounded time, every event is accounted for
 //! (captured, dropped with the ring full, or counted unread at stop), and the kernel's pair counts stay exact.
 //! Needs root and a BTF kernel.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test reports failure by panicking"
+)]
 
 use std::time::{Duration, Instant};
 

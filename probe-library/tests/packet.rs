@@ -1,6 +1,11 @@
 //! Field case B on this machine: two network namespaces joined by a veth pair, a tight tbf qdisc on one end,
 //! and a TCP bulk flow across it. The delay must show between device xmit and receive, not in the TCP stage.
 //! Needs root; namespaces, links and qdiscs are removed even when a test fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test reports failure by panicking"
+)]
 
 mod common;
 

@@ -3,6 +3,11 @@
 //! on one of its own metrics), and every probe loads through its attach chain on this kernel with exactly the
 //! kernel aggregates it declares (so policy windows reset them). A new probe gets these checks by being
 //! registered; nothing here names one.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test reports failure by panicking"
+)]
 
 mod common;
 

@@ -82,15 +82,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving results");
     health.set_ready(true);
+    let stop_signal = sonde_telemetry::stop_signal()?;
     axum::serve(listener, routes::router(ctx))
         .with_graceful_shutdown(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("a SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+            stop_signal.await;
             tracing::info!("shutting down");
             let _ = stop.send(true);
         })

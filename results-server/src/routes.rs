@@ -154,7 +154,7 @@ pub struct EventsPage {
 /// A TraceJob, in its namespace.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
-#[allow(dead_code)] // documents the path; handlers take it as a tuple
+#[allow(dead_code, reason = "documents the path; handlers take it as a tuple")]
 struct JobPath {
     /// Kubernetes namespace
     namespace: String,
@@ -165,7 +165,10 @@ struct JobPath {
 /// Which events, from where.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)] // documents the query; handlers parse it with repeated `filter`s
+#[allow(
+    dead_code,
+    reason = "documents the query; handlers parse it with repeated `filter`s"
+)]
 struct EventsQuery {
     /// Events per page, 1 to 5000 (default 500); ignored by the tail
     #[param(minimum = 1, maximum = 5000)]
@@ -182,7 +185,7 @@ struct EventsQuery {
 
 /// Why a request was refused.
 #[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // documents responses; errors are `Error`s
+#[allow(dead_code, reason = "documents responses; errors are `Error`s")]
 enum Refused {
     /// No token, or one the API server did not accept for this audience
     #[response(status = 401, content_type = "application/problem+json")]
@@ -197,7 +200,7 @@ enum Refused {
 
 /// A request that makes no sense (a bad filter, cursor or limit).
 #[derive(utoipa::IntoResponses)]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "documents responses; errors are `Error`s")]
 enum BadRequest {
     #[response(status = 400, content_type = "application/problem+json")]
     Bad(Problem),
@@ -618,7 +621,7 @@ pub struct PolicyView {
 /// A ProbePolicy, in its namespace.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
-#[allow(dead_code)] // documents the path; handlers take it as a tuple
+#[allow(dead_code, reason = "documents the path; handlers take it as a tuple")]
 struct PolicyPath {
     /// Kubernetes namespace
     namespace: String,

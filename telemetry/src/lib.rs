@@ -67,11 +67,12 @@ impl Health {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    fn encode(&self) -> String {
+    /// The registry as OpenMetrics text; Err only when a metric's own encoder fails (writing to a String
+    /// cannot), answered with 500.
+    fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("encoding to a String");
-        out
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
     }
 }
 
@@ -82,7 +83,10 @@ pub fn router(health: Arc<Health>) -> Router {
             "/metrics",
             get(|State(h): State<Arc<Health>>| async move {
                 let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-                ([(header::CONTENT_TYPE, kind)], h.encode())
+                match h.encode() {
+                    Ok(text) => ([(header::CONTENT_TYPE, kind)], text).into_response(),
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok" }))
@@ -106,4 +110,18 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<Soc
     tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
     tokio::spawn(axum::serve(listener, router(health)).into_future());
     Ok(bound)
+}
+
+/// Resolves on SIGTERM (a rollout, a drain, `kubectl delete pod`) or SIGINT. As PID 1 of its container a process
+/// that installs no handler ignores SIGTERM and runs on until the kubelet kills it. Err when the handler cannot
+/// be installed.
+pub fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -1,6 +1,11 @@
 //! The end-to-end harness: a real control plane (tests/controlplane/up.sh, started once and shared by every test
 //! binary), the Sonde CRDs installed, a namespace per test, this host registered as a Node and Pods bound to it
 //! whose containers are real processes in cgroups named the way the kubelet names them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test harness fails its test by panicking"
+)]
 
 mod browser;
 mod components;

@@ -2,6 +2,11 @@
 //! accepted by the real API server (server-side dry run: schema, defaulting and admission of every object).
 //! That its RBAC is enough to run the product is shown in tracejob.rs, where the operator and agent act as the
 //! chart's service accounts.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test reports failure by panicking"
+)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

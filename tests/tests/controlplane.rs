@@ -1,5 +1,10 @@
 //! The control plane itself and the CRDs on it: what only a real API server can tell (structural schema, CEL,
 //! printer columns, explain, RBAC, garbage collection), plus the node and pod fixtures the agent tests rely on.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test reports failure by panicking"
+)]
 
 use std::time::Duration;
 

@@ -2,6 +2,11 @@
 //! securityContext, on a real kubelet node (containerd, runc, CNI bridge, kube-proxy) of a control plane of its
 //! own; workloads are real containers. Every test name starts with `real_node_`: scripts/test.sh runs them
 //! after the other tests, on a node it tears down at the end.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test reports failure by panicking"
+)]
 
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,11 @@
 //! node, pods whose containers are real processes in kubelet-named cgroups, and real kernel hooks.
 //!
 //! Every test here runs its own operator and agent for this one node, so they run one at a time (SERIAL).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test reports failure by panicking"
+)]
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-fn main() -> std::io::Result<()> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dirs = match std::env::args_os().nth(1) {
         Some(dir) => vec![PathBuf::from(dir)],
@@ -13,7 +13,7 @@ fn main() -> std::io::Result<()> {
         std::fs::create_dir_all(&dir)?;
         for (file, crd) in sonde_crds::all_crds() {
             let path = dir.join(file);
-            std::fs::write(&path, sonde_crds::crd_yaml(&crd))?;
+            std::fs::write(&path, sonde_crds::crd_yaml(&crd)?)?;
             println!("wrote {}", path.display());
         }
     }

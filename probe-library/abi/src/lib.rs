@@ -1,6 +1,9 @@
 //! `#[repr(C)]` twins of the structs in `probe-library/bpf/sonde_abi.h`. Each names its C twin; both sides assert
 //! the size, so a layout change on one side fails the build on the other.
-#![allow(unsafe_code)] // aya's Pod marker and reading kernel-written bytes need it; nothing else here does.
+#![allow(
+    unsafe_code,
+    reason = "aya's Pod marker and reading kernel-written bytes need it; nothing else here does"
+)]
 
 pub const TASK_COMM_LEN: usize = 16;
 pub const HIST_SLOTS: usize = 64;

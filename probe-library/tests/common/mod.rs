@@ -1,5 +1,5 @@
 //! Shared by the kernel tests: load a probe, run a workload while tracing, collect what it reported.
-#![allow(dead_code)] // each test binary uses its own subset
+#![allow(dead_code, reason = "each test binary uses its own subset")]
 
 use std::time::{Duration, Instant};
 
@@ -7,14 +7,14 @@ use serde_json::Value;
 use sonde_crds::*;
 use sonde_probes::{Filter, Findings, KernelStats, ProbeConfig, Running};
 
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub events: Vec<Value>,
     pub findings: Findings,
     pub stats: KernelStats,
     pub strategy: String,
 }
 
-pub fn config(
+pub(crate) fn config(
     probe: ProbeName,
     filter: Filter,
     thresholds: Vec<Threshold>,
@@ -30,7 +30,7 @@ pub fn config(
 }
 
 /// A threshold that records breaches.
-pub fn threshold(metric: Metric, comparison: Comparison, value: f64) -> Threshold {
+pub(crate) fn threshold(metric: Metric, comparison: Comparison, value: f64) -> Threshold {
     Threshold {
         metric,
         comparison,
@@ -40,7 +40,7 @@ pub fn threshold(metric: Metric, comparison: Comparison, value: f64) -> Threshol
 }
 
 /// Loads the probe, runs `load` while tracing for `duration`, and returns everything the probe reported.
-pub fn trace(
+pub(crate) fn trace(
     cfg: ProbeConfig,
     duration: Duration,
     load: impl FnOnce() + Send + 'static,
