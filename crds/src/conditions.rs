@@ -22,36 +22,58 @@ pub mod types {
 /// agent stopped it early and reported what it had; the job's roll-up carries it.
 pub const NODE_DRAINED: &str = "NodeDrained";
 
-/// Sets (or adds) the condition of `type_`, keeping its transition time when the status is unchanged.
-pub fn set(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: impl Into<String>,
+/// Sets conditions on one object's status, as observed at one generation and time: one entry per type, its
+/// `lastTransitionTime` moved only when its status changes.
+pub struct Conditions<'a> {
+    list: &'a mut Vec<Condition>,
     generation: Option<i64>,
-    now: &Time,
-) {
-    let status = if status { "True" } else { "False" }.to_string();
-    let message = message.into();
-    match conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(c) => {
-            if c.status != status {
-                c.last_transition_time = now.clone();
-            }
-            c.status = status;
-            c.reason = reason.into();
-            c.message = message;
-            c.observed_generation = generation;
+    now: Time,
+}
+
+impl<'a> Conditions<'a> {
+    pub fn new(list: &'a mut Vec<Condition>, generation: Option<i64>, now: Time) -> Self {
+        Conditions {
+            list,
+            generation,
+            now,
         }
-        None => conditions.push(Condition {
-            type_: type_.into(),
-            status,
-            reason: reason.into(),
-            message,
-            observed_generation: generation,
-            last_transition_time: now.clone(),
-        }),
+    }
+
+    /// Sets (or adds) the condition of `type_`.
+    pub fn set(
+        &mut self,
+        type_: &str,
+        status: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> &mut Self {
+        let status = if status { "True" } else { "False" }.to_string();
+        let message = message.into();
+        match self.list.iter_mut().find(|c| c.type_ == type_) {
+            Some(c) => {
+                if c.status != status {
+                    c.last_transition_time = self.now.clone();
+                }
+                c.status = status;
+                c.reason = reason.into();
+                c.message = message;
+                c.observed_generation = self.generation;
+            }
+            None => self.list.push(Condition {
+                type_: type_.into(),
+                status,
+                reason: reason.into(),
+                message,
+                observed_generation: self.generation,
+                last_transition_time: self.now.clone(),
+            }),
+        }
+        self
+    }
+
+    /// Whether the condition of `type_` is True.
+    pub fn is_true(&self, type_: &str) -> bool {
+        is_true(self.list, type_)
     }
 }
 
@@ -73,27 +95,11 @@ mod tests {
     #[test]
     fn transition_time_moves_only_on_status_change() {
         let mut c = Vec::new();
-        set(&mut c, "Attached", false, "Pending", "", Some(1), &at(10));
-        set(
-            &mut c,
-            "Attached",
-            false,
-            "Pending",
-            "still",
-            Some(1),
-            &at(20),
-        );
+        Conditions::new(&mut c, Some(1), at(10)).set("Attached", false, "Pending", "");
+        Conditions::new(&mut c, Some(1), at(20)).set("Attached", false, "Pending", "still");
         assert_eq!(c[0].last_transition_time, at(10));
         assert_eq!(c[0].message, "still");
-        set(
-            &mut c,
-            "Attached",
-            true,
-            "Attached",
-            "tp_btf",
-            Some(2),
-            &at(30),
-        );
+        Conditions::new(&mut c, Some(2), at(30)).set("Attached", true, "Attached", "tp_btf");
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].last_transition_time, at(30));
         assert_eq!(c[0].observed_generation, Some(2));

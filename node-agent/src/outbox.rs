@@ -32,7 +32,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
-use sonde_crds::conditions::{self, types};
+use sonde_crds::conditions::{Conditions, types};
 use sonde_crds::{ProbeSession, Upload, UploadState};
 
 use crate::upload;
@@ -622,14 +622,11 @@ impl Uploader {
         let mut st = session.status.unwrap_or_default();
         let (ok, reason, message) = upload.condition(false, true, "");
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        conditions::set(
-            &mut st.conditions,
+        Conditions::new(&mut st.conditions, session.metadata.generation, now).set(
             types::RESULTS_COMPLETE,
             ok,
             reason,
             message,
-            session.metadata.generation,
-            &now,
         );
         let mut patch =
             serde_json::json!({"status": {"upload": upload, "conditions": st.conditions}});

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use sonde_crds::conditions::{self, types};
+use sonde_crds::conditions::{self, Conditions, types};
 use sonde_crds::{
     Counts, NodeCounts, NodeResult, Phase, ProbePolicyStatus, ProbeSession, ProbeSessionStatus,
     Summary, SummaryRow, TraceJobStatus, Upload, UploadState,
@@ -126,24 +126,18 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
     };
 
     let g = i.generation;
-    let c = &mut st.conditions;
+    let mut c = Conditions::new(&mut st.conditions, g, now_t.clone());
     match (&i.no_targets, i.sessions.is_empty()) {
-        (Some(why), true) => conditions::set(
-            c,
-            types::SCHEDULED,
-            false,
-            why.reason,
-            why.message.clone(),
-            g,
-            &now_t,
-        ),
+        (Some(why), true) => {
+            c.set(types::SCHEDULED, false, why.reason, why.message.clone());
+        }
         _ => {
             let mut msg = format!("{} node(s) targeted", nodes.targeted);
             for n in &i.notes {
                 msg.push_str("; ");
                 msg.push_str(n);
             }
-            conditions::set(c, types::SCHEDULED, true, "SessionsCreated", msg, g, &now_t);
+            c.set(types::SCHEDULED, true, "SessionsCreated", msg);
         }
     }
     if nodes.attached > 0 {
@@ -151,23 +145,20 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
             .iter()
             .map(|(s, n)| format!("{s} on {n} node(s)"))
             .collect();
-        conditions::set(
-            c,
+        c.set(
             types::ATTACHED,
             true,
             "Attached",
             format!("attached via {}", how.join(", ")),
-            g,
-            &now_t,
         );
-    } else if !conditions::is_true(c, types::ATTACHED) {
-        not_attached_yet(c, g, &now_t);
+    } else if !c.is_true(types::ATTACHED) {
+        not_attached_yet(&mut c);
     }
     if counts.breaches > 0 {
         let msg = format!("{} threshold breaches", counts.breaches);
-        set_breached(c, msg, g, &now_t);
+        set_breached(&mut c, msg);
     }
-    set_dropped(c, &counts, g, &now_t);
+    set_dropped(&mut c, &counts);
     match phase {
         Phase::Succeeded => {
             // Sessions their agent stopped early because the node was cordoned: the job is complete, and says
@@ -186,7 +177,7 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
                 let msg = format!("{} node(s) done; {}", nodes.done, drained.join("; "));
                 (conditions::NODE_DRAINED, msg)
             };
-            conditions::set(c, types::COMPLETE, true, reason, msg, g, &now_t);
+            c.set(types::COMPLETE, true, reason, msg);
         }
         Phase::Failed => {
             let (reason, msg) = if i.sessions.is_empty() {
@@ -197,8 +188,8 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
             } else {
                 ("NodesFailed", failures.join("; "))
             };
-            conditions::set(c, types::COMPLETE, false, reason, msg.clone(), g, &now_t);
-            conditions::set(c, types::FAILED, true, reason, msg, g, &now_t);
+            c.set(types::COMPLETE, false, reason, msg.clone());
+            c.set(types::FAILED, true, reason, msg);
         }
         _ => {}
     }
@@ -250,14 +241,11 @@ pub fn upload_rollup(
         was_pending,
         &format!("on {waiting}"),
     );
-    conditions::set(
-        &mut st.conditions,
+    Conditions::new(&mut st.conditions, g, now.clone()).set(
         types::RESULTS_COMPLETE,
         ok,
         reason,
         msg,
-        g,
-        now,
     );
     st.upload = Some(merged);
 }
@@ -360,61 +348,39 @@ pub fn policy_rollup(
             st.last_breach_time = Some(t);
         }
     }
-    let c = &mut st.conditions;
+    let mut c = Conditions::new(&mut st.conditions, g, now_t.clone());
     if suspended {
-        conditions::set(
-            c,
+        c.set(
             types::ATTACHED,
             false,
             "Suspended",
             "spec.suspend is true: detached everywhere",
-            g,
-            &now_t,
         );
     } else if let Some(why) = no_targets.filter(|_| sessions.is_empty()) {
-        conditions::set(
-            c,
-            types::ATTACHED,
-            false,
-            why.reason,
-            why.message,
-            g,
-            &now_t,
-        );
+        c.set(types::ATTACHED, false, why.reason, why.message);
     } else if nodes.attached > 0 {
         let msg = format!("attached on {}/{} node(s)", nodes.attached, nodes.targeted);
-        conditions::set(c, types::ATTACHED, true, "Attached", msg, g, &now_t);
+        c.set(types::ATTACHED, true, "Attached", msg);
     } else {
-        not_attached_yet(c, g, &now_t);
+        not_attached_yet(&mut c);
     }
     if failures.is_empty() {
-        conditions::set(c, DEGRADED, false, "AllNodesHealthy", "", g, &now_t);
+        c.set(DEGRADED, false, "AllNodesHealthy", "");
     } else {
-        conditions::set(
-            c,
-            DEGRADED,
-            true,
-            "NodesFailed",
-            failures.join("; "),
-            g,
-            &now_t,
-        );
+        c.set(DEGRADED, true, "NodesFailed", failures.join("; "));
     }
     if breached.is_empty() {
-        conditions::set(
-            c,
+        c.set(
             types::THRESHOLD_BREACHED,
             false,
             "Quiet",
             "no breach in the last window",
-            g,
-            &now_t,
         );
     } else {
         let msg = format!("last window breached on {}", breached.join(", "));
-        set_breached(c, msg, g, &now_t);
+        set_breached(&mut c, msg);
     }
-    set_dropped(c, &counts, g, &now_t);
+    set_dropped(&mut c, &counts);
     st.progress = Some(format!("{}/{}", nodes.attached, nodes.targeted));
     st.nodes = nodes;
     st.counts = counts;
@@ -425,47 +391,22 @@ pub fn policy_rollup(
 }
 
 /// `EventsDropped` once any node dropped events (user space behind the kernel), with the rate and reasons.
-fn set_dropped(
-    c: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    counts: &Counts,
-    g: Option<i64>,
-    now: &Time,
-) {
+fn set_dropped(c: &mut Conditions, counts: &Counts) {
     if let Some(msg) = counts.drop_message() {
-        conditions::set(
-            c,
-            types::EVENTS_DROPPED,
-            true,
-            "UserSpaceBehind",
-            msg,
-            g,
-            now,
-        );
+        c.set(types::EVENTS_DROPPED, true, "UserSpaceBehind", msg);
     }
 }
 
-fn set_breached(
-    c: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    msg: String,
-    g: Option<i64>,
-    now: &Time,
-) {
-    conditions::set(c, types::THRESHOLD_BREACHED, true, "Breached", msg, g, now);
+fn set_breached(c: &mut Conditions, msg: String) {
+    c.set(types::THRESHOLD_BREACHED, true, "Breached", msg);
 }
 
-fn not_attached_yet(
-    c: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    g: Option<i64>,
-    now: &Time,
-) {
-    conditions::set(
-        c,
+fn not_attached_yet(c: &mut Conditions) {
+    c.set(
         types::ATTACHED,
         false,
         "Waiting",
         "no node has attached yet",
-        g,
-        now,
     );
 }
 
@@ -537,14 +478,12 @@ mod tests {
     fn a_node_drained_before_the_deadline_completes_the_job_with_the_reason() {
         let mut drained = done(&[("x", 1)], 0);
         let why = "node b was cordoned at T: stopped 40s before the deadline";
-        conditions::set(
-            &mut drained.conditions,
+        let at = Time(Timestamp::from_second(120).unwrap());
+        Conditions::new(&mut drained.conditions, Some(1), at).set(
             types::COMPLETE,
             true,
             conditions::NODE_DRAINED,
             why,
-            Some(1),
-            &Time(Timestamp::from_second(120).unwrap()),
         );
         let sessions = [
             session("a", Some(done(&[("x", 5)], 0))),
@@ -653,14 +592,12 @@ mod tests {
         let mut breached = done(&[("x", 9)], 3);
         breached.phase = Phase::Running;
         breached.last_breach_time = Some(Time(Timestamp::from_second(150).unwrap()));
-        conditions::set(
-            &mut breached.conditions,
+        let at = Time(Timestamp::from_second(150).unwrap());
+        Conditions::new(&mut breached.conditions, None, at).set(
             types::THRESHOLD_BREACHED,
             true,
             "Breached",
             "",
-            None,
-            &Time(Timestamp::from_second(150).unwrap()),
         );
         let sessions = [session("a", Some(breached))];
         let now = Timestamp::from_second(200).unwrap();

@@ -3,7 +3,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use sonde_crds::conditions;
+use sonde_crds::conditions::Conditions;
 use sonde_crds::conditions::types;
 use sonde_crds::{ProbeSession, ProbeSessionStatus, Upload};
 
@@ -29,15 +29,8 @@ impl Reporter {
         message: impl Into<String>,
     ) {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        conditions::set(
-            &mut self.status.conditions,
-            type_,
-            status,
-            reason,
-            message,
-            self.generation,
-            &now,
-        );
+        Conditions::new(&mut self.status.conditions, self.generation, now)
+            .set(type_, status, reason, message);
     }
 
     /// Where the results stand: `status.upload` and the `ResultsComplete` condition.
