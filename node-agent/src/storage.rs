@@ -8,9 +8,6 @@ use std::collections::BTreeMap;
 
 use sonde_crds::ProbeSessionSpec;
 
-/// What a location may be: a directory, an S3 bucket, or the results server's own volume.
-pub const STORE_SCHEMES: [&str; 4] = ["file://", "s3://", "results+http://", "results+https://"];
-
 /// The admin's storage locations: the default and the named ones.
 #[derive(Clone, Debug)]
 pub struct Locations {
@@ -19,25 +16,11 @@ pub struct Locations {
 }
 
 impl Locations {
-    /// `named` is `name=url,name=url` (URLs of [`STORE_SCHEMES`]).
+    /// `named` is `name=url,name=url` (see [`sonde_telemetry::parse_locations`]).
     pub fn parse(default: String, named: &str) -> Result<Locations, String> {
-        let mut out = BTreeMap::new();
-        for entry in named.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let Some((name, url)) = entry.split_once('=') else {
-                return Err(format!("storage location {entry:?} is not name=url"));
-            };
-            let (name, url) = (name.trim(), url.trim());
-            if !STORE_SCHEMES.iter().any(|s| url.starts_with(s)) {
-                return Err(format!(
-                    "storage location {name}: {url:?} is not a {} URL",
-                    STORE_SCHEMES.join(", ")
-                ));
-            }
-            out.insert(name.to_string(), url.to_string());
-        }
         Ok(Locations {
             default,
-            named: out,
+            named: sonde_telemetry::parse_locations(named)?,
         })
     }
 

@@ -18,6 +18,8 @@ pub struct Context {
     pub storage_locations: Option<std::collections::BTreeSet<String>>,
     /// Consecutive reconcile failures by object, for the error policies' requeue.
     pub backoff: crate::backoff::Backoff,
+    /// Every pod of the cluster, from the operator's one pod watch.
+    pub pods: crate::pods::Pods,
 }
 
 impl Context {
@@ -27,6 +29,7 @@ impl Context {
         instance: Option<String>,
         node_wide: NodeWide,
         storage_locations: Option<std::collections::BTreeSet<String>>,
+        pods: crate::pods::Pods,
     ) -> Arc<Context> {
         let reporter = Reporter {
             controller: "sonde-operator".into(),
@@ -39,6 +42,7 @@ impl Context {
             node_wide,
             storage_locations,
             backoff: Default::default(),
+            pods,
         })
     }
 }

@@ -72,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
     }
     health.set_ready(true);
     let node_wide = NodeWide::parse(&args.node_wide_namespaces);
+    // Given as the agents are (name=url), or just the names.
     let storage_locations = args.storage_locations.map(|l| {
         l.split(',')
             .filter_map(|e| e.split('=').next())
@@ -79,15 +80,18 @@ async fn main() -> anyhow::Result<()> {
             .filter(|n| !n.is_empty())
             .collect()
     });
+    let (pods, watch_pods) = sonde_operator::pods::watch(client.clone());
     let ctx = Context::new(
         client,
         metrics.clone(),
         Some(identity),
         node_wide,
         storage_locations,
+        pods,
     );
     tokio::select! {
         _ = futures::future::join(tracejob::run(ctx.clone()), policy::run(ctx)) => tracing::info!("controllers stopped"),
+        _ = watch_pods => tracing::info!("pod watch ended"),
         _ = lock.hold() => anyhow::bail!("lost the leader lease; exiting so a fresh process competes again"),
         _ = &mut stop => tracing::info!("stopping"),
     }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -71,12 +71,10 @@ pub async fn place(
                 .clone()
                 .try_into()
                 .map_err(|e: kube::core::ParseExpressionError| Error::Selector(e.to_string()))?;
-            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-            for pod in pods
-                .list(&ListParams::default().labels_from(&selector))
-                .await?
-                .items
-            {
+            for pod in ctx.pods.store.state() {
+                if pod.namespace().as_deref() != Some(ns) {
+                    continue;
+                }
                 let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
                     continue;
                 };
@@ -296,7 +294,7 @@ pub async fn apply_session(
             refused: true,
         }));
     }
-    let pp = PatchParams::apply(crate::tracejob::MANAGER).force();
+    let pp = PatchParams::apply(crate::owner::MANAGER).force();
     api.patch(&name, &pp, &Patch::Apply(session)).await?;
     Ok(None)
 }

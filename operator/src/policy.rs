@@ -5,85 +5,29 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::{Api, DeleteParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use sonde_crds::{ProbePolicy, ProbeSession};
 
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::owner;
 use crate::placement;
 use crate::rollup::{self, Unplaced};
-use crate::tracejob::MANAGER;
-
-const FINALIZER: &str = "sonde.dev/policy-sessions";
 
 pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let policies: Api<ProbePolicy> = Api::all(client.clone());
-    let controller = Controller::new(policies, watcher::Config::default());
-    let store = controller.store();
-    controller
-        .owns(
-            Api::<ProbeSession>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .watches(
-            Api::<Pod>::all(client),
-            watcher::Config::default(),
-            move |pod: Pod| {
-                let ns = pod.namespace();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|p| p.namespace() == ns)
-                    .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(crate::context::log_reconcile)
-        .await;
+    owner::run::<ProbePolicy, _, _>(ctx, reconcile).await;
 }
 
 #[tracing::instrument(skip_all, fields(namespace = policy.namespace().unwrap_or_default(), name = %policy.name_any()))]
 pub async fn reconcile(policy: Arc<ProbePolicy>, ctx: Arc<Context>) -> Result<Action> {
-    let key = policy.uid().unwrap_or_default();
-    let ns = policy
-        .namespace()
-        .ok_or_else(|| Error::NoNamespace(policy.name_any()))?;
-    let api: Api<ProbePolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let _timer = ctx.metrics.reconcile_started("probepolicy");
-    let result = finalizer(&api, FINALIZER, policy, |event| async {
-        let sessions: Api<ProbeSession> = Api::namespaced(ctx.client.clone(), &ns);
-        match event {
-            Finalizer::Apply(p) => apply(p, &ctx, &ns).await,
-            Finalizer::Cleanup(p) => {
-                placement::delete_sessions(&sessions, &p.uid().unwrap_or_default()).await?;
-                Ok(Action::await_change())
-            }
-        }
+    owner::reconcile(policy, ctx, |p, ctx, ns| async move {
+        apply(p, &ctx, &ns).await
     })
     .await
-    .map_err(Error::from);
-    if result.is_ok() {
-        ctx.backoff.succeeded(&key);
-    }
-    result
-}
-
-fn error_policy(policy: Arc<ProbePolicy>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(policy = %policy.name_any(), error = %err, "reconcile failed");
-    ctx.metrics.reconcile_failed("probepolicy", err.label());
-    Action::requeue(ctx.backoff.failed(&policy.uid().unwrap_or_default()))
 }
 
 async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Action> {
@@ -97,15 +41,6 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
         placement::delete_sessions(&sessions_api, &uid).await?;
         no_targets = refused;
     } else {
-        let probe = placement::Probe {
-            probe: spec.probe,
-            params: &spec.params,
-            target: &spec.target,
-            thresholds: &spec.thresholds,
-            output: &spec.output,
-            storage: &spec.storage,
-            budget: &spec.budget,
-        };
         let placed = placement::place(&spec.target, ctx, ns).await?;
         if placed.is_empty() {
             no_targets = Some(Unplaced::no_match(placement::describe_no_targets(
@@ -114,24 +49,16 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
             )));
         }
         let owned = placement::owned_sessions(&sessions_api, &uid).await?;
-        for (node, pods) in &placed {
-            let s = placement::session_for(
-                &*policy,
-                "probepolicies",
-                &probe,
-                node,
-                pods.clone(),
-                None,
-                Some(spec.window.clone()),
-            );
-            if let Some(why) = placement::apply_session(&sessions_api, &s, &uid, &owned).await? {
-                no_targets = Some(why);
-                break;
-            }
+        let nodes: std::collections::BTreeSet<String> = placed.keys().cloned().collect();
+        let window = Some(spec.window.as_str());
+        if let Some(why) =
+            owner::apply_sessions(&sessions_api, &*policy, placed, None, window, &owned).await?
+        {
+            no_targets = Some(why);
         }
         // A node whose matching pods are all gone stops tracing: a standing probe follows its pods.
         for s in placement::owned_sessions(&sessions_api, &uid).await? {
-            if !placed.contains_key(&s.spec.node_name) {
+            if !nodes.contains(&s.spec.node_name) {
                 sessions_api
                     .delete(&s.name_any(), &DeleteParams::background())
                     .await?;
@@ -170,14 +97,8 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
         .await;
     }
     if old.as_ref() != Some(&status) {
-        let body = serde_json::json!({"apiVersion": "sonde.dev/v1alpha1", "kind": "ProbePolicy", "status": status});
-        let jobs: Api<ProbePolicy> = Api::namespaced(ctx.client.clone(), ns);
-        jobs.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await?;
+        let policies: Api<ProbePolicy> = Api::namespaced(ctx.client.clone(), ns);
+        owner::patch_status(&policies, &name, &status).await?;
     }
     // Session status changes wake the controller; the timer is a safety net.
     Ok(Action::requeue(Duration::from_secs(60)))

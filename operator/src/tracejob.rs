@@ -5,89 +5,30 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::{Api, DeleteParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use sonde_crds::{Phase, ProbeSession, TraceJob, TraceJobStatus, UploadState};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::owner;
 use crate::placement;
 use crate::rollup::{self, REPORT_GRACE, Unplaced};
 
-pub const MANAGER: &str = "sonde-operator";
-const FINALIZER: &str = "sonde.dev/sessions";
-
 pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let jobs: Api<TraceJob> = Api::all(client.clone());
-    let sessions: Api<ProbeSession> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
-    let controller = Controller::new(jobs, watcher::Config::default());
-    let store = controller.store();
-    controller
-        .owns(sessions, watcher::Config::default())
-        // A pod that starts matching while a job runs gets traced: every unfinished job of its namespace looks.
-        .watches(pods, watcher::Config::default(), move |pod: Pod| {
-            let ns = pod.namespace();
-            store
-                .state()
-                .into_iter()
-                .filter(|j| {
-                    j.namespace() == ns && !j.status.as_ref().is_some_and(|s| s.phase.is_finished())
-                })
-                .map(|j| ObjectRef::from_obj(&*j))
-                .collect::<Vec<_>>()
-        })
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(crate::context::log_reconcile)
-        .await;
+    owner::run::<TraceJob, _, _>(ctx, reconcile).await;
 }
 
 #[tracing::instrument(skip_all, fields(namespace = job.namespace().unwrap_or_default(), name = %job.name_any()))]
 pub async fn reconcile(job: Arc<TraceJob>, ctx: Arc<Context>) -> Result<Action> {
-    let key = job.uid().unwrap_or_default();
-    let ns = job
-        .namespace()
-        .ok_or_else(|| Error::NoNamespace(job.name_any()))?;
-    let api: Api<TraceJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let _timer = ctx.metrics.reconcile_started("tracejob");
-    let result = finalizer(&api, FINALIZER, job, |event| async {
-        match event {
-            Finalizer::Apply(job) => apply(job, &ctx, &ns).await,
-            Finalizer::Cleanup(job) => cleanup(job, &ctx, &ns).await,
-        }
+    owner::reconcile(job, ctx, |job, ctx, ns| async move {
+        apply(job, &ctx, &ns).await
     })
     .await
-    .map_err(Error::from);
-    if result.is_ok() {
-        ctx.backoff.succeeded(&key);
-    }
-    result
-}
-
-fn error_policy(job: Arc<TraceJob>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(job = %job.name_any(), error = %err, "reconcile failed");
-    ctx.metrics.reconcile_failed("tracejob", err.label());
-    Action::requeue(ctx.backoff.failed(&job.uid().unwrap_or_default()))
-}
-
-/// Deleting a job detaches at once: its sessions are deleted here rather than whenever the garbage collector
-/// gets to them.
-async fn cleanup(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
-    let api: Api<ProbeSession> = Api::namespaced(ctx.client.clone(), ns);
-    let uid = job.uid().unwrap_or_default();
-    placement::delete_sessions(&api, &uid).await?;
-    Ok(Action::await_change())
 }
 
 async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
@@ -114,7 +55,7 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
                 .flat_map(|s| s.results.clone())
                 .collect();
             if &next != st {
-                patch_status(&jobs, &name, &next).await?;
+                owner::patch_status(&jobs, &name, &next).await?;
             }
         }
         return after_finish(&job, st, &jobs, now).await;
@@ -153,15 +94,6 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
         }
         no_targets = Some(why.clone());
     } else if now < deadline {
-        let probe = placement::Probe {
-            probe: job.spec.probe,
-            params: &job.spec.params,
-            target: &job.spec.target,
-            thresholds: &job.spec.thresholds,
-            output: &job.spec.output,
-            storage: &job.spec.storage,
-            budget: &job.spec.budget,
-        };
         let mut placement = placement::place(&job.spec.target, ctx, ns).await?;
         let cordoned = placement::cordoned_nodes(ctx).await?;
         let on_cordoned: Vec<String> = placement
@@ -180,23 +112,16 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
                 )
             }));
         }
-        for (node, pods) in placement {
-            let session = placement::session_for(
-                &*job,
-                "tracejobs",
-                &probe,
-                &node,
-                pods,
-                Some(deadline),
-                None,
-            );
-            if let Some(why) =
-                placement::apply_session(&sessions_api, &session, &uid, &sessions).await?
-            {
-                no_targets = Some(why);
-                break;
-            }
-        }
+        let refused = owner::apply_sessions(
+            &sessions_api,
+            &*job,
+            placement,
+            Some(deadline),
+            None,
+            &sessions,
+        )
+        .await?;
+        no_targets = refused.or(no_targets);
         sessions = placement::owned_sessions(&sessions_api, &uid).await?;
     }
     let top = sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref());
@@ -213,7 +138,7 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
     });
     publish_transitions(ctx, &job, old.as_ref(), &status).await;
     if old.as_ref() != Some(&status) {
-        patch_status(&jobs, &name, &status).await?;
+        owner::patch_status(&jobs, &name, &status).await?;
     }
     if status.phase.is_finished() {
         return after_finish(&job, &status, &jobs, now).await;
@@ -229,17 +154,6 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
             .min(Duration::from_secs(30))
             .max(Duration::from_millis(500)),
     ))
-}
-
-async fn patch_status(jobs: &Api<TraceJob>, name: &str, status: &TraceJobStatus) -> Result<()> {
-    let body = serde_json::json!({"apiVersion": "sonde.dev/v1alpha1", "kind": "TraceJob", "status": status});
-    jobs.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await?;
-    Ok(())
 }
 
 async fn after_finish(

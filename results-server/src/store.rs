@@ -73,16 +73,9 @@ impl Stores {
     /// `named` is `name=url,name=url`, as the agents' `--storage-locations`; decoded chunks are kept up to
     /// `cache_bytes`.
     pub fn parse(default: String, named: &str, cache_bytes: usize) -> Result<Stores, String> {
-        let mut out = BTreeMap::new();
-        for entry in named.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (name, url) = entry
-                .split_once('=')
-                .ok_or_else(|| format!("storage location {entry:?} is not name=url"))?;
-            out.insert(name.trim().to_string(), url.trim().to_string());
-        }
         Ok(Stores {
             default,
-            named: out,
+            named: sonde_telemetry::parse_locations(named)?,
             opened: Mutex::new(HashMap::new()),
             chunks: Arc::new(ChunkCache::new(cache_bytes)),
         })

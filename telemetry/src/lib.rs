@@ -41,6 +41,36 @@ pub struct StorageArgs {
     pub storage_locations: String,
 }
 
+/// What a storage location may be: a directory, an S3 bucket, or the results server's own volume.
+pub const STORE_SCHEMES: [&str; 4] = ["file://", "s3://", "results+http://", "results+https://"];
+
+impl StorageArgs {
+    /// The named locations, name -> URL, from `name=url,name=url`; Err names the entry that is not one.
+    pub fn locations(&self) -> Result<std::collections::BTreeMap<String, String>, String> {
+        parse_locations(&self.storage_locations)
+    }
+}
+
+/// `name=url,name=url` (URLs of [`STORE_SCHEMES`]) as name -> URL, as the agent, the operator and the results
+/// server are each given it.
+pub fn parse_locations(named: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in named.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((name, url)) = entry.split_once('=') else {
+            return Err(format!("storage location {entry:?} is not name=url"));
+        };
+        let (name, url) = (name.trim(), url.trim());
+        if !STORE_SCHEMES.iter().any(|s| url.starts_with(s)) {
+            return Err(format!(
+                "storage location {name}: {url:?} is not a {} URL",
+                STORE_SCHEMES.join(", ")
+            ));
+        }
+        out.insert(name.to_string(), url.to_string());
+    }
+    Ok(out)
+}
+
 /// This host's name, lower-cased as Kubernetes node names are.
 pub fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -1,0 +1,226 @@
+//! What the TraceJob and ProbePolicy controllers share: both own one ProbeSession per node, so the controller
+//! wiring, the finalizer and backoff around a reconcile, the error policy, applying the sessions and patching
+//! status are written once here, for any [`Owner`].
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sonde_crds::{
+    ProbePolicy, ProbePolicyStatus, ProbeSession, TargetPod, TraceJob, TraceJobStatus,
+};
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::placement::{self, Probe};
+use crate::rollup::Unplaced;
+
+/// Field manager of everything the operator writes.
+pub const MANAGER: &str = "sonde-operator";
+
+/// A kind that owns ProbeSessions: a TraceJob or a ProbePolicy.
+pub trait Owner:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    type Status: Serialize;
+    /// Metrics label (`tracejob`, `probepolicy`).
+    const LABEL: &'static str;
+    /// The finalizer that deletes the sessions before the owner goes.
+    const FINALIZER: &'static str;
+    /// Its folder in the results layout (`tracejobs`, `probepolicies`).
+    const RESULTS_FOLDER: &'static str;
+
+    /// The probe part of the owner's spec, which every session of it carries.
+    fn probe(&self) -> Probe<'_>;
+    /// Whether a pod event in its namespace may change what it traces (a finished job's may not).
+    fn follows_pods(&self) -> bool;
+}
+
+impl Owner for TraceJob {
+    type Status = TraceJobStatus;
+    const LABEL: &'static str = "tracejob";
+    const FINALIZER: &'static str = "sonde.dev/sessions";
+    const RESULTS_FOLDER: &'static str = "tracejobs";
+
+    fn probe(&self) -> Probe<'_> {
+        let s = &self.spec;
+        Probe {
+            probe: s.probe,
+            params: &s.params,
+            target: &s.target,
+            thresholds: &s.thresholds,
+            output: &s.output,
+            storage: &s.storage,
+            budget: &s.budget,
+        }
+    }
+
+    fn follows_pods(&self) -> bool {
+        !self.status.as_ref().is_some_and(|s| s.phase.is_finished())
+    }
+}
+
+impl Owner for ProbePolicy {
+    type Status = ProbePolicyStatus;
+    const LABEL: &'static str = "probepolicy";
+    const FINALIZER: &'static str = "sonde.dev/policy-sessions";
+    const RESULTS_FOLDER: &'static str = "probepolicies";
+
+    fn probe(&self) -> Probe<'_> {
+        let s = &self.spec;
+        Probe {
+            probe: s.probe,
+            params: &s.params,
+            target: &s.target,
+            thresholds: &s.thresholds,
+            output: &s.output,
+            storage: &s.storage,
+            budget: &s.budget,
+        }
+    }
+
+    fn follows_pods(&self) -> bool {
+        true
+    }
+}
+
+/// Runs the controller of `K` until shutdown: it reconciles on changes to the owner, to its sessions, and to
+/// pods of its namespace (from the operator's one shared pod watch), so a pod that starts matching gets traced.
+pub async fn run<K, R, F>(ctx: Arc<Context>, reconcile: R)
+where
+    K: Owner,
+    R: FnMut(Arc<K>, Arc<Context>) -> F + Send + 'static,
+    F: Future<Output = Result<Action>> + Send + 'static,
+{
+    let client = ctx.client.clone();
+    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default());
+    let owners = controller.store();
+    let controller = controller.owns(Api::<ProbeSession>::all(client), watcher::Config::default());
+    // Placement reads pods from the store: wait for its first full list.
+    if ctx.pods.store.wait_until_ready().await.is_err() {
+        tracing::error!("the pod watch ended before its first list");
+        return;
+    }
+    let controller = match ctx.pods.events.clone() {
+        Some(pods) => controller.watches_shared_stream(pods, move |pod: Arc<Pod>| {
+            let ns = pod.namespace();
+            owners
+                .state()
+                .into_iter()
+                .filter(|o| o.namespace() == ns && o.follows_pods())
+                .map(|o| ObjectRef::from_obj(&*o))
+                .collect::<Vec<_>>()
+        }),
+        None => controller,
+    };
+    controller
+        .shutdown_on_signal()
+        .run(reconcile, error_policy::<K>, ctx)
+        .for_each(crate::context::log_reconcile)
+        .await;
+}
+
+/// The reconcile of any owner: the finalizer (`apply` while it exists, `cleanup` when it is being deleted),
+/// a timer for the metrics, and the backoff reset on success.
+pub async fn reconcile<K, A, AF>(obj: Arc<K>, ctx: Arc<Context>, apply: A) -> Result<Action>
+where
+    K: Owner,
+    A: FnOnce(Arc<K>, Arc<Context>, String) -> AF,
+    AF: Future<Output = Result<Action>>,
+{
+    let key = obj.uid().unwrap_or_default();
+    let ns = obj
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(obj.name_any()))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let _timer = ctx.metrics.reconcile_started(K::LABEL);
+    let result = finalizer(&api, K::FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(o) => apply(o, ctx.clone(), ns.clone()).await,
+            // Deleting the owner detaches at once: its sessions go now, not whenever the garbage collector
+            // gets to them.
+            Finalizer::Cleanup(o) => {
+                let sessions: Api<ProbeSession> = Api::namespaced(ctx.client.clone(), &ns);
+                placement::delete_sessions(&sessions, &o.uid().unwrap_or_default()).await?;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(Error::from);
+    if result.is_ok() {
+        ctx.backoff.succeeded(&key);
+    }
+    result
+}
+
+fn error_policy<K: Owner>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(kind = K::LABEL, name = %obj.name_any(), error = %err, "reconcile failed");
+    ctx.metrics.reconcile_failed(K::LABEL, err.label());
+    Action::requeue(ctx.backoff.failed(&obj.uid().unwrap_or_default()))
+}
+
+/// Applies one session per placed node (server-side apply: a restarted operator converges on the same objects).
+/// Stops at the first refusal (a session name another owner holds) and returns it.
+pub async fn apply_sessions<K: Owner>(
+    api: &Api<ProbeSession>,
+    owner: &K,
+    placed: BTreeMap<String, Vec<TargetPod>>,
+    deadline: Option<Timestamp>,
+    window: Option<&str>,
+    owned: &[ProbeSession],
+) -> Result<Option<Unplaced>> {
+    let uid = owner.uid().unwrap_or_default();
+    let probe = owner.probe();
+    for (node, pods) in placed {
+        let session = placement::session_for(
+            owner,
+            K::RESULTS_FOLDER,
+            &probe,
+            &node,
+            pods,
+            deadline,
+            window.map(str::to_string),
+        );
+        if let Some(why) = placement::apply_session(api, &session, &uid, owned).await? {
+            return Ok(Some(why));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes the owner's status by server-side apply, as the operator's field manager.
+pub async fn patch_status<K: Owner>(api: &Api<K>, name: &str, status: &K::Status) -> Result<()> {
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    Ok(())
+}
