@@ -17,6 +17,9 @@ pub struct AgentMetrics {
     pub results_abandoned: Counter,
     /// 1 while the spooled results are over `agent.limits.maxSpoolMiB` (sessions keep no new events).
     pub spool_full: Gauge,
+    /// Sessions that ended Failed, by `reason` (their `Failed` condition's: `unsupported_kernel`, `OverBudget`,
+    /// `StorageNotAllowed`, `ResultsLost`, ...).
+    pub sessions_failed: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Events that reached the agent and were not kept in results, by `reason` (as in `status.counts.notKept`).
     pub events_not_kept: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
@@ -40,6 +43,11 @@ impl AgentMetrics {
             "sessions_finished",
             "Sessions that ended on this node",
             m.finished.clone(),
+        );
+        r.register(
+            "sessions_failed",
+            "Sessions that ended Failed on this node, by reason (the reason of their Failed condition)",
+            m.sessions_failed.clone(),
         );
         r.register(
             "results_pending",

@@ -67,6 +67,26 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
     }
     let sessions = placement::owned_sessions(&sessions_api, &uid).await?;
     let old = policy.status.clone();
+    // A refusal (a node-wide target or storage the namespace may not have, a session name another owner holds)
+    // is a Warning once, when it starts or its reason changes, as for a TraceJob.
+    if let Some(why) = no_targets.as_ref().filter(|u| u.refused) {
+        let attached_reason = old.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == sonde_crds::conditions::types::ATTACHED)
+                .map(|c| c.reason.clone())
+        });
+        if attached_reason.as_deref() != Some(why.reason) {
+            let reference = policy.object_ref(&());
+            ctx.publish(
+                &reference,
+                EventType::Warning,
+                why.reason,
+                why.message.clone(),
+            )
+            .await;
+        }
+    }
     let top = sonde_crds::ProbeParams::top_rows(spec.params.as_ref());
     let status = rollup::policy_rollup(
         old.as_ref(),

@@ -163,17 +163,11 @@ pub async fn run(
     if let Some(d) = deadline
         && d <= SystemTime::now()
     {
-        rep.status.phase = Phase::Failed;
-        rep.status.message = Some(match &job.resumed_note {
+        let why = match &job.resumed_note {
             Some(note) => format!("{note}; the deadline passed before it could attach again"),
             None => "the deadline passed before the agent could attach".into(),
-        });
-        rep.condition(
-            types::FAILED,
-            true,
-            "DeadlinePassed",
-            rep.status.message.clone().unwrap_or_default(),
-        );
+        };
+        rep.fail(&job.metrics, "DeadlinePassed", why);
         rep.write().await;
         return;
     }
@@ -193,9 +187,7 @@ pub async fn run(
     };
     if let Some((reason, why)) = refused {
         tracing::warn!(session = %job.name, namespace = %job.namespace, reason, "session refused");
-        rep.status.phase = Phase::Failed;
-        rep.status.message = Some(why.clone());
-        rep.condition(types::FAILED, true, reason, why);
+        rep.fail(&job.metrics, reason, why);
         rep.write().await;
         return;
     }
@@ -247,10 +239,8 @@ pub async fn run(
                 let _ = std::fs::remove_dir_all(&spool);
             }
             outbox::release(&job.held, &spool);
-            rep.status.phase = Phase::Failed;
-            rep.status.message = Some(e.to_string());
             rep.condition(types::ATTACHED, false, e.label(), e.to_string());
-            rep.condition(types::FAILED, true, e.label(), e.to_string());
+            rep.fail(&job.metrics, e.label(), e.to_string());
             rep.write().await;
             return;
         }
@@ -439,7 +429,7 @@ pub async fn run(
         message.clone(),
     );
     if phase == Phase::Failed {
-        rep.condition(types::FAILED, true, reason, message.clone());
+        rep.fail(&job.metrics, reason, message.clone());
     }
     let notes = [Some(message), cap_note, job.resumed_note.clone()];
     rep.status.message = Some(notes.into_iter().flatten().collect::<Vec<_>>().join("; "));

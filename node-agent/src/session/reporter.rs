@@ -5,7 +5,9 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use sonde_crds::conditions::Conditions;
 use sonde_crds::conditions::types;
-use sonde_crds::{ProbeSession, ProbeSessionStatus, Upload};
+use sonde_crds::{Phase, ProbeSession, ProbeSessionStatus, Upload};
+
+use crate::metrics::AgentMetrics;
 
 use super::MANAGER;
 
@@ -31,6 +33,18 @@ impl Reporter {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         Conditions::new(&mut self.status.conditions, self.generation, now)
             .set(type_, status, reason, message);
+    }
+
+    /// Ends the session Failed with `reason` (its `Failed` condition's, and the `reason` label of
+    /// `sonde_agent_sessions_failed`) and `message`.
+    pub(super) fn fail(&mut self, metrics: &AgentMetrics, reason: &'static str, message: String) {
+        self.status.phase = Phase::Failed;
+        self.status.message = Some(message.clone());
+        self.condition(types::FAILED, true, reason, message);
+        metrics
+            .sessions_failed
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
     }
 
     /// Where the results stand: `status.upload` and the `ResultsComplete` condition.
