@@ -56,6 +56,21 @@ pub trait Owner:
     fn follows_pods(&self) -> bool;
 }
 
+/// The probe part of a TraceJob's or ProbePolicy's spec: the two specs name these fields alike.
+macro_rules! probe_of {
+    ($spec:expr) => {
+        Probe {
+            probe: $spec.probe,
+            params: &$spec.params,
+            target: &$spec.target,
+            thresholds: &$spec.thresholds,
+            output: &$spec.output,
+            storage: &$spec.storage,
+            budget: &$spec.budget,
+        }
+    };
+}
+
 impl Owner for TraceJob {
     type Status = TraceJobStatus;
     const LABEL: &'static str = "tracejob";
@@ -63,16 +78,7 @@ impl Owner for TraceJob {
     const RESULTS_FOLDER: &'static str = "tracejobs";
 
     fn probe(&self) -> Probe<'_> {
-        let s = &self.spec;
-        Probe {
-            probe: s.probe,
-            params: &s.params,
-            target: &s.target,
-            thresholds: &s.thresholds,
-            output: &s.output,
-            storage: &s.storage,
-            budget: &s.budget,
-        }
+        probe_of!(self.spec)
     }
 
     fn follows_pods(&self) -> bool {
@@ -87,16 +93,7 @@ impl Owner for ProbePolicy {
     const RESULTS_FOLDER: &'static str = "probepolicies";
 
     fn probe(&self) -> Probe<'_> {
-        let s = &self.spec;
-        Probe {
-            probe: s.probe,
-            params: &s.params,
-            target: &s.target,
-            thresholds: &s.thresholds,
-            output: &s.output,
-            storage: &s.storage,
-            budget: &s.budget,
-        }
+        probe_of!(self.spec)
     }
 
     fn follows_pods(&self) -> bool {
