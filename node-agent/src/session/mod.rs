@@ -23,12 +23,14 @@ mod budget;
 mod outcome;
 mod publish;
 mod reporter;
+mod trace;
 mod windows;
 
 use budget::BudgetWindow;
 use outcome::{Outcome, Stop, outcome};
 use publish::{Streaming, publish, window_prefix};
 use reporter::Reporter;
+use trace::{Signals, Trace};
 use windows::{Windows, end_window, next_window};
 
 /// Field manager of everything the agent writes.
@@ -146,10 +148,12 @@ impl SessionJob {
     }
 }
 
+/// Runs one session to its end: refused before it starts, failed to attach, or traced until it stops; then its
+/// results are published and its final status written.
 pub async fn run(
     mut job: SessionJob,
-    mut targets: watch::Receiver<Targets>,
-    mut deleted: watch::Receiver<bool>,
+    targets: watch::Receiver<Targets>,
+    deleted: watch::Receiver<bool>,
     drained: watch::Receiver<Option<String>>,
 ) {
     let mut rep = Reporter {
@@ -160,37 +164,60 @@ pub async fn run(
         not_kept: Default::default(),
     };
     let deadline = job.spec.deadline.as_ref().map(|t| to_system(&t.0));
-    if let Some(d) = deadline
-        && d <= SystemTime::now()
-    {
-        let why = match &job.resumed_note {
-            Some(note) => format!("{note}; the deadline passed before it could attach again"),
-            None => "the deadline passed before the agent could attach".into(),
-        };
-        rep.fail(&job.metrics, "DeadlinePassed", why);
-        rep.write().await;
-        return;
-    }
-
-    let refused = match (&job.storage, &job.slot) {
-        _ if job.spec.all_pods && !job.node_wide_allowed => Some((
-            NODE_WIDE_NOT_ALLOWED,
-            format!(
-                "this session traces the whole node and namespace {} may not (Helm value \
-                 tenancy.nodeWideNamespaces, which this node's agent checks too)",
-                job.namespace
-            ),
-        )),
-        (Err(why), _) => Some(("StorageNotAllowed", why.clone())),
-        (_, None) => Some((NODE_AT_CAPACITY, job.limits.capacity_refusal())),
-        _ => None,
-    };
-    if let Some((reason, why)) = refused {
+    if let Some((reason, why)) = job.refusal(deadline) {
         tracing::warn!(session = %job.name, namespace = %job.namespace, reason, "session refused");
         rep.fail(&job.metrics, reason, why);
         rep.write().await;
         return;
     }
+    let mut signals = Signals {
+        targets,
+        deleted,
+        drained,
+        deadline,
+    };
+    let Some(mut trace) = attach(&mut job, rep, &mut signals.targets).await else {
+        return;
+    };
+    let stop = trace.run(&job, &mut signals).await;
+    tracing::info!(session = %job.name, ?stop, "stopping");
+    finish(&job, trace, stop, deadline).await;
+}
+
+impl SessionJob {
+    /// Why this session may not start at all: its deadline passed before the agent got to it, its namespace may
+    /// not trace the whole node, its storage is not the admin's, or the node runs all the sessions it may.
+    fn refusal(&self, deadline: Option<SystemTime>) -> Option<(&'static str, String)> {
+        if deadline.is_some_and(|d| d <= SystemTime::now()) {
+            let why = match &self.resumed_note {
+                Some(note) => format!("{note}; the deadline passed before it could attach again"),
+                None => "the deadline passed before the agent could attach".into(),
+            };
+            return Some(("DeadlinePassed", why));
+        }
+        match (&self.storage, &self.slot) {
+            _ if self.spec.all_pods && !self.node_wide_allowed => Some((
+                NODE_WIDE_NOT_ALLOWED,
+                format!(
+                    "this session traces the whole node and namespace {} may not (Helm value \
+                     tenancy.nodeWideNamespaces, which this node's agent checks too)",
+                    self.namespace
+                ),
+            )),
+            (Err(why), _) => Some(("StorageNotAllowed", why.clone())),
+            (_, None) => Some((NODE_AT_CAPACITY, self.limits.capacity_refusal())),
+            _ => None,
+        }
+    }
+}
+
+/// Opens the session's results (resuming those of a previous agent process) and attaches the probe through its
+/// chain. None when it could not: the session is then Failed, with the kernel's answer.
+async fn attach(
+    job: &mut SessionJob,
+    mut rep: Reporter,
+    targets: &mut watch::Receiver<Targets>,
+) -> Option<Trace> {
     let (budget_pct, budget_note) = job.limits.budget(job.spec.budget.max_kernel_cpu_percent);
     let t = targets.borrow_and_update().clone();
     let config = probe_config(&job.spec, &t, job.redact_outside);
@@ -230,7 +257,7 @@ pub async fn run(
         });
     let started =
         writer.and_then(|w| tokio::task::block_in_place(|| Running::start(config)).map(|r| (w, r)));
-    let (mut writer, mut running) = match started {
+    let (writer, running) = match started {
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(session = %job.name, error = %e, "attach failed");
@@ -242,7 +269,7 @@ pub async fn run(
             rep.condition(types::ATTACHED, false, e.label(), e.to_string());
             rep.fail(&job.metrics, e.label(), e.to_string());
             rep.write().await;
-            return;
+            return None;
         }
     };
     let strategy = running.loaded.strategy();
@@ -263,18 +290,7 @@ pub async fn run(
         },
     );
     rep.write().await;
-
-    let deadline_at = deadline.map(|d| {
-        let left = d.duration_since(SystemTime::now()).unwrap_or_default();
-        tokio::time::Instant::now() + left
-    });
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut last_status = Instant::now();
-    let mut budget = BudgetWindow::default();
-    let mut write_error = None;
-    let top = sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref());
-    let title = format!("sonde {} {}/{}", job.spec.probe, job.namespace, job.name);
-    let mut windows = window.map(|every| Windows {
+    let windows = window.map(|every| Windows {
         every,
         ticker: tokio::time::interval_at(tokio::time::Instant::now() + every, every),
         n: 0,
@@ -282,87 +298,41 @@ pub async fn run(
         spool: spool.clone(),
         keep_events,
     });
-    // Set when the last drain slice stopped at its limit: the next slice starts after a yield, not a tick.
-    let mut backlog = false;
-    let stop = loop {
-        // Checked on every turn (at least every tick): a policy keeps tracing on a cordoned node, whose pods
-        // may well stay; a one-shot trace with a deadline ends here with what it has.
-        if deadline.is_some()
-            && let Some(why) = drained.borrow().clone()
-        {
-            break Stop::Drained(why);
-        }
-        tokio::select! {
-            _ = sleep_until(deadline_at) => break Stop::Deadline,
-            _ = next_window(&mut windows) => {
-                // A standing probe: publish this window, start the next, stay attached.
-                if let Some(w) = windows.as_mut()
-                    && let Err(e) = end_window(&job, w, &mut running, &mut writer, &mut rep, top, &title).await
-                {
-                    break Stop::Failed(e);
-                }
-                last_status = Instant::now();
-                continue;
-            }
-            r = deleted.changed() => if r.is_err() || *deleted.borrow() { break Stop::Deleted },
-            r = targets.changed() => {
-                if r.is_ok() {
-                    let t = targets.borrow_and_update().clone();
-                    let mut updated = match (&t.cgroups, job.spec.all_pods) {
-                        (Some(ids), false) => running.set_cgroups(ids),
-                        _ => Ok(()),
-                    };
-                    if job.spec.probe == ProbeName::PacketLatency && !job.spec.all_pods {
-                        updated = updated.and(running.set_netns(&t.netns));
-                    }
-                    if let Err(e) = updated {
-                        tracing::warn!(session = %job.name, error = %e, "updating the target filter");
-                    }
-                    rep.status.message = job.resumed_note.clone().or_else(|| unresolved_message(&t));
-                }
-            }
-            _ = tick.tick(), if !backlog => {}
-            _ = tokio::task::yield_now(), if backlog => {}
-        }
-        backlog =
-            tokio::task::block_in_place(|| running.drain(writer.sink(&mut write_error))).backlog;
-        // A standing probe records; only a one-shot trace ends on a Stop threshold.
-        if running.stop_requested && windows.is_none() {
-            break Stop::Threshold;
-        }
-        let (run_time, _) = running.kernel_runtime();
-        if let Some(pct) = budget.sample(Instant::now(), run_time)
-            && pct > budget_pct
-        {
-            break Stop::OverBudget(format!(
-                "probe used {pct:.2}% of a CPU in the kernel over the last {:.0}s, budget {budget_pct}%{}",
-                budget.span().as_secs_f64(),
-                budget_note
-                    .as_deref()
-                    .map(|n| format!(" ({n})"))
-                    .unwrap_or_default()
-            ));
-        }
-        // A chunk 2 s old is closed (a clock read, every turn): a reader sees events within seconds, and an agent
-        // killed mid-trace loses at most the open chunk's (the next agent resumes the rest).
-        if let Err(e) = writer.flush() {
-            write_error.get_or_insert(e);
-        }
-        if last_status.elapsed() >= STATUS_EVERY {
-            last_status = Instant::now();
-            tally_not_kept(&job, &mut rep, &mut writer);
-            fill_counts(&mut rep, &running);
-            if let Some(st) = &streaming {
-                st.report(&mut rep);
-            }
-            rep.write().await;
-        }
-    };
-    tracing::info!(session = %job.name, ?stop, "stopping");
+    Some(Trace {
+        running,
+        writer,
+        rep,
+        windows,
+        streaming,
+        write_error: None,
+        budget: BudgetWindow::default(),
+        budget_pct,
+        budget_note,
+        top: sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref()),
+        title: format!("sonde {} {}/{}", job.spec.probe, job.namespace, job.name),
+        spool,
+        to,
+    })
+}
 
+/// After the stop: detach, publish the results (the last window's, for a policy) and write the final status.
+async fn finish(job: &SessionJob, trace: Trace, stop: Stop, deadline: Option<SystemTime>) {
+    let Trace {
+        mut running,
+        mut writer,
+        mut rep,
+        windows,
+        streaming,
+        mut write_error,
+        top,
+        title,
+        spool,
+        to,
+        ..
+    } = trace;
     let findings =
         tokio::task::block_in_place(|| running.finish(top, writer.sink(&mut write_error)));
-    tally_not_kept(&job, &mut rep, &mut writer);
+    tally_not_kept(job, &mut rep, &mut writer);
     fill_counts(&mut rep, &running);
     let (run_time, _) = running.kernel_runtime();
     let elapsed = running.elapsed();
@@ -377,7 +347,7 @@ pub async fn run(
         st.stop().await;
     }
     let published = publish(
-        &job,
+        job,
         writer,
         &findings,
         &title,
