@@ -16,6 +16,13 @@ SONDE_HELM=$(scripts/tools.sh)
 SONDE_NODE_BIN=$(tests/node/build.sh)
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The probe library as a library user builds it: the vocabulary without its schema feature, and no Kubernetes
+# crate in its tree.
+cargo clippy -p sonde-vocab -p sonde-probes --locked -- -D warnings
+if cargo tree -p sonde-probes -e normal --prefix none --locked | grep -E '^(kube|k8s-openapi|schemars) '; then
+  echo "the probe library depends on the crates above; it must need sonde-vocab only" >&2
+  exit 1
+fi
 scripts/cargo-deny.sh
 mkdir -p target
 log=target/test-output.log

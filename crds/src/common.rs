@@ -6,7 +6,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::probe::Metric;
+pub use sonde_vocab::{
+    Comparison, Counts, Figure, Output, Summary, SummaryRow, Threshold, ThresholdAction,
+};
 
 /// Go-style duration (`90s`, `1m30s`, `500ms`) as accepted by `kubectl` and `time.ParseDuration`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
@@ -43,82 +45,6 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub cgroup_paths: Option<Vec<String>>,
-}
-
-/// How the observed value compares with `value` to count as a breach.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
-)]
-pub enum Comparison {
-    #[default]
-    GreaterThan,
-    GreaterOrEqual,
-}
-
-/// What a breach does.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
-)]
-pub enum ThresholdAction {
-    /// Record the breaching event, count it and raise the ThresholdBreached condition.
-    #[default]
-    Record,
-    /// As Record, then end the trace early (the job succeeds with what was collected).
-    Stop,
-}
-
-/// A threshold on one metric of the probe.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Threshold {
-    /// The metric watched; it must be one the probe produces.
-    pub metric: Metric,
-    /// Comparison of observed value against `value`. Default GreaterThan.
-    #[serde(default)]
-    pub comparison: Comparison,
-    /// The limit, in the metric's unit (the unit is the metric name's suffix).
-    #[schemars(range(min = 0.0))]
-    pub value: f64,
-    /// What a breach does. Default Record.
-    #[serde(default)]
-    pub action: ThresholdAction,
-}
-
-/// What the trace keeps.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Output {
-    /// Keep individual events (NDJSON) in addition to the aggregated summary and histograms.
-    #[serde(default = "default_true")]
-    pub events: bool,
-    /// Keep one event in N (1 keeps all). Aggregates always count every event.
-    #[serde(default = "default_one")]
-    #[schemars(range(min = 1, max = 1000000))]
-    pub sample_every: u32,
-    /// Stop keeping individual events after this many per node; aggregates keep counting.
-    #[serde(default = "default_max_events")]
-    #[schemars(range(min = 1, max = 100000000))]
-    pub max_events: u64,
-}
-
-impl Default for Output {
-    fn default() -> Self {
-        Output {
-            events: true,
-            sample_every: 1,
-            max_events: default_max_events(),
-        }
-    }
-}
-
-fn default_true() -> bool {
-    true
-}
-fn default_one() -> u32 {
-    1
-}
-fn default_max_events() -> u64 {
-    100_000
 }
 
 /// Where results go, among the storage locations the cluster admin defined. Omit for the default location.
@@ -163,68 +89,6 @@ impl Default for Budget {
 
 fn default_cpu_percent() -> f64 {
     5.0
-}
-
-impl std::ops::AddAssign<&Counts> for Counts {
-    fn add_assign(&mut self, other: &Counts) {
-        self.captured += other.captured;
-        self.dropped += other.dropped;
-        self.dropped_unread_at_stop += other.dropped_unread_at_stop;
-        self.breaches += other.breaches;
-        for (reason, n) in &other.not_kept {
-            *self.not_kept.entry(reason.clone()).or_default() += n;
-        }
-        self.dropped_percent = self.drop_rate();
-    }
-}
-
-impl Counts {
-    /// Counts of one trace; `dropped_ring_full` is the kernel's count, `dropped_unread_at_stop` the final drain's.
-    pub fn new(
-        captured: u64,
-        dropped_ring_full: u64,
-        dropped_unread_at_stop: u64,
-        breaches: u64,
-    ) -> Counts {
-        let mut c = Counts {
-            captured,
-            dropped: dropped_ring_full + dropped_unread_at_stop,
-            dropped_unread_at_stop,
-            dropped_percent: None,
-            breaches,
-            not_kept: Default::default(),
-        };
-        c.dropped_percent = c.drop_rate();
-        c
-    }
-
-    /// `part` as a percentage of `whole` (0 for an empty whole), rounded to 0.01.
-    pub fn percent_of(part: u64, whole: u64) -> f64 {
-        if whole == 0 {
-            return 0.0;
-        }
-        (part as f64 / whole as f64 * 10_000.0).round() / 100.0
-    }
-
-    fn drop_rate(&self) -> Option<f64> {
-        (self.dropped > 0).then(|| Self::percent_of(self.dropped, self.captured + self.dropped))
-    }
-
-    /// One sentence for a condition or a message, when events were dropped.
-    pub fn drop_message(&self) -> Option<String> {
-        (self.dropped > 0).then(|| {
-            format!(
-                "{} of {} events ({:.2}%) dropped: {} with the ring buffer full, {} unread at stop; user space \
-                 could not keep up, so event lists miss them, while aggregates kept in the kernel (pair counts, \
-                 histograms) still count them",
-                self.dropped,
-                self.captured + self.dropped,
-                self.dropped_percent.unwrap_or_default(),
-                self.dropped - self.dropped_unread_at_stop,
-                self.dropped_unread_at_stop
-            )
-        })
-    }
 }
 
 /// Whether a trace's result files reached the object store.
@@ -345,67 +209,6 @@ impl Phase {
     pub fn is_finished(self) -> bool {
         matches!(self, Phase::Succeeded | Phase::Failed)
     }
-}
-
-/// One row of a summary: a key (such as `ping/1234 <- isc-socket/77`) and its count.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SummaryRow {
-    pub key: String,
-    pub count: u64,
-    /// Count per second over the trace's duration.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_second: Option<f64>,
-    /// The largest value seen for this key, in the probe's unit (such as latency in ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<f64>,
-}
-
-/// A headline figure such as `p99 xmit->netif_receive ms`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Figure {
-    pub name: String,
-    pub value: f64,
-    pub unit: String,
-}
-
-/// A small answer that fits in status: top rows and headline figures. Full results are in `results`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Summary {
-    /// What a row's key means, e.g. `wakee <- waker`.
-    #[serde(default)]
-    pub key_meaning: String,
-    #[serde(default)]
-    pub rows: Vec<SummaryRow>,
-    #[serde(default)]
-    pub figures: Vec<Figure>,
-}
-
-/// Event counts of a trace.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Counts {
-    /// Events that reached the agent.
-    pub captured: u64,
-    /// Events that never reached the results: the ring buffer was full when the kernel submitted them (counted
-    /// in the kernel), or they were still unread when the final drain's time bound ran out. Aggregates kept in
-    /// kernel maps (pair counts, histograms) count them all the same.
-    pub dropped: u64,
-    /// Of `dropped`, those still unread in the ring buffer at stop.
-    #[serde(default)]
-    pub dropped_unread_at_stop: u64,
-    /// `dropped` as a percentage of the events the kernel produced (`captured + dropped`); absent with no drops.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dropped_percent: Option<f64>,
-    /// Threshold breaches.
-    pub breaches: u64,
-    /// Events that reached the agent but were not kept in the results, by reason: `SpoolFull` (the node's spool
-    /// of results waiting for the store reached its cap), `MaxEventBytes` (the node's limit per trace),
-    /// `MaxEvents` (`output.maxEvents`). Aggregates still count them.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub not_kept: std::collections::BTreeMap<String, u64>,
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use aya::Ebpf;
 use serde_json::{Value, json};
-use sonde_crds::{Figure, ProbeName, Summary, SummaryRow};
 use sonde_probe_abi::{self as abi, EV_BREACH, cstr, read};
+use sonde_vocab::{Figure, ProbeName, Summary, SummaryRow};
 
 use crate::histogram::{Histogram, read_slots};
 

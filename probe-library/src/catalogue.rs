@@ -1,9 +1,9 @@
 //! The kernel side of the probe registry: for each probe its description, hooks with their attach chains, the
 //! kernel threshold, the object that implements it, its kernel aggregates (reset per policy window), its
 //! aggregator and an example. Its API side (name, params section, metrics, CEL rules) is the registry in
-//! `sonde_crds::probe`. [`info`] is an exhaustive match, so a probe without an entry does not compile.
+//! `sonde_vocab::probe`. [`info`] is an exhaustive match, so a probe without an entry does not compile.
 
-use sonde_crds::{Metric, ProbeName, ProbeParams};
+use sonde_vocab::{Metric, ProbeName, ProbeParams};
 
 use crate::aggregate::{Aggregator, Latency, Note, Notes, PacketLatency, Wakeups};
 

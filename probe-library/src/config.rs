@@ -1,7 +1,7 @@
 //! What a probe is loaded with: the target filter, the kernel threshold and output sampling, derived from a
 //! TraceJob/ProbeSession spec plus what the caller resolved (cgroup ids, pids, netns inodes).
 
-use sonde_crds::{Comparison, Metric, Output, ProbeName, ProbeParams, Threshold};
+use sonde_vocab::{Comparison, Metric, Output, ProbeName, ProbeParams, Threshold};
 
 use crate::catalogue;
 use crate::error::{Error, Result};
@@ -105,7 +105,7 @@ impl ProbeConfig {
         };
         self.thresholds.iter().any(|t| {
             t.metric == k.metric
-                && t.action == sonde_crds::ThresholdAction::Stop
+                && t.action == sonde_vocab::ThresholdAction::Stop
                 && (t.value * k.scale).round().max(0.0) as u64 == lowest.value
                 && (t.comparison == Comparison::GreaterOrEqual) == lowest.inclusive
         })

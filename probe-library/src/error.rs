@@ -1,4 +1,4 @@
-use sonde_crds::ProbeName;
+use sonde_vocab::ProbeName;
 
 /// One attach attempt and how it went.
 #[derive(Clone, Debug, serde::Serialize)]

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use aya::Ebpf;
 use aya::maps::HashMap;
-use sonde_crds::ProbeName;
+use sonde_vocab::ProbeName;
 
 use crate::config::ProbeConfig;
 use crate::error::{Error, Result};

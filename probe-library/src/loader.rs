@@ -3,8 +3,8 @@
 use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
 use aya::programs::{BtfTracePoint, FEntry, KProbe, PerfEvent, Program, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use sonde_crds::ProbeName;
 use sonde_probe_abi::{CommKey, MAX_COMMS, TASK_COMM_LEN, comm_key};
+use sonde_vocab::ProbeName;
 
 use crate::catalogue::{self, Attach};
 use crate::config::ProbeConfig;

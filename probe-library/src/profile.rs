@@ -9,8 +9,8 @@ use aya::maps::{HashMap as BpfHashMap, StackTraceMap};
 use blazesym::symbolize::source::{Kernel, Process, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::{MaybeDefault, Pid};
-use sonde_crds::{Figure, Summary, SummaryRow};
 use sonde_probe_abi::{StackKey, cstr};
+use sonde_vocab::{Figure, Summary, SummaryRow};
 
 use crate::aggregate::{Aggregator, Event, Findings};
 

@@ -2,7 +2,7 @@
 //! it for a ProbeSession (or for one window of a policy's session). `sonde run --json` prints the same.
 
 use serde::Serialize;
-use sonde_crds::{Counts, Summary};
+use sonde_vocab::{Counts, Summary};
 
 use crate::{AttachAttempt, KernelStats, Running};
 

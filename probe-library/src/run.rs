@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use serde::Serialize;
-use sonde_crds::{Metric, ThresholdAction};
 use sonde_probe_abi::stat;
+use sonde_vocab::{Metric, ThresholdAction};
 
 use crate::aggregate::{Aggregator, Event, Findings, aggregator};
 use crate::config::ProbeConfig;
@@ -187,8 +187,8 @@ fn is_stop_breach(config: &ProbeConfig, ev: &Event) -> bool {
         t.action == ThresholdAction::Stop
             && t.metric != Metric::EventsPerSecond
             && match t.comparison {
-                sonde_crds::Comparison::GreaterThan => value > t.value,
-                sonde_crds::Comparison::GreaterOrEqual => value >= t.value,
+                sonde_vocab::Comparison::GreaterThan => value > t.value,
+                sonde_vocab::Comparison::GreaterOrEqual => value >= t.value,
             }
     })
 }
