@@ -18,8 +18,8 @@ pub struct Context {
     pub storage_locations: Option<std::collections::BTreeSet<String>>,
     /// Consecutive reconcile failures by object, for the error policies' requeue.
     pub backoff: crate::backoff::Backoff,
-    /// Every pod of the cluster, from the operator's one pod watch.
-    pub pods: crate::pods::Pods,
+    /// Every pod of the cluster, from the operator's one pod watch ([`crate::pods`]).
+    pub pods: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>,
 }
 
 impl Context {
@@ -29,7 +29,7 @@ impl Context {
         instance: Option<String>,
         node_wide: NodeWide,
         storage_locations: Option<std::collections::BTreeSet<String>>,
-        pods: crate::pods::Pods,
+        pods: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>,
     ) -> Arc<Context> {
         let reporter = Reporter {
             controller: "sonde-operator".into(),

@@ -80,7 +80,10 @@ async fn main() -> anyhow::Result<()> {
             .filter(|n| !n.is_empty())
             .collect()
     });
-    let (pods, watch_pods) = sonde_operator::pods::watch(client.clone());
+    let (pods, pod_events, watch_pods) = sonde_operator::pods::watch(client.clone(), 2);
+    let [job_pods, policy_pods]: [_; 2] = pod_events
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("one pod stream per controller"))?;
     let ctx = Context::new(
         client,
         metrics.clone(),
@@ -90,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
         pods,
     );
     tokio::select! {
-        _ = futures::future::join(tracejob::run(ctx.clone()), policy::run(ctx)) => tracing::info!("controllers stopped"),
+        _ = futures::future::join(tracejob::run(ctx.clone(), job_pods), policy::run(ctx, policy_pods)) => tracing::info!("controllers stopped"),
         _ = watch_pods => tracing::info!("pod watch ended"),
         _ = lock.hold() => anyhow::bail!("lost the leader lease; exiting so a fresh process competes again"),
         _ = &mut stop => tracing::info!("stopping"),

@@ -26,6 +26,7 @@ use sonde_crds::{
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::placement::{self, Probe};
+use crate::pods::PodEvents;
 use crate::rollup::Unplaced;
 
 /// Field manager of everything the operator writes.
@@ -102,24 +103,25 @@ impl Owner for ProbePolicy {
 }
 
 /// Runs the controller of `K` until shutdown: it reconciles on changes to the owner, to its sessions, and to
-/// pods of its namespace (from the operator's one shared pod watch), so a pod that starts matching gets traced.
-pub async fn run<K, R, F>(ctx: Arc<Context>, reconcile: R)
+/// pods of its namespace (`pods`, its stream from the operator's one pod watch), so a pod that starts or stops
+/// matching changes what is traced.
+pub async fn run<K, R, F>(ctx: Arc<Context>, pods: PodEvents, reconcile: R)
 where
     K: Owner,
     R: FnMut(Arc<K>, Arc<Context>) -> F + Send + 'static,
     F: Future<Output = Result<Action>> + Send + 'static,
 {
-    let client = ctx.client.clone();
-    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default());
-    let owners = controller.store();
-    let controller = controller.owns(Api::<ProbeSession>::all(client), watcher::Config::default());
     // Placement reads pods from the store: wait for its first full list.
-    if ctx.pods.store.wait_until_ready().await.is_err() {
+    if ctx.pods.wait_until_ready().await.is_err() {
         tracing::error!("the pod watch ended before its first list");
         return;
     }
-    let controller = match ctx.pods.events.clone() {
-        Some(pods) => controller.watches_shared_stream(pods, move |pod: Arc<Pod>| {
+    let client = ctx.client.clone();
+    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default());
+    let owners = controller.store();
+    controller
+        .owns(Api::<ProbeSession>::all(client), watcher::Config::default())
+        .watches_stream(pods, move |pod: Pod| {
             let ns = pod.namespace();
             owners
                 .state()
@@ -127,10 +129,7 @@ where
                 .filter(|o| o.namespace() == ns && o.follows_pods())
                 .map(|o| ObjectRef::from_obj(&*o))
                 .collect::<Vec<_>>()
-        }),
-        None => controller,
-    };
-    controller
+        })
         .shutdown_on_signal()
         .run(reconcile, error_policy::<K>, ctx)
         .for_each(crate::context::log_reconcile)

@@ -71,7 +71,7 @@ pub async fn place(
                 .clone()
                 .try_into()
                 .map_err(|e: kube::core::ParseExpressionError| Error::Selector(e.to_string()))?;
-            for pod in ctx.pods.store.state() {
+            for pod in ctx.pods.state() {
                 if pod.namespace().as_deref() != Some(ns) {
                     continue;
                 }

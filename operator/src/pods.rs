@@ -1,39 +1,63 @@
 //! The operator's one cluster-wide pod watch. Its store is what placement reads (no LIST of pods per
-//! reconcile) and its events wake both controllers (one watch, not one per controller). Pods are kept with
+//! reconcile), and each pod change (added, changed or deleted) goes to every controller, so a pod that starts
+//! or stops matching wakes the owners of its namespace (one watch, not one per controller). Pods are kept with
 //! only the fields placement reads, so the cache stays small on a large cluster.
+//!
+//! The fan-out is a channel per controller rather than kube-runtime's shared reflector handles: those pass on
+//! no deletes, stall for good on an object deleted before they read it, and hold the watch back until every
+//! handle reads (kube-runtime 5.0).
 
 use std::future::Future;
+use std::pin::Pin;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
-use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use tokio::sync::mpsc;
 
-/// Events buffered for the controllers before the watch waits for them.
-const BUFFER: usize = 1024;
+/// Pod changes for one controller; it ends when the watch does.
+pub type PodEvents = Pin<Box<dyn Stream<Item = Result<Pod, watcher::Error>> + Send>>;
 
-/// The pods, as the watch keeps them.
-pub struct Pods {
-    pub store: Store<Pod>,
-    /// Pod events for the controllers (each clones its own); None only with a store that is not shared.
-    pub events: Option<ReflectHandle<Pod>>,
-}
-
-/// The shared pod store and the watch that fills it (run it beside the controllers).
-pub fn watch(client: Client) -> (Pods, impl Future<Output = ()>) {
-    let (store, writer) = reflector::store_shared(BUFFER);
-    let events = writer.subscribe();
+/// The pod store, one stream of pod changes per controller (`controllers` of them), and the watch that fills
+/// both (run it beside the controllers).
+pub fn watch(
+    client: Client,
+    controllers: usize,
+) -> (Store<Pod>, Vec<PodEvents>, impl Future<Output = ()>) {
+    let (store, writer) = reflector::store();
+    let (senders, events): (Vec<_>, Vec<PodEvents>) = (0..controllers)
+        .map(|_| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Pod>();
+            let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok);
+            (tx, Box::pin(stream) as PodEvents)
+        })
+        .unzip();
     let run = watcher(Api::<Pod>::all(client), watcher::Config::default())
         .default_backoff()
         .modify(slim)
-        .reflect_shared(writer)
-        .for_each(|event| async move {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "watching pods");
+        .reflect(writer)
+        .for_each(move |event| {
+            match event {
+                // The first list (and a re-list after the watch lapsed) as well as changes: a controller's queue
+                // takes each owner once however many of its pods changed.
+                Ok(
+                    watcher::Event::Apply(pod)
+                    | watcher::Event::Delete(pod)
+                    | watcher::Event::InitApply(pod),
+                ) => {
+                    for tx in &senders {
+                        // Unbounded: a controller that is behind never holds the watch (or the store) back.
+                        let _ = tx.send(pod.clone());
+                    }
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                Err(e) => tracing::warn!(error = %e, "watching pods"),
             }
+            std::future::ready(())
         });
-    (Pods { store, events }, run)
+    (store, events, run)
 }
 
 /// Keeps what placement reads: name, namespace, uid, labels, deletion, node and phase.

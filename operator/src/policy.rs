@@ -10,7 +10,8 @@ use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use sonde_crds::{ProbePolicy, ProbeSession};
+use sonde_crds::conditions::types;
+use sonde_crds::{ProbePolicy, ProbePolicyStatus, ProbeSession};
 
 use crate::context::Context;
 use crate::error::Result;
@@ -18,8 +19,8 @@ use crate::owner;
 use crate::placement;
 use crate::rollup::{self, Unplaced};
 
-pub async fn run(ctx: Arc<Context>) {
-    owner::run::<ProbePolicy, _, _>(ctx, reconcile).await;
+pub async fn run(ctx: Arc<Context>, pods: crate::pods::PodEvents) {
+    owner::run::<ProbePolicy, _, _>(ctx, pods, reconcile).await;
 }
 
 #[tracing::instrument(skip_all, fields(namespace = policy.namespace().unwrap_or_default(), name = %policy.name_any()))]
@@ -67,26 +68,7 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
     }
     let sessions = placement::owned_sessions(&sessions_api, &uid).await?;
     let old = policy.status.clone();
-    // A refusal (a node-wide target or storage the namespace may not have, a session name another owner holds)
-    // is a Warning once, when it starts or its reason changes, as for a TraceJob.
-    if let Some(why) = no_targets.as_ref().filter(|u| u.refused) {
-        let attached_reason = old.as_ref().and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == sonde_crds::conditions::types::ATTACHED)
-                .map(|c| c.reason.clone())
-        });
-        if attached_reason.as_deref() != Some(why.reason) {
-            let reference = policy.object_ref(&());
-            ctx.publish(
-                &reference,
-                EventType::Warning,
-                why.reason,
-                why.message.clone(),
-            )
-            .await;
-        }
-    }
+    let refusal = no_targets.as_ref().filter(|u| u.refused).map(|u| u.reason);
     let top = sonde_crds::ProbeParams::top_rows(spec.params.as_ref());
     let status = rollup::policy_rollup(
         old.as_ref(),
@@ -97,6 +79,23 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
         Timestamp::now(),
         top,
     );
+    // A refusal (a node-wide target or storage the namespace may not have, a session name another owner holds)
+    // that status now reports is a Warning once, when it starts or its reason changes, as for a TraceJob.
+    let not_attached = |s: Option<&ProbePolicyStatus>| {
+        s.and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == types::ATTACHED && c.status == "False")
+                .map(|c| (c.reason.clone(), c.message.clone()))
+        })
+    };
+    if let (Some(reason), Some((now_reason, message))) = (refusal, not_attached(Some(&status)))
+        && now_reason == reason
+        && not_attached(old.as_ref()).map(|(r, _)| r) != Some(now_reason)
+    {
+        ctx.publish(&policy.object_ref(&()), EventType::Warning, reason, message)
+            .await;
+    }
     let before = old.as_ref().map(|s| s.counts.breaches).unwrap_or(0);
     if status.counts.breaches > before {
         let new = status.counts.breaches - before;

@@ -19,8 +19,8 @@ use crate::owner;
 use crate::placement;
 use crate::rollup::{self, REPORT_GRACE, Unplaced};
 
-pub async fn run(ctx: Arc<Context>) {
-    owner::run::<TraceJob, _, _>(ctx, reconcile).await;
+pub async fn run(ctx: Arc<Context>, pods: crate::pods::PodEvents) {
+    owner::run::<TraceJob, _, _>(ctx, pods, reconcile).await;
 }
 
 #[tracing::instrument(skip_all, fields(namespace = job.namespace().unwrap_or_default(), name = %job.name_any()))]

@@ -22,7 +22,6 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use sonde_crds::{NodeWide, ProbeSession};
 use sonde_operator::metrics::Metrics;
-use sonde_operator::pods::Pods;
 use sonde_operator::{Context, policy, tracejob};
 
 const NS: &str = "team-a";
@@ -67,8 +66,15 @@ impl World {
             |s: &ProbeSession| format!("{SESSIONS}/{}", s.metadata.name.as_deref().unwrap());
         match (r.method.as_str(), r.path.as_str()) {
             ("GET", SESSIONS) => {
-                let items = serde_json::to_value(&self.sessions).unwrap();
-                (200, list("ProbeSessionList", items))
+                let selected: Vec<&ProbeSession> = self
+                    .sessions
+                    .iter()
+                    .filter(|s| selects(&r.query, s))
+                    .collect();
+                (
+                    200,
+                    list("ProbeSessionList", serde_json::to_value(selected).unwrap()),
+                )
             }
             ("GET", "/api/v1/nodes") => (200, list("NodeList", json!([]))),
             ("GET", p) if p.starts_with(SESSIONS) => {
@@ -84,7 +90,7 @@ impl World {
                 (200, r.body.clone())
             }
             ("DELETE", SESSIONS) => {
-                self.sessions.clear();
+                self.sessions.retain(|s| !selects(&r.query, s));
                 (200, list("ProbeSessionList", json!([])))
             }
             ("PATCH", p) if p == job_path || p == format!("{job_path}/status") => {
@@ -105,6 +111,22 @@ impl World {
             _ => (404, not_found()),
         }
     }
+}
+
+/// Whether a list's `labelSelector` (`key=value`, comma-separated, as the operator writes them) selects `s`.
+fn selects(query: &str, s: &ProbeSession) -> bool {
+    let selector: String = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "labelSelector")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let labels = s.metadata.labels.clone().unwrap_or_default();
+    selector
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .all(|term| match term.split_once('=') {
+            Some((k, v)) => labels.get(k).map(String::as_str) == Some(v),
+            None => false,
+        })
 }
 
 fn not_found() -> Value {
@@ -165,10 +187,7 @@ where
         None,
         NodeWide::parse(""),
         None,
-        Pods {
-            store,
-            events: None,
-        },
+        store,
     );
     let result = tokio::time::timeout(Duration::from_secs(10), reconcile(job, ctx))
         .await
@@ -343,6 +362,17 @@ fn session(node: &str, deadline: Timestamp, status: Value) -> ProbeSession {
     .unwrap()
 }
 
+fn other_owners_session(node: &str, deadline: Timestamp) -> ProbeSession {
+    let mut s = session(node, deadline, json!({"phase": "Running"}));
+    s.metadata.name = Some(format!("pong-{node}"));
+    let labels = s.metadata.labels.get_or_insert_default();
+    labels.insert(
+        "sonde.dev/owner-uid".into(),
+        "ffffffff-0000-4000-8000-000000000002".into(),
+    );
+    s
+}
+
 #[tokio::test]
 async fn the_deadline_is_fixed_once_by_the_sessions_already_placed() {
     // The job started 10 s ago with 60 s; its duration was since edited to 600 s, and a pod came up on a
@@ -356,11 +386,11 @@ async fn the_deadline_is_fixed_once_by_the_sessions_already_placed() {
             "spec": {"duration": "600s"},
             "status": {"phase": "Running", "startTime": (now - SignedDuration::from_secs(10)).to_string()}
         })),
-        sessions: vec![session(
-            "node-a",
-            first_deadline,
-            json!({"phase": "Running"}),
-        )],
+        sessions: vec![
+            session("node-a", first_deadline, json!({"phase": "Running"})),
+            // Another job's session in the namespace, with an earlier deadline: not this job's.
+            other_owners_session("node-c", now + SignedDuration::from_secs(5)),
+        ],
     };
     let pods = vec![
         pod(NS, "ping-1", "ping", "node-a", "Running"),
@@ -599,6 +629,25 @@ async fn a_refused_policy_warns_once_per_reason() {
     let (result, seen) = run(
         World {
             job: again,
+            sessions: vec![],
+        },
+        vec![],
+        policy::reconcile,
+    )
+    .await;
+    result.unwrap();
+    assert!(event_reasons(&seen).is_empty(), "{seen:#?}");
+
+    // Suspended as well: status says Suspended, and the refusal is not repeated as a Warning.
+    let mut suspended = policy(
+        json!({"spec": {"target": {"podSelector": null, "nodeNames": ["node-a"]},
+                                              "suspend": true}}),
+    );
+    suspended["status"] = json!({"conditions": [condition("Attached", "Suspended")]});
+    suspended["status"]["conditions"][0]["status"] = json!("False");
+    let (result, seen) = run(
+        World {
+            job: suspended,
             sessions: vec![],
         },
         vec![],
