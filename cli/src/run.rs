@@ -90,6 +90,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     }
     let mut report = running.report(name.clone(), stopped_by, findings.summary.clone());
     report.notes = target.notes;
+    report.folder = Some(out_dir.display().to_string());
     drop(running); // detach before writing: the trace is over
     for (reason, n) in writer.take_not_kept() {
         *report

@@ -56,6 +56,7 @@ fn run_wakeups_example_writes_results_and_json() {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["summary"], report["summary"]);
+    assert_eq!(report["folder"], out_dir.display().to_string());
     let listed = summary["results"].as_array().unwrap();
     assert!(
         listed.iter().any(|f| f == "events/manifest.json"),

@@ -27,7 +27,8 @@ pub struct RunReport {
     pub duration_seconds: f64,
     /// `deadline`, `interrupt`, `threshold`, `deleted`, `window`, ...
     pub stopped_by: String,
-    /// Events captured, dropped (by reason), not kept (by reason), threshold breaches.
+    /// Events captured, dropped (by reason), not kept (by reason), threshold breaches: the window's own for a
+    /// window, as are the kernel's counters and run time below.
     pub counts: Counts,
     /// Events written to `events/` (captured minus those not kept).
     pub events_written: u64,
@@ -40,6 +41,9 @@ pub struct RunReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     pub summary: Summary,
+    /// Where `sonde run` wrote the result set; absent on a node (the set's place in the store is its prefix).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
     /// The other files of the result set, relative to its folder (filled by
     /// [`crate::results::ResultsWriter::write_summary`]); the events' chunks are listed in `events/manifest.json`.
     pub results: Vec<String>,
@@ -90,6 +94,7 @@ impl Running {
             kernel_runs: runs,
             notes: Vec::new(),
             summary,
+            folder: None,
             results: Vec::new(),
         }
     }

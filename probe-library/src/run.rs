@@ -31,6 +31,18 @@ pub struct KernelStats {
     pub breaches: u64,
 }
 
+impl KernelStats {
+    /// What the kernel counted since `earlier` (of the same programs): a window's own counts.
+    pub fn since(&self, earlier: &KernelStats) -> KernelStats {
+        KernelStats {
+            seen: self.seen.saturating_sub(earlier.seen),
+            emitted: self.emitted.saturating_sub(earlier.emitted),
+            dropped: self.dropped.saturating_sub(earlier.dropped),
+            breaches: self.breaches.saturating_sub(earlier.breaches),
+        }
+    }
+}
+
 /// How much one drain call may do: at most `records` records or `time`, whichever ends first.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DrainLimit {

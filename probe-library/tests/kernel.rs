@@ -84,8 +84,8 @@ fn voluntary_switches(pid: u32) -> u64 {
 
 /// Against the kernel's own accounting: a process that only ever sleeps reading a pipe is woken once per sleep,
 /// by the one process that writes to it. Over the trace its wakeups by that writer (the kernel's pair count) are
-/// its voluntary context switches (/proc/<pid>/status), within 2 %; the writer's wakeups by a timer and pairs of
-/// unselected processes doing the same are not counted.
+/// its voluntary context switches (/proc/<pid>/status), within 1 %; a pair of unselected processes doing the same
+/// is not counted.
 #[test]
 fn wakeups_count_each_sleep_of_a_pipe_reader_once() {
     sonde_tests::requires!(Root);
@@ -126,6 +126,18 @@ fn wakeups_count_each_sleep_of_a_pipe_reader_once() {
         comms: Some(vec!["sonde-pp-w".into(), "sonde-pp-r".into()]),
         ..Default::default()
     };
+    // The writer is stopped while the probe attaches and the reader's switches are read, and again before the
+    // probe detaches: the reader is asleep at both ends, so each sleep in between has its wakeup in between.
+    let signal = |sig: &str| {
+        let st = Command::new("kill")
+            .args([sig, &traced.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    signal("-STOP");
+    let before = voluntary_switches(reader);
     let mut running = Running::start(config(
         ProbeName::Wakeups,
         filter,
@@ -133,10 +145,12 @@ fn wakeups_count_each_sleep_of_a_pipe_reader_once() {
         ProbeParams::default(),
     ))
     .expect("probe loads through its attach chain");
-    let before = voluntary_switches(reader);
+    signal("-CONT");
     std::thread::sleep(Duration::from_secs(2));
+    signal("-STOP");
     let slept = voluntary_switches(reader) - before;
     let findings = running.finish(50, |_| {});
+    signal("-CONT");
     drop(traced);
     let count = |waker: &str, wakee: &str| -> u64 {
         findings
@@ -156,7 +170,7 @@ fn wakeups_count_each_sleep_of_a_pipe_reader_once() {
     );
     assert!(slept > 500, "the pair hardly ran: {slept} sleeps in 2 s");
     assert!(
-        woken.abs_diff(slept) <= slept / 50 + 5,
+        woken.abs_diff(slept) <= slept / 100 + 2,
         "woken {woken} times by the writer for {slept} sleeps"
     );
     assert_eq!(
@@ -626,11 +640,16 @@ fn tcp_retransmit_reports_dropped_syns_by_the_sockets_cgroup() {
                         std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).ok()
                     })
                     .collect();
-                for _ in 0..4 {
-                    std::thread::spawn(move || std::net::TcpStream::connect(addr));
-                }
+                let blocked: Vec<_> = (0..4)
+                    .map(|_| std::thread::spawn(move || std::net::TcpStream::connect(addr)))
+                    .collect();
                 std::thread::sleep(Duration::from_millis(1800));
                 drop((queued, listener));
+                // Their next SYN (about 3 s in) is refused: every retransmit of this run happens while it is
+                // traced, before the kernel's counter is read again.
+                for t in blocked {
+                    let _ = t.join();
+                }
             },
         );
         let by_kernel = syn_retransmits() - syn_retrans_before;

@@ -112,6 +112,32 @@ impl Counts {
         (self.dropped > 0).then(|| Self::percent_of(self.dropped, self.captured + self.dropped))
     }
 
+    /// What was counted since `earlier` (counts of the same trace, taken before): a window's own counts.
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        let mut c = Counts {
+            captured: self.captured.saturating_sub(earlier.captured),
+            dropped: self.dropped.saturating_sub(earlier.dropped),
+            dropped_unread_at_stop: self
+                .dropped_unread_at_stop
+                .saturating_sub(earlier.dropped_unread_at_stop),
+            dropped_percent: None,
+            breaches: self.breaches.saturating_sub(earlier.breaches),
+            not_kept: self
+                .not_kept
+                .iter()
+                .map(|(k, n)| {
+                    (
+                        k.clone(),
+                        n.saturating_sub(earlier.not_kept.get(k).copied().unwrap_or(0)),
+                    )
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        };
+        c.dropped_percent = c.drop_rate();
+        c
+    }
+
     /// One sentence for a condition or a message, when events were dropped.
     pub fn drop_message(&self) -> Option<String> {
         (self.dropped > 0).then(|| {
@@ -126,5 +152,27 @@ impl Counts {
                 self.dropped_unread_at_stop
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_counts_what_came_since_its_start() {
+        let mut before = Counts::new(100, 5, 0, 2);
+        before.not_kept.insert("MaxEvents".into(), 10);
+        let mut now = Counts::new(250, 5, 3, 7);
+        now.not_kept.insert("MaxEvents".into(), 10);
+        now.not_kept.insert("SpoolFull".into(), 4);
+        let w = now.since(&before);
+        assert_eq!(
+            (w.captured, w.dropped, w.dropped_unread_at_stop, w.breaches),
+            (150, 3, 3, 5)
+        );
+        assert_eq!(w.not_kept, [("SpoolFull".to_string(), 4)].into());
+        assert_eq!(w.dropped_percent, Some(Counts::percent_of(3, 153)));
+        assert_eq!(now.since(&now), Counts::default());
     }
 }

@@ -294,7 +294,7 @@ async fn attach(
         every,
         ticker: tokio::time::interval_at(tokio::time::Instant::now() + every, every),
         n: 0,
-        breaches_before: 0,
+        before: RunReport::default(),
         spool: spool.clone(),
         keep_events,
     });
@@ -338,10 +338,16 @@ async fn finish(job: &SessionJob, trace: Trace, stop: Stop, deadline: Option<Sys
     let elapsed = running.elapsed();
     let mut report = job.report(&running, &writer, &rep, stop.label(), &findings);
     drop(running); // detach now: the trace is over, writing results must not extend it
+    // A policy's last window, cut short by the stop.
+    let windowed = windows.is_some();
+    if let Some(mut w) = windows {
+        w.n += 1;
+        w.describe(&mut report);
+    }
     let cap_note = writer.cap_note();
-    let prefix = match windows {
-        Some(_) => window_prefix(&to.prefix),
-        None => to.prefix.clone(),
+    let prefix = match windowed {
+        true => window_prefix(&to.prefix),
+        false => to.prefix.clone(),
     };
     if let Some(st) = streaming {
         st.stop().await;
@@ -353,7 +359,7 @@ async fn finish(job: &SessionJob, trace: Trace, stop: Stop, deadline: Option<Sys
         &title,
         &mut report,
         &prefix,
-        windows.is_none(),
+        !windowed,
     )
     .await;
     outbox::release(&job.held, &spool);

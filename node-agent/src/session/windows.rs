@@ -9,9 +9,32 @@ pub(super) struct Windows {
     pub(super) ticker: tokio::time::Interval,
     /// Windows completed.
     pub(super) n: u64,
-    pub(super) breaches_before: u64,
+    /// The session's counts when the current window started (they are cumulative; a window reports its own).
+    pub(super) before: RunReport,
     pub(super) spool: PathBuf,
     pub(super) keep_events: bool,
+}
+
+impl Windows {
+    /// Makes `report` (of the session so far) the report of window `n`: its counts, kernel counters and run time
+    /// are those since the window started. Returns the window's breaches.
+    pub(super) fn describe(&mut self, report: &mut RunReport) -> u64 {
+        let session = report.clone();
+        report.counts = session.counts.since(&self.before.counts);
+        report.kernel = session.kernel.since(&self.before.kernel);
+        report.kernel_run_time_ns = session
+            .kernel_run_time_ns
+            .saturating_sub(self.before.kernel_run_time_ns);
+        report.kernel_runs = session.kernel_runs.saturating_sub(self.before.kernel_runs);
+        let breaches = report.counts.breaches;
+        report.window = Some(WindowReport {
+            number: self.n,
+            seconds: self.every.as_secs_f64(),
+            breaches,
+        });
+        self.before = session;
+        breaches
+    }
 }
 
 pub(super) async fn next_window(windows: &mut Option<Windows>) {
@@ -52,15 +75,9 @@ pub(super) async fn end_window(
     tally_not_kept(job, rep, writer);
     let done = std::mem::replace(writer, next);
     fill_counts(rep, running);
-    let breaches = rep.status.counts.breaches - w.breaches_before;
-    w.breaches_before = rep.status.counts.breaches;
     let mut report = job.report(running, &done, rep, "window", &findings);
     report.duration_seconds = lasted.as_secs_f64();
-    report.window = Some(WindowReport {
-        number: w.n,
-        seconds: w.every.as_secs_f64(),
-        breaches,
-    });
+    let breaches = w.describe(&mut report);
     let prefix = window_prefix(&job.spec.result_prefix);
     let published = publish(job, done, &findings, title, &mut report, &prefix, false).await;
     problems.extend(published.problems);
