@@ -67,10 +67,7 @@ pub async fn place(
     let mut out: BTreeMap<String, Vec<TargetPod>> = BTreeMap::new();
     match &t.pod_selector {
         Some(sel) => {
-            let selector: Selector = sel
-                .clone()
-                .try_into()
-                .map_err(|e: kube::core::ParseExpressionError| Error::Selector(e.to_string()))?;
+            let selector: Selector = sel.clone().try_into().map_err(Error::Selector)?;
             for pod in ctx.pods.state() {
                 if pod.namespace().as_deref() != Some(ns) {
                     continue;
