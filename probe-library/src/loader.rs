@@ -158,8 +158,10 @@ pub fn detach(loaded: &mut Loaded) {
                     Program::RawTracePoint(p) => p.unload(),
                     _ => Ok(()),
                 };
-                if let Err(e) = r {
-                    tracing::debug!(program = name, error = %chain_error(&e), "unloading");
+                match r {
+                    // A program of a strategy that did not load (an fentry refused here, say).
+                    Ok(()) | Err(aya::programs::ProgramError::NotLoaded) => {}
+                    Err(e) => tracing::warn!(program = name, error = %chain_error(&e), "unloading"),
                 }
             });
         }

@@ -23,7 +23,7 @@ pub struct RunReport {
     pub attach_strategy: String,
     /// Every attempt along the hooks' attach chains, with the kernel's answer to those that failed.
     pub attach_attempts: Vec<AttachAttempt>,
-    /// From attach (or the window's start) to stop.
+    /// From attach (or the window's start) to the stop (detaching and the final drain come after).
     pub duration_seconds: f64,
     /// `deadline`, `interrupt`, `threshold`, `deleted`, `window`, ...
     pub stopped_by: String,
@@ -85,7 +85,10 @@ impl Running {
             window: None,
             attach_strategy: self.loaded.strategy(),
             attach_attempts: self.loaded.attempts.clone(),
-            duration_seconds: self.window_started.elapsed().as_secs_f64(),
+            duration_seconds: self
+                .traced
+                .unwrap_or_else(|| self.window_started.elapsed())
+                .as_secs_f64(),
             stopped_by: stopped_by.to_string(),
             counts: self.counts(),
             events_written: 0,

@@ -43,6 +43,10 @@ impl KernelStats {
     }
 }
 
+/// The most records the ring buffer can hold: `events` in bpf/sonde.h is 4 MiB, and a record is at least its
+/// 8-byte header and 8 bytes of event.
+const RING_RECORDS_MAX: u64 = (4 << 20) / 16;
+
 /// How much one drain call may do: at most `records` records or `time`, whichever ends first.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DrainLimit {
@@ -105,6 +109,9 @@ pub struct Running {
     kernel_stop: bool,
     /// Programs' run time and count, read just before they were detached (after that the kernel has none).
     detached_runtime: Option<(Duration, u64)>,
+    /// How long the trace (or its last window) ran, from attach to the stop: set by [`Running::finish`], before
+    /// detaching, which under a flood waits out the kernel's RCU grace periods for seconds.
+    pub traced: Option<Duration>,
 }
 
 impl Running {
@@ -126,6 +133,7 @@ impl Running {
             stop_requested: false,
             unread_at_stop: 0,
             detached_runtime: None,
+            traced: None,
         })
     }
 
@@ -183,11 +191,22 @@ impl Running {
     }
 
     /// Counts and discards what is left in the ring (cheap: nothing is decoded). Only after [`Self::detach`],
-    /// when the ring cannot refill.
+    /// when the ring cannot refill, so at most a full ring's records; bounded by that all the same: a program
+    /// the kernel failed to unload would refill it as fast as it is read, and the stop must not wait on that.
     fn discard_unread(&mut self) {
-        if let Some(ring) = self.ring.as_mut() {
-            while ring.next().is_some() {
-                self.unread_at_stop += 1;
+        let Some(ring) = self.ring.as_mut() else {
+            return;
+        };
+        let mut left = RING_RECORDS_MAX;
+        while ring.next().is_some() {
+            self.unread_at_stop += 1;
+            left -= 1;
+            if left == 0 {
+                tracing::warn!(
+                    probe = %self.config.probe,
+                    "the ring buffer still fills after detaching; a program may have failed to unload"
+                );
+                return;
             }
         }
     }
@@ -261,6 +280,7 @@ impl Running {
     /// the kernel aggregates. Bounded in time however fast events arrived.
     pub fn finish(&mut self, top: usize, sink: impl FnMut(&Event)) -> Findings {
         let elapsed = self.window_started.elapsed();
+        self.traced = Some(elapsed);
         self.detach();
         self.drain_within(DrainLimit::FINAL, sink);
         self.discard_unread();
