@@ -11,6 +11,8 @@ export SONDE_CONTROLPLANE_DIR SONDE_HELM SONDE_NODE_BIN
 # Tests that need root, the control plane or helm skip themselves under a plain `cargo test` as a user; here
 # every one must run, and one that cannot fails (sonde_tests::requires!).
 export SONDE_REQUIRE_ALL_TESTS=1
+# One build per run: incremental compilation's caches would add 3 GB of disk for nothing.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 SONDE_CONTROLPLANE_DIR=$(tests/controlplane/build.sh)
 SONDE_HELM=$(scripts/tools.sh)
 SONDE_NODE_BIN=$(tests/node/build.sh)
