@@ -81,13 +81,18 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         out_dir.display()
     );
 
-    let stopped_by = trace_loop(&mut running, &mut writer, duration, args.json)?;
-    let top = sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref());
+    // A failed event write (a full disk) does not end the trace: the kernel's aggregates still make the
+    // summary, which is printed whatever else could not be written; the exit then says what failed.
     let mut write_err = None;
+    let stopped_by = trace_loop(
+        &mut running,
+        &mut writer,
+        duration,
+        args.json,
+        &mut write_err,
+    )?;
+    let top = sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref());
     let findings = running.finish(top, writer.sink(&mut write_err));
-    if let Some(e) = write_err {
-        return Err(e.into());
-    }
     let mut report = running.report(name.clone(), stopped_by, findings.summary.clone());
     report.notes = target.notes;
     report.folder = Some(out_dir.display().to_string());
@@ -101,13 +106,22 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     }
     report.events_written = writer.written;
     let title = format!("sonde {} {}", job.spec.probe, name);
-    let files = writer.finish(&findings, &title)?;
-    writer.write_summary(&mut report, &files)?;
+    let written = writer
+        .finish(&findings, &title)
+        .and_then(|files| writer.write_summary(&mut report, &files));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report, &out_dir, &findings);
     }
+    if let Some(e) = write_err {
+        let e = anyhow::Error::from(e);
+        return Err(e.context(format!(
+            "writing events to {} (the report above is complete)",
+            out_dir.display()
+        )));
+    }
+    written.with_context(|| format!("writing results to {}", out_dir.display()))?;
     Ok(())
 }
 
@@ -116,6 +130,7 @@ fn trace_loop(
     writer: &mut ResultsWriter,
     duration: Duration,
     quiet: bool,
+    write_err: &mut Option<sonde_probes::Error>,
 ) -> Result<&'static str> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -136,10 +151,10 @@ fn trace_loop(
                 _ = tick.tick(), if !backlog => {}
                 _ = tokio::task::yield_now(), if backlog => {}
             }
-            let mut err = None;
-            backlog = running.drain(writer.sink(&mut err)).backlog;
-            if let Some(e) = err {
-                return Err(e.into());
+            let failed_before = write_err.is_some();
+            backlog = running.drain(writer.sink(write_err)).backlog;
+            if let Some(e) = write_err.as_ref().filter(|_| !failed_before) {
+                eprintln!("\nsonde: writing events failed ({e}); the trace goes on for its summary");
             }
             if running.stop_requested {
                 return Ok("threshold");

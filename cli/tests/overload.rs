@@ -16,14 +16,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sonde_tests::{LOAD_BOUND, Load};
 
-/// One flood at a time: tests of this binary run in parallel by default, and two floods on two cores would
-/// measure each other (and one test's sched-pipe load would breach another's threshold).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn job(dir: &Path, comms: &str, thresholds: &str) -> PathBuf {
     let path = dir.join("flood.yaml");
     let yaml = format!(
@@ -163,7 +155,7 @@ fn assert_accounted(report: &Value, out_dir: &Path) {
 #[test]
 fn the_deadline_holds_under_a_flood() {
     sonde_tests::requires!(Root);
-    let _serial = serial();
+    let _one = sonde_tests::one_at_a_time();
     let (took, report, out_dir, _run) = start(pipes(), "sched-pipe", "3s", "").finish();
     assert_eq!(report["stoppedBy"], "deadline", "{report}");
     // The trace ends at the deadline by the process's own clock (attach to the stop). The exit also waits for the
@@ -186,7 +178,7 @@ fn the_deadline_holds_under_a_flood() {
 #[test]
 fn ctrl_c_stops_a_flooded_run_and_keeps_its_results() {
     sonde_tests::requires!(Root);
-    let _serial = serial();
+    let _one = sonde_tests::one_at_a_time();
     let run = start(pipes(), "sched-pipe", "60s", "");
     std::thread::sleep(Duration::from_millis(1500));
     let sent = Instant::now();
@@ -212,7 +204,7 @@ fn ctrl_c_stops_a_flooded_run_and_keeps_its_results() {
 #[test]
 fn a_stop_threshold_ends_a_flooded_run() {
     sonde_tests::requires!(Root);
-    let _serial = serial();
+    let _one = sonde_tests::one_at_a_time();
     // The flood: sched-messaging's hundreds of pairs, each far under the threshold, together far more events
     // than are read. Then one sched-pipe pair crosses it within milliseconds, while the ring is full: the
     // breaching event itself is likely dropped, and the kernel's breach count must stop the run.

@@ -129,3 +129,61 @@ fn validate_accepts_examples_and_probes_lists_the_library() {
         assert!(text.contains(p), "{p} missing from {text}");
     }
 }
+
+/// The output disk fills up mid-trace (a 256 KiB tmpfs under a flood with events on): the trace goes on to its
+/// deadline, the report with the kernel's counts and summary is still printed, and the exit fails naming the
+/// write that failed.
+#[test]
+fn a_full_output_disk_keeps_the_report_and_fails_naming_the_write() {
+    sonde_tests::requires!(Root);
+    let _one = sonde_tests::one_at_a_time();
+    struct Mounted(std::path::PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs");
+    let _mounted = Mounted(small.clone());
+    let job = dir.path().join("flood.yaml");
+    std::fs::write(
+        &job,
+        "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {name: full}\nspec:\n  probe: wakeups\n  \
+         target: {comms: [sched-pipe]}\n  duration: 3s\n  output: {events: true}\n",
+    )
+    .unwrap();
+    let _load = sonde_tests::Load::sched_pipe();
+    let out = sonde(&[
+        "run",
+        "-f",
+        job.to_str().unwrap(),
+        "--json",
+        "--output",
+        small.join("results").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a failed write must fail the run");
+    assert!(stderr.contains("writing events"), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the report, printed");
+    assert_eq!(report["stoppedBy"], "deadline", "{report}");
+    assert!(
+        report["counts"]["captured"].as_u64().unwrap() > 1000,
+        "{report}"
+    );
+    let rows = report["summary"]["rows"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["key"].as_str().unwrap().contains("sched-pipe")),
+        "{report}"
+    );
+}

@@ -84,6 +84,14 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
         .any(|c| c.type_ == type_ && c.status == "True")
 }
 
+/// The condition of `type_` when it is False: why something is not so (its reason and message), for an Event
+/// when that reason first appears.
+pub fn false_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "False")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +112,12 @@ mod tests {
         assert_eq!(c[0].last_transition_time, at(30));
         assert_eq!(c[0].observed_generation, Some(2));
         assert!(is_true(&c, "Attached") && !is_true(&c, "Failed"));
+        assert!(false_condition(&c, "Attached").is_none());
+        Conditions::new(&mut c, Some(2), at(40)).set("Attached", false, "NoMatchingPods", "none");
+        assert_eq!(
+            false_condition(&c, "Attached").map(|c| c.reason.as_str()),
+            Some("NoMatchingPods")
+        );
+        assert!(false_condition(&c, "Failed").is_none());
     }
 }

@@ -53,6 +53,9 @@ pub struct Agent {
     live: HashMap<String, Live>,
     /// Sessions this process ran to the end; never started again even if their final status write was lost.
     done: HashSet<String>,
+    /// Sessions whose probe changed, to start again once the previous probe's task has published and let go of
+    /// its slot (starting at once would take a second slot, refused on a node at capacity).
+    reloads: HashMap<String, ProbeSession>,
     /// Why one-shot sessions must stop now: set while this node is cordoned (a drain is under way).
     drained: watch::Sender<Option<String>>,
     /// One per running session, `limits.max_sessions` in all.
@@ -88,6 +91,7 @@ impl Agent {
             cfg,
             live: HashMap::new(),
             done: HashSet::new(),
+            reloads: HashMap::new(),
             drained: watch::channel(None).0,
         }
     }
@@ -173,8 +177,13 @@ impl Agent {
                         self.live.iter().filter(|(_, l)| l.task.is_finished()).map(|(k, _)| k.clone()).collect();
                     for uid in finished {
                         self.live.remove(&uid);
-                        self.done.insert(uid);
                         self.metrics.finished.inc();
+                        match self.reloads.remove(&uid) {
+                            Some(s) => self.start(s, &pod_store, None),
+                            None => {
+                                self.done.insert(uid);
+                            }
+                        }
                     }
                     self.metrics.running.set(self.live.len() as i64);
                     // Containers can start after their pod event; cgroup directories are not watched.
@@ -187,6 +196,10 @@ impl Agent {
     fn upsert(&mut self, s: ProbeSession, pods: &Store<Pod>) {
         let uid = s.uid().unwrap_or_default();
         if s.spec.node_name != self.cfg.node || self.done.contains(&uid) {
+            return;
+        }
+        if let Some(pending) = self.reloads.get_mut(&uid) {
+            *pending = s; // the newest spec is the one to start
             return;
         }
         if let Some(live) = self.live.get_mut(&uid) {
@@ -203,8 +216,7 @@ impl Agent {
             // The probe itself changed (a policy edited in Git): reload this session, and only this one.
             tracing::info!(session = %s.name_any(), "spec changed; reloading the probe");
             let _ = live.deleted.send(true);
-            self.live.remove(&uid);
-            self.start(s, pods, None);
+            self.reloads.insert(uid, s);
             return;
         }
         let phase = s.status.as_ref().map(|st| st.phase).unwrap_or_default();
@@ -297,6 +309,7 @@ impl Agent {
     }
 
     fn cancel(&mut self, uid: &str) {
+        self.reloads.remove(uid);
         if let Some(live) = self.live.get(uid) {
             let _ = live.deleted.send(true);
         }

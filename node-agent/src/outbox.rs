@@ -616,32 +616,44 @@ impl Uploader {
             return;
         }
         let api: Api<ProbeSession> = Api::namespaced(self.client.clone(), ns);
-        let Ok(Some(session)) = api.get_opt(name).await else {
-            return;
-        };
-        let mut st = session.status.unwrap_or_default();
-        let (ok, reason, message) = upload.condition(false, true, "");
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
-        Conditions::new(&mut st.conditions, session.metadata.generation, now).set(
-            types::RESULTS_COMPLETE,
-            ok,
-            reason,
-            message,
-        );
-        let mut patch =
-            serde_json::json!({"status": {"upload": upload, "conditions": st.conditions}});
-        if let Some(urls) = urls {
-            patch["status"]["results"] = serde_json::json!(urls);
-        }
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {
-                self.told.insert(key, upload);
+        // The session may write its own status between this read and the patch: the patch names the version it
+        // read (a merge patch replaces the whole conditions list), and a conflict reads again.
+        for _ in 0..3 {
+            let Ok(Some(session)) = api.get_opt(name).await else {
+                return;
+            };
+            let mut st = session.status.unwrap_or_default();
+            let (ok, reason, message) = upload.condition(false, true, "");
+            let now = Time(k8s_openapi::jiff::Timestamp::now());
+            Conditions::new(&mut st.conditions, session.metadata.generation, now).set(
+                types::RESULTS_COMPLETE,
+                ok,
+                reason,
+                message,
+            );
+            let mut patch = serde_json::json!({
+                "metadata": {"resourceVersion": session.metadata.resource_version},
+                "status": {"upload": upload, "conditions": st.conditions},
+            });
+            if let Some(urls) = &urls {
+                patch["status"]["results"] = serde_json::json!(urls);
             }
-            Err(e) => tracing::warn!(session = %name, error = %e, "reporting the upload state"),
+            match api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    self.told.insert(key, upload);
+                    return;
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => {
+                    tracing::warn!(session = %name, error = %e, "reporting the upload state");
+                    return;
+                }
+            }
         }
+        tracing::warn!(session = %name, "reporting the upload state: the session kept changing under it");
     }
 }
 

@@ -5,17 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use sonde_crds::conditions::types;
-use sonde_crds::{ProbePolicy, ProbePolicyStatus, ProbeSession};
+use sonde_crds::conditions::{self, types};
+use sonde_crds::{Phase, ProbePolicy, ProbePolicyStatus, ProbeSession, ProbeSessionSpec};
 
 use crate::context::Context;
 use crate::error::Result;
-use crate::owner;
+use crate::owner::{self, Owner};
 use crate::placement;
 use crate::rollup::{self, Unplaced};
 
@@ -52,6 +52,28 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
         let owned = placement::owned_sessions(&sessions_api, &uid).await?;
         let nodes: std::collections::BTreeSet<String> = placed.keys().cloned().collect();
         let window = Some(spec.window.as_str());
+        // An agent never restarts a session it ended: a failed one is deleted here, and placed anew with a
+        // uid of its own by the reconcile its deletion triggers.
+        let mut placed = placed;
+        let now = Timestamp::now();
+        for s in &owned {
+            let asked = placement::session_for(
+                &*policy,
+                ProbePolicy::RESULTS_FOLDER,
+                &policy.probe(),
+                &s.spec.node_name,
+                s.spec.pods.clone(),
+                None,
+                window.map(str::to_string),
+            );
+            if retry_failed(s, &asked.spec, now) {
+                tracing::info!(session = %s.name_any(), "placing a failed session anew");
+                sessions_api
+                    .delete(&s.name_any(), &DeleteParams::background())
+                    .await?;
+                placed.remove(&s.spec.node_name);
+            }
+        }
         if let Some(why) =
             owner::apply_sessions(&sessions_api, &*policy, placed, None, window, &owned).await?
         {
@@ -81,20 +103,20 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
     );
     // A refusal (a node-wide target or storage the namespace may not have, a session name another owner holds)
     // that status now reports is a Warning once, when it starts or its reason changes, as for a TraceJob.
-    let not_attached = |s: Option<&ProbePolicyStatus>| {
-        s.and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == types::ATTACHED && c.status == "False")
-                .map(|c| (c.reason.clone(), c.message.clone()))
-        })
+    let not_attached = |s: &ProbePolicyStatus| {
+        conditions::false_condition(&s.conditions, types::ATTACHED).cloned()
     };
-    if let (Some(reason), Some((now_reason, message))) = (refusal, not_attached(Some(&status)))
-        && now_reason == reason
-        && not_attached(old.as_ref()).map(|(r, _)| r) != Some(now_reason)
+    if let (Some(reason), Some(now)) = (refusal, not_attached(&status))
+        && now.reason == reason
+        && old.as_ref().and_then(not_attached).map(|c| c.reason) != Some(now.reason)
     {
-        ctx.publish(&policy.object_ref(&()), EventType::Warning, reason, message)
-            .await;
+        ctx.publish(
+            &policy.object_ref(&()),
+            EventType::Warning,
+            reason,
+            now.message,
+        )
+        .await;
     }
     let before = old.as_ref().map(|s| s.counts.breaches).unwrap_or(0);
     if status.counts.breaches > before {
@@ -121,4 +143,77 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
     }
     // Session status changes wake the controller; the timer is a safety net.
     Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// How long a policy's session stays failed before it is placed anew as it was: a node at capacity frees up, a
+/// burst over the overhead budget passes, an API server comes back.
+pub const RETRY_FAILED: SignedDuration = SignedDuration::from_secs(300);
+
+/// Whether a policy's failed session is to be placed anew now: the policy now asks for another spec than the one
+/// it failed with (it was fixed: `asked`, for the session's own pods), or it failed [`RETRY_FAILED`] ago.
+fn retry_failed(session: &ProbeSession, asked: &ProbeSessionSpec, now: Timestamp) -> bool {
+    let Some(st) = session
+        .status
+        .as_ref()
+        .filter(|st| st.phase == Phase::Failed)
+    else {
+        return false;
+    };
+    if asked != &session.spec {
+        return true;
+    }
+    let failed_at = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == types::FAILED && c.status == "True")
+        .map(|c| c.last_transition_time.0)
+        .or(st.heartbeat.as_ref().map(|t| t.0));
+    failed_at.is_none_or(|at| at + RETRY_FAILED <= now)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use sonde_crds::ProbeSessionStatus;
+    use sonde_crds::conditions::Conditions;
+
+    fn failed_at(second: i64) -> ProbeSession {
+        let mut s: ProbeSession = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sonde.dev/v1alpha1", "kind": "ProbeSession",
+            "metadata": {"name": "p-a"},
+            "spec": {"nodeName": "a", "probe": "wakeups", "resultPrefix": "p"},
+        }))
+        .unwrap();
+        let mut st = ProbeSessionStatus {
+            phase: Phase::Failed,
+            ..Default::default()
+        };
+        let at = Time(Timestamp::from_second(second).unwrap());
+        Conditions::new(&mut st.conditions, Some(1), at).set(
+            types::FAILED,
+            true,
+            "NodeAtCapacity",
+            "12 sessions run on this node",
+        );
+        s.status = Some(st);
+        s
+    }
+
+    #[test]
+    fn a_failed_session_is_placed_anew_when_the_policy_changes_or_after_a_while() {
+        let s = failed_at(1_000);
+        let same = s.spec.clone();
+        let at = |second: i64| Timestamp::from_second(second).unwrap();
+        assert!(!retry_failed(&s, &same, at(1_010)));
+        assert!(retry_failed(&s, &same, at(1_000 + RETRY_FAILED.as_secs())));
+        let mut fixed = same.clone();
+        fixed.budget.max_kernel_cpu_percent += 2.5;
+        assert!(retry_failed(&s, &fixed, at(1_010)));
+        // Running or finished well: never.
+        let mut ok = s.clone();
+        ok.status.as_mut().unwrap().phase = Phase::Running;
+        assert!(!retry_failed(&ok, &fixed, at(1_000_000)));
+    }
 }

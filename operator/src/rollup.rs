@@ -13,6 +13,21 @@ use sonde_crds::{
 /// A session whose agent has not reported for this long after the deadline is counted as failed.
 pub const REPORT_GRACE: SignedDuration = SignedDuration::from_secs(30);
 
+/// How long after the deadline an agent that is still alive (its heartbeat fresh) may take to publish a
+/// session's results (detach, last chunks, result files against a slow or unreachable store) before the
+/// session counts as failed all the same.
+pub const PUBLISH_LIMIT: SignedDuration = SignedDuration::from_secs(600);
+
+/// Whether a session that has not finished is overdue at `now`: past the deadline by [`REPORT_GRACE`] with no
+/// heartbeat within it (its agent is gone), or by [`PUBLISH_LIMIT`] whatever its heartbeat says.
+pub fn overdue(status: &ProbeSessionStatus, deadline: Timestamp, now: Timestamp) -> bool {
+    let alive = status
+        .heartbeat
+        .as_ref()
+        .is_some_and(|beat| beat.0 + REPORT_GRACE >= now);
+    now > deadline + PUBLISH_LIMIT || (now > deadline + REPORT_GRACE && !alive)
+}
+
 /// Why a trace has no session: nothing matches yet (that may change while it waits), or its target is refused
 /// (that changes only with its spec or the admin's settings, so a job fails at once).
 #[derive(Clone, Debug, PartialEq)]
@@ -61,17 +76,18 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
     let mut results = Vec::new();
     let mut strategies = BTreeMap::<String, u32>::new();
     let mut failures = Vec::new();
-    let overdue = i.now > i.deadline + REPORT_GRACE;
     for s in i.sessions {
         let ss = s.status.clone().unwrap_or_default();
         let mut phase = ss.phase;
         let mut message = ss.message.clone();
-        if !phase.is_finished() && overdue {
+        if !phase.is_finished() && overdue(&ss, i.deadline, i.now) {
             phase = Phase::Failed;
             message = Some(format!(
-                "the agent on {} did not report a result within {}s of the deadline",
+                "the agent on {} did not report a result after the deadline (no heartbeat for {}s, or still \
+                 publishing {}s after it)",
                 s.spec.node_name,
-                REPORT_GRACE.as_secs()
+                REPORT_GRACE.as_secs(),
+                PUBLISH_LIMIT.as_secs()
             ));
         }
         if ss.attached_at.is_some() {
@@ -548,10 +564,31 @@ mod tests {
             .find(|c| c.type_ == types::FAILED)
             .unwrap();
         assert!(
-            failed.message.contains("b: the agent on b did not report"),
+            failed
+                .message
+                .contains("b: the agent on b did not report a result after the deadline"),
             "{}",
             failed.message
         );
+    }
+
+    #[test]
+    fn an_agent_still_publishing_after_the_deadline_is_waited_for_while_it_beats() {
+        let publishing = |beat: i64| ProbeSessionStatus {
+            phase: Phase::Running,
+            attached_at: Some(Time(Timestamp::from_second(101).unwrap())),
+            heartbeat: Some(Time(Timestamp::from_second(beat).unwrap())),
+            ..Default::default()
+        };
+        // Deadline 160: at 250 an agent that beat at 240 is publishing against a slow store, not gone.
+        let sessions = [session("a", Some(publishing(240)))];
+        assert_eq!(rollup(&input(&sessions, 250)).phase, Phase::Running);
+        // Its heartbeat stops: failed once it is REPORT_GRACE old.
+        assert_eq!(rollup(&input(&sessions, 271)).phase, Phase::Failed);
+        // Beating but still not done PUBLISH_LIMIT after the deadline: failed all the same.
+        let late = 160 + PUBLISH_LIMIT.as_secs() + 1;
+        let sessions = [session("a", Some(publishing(late - 1)))];
+        assert_eq!(rollup(&input(&sessions, late)).phase, Phase::Failed);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
+use sonde_crds::conditions;
 use sonde_crds::{Phase, ProbeSession, TraceJob, TraceJobStatus, UploadState};
 
 use crate::context::Context;
@@ -187,8 +188,8 @@ async fn publish_transitions(
 ) {
     let old_phase = old.map(|s| s.phase);
     let mut events = Vec::new();
-    let was = |t: &str| old.is_some_and(|s| sonde_crds::conditions::is_true(&s.conditions, t));
-    let now_true = |t: &str| sonde_crds::conditions::is_true(&new.conditions, t);
+    let was = |t: &str| old.is_some_and(|s| conditions::is_true(&s.conditions, t));
+    let now_true = |t: &str| conditions::is_true(&new.conditions, t);
     let msg = |t: &str| {
         new.conditions
             .iter()
@@ -196,16 +197,13 @@ async fn publish_transitions(
             .map(|c| c.message.clone())
             .unwrap_or_default()
     };
-    use sonde_crds::conditions::types::*;
+    use conditions::types::*;
     if now_true(SCHEDULED) && !was(SCHEDULED) {
         events.push((EventType::Normal, "Scheduled", msg(SCHEDULED)));
     }
     // Why nothing is scheduled (NoMatchingPods, NodeWideNotAllowed): a Warning each time the reason changes.
     fn unscheduled(s: &TraceJobStatus) -> Option<&str> {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == SCHEDULED && c.status == "False")
-            .map(|c| c.reason.as_str())
+        conditions::false_condition(&s.conditions, SCHEDULED).map(|c| c.reason.as_str())
     }
     if let Some(reason) = unscheduled(new)
         && old.and_then(unscheduled) != Some(reason)

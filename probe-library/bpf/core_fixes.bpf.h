@@ -44,4 +44,23 @@ static __always_inline __u64 mm_resident_pages(struct mm_struct *mm)
 	       BPF_CORE_READ(old, rss_stat.count[3].counter);
 }
 
+/* cgroup::ancestors[] holds the ancestors' pointers since 6.0; before, ancestor_ids[] held their ids. */
+struct cgroup___pre60 {
+	__u64 ancestor_ids[0];
+} __attribute__((preserve_access_index));
+
+/* The id of `cg`'s ancestor at `level` (0 is the root), 0 when unreadable. */
+static __always_inline __u64 cgroup_ancestor_id(struct cgroup *cg, __u32 level)
+{
+	if (bpf_core_field_exists(cg->ancestors)) {
+		struct cgroup *anc = NULL;
+		bpf_core_read(&anc, sizeof(anc), &cg->ancestors[level]);
+		return anc ? BPF_CORE_READ(anc, kn, id) : 0;
+	}
+	struct cgroup___pre60 *old = (void *)cg;
+	__u64 id = 0;
+	bpf_core_read(&id, sizeof(id), &old->ancestor_ids[level]);
+	return id;
+}
+
 #endif

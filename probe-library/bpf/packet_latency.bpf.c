@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /* packet-latency: per TCP segment, time from device xmit to __netif_receive_skb and to the TCP receive
- * functions, keyed by 4-tuple + seq. Segments at or over cfg_threshold (ns) are sent with every column of the
+ * functions, keyed by 4-tuple + seq + ack (a stream of pure ACKs shares its seq; each acks more). Segments at or over cfg_threshold (ns) are sent with every column of the
  * field case; per-stage log2 histograms count every segment. */
 #include "sonde.h"
 
@@ -24,7 +24,11 @@ struct seg_key {
 	__u16 sport;
 	__u16 dport;
 	__u32 seq;
+	__u32 ack;
 };
+
+/* Sends of one key this close together are one segment's trip through several devices. */
+#define SAME_TRIP_NS (1000ULL * 1000 * 1000)
 
 struct seg_val {
 	__u64 xmit_ns;
@@ -81,7 +85,8 @@ static __always_inline bool parse(unsigned char *nh, struct seg *s)
 	s->key.sport = bpf_ntohs(tcp.source);
 	s->key.dport = bpf_ntohs(tcp.dest);
 	s->key.seq = bpf_ntohl(tcp.seq);
-	s->ack = bpf_ntohl(tcp.ack_seq);
+	s->key.ack = bpf_ntohl(tcp.ack_seq);
+	s->ack = s->key.ack;
 	s->win = bpf_ntohs(tcp.window);
 	s->flags = ((__u8 *)&tcp)[13];
 	return port_ok(s->key.sport, s->key.dport);
@@ -99,8 +104,14 @@ static __always_inline int on_xmit(struct sk_buff *skb)
 	__u16 nh = BPF_CORE_READ(skb, network_header);
 	if (!parse(head + nh, &s))
 		return 0;
-	struct seg_val v = { .xmit_ns = bpf_ktime_get_ns() };
-	v.last_stage_ns = v.xmit_ns;
+	__u64 now = bpf_ktime_get_ns();
+	/* A segment on its way is sent again by every device it crosses (a pod's veth, then the bridge to the other
+	 * pod's veth): its first send is where the trip starts, and a queue there is part of it. An older entry is
+	 * another segment of the same key (a retransmit long after, a wrapped seq). */
+	struct seg_val *seen = bpf_map_lookup_elem(&inflight, &s.key);
+	if (seen && now - seen->xmit_ns < SAME_TRIP_NS)
+		return 0;
+	struct seg_val v = { .xmit_ns = now, .last_stage_ns = now };
 	bpf_map_update_elem(&inflight, &s.key, &v, BPF_ANY);
 	return 0;
 }
@@ -141,6 +152,9 @@ static __always_inline int on_receive(struct sk_buff *skb, unsigned char *nh, __
 	__u64 delta = now - v->xmit_ns;
 	__u64 stage_delta = stage == STAGE_NETIF_RECEIVE ? 0 : now - v->last_stage_ns;
 	v->last_stage_ns = now;
+	/* In TCP the trip is over: a later send of this key (a retransmit of a segment that did arrive) is another. */
+	if (stage != STAGE_NETIF_RECEIVE)
+		bpf_map_delete_elem(&inflight, &s.key);
 	hist_add(stage - 1, delta);
 	bool breach = breaches(delta);
 	if (breach)

@@ -21,11 +21,11 @@ static __always_inline void on_wake(__u32 tid, bool ok)
 }
 
 /* `next` is the task that waited: the event names it (at sched_switch the current task is still `prev`). */
-static __always_inline void on_switch(__u32 prev_tid, long prev_state, bool prev_ok, __u32 next_tid, __u32 next_tgid,
-				      const char *next_comm)
+static __always_inline void on_switch(__u32 prev_tid, bool prev_runnable, bool prev_ok, __u32 next_tid,
+				      __u32 next_tgid, const char *next_comm)
 {
 	/* A preempted task (still runnable) waits on the run queue from now. */
-	if (prev_state == 0 && prev_ok)
+	if (prev_runnable && prev_ok)
 		on_wake(prev_tid, true);
 	__u64 *ts = bpf_map_lookup_elem(&wakeup_ts, &next_tid);
 	if (!ts)
@@ -52,7 +52,7 @@ int BPF_PROG(tp_btf_sched_wakeup_new, struct task_struct *p) { on_wake(BPF_CORE_
 SEC("tp_btf/sched_switch")
 int BPF_PROG(tp_btf_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	on_switch(BPF_CORE_READ(prev, pid), task_state(prev), task_admitted(prev), BPF_CORE_READ(next, pid),
+	on_switch(BPF_CORE_READ(prev, pid), task_state(prev) == 0, task_admitted(prev), BPF_CORE_READ(next, pid),
 		  BPF_CORE_READ(next, tgid), next->comm);
 	return 0;
 }
@@ -68,12 +68,16 @@ SEC("tracepoint/sched/sched_wakeup")
 int tp_sched_wakeup(struct trace_event_raw_sched_wakeup_template *ctx) { on_wake(ctx->pid, tp_ok(ctx->pid, ctx->comm)); return 0; }
 SEC("tracepoint/sched/sched_wakeup_new")
 int tp_sched_wakeup_new(struct trace_event_raw_sched_wakeup_template *ctx) { on_wake(ctx->pid, tp_ok(ctx->pid, ctx->comm)); return 0; }
+/* The record's prev_state of a preempted task is TASK_REPORT_MAX (since 4.14; __trace_sched_switch_state), not
+ * TASK_RUNNING: that task is runnable too. */
+#define TASK_REPORT_MAX 0x100
 SEC("tracepoint/sched/sched_switch")
 int tp_sched_switch(struct trace_event_raw_sched_switch *ctx)
 {
+	long state = ctx->prev_state;
+	bool runnable = state == 0 || (state & TASK_REPORT_MAX);
 	/* The record has no tgid: events from this fallback carry pid 0. */
-	on_switch(ctx->prev_pid, ctx->prev_state, tp_ok(ctx->prev_pid, ctx->prev_comm), ctx->next_pid, 0,
-		  ctx->next_comm);
+	on_switch(ctx->prev_pid, runnable, tp_ok(ctx->prev_pid, ctx->prev_comm), ctx->next_pid, 0, ctx->next_comm);
 	return 0;
 }
 

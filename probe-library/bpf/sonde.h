@@ -154,9 +154,7 @@ static __always_inline bool in_other_pod(struct task_struct *p)
 	__u32 level = BPF_CORE_READ(cg, level);
 	if (level <= cfg_pods_root_level || cfg_pods_root_level > 64)
 		return false;
-	struct cgroup *anc = NULL;
-	bpf_core_read(&anc, sizeof(anc), &cg->ancestors[cfg_pods_root_level]);
-	return anc && BPF_CORE_READ(anc, kn, id) == cfg_pods_root;
+	return cgroup_ancestor_id(cg, cfg_pods_root_level) == cfg_pods_root;
 }
 
 /* Set by the cluster admin (Helm value tenancy.redactCounterparts): with a pod filter, a counterpart outside the

@@ -17,9 +17,11 @@ struct enter {
 	__u32 nr;
 };
 
+/* LRU: a thread's exit or exit_group never returns to sys_exit, so its entry stays until evicted; in a plain hash
+ * they would fill the map after 16k thread exits and every later insert would fail. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
 	__type(key, __u32);
 	__type(value, struct enter);
 } inflight SEC(".maps");

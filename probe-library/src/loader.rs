@@ -32,6 +32,12 @@ impl Loaded {
 }
 
 pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
+    load_without(cfg, &[])
+}
+
+/// [`load`], passing over the attach strategies named in `skip` (`tp_btf`, `tracepoint`, ...) as if this kernel
+/// had not got them: the way to run a fallback further down a chain on a kernel that has the better hook.
+pub fn load_without(cfg: &ProbeConfig, skip: &[&str]) -> Result<Loaded> {
     cfg.validate()?;
     let probe = cfg.probe;
     let flag = |on: bool| -> u8 { on as u8 };
@@ -104,7 +110,10 @@ pub fn load(cfg: &ProbeConfig) -> Result<Loaded> {
         let mut ok = false;
         let first = attempts.len();
         for attach in hook.chain {
-            let result = attach_one(&mut ebpf, attach, kernel_btf(), cfg);
+            let result = match skip.contains(&attach.strategy()) {
+                true => Err("skipped on request".to_string()),
+                false => attach_one(&mut ebpf, attach, kernel_btf(), cfg),
+            };
             attempts.push(AttachAttempt {
                 hook: hook.name,
                 strategy: attach.strategy(),

@@ -16,6 +16,13 @@ use crate::aggregate::{Aggregator, Event, Findings};
 
 pub(crate) struct Profile;
 
+/// `bpf_get_stackid`'s answer when the stack's hash bucket holds another stack (without BPF_F_REUSE_STACKID, which
+/// would overwrite it and misattribute the samples counted on the old one).
+const STACK_COLLISION: i32 = -17; // -EEXIST
+
+/// The frame a sample's lost stack is shown as, so its samples are not taken for stack-less ones.
+const LOST_STACK: &str = "[stack lost: stack map collision]";
+
 fn frames(stacks: &StackTraceMap<&aya::maps::MapData>, id: i32) -> Vec<u64> {
     if id < 0 {
         return vec![];
@@ -69,8 +76,12 @@ impl Aggregator for Profile {
         let mut folded: HashMap<String, u64> = HashMap::new();
         let mut by_leaf: HashMap<String, u64> = HashMap::new();
         let mut total = 0;
+        let mut lost = 0;
         for (key, count) in counted {
             total += count;
+            if key.kstack == STACK_COLLISION || key.ustack == STACK_COLLISION {
+                lost += count;
+            }
             let user = Source::Process(Process::new(Pid::from(key.pid)));
             // Stacks come leaf first; flame graphs want root first.
             let mut path: Vec<String> = vec![cstr(&key.comm)];
@@ -79,6 +90,11 @@ impl Aggregator for Profile {
             let mut kstack = names(&symbolizer, &kernel, &frames(&stacks, key.kstack));
             kstack.reverse();
             kstack.iter_mut().for_each(|f| f.push_str("_[k]"));
+            for (id, frames) in [(key.ustack, &mut ustack), (key.kstack, &mut kstack)] {
+                if id == STACK_COLLISION {
+                    frames.push(LOST_STACK.to_string());
+                }
+            }
             path.extend(ustack);
             path.extend(kstack);
             *by_leaf
@@ -111,11 +127,17 @@ impl Aggregator for Profile {
             summary: Summary {
                 key_meaning: "comm, hottest leaf frame (samples)".into(),
                 rows,
-                figures: vec![Figure {
+                figures: std::iter::once(Figure {
                     name: "samples".into(),
                     value: total as f64,
                     unit: "count".into(),
-                }],
+                })
+                .chain((lost > 0).then(|| Figure {
+                    name: "samples whose stack was lost (stack map collisions)".into(),
+                    value: lost as f64,
+                    unit: "count".into(),
+                }))
+                .collect(),
             },
             histograms: vec![],
             folded: lines,

@@ -116,7 +116,12 @@ pub struct Running {
 
 impl Running {
     pub fn start(config: ProbeConfig) -> Result<Running> {
-        let mut loaded = loader::load(&config)?;
+        Self::start_without(config, &[])
+    }
+
+    /// [`Running::start`] passing over the attach strategies in `skip` ([`loader::load_without`]).
+    pub fn start_without(config: ProbeConfig, skip: &[&str]) -> Result<Running> {
+        let mut loaded = loader::load_without(&config, skip)?;
         let ring = loaded
             .ebpf
             .take_map("events")

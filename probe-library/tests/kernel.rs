@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{config, threshold, trace};
+use common::{config, threshold, trace, trace_without};
 use sonde_crds::*;
 use sonde_probes::{Filter, Running};
 use sonde_tests::{Load, fast_ping_argv, isc_socket_argv};
@@ -433,6 +433,47 @@ fn syscall_latency_flags_exactly_the_slow_sleeps_of_the_selected_process() {
     );
 }
 
+/// A thread's last syscall (exit) never returns, so the time it entered it is never taken back: those entries
+/// must not fill the in-flight map. A process named sonde-threads starts and joins 20000 threads, then sleeps
+/// 60 ms five times, traced on every syscall: its five sleeps are all measured (with a map that keeps every
+/// exited thread's entry, inserts fail once it holds 16384 and the sleeps go unseen).
+#[test]
+fn syscall_latency_still_measures_after_twenty_thousand_threads_exit() {
+    sonde_tests::requires!(Root);
+    const CLOCK_NANOSLEEP: u64 = 230; // x86_64
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("sonde-threads");
+    std::os::unix::fs::symlink("/usr/bin/python3", &exe).unwrap();
+    let filter = Filter {
+        comms: Some(vec!["sonde-threads".into()]),
+        ..Default::default()
+    };
+    let thresholds = vec![threshold(
+        Metric::SyscallLatencyMs,
+        Comparison::GreaterOrEqual,
+        50.0,
+    )];
+    let params = ProbeParams::default();
+    let script = "import threading, time\n\
+                  for _ in range(20000):\n    t = threading.Thread(target=lambda: None); t.start(); t.join()\n\
+                  for _ in range(5): time.sleep(0.06)";
+    let out = trace(
+        config(ProbeName::SyscallLatency, filter, thresholds, params),
+        Duration::from_secs(6),
+        move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let status = Command::new(&exe).args(["-c", script]).status().unwrap();
+            assert!(status.success());
+        },
+    );
+    let sleeps = out
+        .events
+        .iter()
+        .filter(|e| e["syscall"] == CLOCK_NANOSLEEP && e["comm"] == "sonde-threads")
+        .count();
+    assert_eq!(sleeps, 5, "{:?}", out.events);
+}
+
 #[test]
 fn runq_latency_histograms_our_threads() {
     sonde_tests::requires!(Root);
@@ -505,12 +546,29 @@ fn cpu_time(pid: u32) -> Duration {
 /// add up to that within 20 %, and the other process is absent.
 #[test]
 fn runq_latency_adds_up_to_the_time_a_pinned_task_did_not_run() {
+    runq_latency_adds_up("sonde-rq-", "pass", &[]);
+}
+
+/// The same on the classic sched_switch tracepoint (the chain's last rung), with two tasks busy in the kernel
+/// (reading /dev/zero): they are preempted there (at cond_resched), and the record's state of a task preempted
+/// so is TASK_REPORT_MAX, not TASK_RUNNING. Taken for a sleep, those waits went uncounted.
+#[test]
+fn runq_latency_on_the_classic_tracepoint_counts_waits_after_preemption() {
+    let in_kernel = "f.read(1 << 24)";
+    runq_latency_adds_up("sonde-rqtp-", in_kernel, &["fentry", "kprobe", "tp_btf"]);
+}
+
+/// `skip`: the attach strategies passed over; the two processes are named `<name>a` and `<name>b` (each test its
+/// own, as tests run side by side).
+fn runq_latency_adds_up(name: &str, body: &str, skip: &[&str]) {
     sonde_tests::requires!(Root);
-    let a = pinned_python("sonde-runq-a", "pass");
-    let b = pinned_python("sonde-runq-b", "pass");
+    let _one = sonde_tests::one_at_a_time();
+    let (a_comm, b_comm) = (format!("{name}a"), format!("{name}b"));
+    let a = pinned_python(&a_comm, body);
+    let b = pinned_python(&b_comm, body);
     let (a_pid, b_pid) = (a.pid(), b.pid());
     let filter = Filter {
-        comms: Some(vec!["sonde-runq-a".into()]),
+        comms: Some(vec![a_comm.clone()]),
         ..Default::default()
     };
     let thresholds = vec![threshold(
@@ -520,13 +578,14 @@ fn runq_latency_adds_up_to_the_time_a_pinned_task_did_not_run() {
     )];
     let window: std::sync::Arc<std::sync::Mutex<Option<(u64, u64, Duration)>>> = Default::default();
     let w = window.clone();
-    let out = trace(
+    let out = trace_without(
         config(
             ProbeName::RunqLatency,
             filter,
             thresholds,
             ProbeParams::default(),
         ),
+        skip,
         Duration::from_millis(2800),
         move || {
             std::thread::sleep(Duration::from_millis(300));
@@ -540,10 +599,13 @@ fn runq_latency_adds_up_to_the_time_a_pinned_task_did_not_run() {
     let (t0, t1, ran) = window.lock().unwrap().expect("the window was measured");
     let wall = Duration::from_nanos(t1 - t0);
     let not_running = wall.saturating_sub(ran);
+    // The classic record has no tgid (pid 0); the waiting task's tid is its pid (one thread).
+    let classic = out.strategy == "tracepoint";
+    assert_eq!(classic, skip.contains(&"tp_btf"), "{}", out.strategy);
     assert!(
-        out.events
-            .iter()
-            .all(|e| e["pid"] == a_pid && e["comm"] == "sonde-runq-a"),
+        out.events.iter().all(|e| e["tid"] == a_pid
+            && e["pid"] == if classic { 0 } else { a_pid }
+            && e["comm"] == a_comm.as_str()),
         "another task: pid {b_pid} is the twin"
     );
     let waited: f64 = out
@@ -553,7 +615,7 @@ fn runq_latency_adds_up_to_the_time_a_pinned_task_did_not_run() {
         .map(|e| e["latency_us"].as_f64().unwrap() / 1e6)
         .sum();
     eprintln!(
-        "runq-latency: over {wall:?} sonde-runq-a ran {ran:?}; not running {not_running:?}; the probe's waits add up to {waited:.3} s"
+        "runq-latency: over {wall:?} {a_comm} ran {ran:?}; not running {not_running:?}; the probe's waits add up to {waited:.3} s"
     );
     // Both take turns on one CPU: a good share of the window is waiting.
     assert!(
@@ -835,6 +897,7 @@ fn rolling_a_window_starts_the_kernel_aggregates_again() {
 fn pinned_python(comm: &str, body: &str) -> Load {
     let script = format!(
         "import ctypes,time\nctypes.CDLL(None).prctl(15, b'{comm}', 0, 0, 0)\nend=time.time()+90\n\
+         f=open('/dev/zero', 'rb', buffering=0)\n\
          while time.time()<end: {body}\n"
     );
     let argv = ["taskset", "-c", "0", "python3", "-c", &script].map(String::from);

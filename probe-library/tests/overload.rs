@@ -17,14 +17,6 @@ use sonde_tests::Load;
 
 mod common;
 
-/// One flood at a time: tests of this binary run in parallel by default, and two floods on two cores would
-/// measure each other (and one test's sched-pipe load would breach another's threshold).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn flood() -> ProbeConfig {
     let filter = Filter {
         comms: Some(vec!["sched-pipe".into()]),
@@ -57,7 +49,7 @@ const SLICE_BOUND: Duration = Duration::from_millis(300);
 #[test]
 fn drains_stay_bounded_and_every_event_is_accounted_for() {
     sonde_tests::requires!(Root);
-    let _serial = serial();
+    let _one = sonde_tests::one_at_a_time();
     let _load = Load::sched_pipe();
     let mut running = Running::start(flood()).expect("wakeups loads");
     let mut n = 0u64;
@@ -120,7 +112,7 @@ fn drains_stay_bounded_and_every_event_is_accounted_for() {
 #[test]
 fn a_window_roll_under_a_flood_returns_in_bounded_time() {
     sonde_tests::requires!(Root);
-    let _serial = serial();
+    let _one = sonde_tests::one_at_a_time();
     let mut load = Load::sched_pipe();
     let mut running = Running::start(flood()).expect("wakeups loads");
     let mut n = 0u64;

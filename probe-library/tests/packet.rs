@@ -15,14 +15,6 @@ use std::time::Duration;
 use sonde_probes::{Filter, ProbeConfig};
 use sonde_tests::{NetPair as Pair, TIGHT_TBF};
 
-/// One bulk flow at a time: each test measures delays that a second flow's CPU (two cores, the flows' Python
-/// processes and the decoder) would stretch or starve.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// packet-latency on port 5201 keeping only segments of 5 ms or more, filtered to `filter_netns`.
 fn slow_segments(param_netns: Option<u64>, filter_netns: Vec<u32>) -> ProbeConfig {
     let params = ProbeParams {
@@ -51,7 +43,7 @@ fn slow_segments(param_netns: Option<u64>, filter_netns: Vec<u32>) -> ProbeConfi
 #[test]
 fn packet_latency_puts_the_tbf_delay_between_xmit_and_receive() {
     sonde_tests::requires!(Root);
-    let _serial = serial();
+    let _one = sonde_tests::one_at_a_time();
     let mut pair = Pair::new("pl", 77, TIGHT_TBF);
     let netns = pair.netns_inode(&pair.b.clone());
     let cfg = slow_segments(Some(netns as u64), vec![netns]);
@@ -123,10 +115,40 @@ fn packet_latency_puts_the_tbf_delay_between_xmit_and_receive() {
     assert!(findings.histograms[0].total as usize >= netif.len());
 }
 
+/// Pods on a CNI bridge: a segment is sent by the sending pod's device and again by the bridge to the receiving
+/// pod's veth. The queue is at the first send (a tbf on the sender's end), so the delay is measured from there:
+/// from the bridge's send, the last hop only, the tbf's queueing would be invisible.
+#[test]
+fn packet_latency_measures_a_bridged_segment_from_its_first_send() {
+    sonde_tests::requires!(Root);
+    let _one = sonde_tests::one_at_a_time();
+    let mut pair = Pair::bridged("pb", 76, TIGHT_TBF);
+    let netns = pair.netns_inode(&pair.b.clone());
+    let cfg = slow_segments(Some(netns as u64), vec![netns]);
+    pair.bulk_flow(3.0);
+    let common::Outcome { events, .. } = common::trace(cfg, Duration::from_secs(4), || {});
+    let mut delay: Vec<f64> = events
+        .iter()
+        .filter(|e| e["function"] == "__netif_receive_skb")
+        .inspect(|e| assert_eq!(e["ifname"], "vb-pb", "{e}"))
+        .map(|e| e["delta_ms"].as_f64().unwrap())
+        .collect();
+    assert!(
+        delay.len() >= 10,
+        "slow segments at the receiver: {} of {}",
+        delay.len(),
+        events.len()
+    );
+    delay.sort_by(f64::total_cmp);
+    // The tbf queues up to 100 ms at 4 Mbit/s: a bulk flow keeps it well filled.
+    let median = delay[delay.len() / 2];
+    assert!(median >= 20.0, "median xmit->rcv {median} ms");
+}
+
 #[test]
 fn tcp_retransmit_sees_drops_at_a_tiny_queue() {
     sonde_tests::requires!(Root);
-    let _serial = serial();
+    let _one = sonde_tests::one_at_a_time();
     let mut pair = Pair::new(
         "rt",
         78,
@@ -168,7 +190,7 @@ fn tcp_retransmit_sees_drops_at_a_tiny_queue() {
 #[test]
 fn packet_latency_namespace_filter_updates_while_attached() {
     sonde_tests::requires!(Root);
-    let _serial = serial();
+    let _one = sonde_tests::one_at_a_time();
     let mut pair = Pair::new("pn", 76, TIGHT_TBF);
     let netns = pair.netns_inode(&pair.b.clone());
     let cfg = slow_segments(None, vec![]);
@@ -199,7 +221,7 @@ fn packet_latency_namespace_filter_updates_while_attached() {
 #[test]
 fn packet_latency_redacts_the_softirq_task_outside_the_traced_cgroups() {
     sonde_tests::requires!(Root);
-    let _serial = serial();
+    let _one = sonde_tests::one_at_a_time();
     let mut pair = Pair::new("pr", 75, TIGHT_TBF);
     let netns = pair.netns_inode(&pair.b.clone());
     let cg = sonde_probes::cgroup::v2_root().join("sonde-pl-redact-test");
@@ -250,7 +272,7 @@ fn packet_latency_redacts_the_softirq_task_outside_the_traced_cgroups() {
 #[test]
 fn tcp_rtt_measures_the_queue_behind_a_tbf_as_ss_does() {
     sonde_tests::requires!(Root);
-    let _serial = serial();
+    let _one = sonde_tests::one_at_a_time();
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};
 
@@ -360,7 +382,7 @@ fn tcp_rtt_measures_the_queue_behind_a_tbf_as_ss_does() {
 #[test]
 fn tcp_connect_reports_each_connect_as_long_as_the_process_waited() {
     sonde_tests::requires!(Root);
-    let _serial = serial();
+    let _one = sonde_tests::one_at_a_time();
     use std::process::{Command, Stdio};
     use std::sync::{Arc, Mutex};
 

@@ -9,6 +9,14 @@ use std::time::Duration;
 /// The longest any test load may run.
 pub const LOAD_BOUND: Duration = Duration::from_secs(90);
 
+/// Holds one load-heavy test of a test binary at a time: the tests of a binary run in parallel by default, and two
+/// floods or bulk flows on two cores would measure each other (one's sched-pipe load breaching the other's
+/// threshold, one flow's CPU stretching the other's delays). Each test binary links its own copy of the lock.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// `perf bench sched pipe`: two tasks (comm `sched-pipe`) waking each other as fast as the machine allows;
 /// the loop count is effectively unbounded, the time is not.
 pub const SCHED_PIPE: &[&str] = &["perf", "bench", "sched", "pipe", "-l", "1000000000"];

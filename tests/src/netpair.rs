@@ -11,6 +11,8 @@ pub struct NetPair {
     /// The receiving namespace `sb-<tag>` (10.<net>.0.2 on `vb-<tag>`).
     pub b: String,
     pub net: u8,
+    /// The namespace of the bridge between them, if the path has one (`sr-<tag>`).
+    bridge: Option<String>,
     children: Vec<Child>,
 }
 
@@ -28,8 +30,23 @@ fn ip(args: &[&str]) {
 impl NetPair {
     /// `sa-<tag>` --veth--> `sb-<tag>` with `tbf` arguments on sa's end.
     pub fn new(tag: &str, net: u8, tbf: &[&str]) -> NetPair {
-        let (a, b) = (format!("sa-{tag}"), format!("sb-{tag}"));
-        for ns in [&a, &b] {
+        Self::build(tag, net, tbf, false)
+    }
+
+    /// `sa-<tag>` --veth--> bridge --veth--> `sb-<tag>`, as a CNI bridge joins two pods on a node (the bridge in
+    /// a namespace of its own, `sr-<tag>`), with `tbf` arguments on sa's end: a segment is sent twice, by sa and
+    /// by the bridge, and the queue is at the first send.
+    pub fn bridged(tag: &str, net: u8, tbf: &[&str]) -> NetPair {
+        Self::build(tag, net, tbf, true)
+    }
+
+    fn build(tag: &str, net: u8, tbf: &[&str], bridged: bool) -> NetPair {
+        let (a, b, r) = (
+            format!("sa-{tag}"),
+            format!("sb-{tag}"),
+            format!("sr-{tag}"),
+        );
+        for ns in [&a, &b, &r] {
             // Left over from a killed run, if anything.
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
@@ -40,12 +57,30 @@ impl NetPair {
             a: a.clone(),
             b: b.clone(),
             net,
+            bridge: bridged.then(|| r.clone()),
             children: vec![],
         };
         let (va, vb) = (format!("va-{tag}"), format!("vb-{tag}"));
         ip(&["netns", "add", &a]);
         ip(&["netns", "add", &b]);
-        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        if bridged {
+            let (ra, rb, br) = (
+                format!("ra-{tag}"),
+                format!("rb-{tag}"),
+                format!("br-{tag}"),
+            );
+            ip(&["netns", "add", &r]);
+            ip(&["-n", &r, "link", "add", &br, "type", "bridge"]);
+            ip(&["-n", &r, "link", "set", &br, "up"]);
+            for (end, port) in [(&va, &ra), (&vb, &rb)] {
+                ip(&["link", "add", end, "type", "veth", "peer", "name", port]);
+                ip(&["link", "set", port, "netns", &r]);
+                ip(&["-n", &r, "link", "set", port, "master", &br]);
+                ip(&["-n", &r, "link", "set", port, "up"]);
+            }
+        } else {
+            ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        }
         ip(&["link", "set", &va, "netns", &a]);
         ip(&["link", "set", &vb, "netns", &b]);
         ip(&[
@@ -137,7 +172,10 @@ impl Drop for NetPair {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in [&self.a, &self.b] {
+        for ns in [Some(&self.a), Some(&self.b), self.bridge.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }

@@ -31,7 +31,7 @@ use outcome::{Outcome, Stop, outcome};
 use publish::{Streaming, publish, window_prefix};
 use reporter::Reporter;
 use trace::{Signals, Trace};
-use windows::{Windows, end_window, next_window};
+use windows::{Windows, next_window};
 
 /// Field manager of everything the agent writes.
 pub const MANAGER: &str = "sonde-agent";
@@ -294,7 +294,7 @@ async fn attach(
         every,
         ticker: tokio::time::interval_at(tokio::time::Instant::now() + every, every),
         n: 0,
-        before: RunReport::default(),
+        before: Default::default(),
         spool: spool.clone(),
         keep_events,
     });
@@ -349,19 +349,31 @@ async fn finish(job: &SessionJob, trace: Trace, stop: Stop, deadline: Option<Sys
         true => window_prefix(&to.prefix),
         false => to.prefix.clone(),
     };
-    if let Some(st) = streaming {
-        st.stop().await;
-    }
-    let published = publish(
-        job,
-        writer,
-        &findings,
-        &title,
-        &mut report,
-        &prefix,
-        !windowed,
-    )
-    .await;
+    let publishing = async {
+        if let Some(st) = streaming {
+            st.stop().await;
+        }
+        publish(
+            job,
+            writer,
+            &findings,
+            &title,
+            &mut report,
+            &prefix,
+            !windowed,
+        )
+        .await
+    };
+    let published = match stop {
+        Stop::Deleted => publishing.await,
+        // Publishing can take minutes against a slow or unreachable store (one attempt per file; the uploader
+        // retries later): the trace's counts and summary are reported now and the heartbeat goes on, so the
+        // operator waits for this result instead of counting the agent as gone.
+        _ => {
+            rep.status.summary = Some(findings.summary.clone());
+            beating(&mut rep, publishing).await
+        }
+    };
     outbox::release(&job.held, &spool);
     let mut problems = published.problems;
     problems.extend(
@@ -415,6 +427,20 @@ async fn finish(job: &SessionJob, trace: Trace, stop: Stop, deadline: Option<Sys
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Runs `work` while writing the session's status (its heartbeat) every [`STATUS_EVERY`], from now on.
+async fn beating<T>(rep: &mut Reporter, work: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(work);
+    let mut beat = tokio::time::interval(STATUS_EVERY);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = beat.tick() => {
+                rep.write().await;
+            }
+        }
     }
 }
 

@@ -13,7 +13,6 @@ pub(super) enum Stop {
     Threshold,
     OverBudget(String),
     Deleted,
-    Failed(String),
     /// The node was cordoned (`kubectl cordon`/`drain`): a one-shot trace stops and reports before the node is
     /// taken down, rather than being cut off with it.
     Drained(String),
@@ -27,7 +26,6 @@ impl Stop {
             Stop::Threshold => "threshold",
             Stop::OverBudget(_) => "budget",
             Stop::Deleted => "deleted",
-            Stop::Failed(_) => "error",
             Stop::Drained(_) => "drained",
         }
     }
@@ -41,13 +39,12 @@ pub(super) struct Outcome {
     pub message: String,
 }
 
-/// A budget overrun or an agent error fails the session whatever else happened; results that could not be
+/// A budget overrun fails the session whatever else happened; results that could not be
 /// written or kept fail it next (the trace ran, but what it found is not all there); otherwise it succeeded,
 /// and the reason says what ended it. `left` is the time there was still to go before the deadline.
 pub(super) fn outcome(stop: &Stop, problems: &[String], left: Duration) -> Outcome {
     let (phase, reason, message) = match stop {
         Stop::OverBudget(m) => (Phase::Failed, "OverBudget", m.clone()),
-        Stop::Failed(m) => (Phase::Failed, "AgentError", m.clone()),
         _ if !problems.is_empty() => (Phase::Failed, "ResultsLost", problems.join("; ")),
         Stop::Threshold => (
             Phase::Succeeded,
@@ -89,11 +86,6 @@ mod tests {
                 Stop::OverBudget("12% > 10%".into()),
                 Phase::Failed,
                 "OverBudget",
-            ),
-            (
-                Stop::Failed("load failed".into()),
-                Phase::Failed,
-                "AgentError",
             ),
             (
                 Stop::Drained("node cordoned".into()),
@@ -149,7 +141,6 @@ mod tests {
             Stop::Threshold,
             Stop::OverBudget(String::new()),
             Stop::Deleted,
-            Stop::Failed(String::new()),
             Stop::Drained(String::new()),
         ]
         .iter()
@@ -157,14 +148,7 @@ mod tests {
         .collect();
         assert_eq!(
             labels,
-            [
-                "deadline",
-                "threshold",
-                "budget",
-                "deleted",
-                "error",
-                "drained"
-            ]
+            ["deadline", "threshold", "budget", "deleted", "drained"]
         );
     }
 }

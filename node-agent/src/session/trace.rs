@@ -1,6 +1,6 @@
 //! The run loop of a session's trace: each turn drains the ring buffer, checks Stop thresholds and the budget,
-//! closes old chunks and writes the heartbeat, until the deadline, deletion, a drained node or a policy window
-//! that cannot be written ends it.
+//! closes old chunks and writes the heartbeat, until the deadline, deletion, a drained node, a threshold or the
+//! budget ends it.
 
 use super::*;
 
@@ -55,12 +55,7 @@ impl Trace {
                 _ = sleep_until(deadline_at) => return Stop::Deadline,
                 _ = next_window(&mut self.windows) => {
                     // A standing probe: publish this window, start the next, stay attached.
-                    if let Some(w) = self.windows.as_mut() {
-                        let (running, writer, rep) = (&mut self.running, &mut self.writer, &mut self.rep);
-                        if let Err(e) = end_window(job, w, running, writer, rep, self.top, &self.title).await {
-                            return Stop::Failed(e);
-                        }
-                    }
+                    self.end_window(job).await;
                     last_status = Instant::now();
                     continue;
                 }

@@ -45,7 +45,18 @@ pub(crate) fn trace(
     duration: Duration,
     load: impl FnOnce() + Send + 'static,
 ) -> Outcome {
-    let mut running = Running::start(cfg).expect("probe loads through its attach chain");
+    trace_without(cfg, &[], duration, load)
+}
+
+/// [`trace`] with the attach strategies in `skip` passed over: a fallback further down the chain.
+pub(crate) fn trace_without(
+    cfg: ProbeConfig,
+    skip: &[&str],
+    duration: Duration,
+    load: impl FnOnce() + Send + 'static,
+) -> Outcome {
+    let mut running =
+        Running::start_without(cfg, skip).expect("probe loads through its attach chain");
     let strategy = running.loaded.strategy();
     let worker = std::thread::spawn(load);
     let mut events = Vec::new();
