@@ -42,6 +42,7 @@ async fn main() {
         namespace: "bench".into(),
         session: "results-memory".into(),
         stream: true,
+        default_store: false,
     };
     let mut writer = ResultsWriter::create(&dir, true, u64::MAX).expect("a results writer");
     outbox::start(&dir, &to).expect("spooling");
@@ -94,7 +95,7 @@ async fn main() {
             .expect("summary"),
     );
     let parcel = outbox::seal(&dir, &to, &files, true, false).expect("sealing");
-    outbox::deliver(&dir, &parcel)
+    outbox::deliver(&dir, &parcel, &parcel.to.store_url)
         .await
         .expect("delivering the rest");
     let total = started.elapsed();

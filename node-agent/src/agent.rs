@@ -108,6 +108,7 @@ impl Agent {
             self.metrics.clone(),
             self.spool_full.clone(),
             self.cfg.limits.max_spool_bytes,
+            self.cfg.storage.default_url().to_string(),
             self.held.clone(),
         );
         tokio::spawn(uploader.run());

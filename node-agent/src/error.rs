@@ -8,6 +8,10 @@ pub enum Error {
     Probe(#[from] sonde_probes::Error),
     #[error("object store {url}: {message}")]
     Store { url: String, message: String },
+    /// The store cannot be used at all (no connection, no answer, no token to present to it): every set for it
+    /// would fail alike.
+    #[error("object store {url} down: {message}")]
+    StoreDown { url: String, message: String },
     /// The store will never take these results: the object they belong to is gone (the results server says so).
     #[error("object store {url}: {message}")]
     StoreGone { url: String, message: String },
@@ -21,7 +25,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Probe(e) => e.label(),
-            Error::Store { .. } | Error::StoreGone { .. } => "store",
+            Error::Store { .. } | Error::StoreDown { .. } | Error::StoreGone { .. } => "store",
             Error::Io(_) => "io",
         }
     }

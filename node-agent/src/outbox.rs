@@ -63,6 +63,21 @@ pub struct Destination {
     /// window's is not.
     #[serde(default)]
     pub stream: bool,
+    /// Written for the admin's default store (the session named no location): delivered to the default store as
+    /// the agent has it when it delivers, since a reinstalled results server has a new address.
+    #[serde(default)]
+    pub default_store: bool,
+}
+
+impl Destination {
+    /// The store to deliver to: `default_store` (the agent's default now) for results written for the default,
+    /// else the one recorded.
+    pub fn store<'a>(&'a self, default_store: &'a str) -> &'a str {
+        match self.default_store && !default_store.is_empty() {
+            true => default_store,
+            false => &self.store_url,
+        }
+    }
 }
 
 /// Spool directories a running session writes in: the uploader leaves them to their session.
@@ -159,9 +174,9 @@ pub fn seal(
 }
 
 /// Uploads a sealed set and, once the store has every file, removes it from the spool. Returns the URLs.
-pub async fn deliver(dir: &Path, p: &Parcel) -> crate::Result<Vec<String>> {
+pub async fn deliver(dir: &Path, p: &Parcel, store_url: &str) -> crate::Result<Vec<String>> {
     let files: Vec<PathBuf> = p.files.iter().map(|f| dir.join(f)).collect();
-    let urls = upload::upload(&p.to.store_url, &p.to.prefix, dir, &files).await?;
+    let urls = upload::upload(store_url, &p.to.prefix, dir, &files).await?;
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             tracing::warn!(dir = %dir.display(), error = %e, "uploaded, but the spool copy stays")
@@ -474,6 +489,8 @@ pub struct Uploader {
     /// Set while sealed sets take more than `max_spool_bytes`: sessions then keep no new events.
     pub spool_full: Arc<AtomicBool>,
     pub max_spool_bytes: u64,
+    /// The admin's default store as this agent has it ([`Destination::store`]).
+    default_store: String,
     /// Directories running sessions hold.
     live: Live,
     started: Instant,
@@ -489,6 +506,7 @@ impl Uploader {
         metrics: crate::metrics::AgentMetrics,
         spool_full: Arc<AtomicBool>,
         max_spool_bytes: u64,
+        default_store: String,
         live: Live,
     ) -> Uploader {
         Uploader {
@@ -497,6 +515,7 @@ impl Uploader {
             metrics,
             spool_full,
             max_spool_bytes,
+            default_store,
             live,
             started: Instant::now(),
             retries: HashMap::new(),
@@ -541,6 +560,10 @@ impl Uploader {
         let mut touched: HashMap<(String, String), Option<Vec<String>>> = HashMap::new();
         // What stays sealed after this pass: how sessions stand, without walking the spool again.
         let mut left = Vec::new();
+        // Stores that could not be reached in this pass: their other sets wait with the same backoff instead of
+        // each timing out in turn in front of the sets of stores that are up (a reinstalled results server has a
+        // new address; sets spooled for the old one would otherwise hold up every other for minutes).
+        let mut down: HashMap<String, String> = HashMap::new();
         for (dir, p) in sealed {
             let age = std::fs::metadata(dir.join(MARKER))
                 .and_then(|m| m.modified())
@@ -558,7 +581,21 @@ impl Uploader {
                 continue;
             }
             let key = (p.to.namespace.clone(), p.to.session.clone());
-            match deliver(&dir, &p).await {
+            let store = p.to.store(&self.default_store).to_string();
+            if let Some(error) = down.get(&store) {
+                let r = self.retries.entry(dir.clone()).or_insert(Retry {
+                    session: key.clone(),
+                    attempts: 0,
+                    next: Instant::now(),
+                    error: String::new(),
+                });
+                r.next = Instant::now() + backoff(r.attempts.max(1));
+                r.error.clone_from(error);
+                touched.entry(key).or_default();
+                left.push((dir, p));
+                continue;
+            }
+            match deliver(&dir, &p, &store).await {
                 Ok(urls) => {
                     self.retries.remove(&dir);
                     tracing::info!(session = %p.to.session, namespace = %p.to.namespace, prefix = %p.to.prefix, "results uploaded late");
@@ -576,6 +613,9 @@ impl Uploader {
                     touched.entry(key).or_default();
                 }
                 Err(e) => {
+                    if matches!(e, crate::Error::StoreDown { .. }) {
+                        down.insert(store, e.to_string());
+                    }
                     let r = self.retries.entry(dir.clone()).or_insert(Retry {
                         session: key.clone(),
                         attempts: 0,
@@ -584,8 +624,15 @@ impl Uploader {
                     });
                     r.attempts += 1;
                     r.next = Instant::now() + backoff(r.attempts);
-                    r.error = e.to_string();
-                    tracing::debug!(dir = %dir.display(), attempts = r.attempts, error = %e, "upload failed; will retry");
+                    let error = e.to_string();
+                    // Why results do not leave the node belongs in the log: once per new reason, and every tenth
+                    // attempt while it lasts.
+                    if error != r.error || r.attempts % 10 == 1 {
+                        tracing::warn!(dir = %dir.display(), attempts = r.attempts, error = %e, "upload failed; will retry");
+                    } else {
+                        tracing::debug!(dir = %dir.display(), attempts = r.attempts, error = %e, "upload failed; will retry");
+                    }
+                    r.error = error;
                     touched.entry(key).or_default();
                     left.push((dir, p));
                 }
@@ -668,6 +715,7 @@ mod tests {
             namespace: "ns".into(),
             session: "job-node".into(),
             stream: false,
+            default_store: false,
         }
     }
 
@@ -720,12 +768,62 @@ mod tests {
             p.to.prefix
         );
         assert!(!p.last);
-        let urls = deliver(dir, p).await.unwrap();
+        let urls = deliver(dir, p, &p.to.store_url).await.unwrap();
         assert_eq!(urls.len(), 1, "{urls:?}");
         assert!(urls[0].ends_with("/events/000000.ndjson.gz"), "{urls:?}");
         assert!(!dir.exists(), "the spool copy stayed");
         let key = urls[0].trim_start_matches("file://");
         assert_eq!(std::fs::read(key).unwrap(), b"{\"n\":1}\n");
+    }
+
+    /// A store that cannot be used is tried once per pass: its other sets wait with its backoff instead of each
+    /// timing out in front of the sets of a store that is up. A set written for the default store goes to the
+    /// default store the agent has now (a reinstalled results server has a new address).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_store_that_is_down_holds_up_no_other_and_the_default_store_is_the_current_one() {
+        let spool = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let up = format!("file://{}", store.path().display());
+        // Nothing listens on port 1 of loopback, and this process has no token for a results server.
+        let gone = "results+http://127.0.0.1:1";
+        let set = |name: &str, url: &str, default_store: bool| {
+            let mut d = to(&format!("tracejobs/ns/{name}/node"));
+            d.store_url = url.to_string();
+            d.default_store = default_store;
+            d.session = name.to_string();
+            let dir = spool.path().join(format!("ns/{name}/a"));
+            start(&dir, &d).unwrap();
+            std::fs::write(dir.join("summary.json"), b"{}").unwrap();
+            seal(&dir, &d, &[dir.join("summary.json")], true, true).unwrap();
+            dir
+        };
+        let stale = [set("old-1", gone, false), set("old-2", gone, false)];
+        let moved = set("moved", gone, true);
+        let fresh = set("fresh", &up, false);
+        let api = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        let mut u = Uploader::new(
+            spool.path().to_path_buf(),
+            kube::Client::try_from(api).unwrap(),
+            crate::metrics::AgentMetrics::default(),
+            Arc::new(AtomicBool::new(false)),
+            u64::MAX,
+            up.clone(),
+            Live::default(),
+        );
+        u.pass().await;
+        assert!(!fresh.exists(), "the set for the store that is up waited");
+        assert!(
+            !moved.exists(),
+            "the set for the default store went to its old address"
+        );
+        let mut attempts: Vec<u32> = stale.iter().map(|d| u.retries[d].attempts).collect();
+        attempts.sort();
+        assert_eq!(
+            attempts,
+            [0, 1],
+            "the unreachable store was tried for each of its sets"
+        );
+        assert!(u.retries.values().all(|r| r.error.contains(" down: ")));
     }
 
     /// A running trace's closed chunks go to the store and leave the spool; the one being written stays. An

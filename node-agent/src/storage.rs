@@ -24,6 +24,11 @@ impl Locations {
         })
     }
 
+    /// The default store's URL (sessions that name no location).
+    pub fn default_url(&self) -> &str {
+        &self.default
+    }
+
     /// The object-store URL a session writes under, or why it may not write at all.
     pub fn destination(&self, spec: &ProbeSessionSpec, namespace: &str) -> Result<String, String> {
         check_prefix(&spec.result_prefix, namespace)?;

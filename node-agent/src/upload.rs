@@ -222,12 +222,15 @@ impl Store {
         name: &str,
         file: &Path,
     ) -> Result<()> {
-        let token = tokio::fs::read_to_string(token_file).await.map_err(|e| {
-            self.err(format!(
-                "the token for the results server ({}): {e}",
-                token_file.display()
-            ))
-        })?;
+        let token = tokio::fs::read_to_string(token_file)
+            .await
+            .map_err(|e| Error::StoreDown {
+                url: self.url.clone(),
+                message: format!(
+                    "the token for the results server ({}): {e}",
+                    token_file.display()
+                ),
+            })?;
         let to = objects
             .join(key.as_ref())
             .map_err(|e| self.err(format!("{key}: {e}")))?;
@@ -243,10 +246,10 @@ impl Store {
         if is_chunk(name) {
             req = req.header(reqwest::header::IF_NONE_MATCH, "*");
         }
-        let res = req
-            .send()
-            .await
-            .map_err(|e| self.err(format!("{key}: {e}")))?;
+        let res = req.send().await.map_err(|e| Error::StoreDown {
+            url: self.url.clone(),
+            message: format!("{key}: {}", sonde_probes::error::chain(&e)),
+        })?;
         if res.status().is_success() {
             return Ok(());
         }

@@ -657,3 +657,57 @@ async fn a_refused_policy_warns_once_per_reason() {
     result.unwrap();
     assert!(event_reasons(&seen).is_empty(), "{seen:#?}");
 }
+
+#[tokio::test]
+async fn a_failed_policy_session_is_placed_anew_once_the_policy_is_fixed() {
+    // The session the policy places on node-a, as it applies it.
+    let pods = vec![pod(NS, "ping-1", "ping", "node-a", "Running")];
+    let (result, seen) = run(
+        World {
+            job: policy(json!({})),
+            sessions: vec![],
+        },
+        pods.clone(),
+        policy::reconcile,
+    )
+    .await;
+    result.unwrap();
+    let mut failed: ProbeSession =
+        serde_json::from_value(applied_sessions(&seen)[0].body.clone()).unwrap();
+    failed.status = Some(
+        serde_json::from_value(json!({"phase": "Failed", "conditions": [{
+            "type": "Failed", "status": "True", "reason": "OverBudget", "message": "12% > 10%",
+            "lastTransitionTime": Timestamp::now().to_string()}]}))
+        .unwrap(),
+    );
+    let deleted = |seen: &[Seen]| {
+        seen.iter()
+            .any(|r| r.is(&Method::DELETE, &format!("{SESSIONS}/ping-node-a")))
+    };
+    // Failed just now, the policy unchanged: it stays failed for a while (the agent does not restart it).
+    let (result, seen) = run(
+        World {
+            job: policy(json!({})),
+            sessions: vec![failed.clone()],
+        },
+        pods.clone(),
+        policy::reconcile,
+    )
+    .await;
+    result.unwrap();
+    assert!(!deleted(&seen), "{seen:#?}");
+    // The policy now allows more overhead: the failed session is deleted, to be placed anew with a uid of its own
+    // (not applied again in place, which the agent would ignore).
+    let (result, seen) = run(
+        World {
+            job: policy(json!({"spec": {"budget": {"maxKernelCpuPercent": 20.0}}})),
+            sessions: vec![failed],
+        },
+        pods,
+        policy::reconcile,
+    )
+    .await;
+    result.unwrap();
+    assert!(deleted(&seen), "{seen:#?}");
+    assert!(applied_sessions(&seen).is_empty(), "{seen:#?}");
+}

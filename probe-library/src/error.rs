@@ -71,3 +71,16 @@ fn format_attempts(attempts: &[AttachAttempt]) -> String {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error with its causes ("EPERM" or "no such function" behind an attach error, "connection refused" behind
+/// a failed request), for reports and statuses that keep one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}

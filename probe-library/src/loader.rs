@@ -8,7 +8,7 @@ use sonde_vocab::ProbeName;
 
 use crate::catalogue::{self, Attach};
 use crate::config::ProbeConfig;
-use crate::error::{AttachAttempt, Error, Result};
+use crate::error::{AttachAttempt, Error, Result, chain as chain_error};
 
 /// A probe loaded and attached. Dropping it detaches and unloads everything: no pins, so a killed process
 /// leaves nothing in the kernel.
@@ -232,18 +232,6 @@ fn attach_one(
             Ok(())
         }
     }
-}
-
-/// An error with its causes, so "EPERM" or "no such function" reaches the report.
-fn chain_error(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Classic tracepoints need tracefs mounted; when it is not, mount it. A failure here surfaces as the attach

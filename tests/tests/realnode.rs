@@ -33,12 +33,20 @@ fn json(node: &RealNode, args: &[&str]) -> Value {
     serde_json::from_str(&kubectl_ok(node, &a)).expect("kubectl -o json")
 }
 
-async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+async fn wait_until(what: &str, limit: Duration, check: impl FnMut() -> bool) {
+    assert!(wait_for(limit, check).await, "{what}: not within {limit:?}");
+}
+
+/// Whether `check` holds within `limit` (checked every 500 ms).
+async fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while !check() {
-        assert!(Instant::now() < end, "{what}: not within {limit:?}");
+        if Instant::now() >= end {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    true
 }
 
 /// `helm install sonde helm/sonde` as the README says (CRDs included, default values: the image the chart
@@ -1070,15 +1078,29 @@ async fn real_node_a_drain_ends_a_running_job_with_the_reason() {
     let c = complete(&st);
     assert_eq!(c["reason"], "NodeDrained", "{st}");
     assert!(c["message"].as_str().unwrap().contains("cordoned"), "{c}");
-    wait_until(
-        "the drained job's results reach the store",
-        Duration::from_secs(180),
-        || {
-            json(node, &["get", "tracejob", "-n", ns, "until-drained"])["status"]["upload"]["state"]
-                == "Complete"
-        },
-    )
+    let complete = wait_for(Duration::from_secs(180), || {
+        json(node, &["get", "tracejob", "-n", ns, "until-drained"])["status"]["upload"]["state"]
+            == "Complete"
+    })
     .await;
+    if !complete {
+        let session = json(node, &["get", "probesessions", "-n", ns]);
+        let job = json(node, &["get", "tracejob", "-n", ns, "until-drained"]);
+        let (_, logs, _) = kubectl(
+            node,
+            &[
+                "logs",
+                "-n",
+                "sonde-system",
+                "daemonset/sonde-agent",
+                "--tail=60",
+            ],
+        );
+        panic!(
+            "the drained job's results did not reach the store within 180 s\njob: {}\nsessions: {}\nagent: {logs:?}",
+            job["status"], session["items"]
+        );
+    }
     rolled_out(node);
     kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
 }

@@ -118,6 +118,12 @@ impl SessionJob {
             namespace: self.namespace.clone(),
             session: self.name.clone(),
             stream: false,
+            default_store: self
+                .spec
+                .storage
+                .as_ref()
+                .and_then(|s| s.location.as_ref())
+                .is_none(),
         }
     }
 

@@ -38,7 +38,7 @@ pub(super) async fn publish(
     // fsyncs can wait behind other writes for seconds: off the async workers.
     let sealed = tokio::task::block_in_place(|| outbox::seal(&dir, &to, &files, last, false));
     let delivered = match sealed {
-        Ok(parcel) => outbox::deliver(&dir, &parcel).await,
+        Ok(parcel) => outbox::deliver(&dir, &parcel, &parcel.to.store_url).await,
         Err(e) => {
             // Not durable on the node: the store is the only copy there can be.
             problems.push(format!("spooling results in {}: {e}", dir.display()));
