@@ -117,7 +117,8 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     if let Some(e) = write_err {
         let e = anyhow::Error::from(e);
         return Err(e.context(format!(
-            "writing events to {} (the report above is complete)",
+            "writing events to {} (the events from the failure on are counted as not kept; the summary above \
+             covers them all)",
             out_dir.display()
         )));
     }

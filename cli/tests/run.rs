@@ -176,8 +176,16 @@ fn a_full_output_disk_keeps_the_report_and_fails_naming_the_write() {
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("the report, printed");
     assert_eq!(report["stoppedBy"], "deadline", "{report}");
-    assert!(
-        report["counts"]["captured"].as_u64().unwrap() > 1000,
+    let captured = report["counts"]["captured"].as_u64().unwrap();
+    assert!(captured > 1000, "{report}");
+    // Every event is accounted for: written before the failure, or not kept from it on.
+    let failed = report["counts"]["notKept"]["WriteFailed"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(failed > 0, "{report}");
+    assert_eq!(
+        report["eventsWritten"].as_u64().unwrap() + failed,
+        captured,
         "{report}"
     );
     let rows = report["summary"]["rows"].as_array().unwrap();

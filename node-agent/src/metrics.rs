@@ -67,7 +67,7 @@ impl AgentMetrics {
         r.register(
             "events_not_kept",
             "Events that reached the agent and were not kept in the results, by reason (SpoolFull, \
-             MaxEventBytes, MaxEvents)",
+             MaxEventBytes, MaxEvents, WriteFailed)",
             m.events_not_kept.clone(),
         );
         m

@@ -246,9 +246,10 @@ impl Store {
         if is_chunk(name) {
             req = req.header(reqwest::header::IF_NONE_MATCH, "*");
         }
+        // No key in the message: it stands for the store, and is shown on every session waiting for it.
         let res = req.send().await.map_err(|e| Error::StoreDown {
             url: self.url.clone(),
-            message: format!("{key}: {}", sonde_probes::error::chain(&e)),
+            message: sonde_probes::error::chain(&e.without_url()),
         })?;
         if res.status().is_success() {
             return Ok(());

@@ -33,6 +33,7 @@ struct seg_key {
 struct seg_val {
 	__u64 xmit_ns;
 	__u64 last_stage_ns;
+	__u64 xmit_dev; /* the device of the first send (its address: ifindex is per namespace) */
 };
 
 struct {
@@ -105,13 +106,15 @@ static __always_inline int on_xmit(struct sk_buff *skb)
 	if (!parse(head + nh, &s))
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
+	__u64 dev = (__u64)BPF_CORE_READ(skb, dev);
 	/* A segment on its way is sent again by every device it crosses (a pod's veth, then the bridge to the other
-	 * pod's veth): its first send is where the trip starts, and a queue there is part of it. An older entry is
-	 * another segment of the same key (a retransmit long after, a wrapped seq). */
+	 * pod's veth): its first send is where the trip starts, and a queue there is part of it. A send from the
+	 * first device again is a retransmit (its original lost on the way), and an older entry another segment of
+	 * the same key (a wrapped seq): both start a trip of their own. */
 	struct seg_val *seen = bpf_map_lookup_elem(&inflight, &s.key);
-	if (seen && now - seen->xmit_ns < SAME_TRIP_NS)
+	if (seen && seen->xmit_dev != dev && now - seen->xmit_ns < SAME_TRIP_NS)
 		return 0;
-	struct seg_val v = { .xmit_ns = now, .last_stage_ns = now };
+	struct seg_val v = { .xmit_ns = now, .last_stage_ns = now, .xmit_dev = dev };
 	bpf_map_update_elem(&inflight, &s.key, &v, BPF_ANY);
 	return 0;
 }

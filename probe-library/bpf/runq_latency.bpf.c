@@ -52,7 +52,8 @@ int BPF_PROG(tp_btf_sched_wakeup_new, struct task_struct *p) { on_wake(BPF_CORE_
 SEC("tp_btf/sched_switch")
 int BPF_PROG(tp_btf_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	on_switch(BPF_CORE_READ(prev, pid), task_state(prev) == 0, task_admitted(prev), BPF_CORE_READ(next, pid),
+	/* Preempted, a task stays on the run queue whatever state it had set on its way to sleep. */
+	on_switch(BPF_CORE_READ(prev, pid), preempt || task_state(prev) == 0, task_admitted(prev), BPF_CORE_READ(next, pid),
 		  BPF_CORE_READ(next, tgid), next->comm);
 	return 0;
 }

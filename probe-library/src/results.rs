@@ -29,8 +29,12 @@ pub struct ResultsWriter {
     pub refused: u64,
     /// Of `not_kept`, those past `max_events`.
     over_max_events: u64,
-    /// What [`ResultsWriter::take_not_kept`] reported so far: refused, over max events, over max bytes.
-    reported: [u64; 3],
+    /// Of `not_kept`, the event whose write failed and every one after it: a failed write leaves the events
+    /// file as it was, and nothing more is written to it.
+    write_failed: u64,
+    /// What [`ResultsWriter::take_not_kept`] reported so far: refused, over max events, write failed, over max
+    /// bytes.
+    reported: [u64; 4],
     line: Vec<u8>,
 }
 
@@ -71,7 +75,8 @@ impl ResultsWriter {
             gate: None,
             refused: 0,
             over_max_events: 0,
-            reported: [0; 3],
+            write_failed: 0,
+            reported: [0; 4],
             line: Vec::new(),
         })
     }
@@ -122,10 +127,11 @@ impl ResultsWriter {
         let now = [
             self.refused,
             self.over_max_events,
-            self.not_kept - self.refused - self.over_max_events,
+            self.write_failed,
+            self.not_kept - self.refused - self.over_max_events - self.write_failed,
         ];
-        let reasons = ["SpoolFull", "MaxEvents", "MaxEventBytes"];
-        let out = (0..3)
+        let reasons = ["SpoolFull", "MaxEvents", "WriteFailed", "MaxEventBytes"];
+        let out = (0..4)
             .filter(|&i| now[i] > self.reported[i])
             .map(|i| (reasons[i], now[i] - self.reported[i]))
             .collect();
@@ -148,6 +154,11 @@ impl ResultsWriter {
         let Some(w) = self.events.as_mut() else {
             return Ok(());
         };
+        if self.write_failed > 0 {
+            self.not_kept += 1;
+            self.write_failed += 1;
+            return Ok(());
+        }
         if self
             .gate
             .as_ref()
@@ -178,7 +189,11 @@ impl ResultsWriter {
             return Ok(());
         }
         let ts = ev.json.get("ts_ns").and_then(serde_json::Value::as_u64);
-        w.line(&self.line, ts)?;
+        if let Err(e) = w.line(&self.line, ts) {
+            self.not_kept += 1;
+            self.write_failed += 1;
+            return Err(e);
+        }
         self.written += 1;
         self.bytes += len;
         Ok(())

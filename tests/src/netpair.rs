@@ -147,8 +147,10 @@ impl NetPair {
         ]);
     }
 
-    /// The sink and the sender, both as plain processes.
+    /// The sink and the sender, both as plain processes. A flow before it on this pair ends first: its sink would
+    /// still hold the port, and the new sender would fill a socket nobody reads.
     pub fn bulk_flow(&mut self, secs: f64) {
+        self.stop_flows();
         let sink = self.sink_argv();
         self.spawn(&sink.iter().map(String::as_str).collect::<Vec<_>>());
         std::thread::sleep(Duration::from_millis(300));
@@ -166,12 +168,18 @@ impl NetPair {
     }
 }
 
-impl Drop for NetPair {
-    fn drop(&mut self) {
-        for c in &mut self.children {
+impl NetPair {
+    fn stop_flows(&mut self) {
+        for mut c in self.children.drain(..) {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        self.stop_flows();
         for ns in [Some(&self.a), Some(&self.b), self.bridge.as_ref()]
             .into_iter()
             .flatten()

@@ -62,7 +62,8 @@ pub struct Counts {
     pub breaches: u64,
     /// Events that reached the agent but were not kept in the results, by reason: `SpoolFull` (the node's spool
     /// of results waiting for the store reached its cap), `MaxEventBytes` (the node's limit per trace),
-    /// `MaxEvents` (`output.maxEvents`). Aggregates still count them.
+    /// `MaxEvents` (`output.maxEvents`), `WriteFailed` (writing the events file failed, from then on).
+    /// Aggregates still count them.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub not_kept: std::collections::BTreeMap<String, u64>,
 }

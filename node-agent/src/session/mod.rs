@@ -297,7 +297,6 @@ async fn attach(
     );
     rep.write().await;
     let windows = window.map(|every| Windows {
-        every,
         ticker: tokio::time::interval_at(tokio::time::Instant::now() + every, every),
         n: 0,
         before: Default::default(),
@@ -436,17 +435,21 @@ async fn finish(job: &SessionJob, trace: Trace, stop: Stop, deadline: Option<Sys
     }
 }
 
-/// Runs `work` while writing the session's status (its heartbeat) every [`STATUS_EVERY`], from now on.
+/// Runs `work` while writing the session's status (its heartbeat) every [`STATUS_EVERY`], from now on. The two
+/// go on side by side: a slow API server never holds up the work (a write that takes longer than a beat is given
+/// up, and missed beats are not made up).
 async fn beating<T>(rep: &mut Reporter, work: impl std::future::Future<Output = T>) -> T {
-    tokio::pin!(work);
-    let mut beat = tokio::time::interval(STATUS_EVERY);
-    loop {
-        tokio::select! {
-            out = &mut work => return out,
-            _ = beat.tick() => {
-                rep.write().await;
-            }
+    let beat = async {
+        let mut ticks = tokio::time::interval(STATUS_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let _ = tokio::time::timeout(STATUS_EVERY, rep.write()).await;
         }
+    };
+    tokio::select! {
+        out = work => out,
+        never = beat => never,
     }
 }
 

@@ -7,7 +7,6 @@ use super::*;
 
 /// The rolling windows of a standing probe.
 pub(super) struct Windows {
-    pub(super) every: Duration,
     pub(super) ticker: tokio::time::Interval,
     /// Windows completed.
     pub(super) n: u64,
@@ -29,7 +28,9 @@ impl Windows {
         let breaches = report.counts.breaches;
         report.window = Some(WindowReport {
             number: self.n,
-            seconds: self.every.as_secs_f64(),
+            // As long as it was: a window cut short by the stop, or one that went on when the next could not
+            // start, is not the policy's window long.
+            seconds: report.duration_seconds,
             breaches,
         });
         self.before = session;
@@ -177,7 +178,6 @@ mod tests {
     async fn each_window_reports_its_own_figures_not_the_sessions() {
         let every = Duration::from_secs(10);
         let mut w = Windows {
-            every,
             ticker: tokio::time::interval(every),
             n: 1,
             before: Cumulative::default(),
@@ -189,12 +189,13 @@ mod tests {
         assert_eq!((first.kernel_runs, first.kernel_run_time_ns), (100, 1_000));
         w.n = 2;
         let mut second = session(5, 160, 1_600);
+        second.duration_seconds = 9.5;
         assert_eq!(w.describe(&mut second), 3);
         assert_eq!((second.kernel_runs, second.kernel_run_time_ns), (60, 600));
         let window = second.window.expect("a window's report says which");
         assert_eq!(
             (window.number, window.seconds, window.breaches),
-            (2, 10.0, 3)
+            (2, 9.5, 3)
         );
     }
 }
