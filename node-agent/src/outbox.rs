@@ -583,12 +583,7 @@ impl Uploader {
             let key = (p.to.namespace.clone(), p.to.session.clone());
             let store = p.to.store(&self.default_store).to_string();
             if let Some(error) = down.get(&store) {
-                let r = self.retries.entry(dir.clone()).or_insert(Retry {
-                    session: key.clone(),
-                    attempts: 0,
-                    next: Instant::now(),
-                    error: String::new(),
-                });
+                let r = self.retry(&dir, &key);
                 r.next = Instant::now() + backoff(r.attempts.max(1));
                 r.error.clone_from(error);
                 touched.entry(key).or_default();
@@ -616,12 +611,7 @@ impl Uploader {
                     if matches!(e, crate::Error::StoreDown { .. }) {
                         down.insert(store, e.to_string());
                     }
-                    let r = self.retries.entry(dir.clone()).or_insert(Retry {
-                        session: key.clone(),
-                        attempts: 0,
-                        next: Instant::now(),
-                        error: String::new(),
-                    });
+                    let r = self.retry(&dir, &key);
                     r.attempts += 1;
                     r.next = Instant::now() + backoff(r.attempts);
                     let error = e.to_string();
@@ -641,6 +631,16 @@ impl Uploader {
         for ((ns, name), urls) in touched {
             self.tell(&ns, &name, urls, &left).await;
         }
+    }
+
+    /// The retry state of the set in `dir` of `session`, new if it has none.
+    fn retry(&mut self, dir: &Path, session: &(String, String)) -> &mut Retry {
+        self.retries.entry(dir.to_path_buf()).or_insert(Retry {
+            session: session.clone(),
+            attempts: 0,
+            next: Instant::now(),
+            error: String::new(),
+        })
     }
 
     /// Writes the session's `status.upload` and `ResultsComplete` condition (and its result URLs once its final

@@ -57,16 +57,19 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
         let mut placed = placed;
         let now = Timestamp::now();
         for s in &owned {
-            let asked = placement::session_for(
-                &*policy,
-                ProbePolicy::RESULTS_FOLDER,
-                &policy.probe(),
-                &s.spec.node_name,
-                s.spec.pods.clone(),
-                None,
-                window.map(str::to_string),
-            );
-            if retry_failed(s, &asked.spec, now) {
+            let asked = || {
+                placement::session_for(
+                    &*policy,
+                    ProbePolicy::RESULTS_FOLDER,
+                    &policy.probe(),
+                    &s.spec.node_name,
+                    s.spec.pods.clone(),
+                    None,
+                    window.map(str::to_string),
+                )
+                .spec
+            };
+            if retry_failed(s, asked, now) {
                 tracing::info!(session = %s.name_any(), "placing a failed session anew");
                 sessions_api
                     .delete(&s.name_any(), &DeleteParams::background())
@@ -150,8 +153,13 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
 pub const RETRY_FAILED: SignedDuration = SignedDuration::from_secs(300);
 
 /// Whether a policy's failed session is to be placed anew now: the policy now asks for another spec than the one
-/// it failed with (it was fixed: `asked`, for the session's own pods), or it failed [`RETRY_FAILED`] ago.
-fn retry_failed(session: &ProbeSession, asked: &ProbeSessionSpec, now: Timestamp) -> bool {
+/// it failed with (it was fixed: `asked`, for the session's own pods, made only for a failed session), or it
+/// failed [`RETRY_FAILED`] ago.
+fn retry_failed(
+    session: &ProbeSession,
+    asked: impl FnOnce() -> ProbeSessionSpec,
+    now: Timestamp,
+) -> bool {
     let Some(st) = session
         .status
         .as_ref()
@@ -159,7 +167,7 @@ fn retry_failed(session: &ProbeSession, asked: &ProbeSessionSpec, now: Timestamp
     else {
         return false;
     };
-    if asked != &session.spec {
+    if asked() != session.spec {
         return true;
     }
     let failed_at = st
@@ -206,14 +214,18 @@ mod tests {
         let s = failed_at(1_000);
         let same = s.spec.clone();
         let at = |second: i64| Timestamp::from_second(second).unwrap();
-        assert!(!retry_failed(&s, &same, at(1_010)));
-        assert!(retry_failed(&s, &same, at(1_000 + RETRY_FAILED.as_secs())));
+        assert!(!retry_failed(&s, || same.clone(), at(1_010)));
+        assert!(retry_failed(
+            &s,
+            || same.clone(),
+            at(1_000 + RETRY_FAILED.as_secs())
+        ));
         let mut fixed = same.clone();
         fixed.budget.max_kernel_cpu_percent += 2.5;
-        assert!(retry_failed(&s, &fixed, at(1_010)));
+        assert!(retry_failed(&s, || fixed.clone(), at(1_010)));
         // Running or finished well: never.
         let mut ok = s.clone();
         ok.status.as_mut().unwrap().phase = Phase::Running;
-        assert!(!retry_failed(&ok, &fixed, at(1_000_000)));
+        assert!(!retry_failed(&ok, || fixed.clone(), at(1_000_000)));
     }
 }

@@ -354,6 +354,8 @@ async fn finish(job: &SessionJob, trace: Trace, stop: Stop, deadline: Option<Sys
         true => window_prefix(&to.prefix),
         false => to.prefix.clone(),
     };
+    // The trace's summary goes into status at once: publishing can take minutes (below).
+    rep.status.summary = Some(findings.summary.clone());
     let publishing = async {
         if let Some(st) = streaming {
             st.stop().await;
@@ -374,10 +376,7 @@ async fn finish(job: &SessionJob, trace: Trace, stop: Stop, deadline: Option<Sys
         // Publishing can take minutes against a slow or unreachable store (one attempt per file; the uploader
         // retries later): the trace's counts and summary are reported now and the heartbeat goes on, so the
         // operator waits for this result instead of counting the agent as gone.
-        _ => {
-            rep.status.summary = Some(findings.summary.clone());
-            beating(&mut rep, publishing).await
-        }
+        _ => beating(&mut rep, publishing).await,
     };
     outbox::release(&job.held, &spool);
     let mut problems = published.problems;
@@ -391,7 +390,6 @@ async fn finish(job: &SessionJob, trace: Trace, stop: Stop, deadline: Option<Sys
     if stop == Stop::Deleted {
         return; // nothing to report to: the object is gone (its results are uploaded all the same)
     }
-    rep.status.summary = Some(findings.summary);
     rep.status.kernel_cpu_percent =
         Some(run_time.as_secs_f64() / elapsed.as_secs_f64().max(1e-3) * 100.0);
     if rep.status.counts.breaches > 0 {
