@@ -36,10 +36,11 @@ pub struct Target {
     #[schemars(length(min = 1, max = 8))]
     #[x_kube(validation = Rule::new("self.all(c, size(c) >= 1 && size(c) <= 15)").message("each comm must be 1-15 characters"))]
     pub comms: Option<Vec<String>>,
-    /// Only these process ids (host pid namespace). Meaningful for `sonde run` on one machine.
+    /// Only these process ids (host pid namespace), each 1 to 4194304 (the kernel's PID_MAX_LIMIT). Meaningful
+    /// for `sonde run` on one machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
-    #[x_kube(validation = Rule::new("self.all(p, p > 0)").message("pids must be positive"))]
+    #[x_kube(validation = Rule::new("self.all(p, p > 0 && p <= 4194304)").message("pids must be 1-4194304"))]
     pub pids: Option<Vec<i32>>,
     /// Only tasks in these cgroup v2 directories (relative to the cgroup root, or absolute under /sys/fs/cgroup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,7 +181,7 @@ impl Upload {
         for u in uploads {
             let o = out.get_or_insert_with(Upload::default);
             o.state = o.state.max(u.state);
-            o.pending += u.pending;
+            o.pending = o.pending.saturating_add(u.pending);
             o.oldest_pending = match (o.oldest_pending.take(), u.oldest_pending.clone()) {
                 (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
                 (a, b) => a.or(b),

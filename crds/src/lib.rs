@@ -29,7 +29,9 @@ pub use session::{
     node_label_value,
 };
 pub use tenancy::{NODE_WIDE_NOT_ALLOWED, NodeWide};
-pub use tracejob::{NodeCounts, NodeResult, TraceJob, TraceJobSpec, TraceJobStatus};
+pub use tracejob::{
+    NodeCounts, NodeResult, TTL_MAX_SECONDS, TraceJob, TraceJobSpec, TraceJobStatus,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -40,10 +42,47 @@ pub const GROUP: &str = "sonde.dev";
 /// Every CRD with the file name `crdgen` writes it to.
 pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("tracejobs.yaml", TraceJob::crd()),
-        ("probepolicies.yaml", ProbePolicy::crd()),
-        ("probesessions.yaml", ProbeSession::crd()),
+        ("tracejobs.yaml", crd::<TraceJob>()),
+        ("probepolicies.yaml", crd::<ProbePolicy>()),
+        ("probesessions.yaml", crd::<ProbeSession>()),
     ]
+}
+
+/// The CRD of `K` as installed: the derived one with no `nullable` field under `spec`.
+///
+/// Why: `Option` fields derive as `nullable: true`, so an explicit `null` stays in the stored object as a present
+/// key. An admission policy's `has(object.spec.target.podSelector)` then reads a `podSelector: null` as present
+/// while serde reads it as `None`: a node-wide target the policy let through. Without `nullable` the API server
+/// prunes a `null` before admission (as it prunes unknown fields), so `null` and an absent key are one thing to
+/// the schema, the admission policies and the operator. Status fields keep `nullable` (agents and the operator
+/// write them).
+pub fn crd<K: CustomResourceExt>() -> CustomResourceDefinition {
+    let mut crd = K::crd();
+    for version in &mut crd.spec.versions {
+        let spec = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("spec"));
+        if let Some(spec) = spec {
+            not_nullable(spec);
+        }
+    }
+    crd
+}
+
+fn not_nullable(
+    schema: &mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
+) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray;
+    schema.nullable = None;
+    for p in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        not_nullable(p);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        not_nullable(items);
+    }
 }
 
 /// A CRD as the YAML `crdgen` writes.

@@ -121,6 +121,8 @@ where
         return Err(invalid(vec!["metadata.name: Required value".into()]));
     }
     let schema = openapi_schema::<K>();
+    let mut value = value;
+    schema_check::prune_nulls(&schema, &mut value);
     // metadata is the API server's own; only spec (and status) follow the CRD schema.
     let mut body = value.clone();
     if let Some(obj) = body.as_object_mut() {
@@ -149,7 +151,7 @@ where
     reason = "the CRDs are derived in this crate, each with a schema of string-keyed maps (tested)"
 )]
 pub fn openapi_schema<K: CustomResourceExt>() -> Value {
-    let crd = K::crd();
+    let crd = crate::crd::<K>();
     let schema = crd.spec.versions[0]
         .schema
         .as_ref()

@@ -23,6 +23,36 @@ pub fn check(schema: &Value, value: &Value, path: &str) -> Vec<SchemaError> {
     errors
 }
 
+/// Removes every `null` the API server prunes before admission: the value of a field whose schema is not
+/// `nullable` (see [`crate::crd`]). A pruned field reads as absent to the checks that follow, as in a cluster.
+pub fn prune_nulls(schema: &Value, value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|s| s.is_object());
+            fields.retain(|name, v| {
+                let child = props.and_then(|p| p.get(name)).or(additional);
+                !v.is_null() || child.is_some_and(nullable)
+            });
+            for (name, v) in fields.iter_mut() {
+                if let Some(child) = props.and_then(|p| p.get(name)).or(additional) {
+                    prune_nulls(child, v);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                items.iter_mut().for_each(|i| prune_nulls(item_schema, i));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn nullable(schema: &Value) -> bool {
+    schema.get("nullable").and_then(Value::as_bool) == Some(true)
+}
+
 fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<SchemaError>) {
     let mut err = |message: String| {
         out.push(SchemaError {
@@ -31,7 +61,7 @@ fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<SchemaError>) {
         })
     };
     if value.is_null() {
-        if schema.get("nullable").and_then(Value::as_bool) != Some(true) {
+        if !nullable(schema) {
             err("must not be null".into());
         }
         return;

@@ -8,6 +8,9 @@ use crate::common::{Budget, Counts, Output, Phase, Storage, Summary, Target, Thr
 use crate::probe::{ProbeName, ProbeParams};
 use crate::rules::*;
 
+/// The longest `ttlSecondsAfterFinished` accepted: 365 days.
+pub const TTL_MAX_SECONDS: i64 = 31_536_000;
+
 /// Run one probe from Sonde's library on the targeted pods for a fixed duration, then keep the results.
 /// The spec cannot change once created: delete and re-create the job to trace differently.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,9 +74,10 @@ pub struct TraceJobSpec {
     /// Limits on the kernel CPU the probe may use.
     #[serde(default)]
     pub budget: Budget,
-    /// Delete the finished job (and its sessions) this many seconds after it completes. Results stay in storage.
+    /// Delete the finished job (and its sessions) this many seconds after it completes, at most 31536000 (365
+    /// days). Results stay in storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = TTL_MAX_SECONDS))]
     pub ttl_seconds_after_finished: Option<i64>,
 }
 

@@ -21,6 +21,9 @@ pub enum Error {
     FinalizerRefused(String),
     #[error("{0} has no namespace")]
     NoNamespace(String),
+    /// A reconcile panicked (a bug): caught so that one object's reconcile cannot end the process.
+    #[error("the reconcile of {object} panicked: {message}")]
+    Panicked { object: String, message: String },
 }
 
 impl Error {
@@ -32,6 +35,7 @@ impl Error {
             Error::Duration(_) => "duration",
             Error::Finalizer { .. } | Error::FinalizerRefused(_) => "finalizer",
             Error::NoNamespace(_) => "no_namespace",
+            Error::Panicked { .. } => "panic",
         }
     }
 }

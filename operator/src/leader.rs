@@ -111,7 +111,9 @@ impl LeaseLock {
         let spec = lease.spec.get_or_insert_default();
         let mine = spec.holder_identity.as_deref() == Some(self.identity.as_str());
         let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-            (Some(t), Some(d)) => t.0 + SignedDuration::from_secs(d as i64) < now,
+            (Some(t), Some(d)) => {
+                crate::rollup::later(t.0, SignedDuration::from_secs(d.into())) < now
+            }
             _ => true,
         };
         // An empty holder is a lease handed over (`release`): free at once.

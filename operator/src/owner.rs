@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
@@ -150,7 +151,8 @@ where
         .ok_or_else(|| Error::NoNamespace(obj.name_any()))?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let _timer = ctx.metrics.reconcile_started(K::LABEL);
-    let result = finalizer(&api, K::FINALIZER, obj, |event| async {
+    let name = obj.name_any();
+    let finalized = finalizer(&api, K::FINALIZER, obj, |event| async {
         match event {
             Finalizer::Apply(o) => apply(o, ctx.clone(), ns.clone()).await,
             // Deleting the owner detaches at once: its sessions go now, not whenever the garbage collector
@@ -161,13 +163,30 @@ where
                 Ok(Action::await_change())
             }
         }
-    })
-    .await
-    .map_err(Error::from);
+    });
+    // A bug a spec or status can reach must cost that object its reconcile, not every tenant the operator: a
+    // panic here would unwind through the controller stream and end the process (and the standby would pick up
+    // the same object and die too). It is counted and retried with backoff like any other failure.
+    let result = match AssertUnwindSafe(finalized).catch_unwind().await {
+        Ok(r) => r.map_err(Error::from),
+        Err(panic) => Err(Error::Panicked {
+            object: format!("{ns}/{name}"),
+            message: panic_message(&*panic),
+        }),
+    };
     if result.is_ok() {
         ctx.backoff.succeeded(&key);
     }
     result
+}
+
+/// The text a panic carried (`panic!` with a literal or a format).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 fn error_policy<K: Owner>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {

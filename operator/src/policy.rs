@@ -176,7 +176,7 @@ fn retry_failed(
         .find(|c| c.type_ == types::FAILED && c.status == "True")
         .map(|c| c.last_transition_time.0)
         .or(st.heartbeat.as_ref().map(|t| t.0));
-    failed_at.is_none_or(|at| at + RETRY_FAILED <= now)
+    failed_at.is_none_or(|at| crate::rollup::later(at, RETRY_FAILED) <= now)
 }
 
 #[cfg(test)]

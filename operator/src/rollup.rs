@@ -24,8 +24,19 @@ pub fn overdue(status: &ProbeSessionStatus, deadline: Timestamp, now: Timestamp)
     let alive = status
         .heartbeat
         .as_ref()
-        .is_some_and(|beat| beat.0 + REPORT_GRACE >= now);
-    now > deadline + PUBLISH_LIMIT || (now > deadline + REPORT_GRACE && !alive)
+        .is_some_and(|beat| later(beat.0, REPORT_GRACE) >= now);
+    now > later(deadline, PUBLISH_LIMIT) || (now > later(deadline, REPORT_GRACE) && !alive)
+}
+
+/// `t + d`, or the last (first) representable instant when that is past the end (start) of time. Every sum of a
+/// time someone else wrote (a heartbeat, a deadline, a completion time, a lease's renewal) goes through here:
+/// jiff's `+` panics on overflow, and a status dated 9999-12-31 would end the operator.
+pub fn later(t: Timestamp, d: SignedDuration) -> Timestamp {
+    t.checked_add(d).unwrap_or(if d.is_negative() {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    })
 }
 
 /// Why a trace has no session: nothing matches yet (that may change while it waits), or its target is refused
@@ -290,7 +301,7 @@ pub fn merge_summaries(sessions: &[ProbeSession], top: usize) -> Option<Summary>
                 key: r.key.clone(),
                 ..Default::default()
             });
-            e.count += r.count;
+            e.count = e.count.saturating_add(r.count);
             e.per_second = add_opt(e.per_second, r.per_second, |a, b| a + b);
             e.max = add_opt(e.max, r.max, f64::max);
         }

@@ -59,7 +59,7 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
                 owner::patch_status(&jobs, &name, &next).await?;
             }
         }
-        return after_finish(&job, st, &jobs, now).await;
+        return after_finish(ctx, &job, st, &jobs, now).await;
     }
 
     let duration = sonde_crds::parse_duration(&job.spec.duration).map_err(Error::Duration)?;
@@ -75,7 +75,10 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
         .filter_map(|s| s.spec.deadline.as_ref().map(|d| d.0))
         .min()
         .unwrap_or_else(|| {
-            start + SignedDuration::try_from(duration).unwrap_or(SignedDuration::ZERO)
+            rollup::later(
+                start,
+                SignedDuration::try_from(duration).unwrap_or(SignedDuration::MAX),
+            )
         });
 
     let mut no_targets = None;
@@ -142,7 +145,7 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
         owner::patch_status(&jobs, &name, &status).await?;
     }
     if status.phase.is_finished() {
-        return after_finish(&job, &status, &jobs, now).await;
+        return after_finish(ctx, &job, &status, &jobs, now).await;
     }
     // Session changes wake the controller; the timer covers the deadline and agents that go quiet.
     let wake = if now < deadline {
@@ -158,6 +161,7 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
 }
 
 async fn after_finish(
+    ctx: &Context,
     job: &TraceJob,
     st: &TraceJobStatus,
     jobs: &Api<TraceJob>,
@@ -169,7 +173,24 @@ async fn after_finish(
     ) else {
         return Ok(Action::await_change());
     };
-    let expires = done.0 + SignedDuration::from_secs(ttl);
+    // The schema bounds the TTL; an object stored before it did may hold any number. Such a job is kept (as
+    // without a TTL) and the user told which field, rather than a sum past the end of time.
+    if !(0..=sonde_crds::TTL_MAX_SECONDS).contains(&ttl) {
+        let note = format!(
+            "spec.ttlSecondsAfterFinished {ttl} is outside 0-{}: the finished job is kept; delete it by hand",
+            sonde_crds::TTL_MAX_SECONDS
+        );
+        tracing::warn!(job = %job.name_any(), "{note}");
+        ctx.publish(
+            &job.object_ref(&()),
+            EventType::Warning,
+            "TTLOutOfRange",
+            note,
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let expires = rollup::later(done.0, SignedDuration::from_secs(ttl));
     if now >= expires {
         tracing::info!(job = %job.name_any(), "ttlSecondsAfterFinished reached; deleting");
         jobs.delete(&job.name_any(), &DeleteParams::background())

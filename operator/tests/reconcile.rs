@@ -711,3 +711,184 @@ async fn a_failed_policy_session_is_placed_anew_once_the_policy_is_fixed() {
     assert!(deleted(&seen), "{seen:#?}");
     assert!(applied_sessions(&seen).is_empty(), "{seen:#?}");
 }
+
+/// Arbitrary specs and statuses within the schema (and past it where an object stored before a bound may be):
+/// every reconcile of a TraceJob and of a ProbePolicy returns, and none panics. A panic in a reconcile once
+/// ended the process for every tenant (`ttlSecondsAfterFinished: 300000000000`; a heartbeat dated 9999-12-31).
+mod no_reconcile_panics {
+    use proptest::prelude::*;
+    use sonde_operator::Error;
+
+    use super::*;
+
+    /// 0001-01-01T00:00:00Z, the first RFC 3339 instant a status can hold, and the last one the operator can read
+    /// (jiff's `Timestamp::MAX`, 9999-12-30T22:00:00Z: a later one fails to parse, and the object with it).
+    const FIRST: i64 = -62_135_596_800;
+    const LAST: i64 = 253_402_207_200;
+
+    fn instant() -> impl Strategy<Value = Value> {
+        let now = Timestamp::now().as_second();
+        prop_oneof![
+            Just(FIRST),
+            Just(LAST),
+            FIRST..=LAST,
+            (now - 100_000)..(now + 100_000),
+        ]
+        .prop_map(|s| json!(Timestamp::from_second(s).unwrap().to_string()))
+    }
+
+    fn maybe_instant() -> impl Strategy<Value = Value> {
+        prop_oneof![Just(Value::Null), instant()]
+    }
+
+    fn count() -> impl Strategy<Value = u64> {
+        prop_oneof![Just(0), Just(u64::MAX), 0..1_000u64, any::<u64>()]
+    }
+
+    fn phase() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["Pending", "Running", "Succeeded", "Failed"])
+    }
+
+    fn counts() -> impl Strategy<Value = Value> {
+        (count(), count(), count(), count(), count()).prop_map(|(c, d, u, b, k)| {
+            json!({"captured": c, "dropped": d, "droppedUnreadAtStop": u, "breaches": b,
+                   "notKept": {"SpoolFull": k}})
+        })
+    }
+
+    fn upload() -> impl Strategy<Value = Value> {
+        (
+            prop::sample::select(vec!["Complete", "Pending", "Incomplete"]),
+            prop_oneof![Just(0u32), Just(u32::MAX), any::<u32>()],
+            maybe_instant(),
+        )
+            .prop_map(|(state, pending, oldest)| {
+                json!({"state": state, "pending": pending, "oldestPending": oldest})
+            })
+    }
+
+    /// A session's status as an agent (or anyone who may write it) could leave it.
+    fn session_status() -> impl Strategy<Value = Value> {
+        (
+            phase(),
+            (maybe_instant(), maybe_instant(), maybe_instant(), instant()),
+            counts(),
+            (count(), prop_oneof![Just(f64::MAX), 0.0..1e300f64]),
+            upload(),
+            count(),
+        )
+            .prop_map(
+                |(
+                    phase,
+                    (beat, attached, breach, failed_at),
+                    counts,
+                    (rows, rate),
+                    upload,
+                    windows,
+                )| {
+                    json!({"phase": phase, "heartbeat": beat, "attachedAt": attached,
+                           "lastBreachTime": breach, "counts": counts, "upload": upload,
+                           "windows": windows, "kernelCpuPercent": rate,
+                           "conditions": [{"type": "Failed", "status": "True", "reason": "Broken",
+                                           "message": "", "lastTransitionTime": failed_at}],
+                           "summary": {"keyMeaning": "k", "rows": [
+                               {"key": "a", "count": rows, "perSecond": rate, "max": rate},
+                               {"key": "a", "count": rows, "perSecond": rate, "max": rate}],
+                               "figures": [{"name": "p99", "value": rate, "unit": "ms"}]}})
+                },
+            )
+    }
+
+    /// Up to three nodes' sessions, each with a deadline anywhere in time (absent for a policy's).
+    fn sessions(policy: bool) -> impl Strategy<Value = Vec<ProbeSession>> {
+        prop::collection::vec((instant(), session_status()), 0..=3).prop_map(move |v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (deadline, status))| {
+                    let mut s = session(&format!("node-{i}"), Timestamp::UNIX_EPOCH, status);
+                    s.spec.deadline = if policy {
+                        None
+                    } else {
+                        serde_json::from_value(deadline).unwrap()
+                    };
+                    if policy {
+                        s.spec.window = Some("60s".into());
+                    }
+                    s
+                })
+                .collect()
+        })
+    }
+
+    /// A TTL within the schema, at its bounds, and past it (an object stored before the bound existed).
+    fn ttl() -> impl Strategy<Value = Value> {
+        let max = sonde_crds::TTL_MAX_SECONDS;
+        prop_oneof![
+            Just(Value::Null),
+            Just(json!(0)),
+            Just(json!(max)),
+            (0..=max).prop_map(|t| json!(t)),
+            Just(json!(300_000_000_000i64)),
+            Just(json!(i64::MAX)),
+        ]
+    }
+
+    fn job_status() -> impl Strategy<Value = Value> {
+        (
+            phase(),
+            maybe_instant(),
+            maybe_instant(),
+            counts(),
+            upload(),
+        )
+            .prop_map(|(phase, start, done, counts, upload)| {
+                json!({"phase": phase, "startTime": start, "completionTime": done, "counts": counts,
+                       "upload": upload, "lastBreachTime": start})
+            })
+    }
+
+    fn duration() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["1s", "60s", "24h", "1.5s", "86399s999ms"])
+    }
+
+    /// Runs `cases` reconciles on a runtime of their own, each checked to return without a panic.
+    fn check<K, F>(reconcile: fn(Arc<K>, Arc<Context>) -> F, world: World, pods: Vec<Pod>)
+    where
+        K: serde::de::DeserializeOwned,
+        F: std::future::Future<Output = sonde_operator::Result<Action>>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let job = world.job.clone();
+        let (result, _) = rt.block_on(run(world, pods, reconcile));
+        if let Err(e @ Error::Panicked { .. }) = result {
+            panic!("{e}\nfor {job:#}");
+        }
+    }
+
+    fn running_pods() -> Vec<Pod> {
+        vec![pod(NS, "ping-0", "ping", "node-0", "Running")]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_trace_job(ttl in ttl(), duration in duration(), status in prop_oneof![Just(Value::Null), job_status()],
+                       sessions in sessions(false), threshold in prop_oneof![Just(0.0), Just(1e15), 0.0..1e15f64]) {
+            let j = job(json!({"spec": {"ttlSecondsAfterFinished": ttl, "duration": duration,
+                                        "thresholds": [{"metric": "eventsPerSecond", "value": threshold}]},
+                               "status": status}));
+            check(tracejob::reconcile, World { job: j, sessions }, running_pods());
+        }
+
+        #[test]
+        fn a_probe_policy(status in prop_oneof![Just(Value::Null), job_status()], sessions in sessions(true),
+                          suspend in any::<bool>(), window in prop::sample::select(vec!["10s", "60s", "1h"])) {
+            let p = policy(json!({"spec": {"suspend": suspend, "window": window}, "status": status}));
+            check(policy::reconcile, World { job: p, sessions }, running_pods());
+        }
+    }
+}

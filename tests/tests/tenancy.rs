@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
 use sonde_crds::{OWNER_UID_LABEL, Phase, ProbePolicy, ProbeSession, TraceJob};
 use sonde_tests::{
     Component, ControlPlane, Identity, TestNamespace, helm, register_this_node, this_node_name,
@@ -282,6 +283,143 @@ async fn node_wide_targets_need_a_permission_the_admin_grants() {
         let (ok, err) = create(kind, "own-pods", true);
         assert!(ok, "a {kind} with a podSelector was refused: {err}");
     }
+    // Every spelling of "no selector" is refused alike, through kubectl's typed create and a raw POST, on create
+    // and on update: an explicit `podSelector: null` once reached the policy as a present key (`has()` true)
+    // while the operator read it as absent and placed a node-wide session. The schema has no nullable spec
+    // field, so the API server prunes the null before admission.
+    let node = this_node_name();
+    let mut spellings: Vec<(&str, String)> = Vec::new();
+    for kind in ["TraceJob", "ProbePolicy"] {
+        for target in [
+            json!({"nodeNames": [node]}),
+            json!({"podSelector": null, "nodeNames": [node]}),
+            json!({"podSelector": null, "nodeSelector": {"kubernetes.io/os": "linux"}}),
+            json!({"podSelector": null, "comms": ["sh"]}),
+            json!({"comms": ["sh"]}),
+            json!({"nodeSelector": {"kubernetes.io/os": "linux"}}),
+        ] {
+            spellings.push((kind, target.to_string()));
+        }
+    }
+    let body = |kind: &str, name: &str, target: &Value| {
+        let mut spec = json!({"probe": "exec", "target": target});
+        match kind {
+            "TraceJob" => spec["duration"] = json!("10s"),
+            _ => {
+                spec["window"] = json!("60s");
+                spec["thresholds"] = json!([{"metric": "eventsPerSecond", "value": 1000}]);
+            }
+        }
+        json!({"apiVersion": "sonde.dev/v1alpha1", "kind": kind,
+               "metadata": {"name": name, "namespace": "sonde-user", "labels": {"sonde.dev/tenancy-e2e": "true"}},
+               "spec": spec})
+    };
+    let as_user = |args: &[&str], doc: &Value| {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), doc.to_string()).unwrap();
+        let mut args = args.to_vec();
+        args.extend(["-f", f.path().to_str().unwrap()]);
+        let (ok, _, err) = plane.kubectl(Identity::User, &args);
+        (ok, err)
+    };
+    for (i, (kind, target)) in spellings.iter().enumerate() {
+        let target: Value = serde_json::from_str(target).unwrap();
+        let plural = format!("{}s", kind.to_lowercase()).replace("policys", "policies");
+        let raw = format!("/apis/sonde.dev/v1alpha1/namespaces/sonde-user/{plural}");
+        for (how, args) in [
+            ("kubectl create", vec!["create"]),
+            ("a raw POST", vec!["create", "--raw", &raw]),
+        ] {
+            let name = format!("no-selector-{i}-{}", args.len());
+            let (ok, err) = as_user(&args, &body(kind, &name, &target));
+            assert!(
+                !ok && (err.contains("denied request") || err.contains("Invalid value")),
+                "{how} of a {kind} with target {target} by a namespace user: accepted ({err})"
+            );
+        }
+        // On update: a policy made with a selector, whose selector is then set to null (a JSON patch keeps the
+        // null; a merge patch would delete the key) or replaced by a target without one.
+        if *kind == "ProbePolicy" {
+            let name = format!("selector-then-none-{i}");
+            let (ok, err) = as_user(
+                &["create"],
+                &body(
+                    kind,
+                    &name,
+                    &json!({"podSelector": {"matchLabels": {"app": "mine"}}}),
+                ),
+            );
+            assert!(ok, "{err}");
+            let mut no_selector = target.clone();
+            no_selector.as_object_mut().unwrap().remove("podSelector");
+            let patch =
+                json!([{"op": "replace", "path": "/spec/target", "value": target}]).to_string();
+            let (ok, _, err) = plane.kubectl(
+                Identity::User,
+                &[
+                    "patch",
+                    "-n",
+                    "sonde-user",
+                    "probepolicy",
+                    &name,
+                    "--type=json",
+                    "-p",
+                    &patch,
+                ],
+            );
+            assert!(
+                !ok && refused_for_no_selector(&err),
+                "a JSON patch to target {target} was accepted: {err}"
+            );
+            let get = || {
+                let (_, out, _) = plane.kubectl(
+                    Identity::Admin,
+                    &[
+                        "get",
+                        "-n",
+                        "sonde-user",
+                        "probepolicy",
+                        &name,
+                        "-o",
+                        "json",
+                    ],
+                );
+                serde_json::from_str::<Value>(&out).unwrap()
+            };
+            let mut replaced = body(kind, &name, &no_selector);
+            replaced["metadata"]["resourceVersion"] = get()["metadata"]["resourceVersion"].clone();
+            let (ok, err) = as_user(&["replace"], &replaced);
+            assert!(
+                !ok && refused_for_no_selector(&err),
+                "a replace with target {no_selector} was accepted: {err}"
+            );
+            let stored = get();
+            assert_eq!(
+                stored["spec"]["target"],
+                json!({"podSelector": {"matchLabels": {"app": "mine"}}}),
+                "the policy's target changed"
+            );
+        }
+    }
+    // The null is pruned, not kept: a node-wide object the admin may create is stored without the key.
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let nulled = body(
+        "TraceJob",
+        "null-pruned",
+        &json!({"podSelector": null, "nodeNames": [node]}),
+    );
+    std::fs::write(f.path(), nulled.to_string()).unwrap();
+    let (ok, out, err) = plane.kubectl(
+        Identity::Admin,
+        &["create", "-o", "json", "-f", f.path().to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    let stored: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        stored["spec"]["target"],
+        json!({"nodeNames": [node]}),
+        "the API server kept the null"
+    );
     // ProbeSessions are the operator's alone: not even an admin writes one by hand.
     let forged = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
@@ -364,6 +502,13 @@ async fn node_wide_targets_need_a_permission_the_admin_grants() {
             "{kind} refused without the policy binding: the refusal was not the policy's"
         );
     }
+}
+
+/// Whether kubectl's error is a refusal of a target without a selector: the admission policy's, or the schema's
+/// rule that a ProbePolicy names podSelector or nodeNames.
+fn refused_for_no_selector(err: &str) -> bool {
+    err.contains("without spec.target.podSelector")
+        || err.contains("a ProbePolicy target needs podSelector")
 }
 
 /// Users name storage only by the admin's location names: the API server refuses a URL (saying what to do

@@ -446,6 +446,86 @@ async fn a_job_matching_nothing_says_so() {
     assert!(reasons.iter().any(|r| r == "NoMatchingPods"), "{reasons:?}");
 }
 
+/// Numbers a namespace editor or an agent's status controls cannot end the operator: a job with the largest TTL
+/// the schema allows that fails at once (an unknown storage location), one past it refused by the API server,
+/// and a session whose heartbeat is dated at the end of time while its job's deadline passes. The operator
+/// keeps running (once it panicked on `completionTime + ttl` and on `heartbeat + grace`, and its standby after
+/// it), and a normal job created afterwards completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_numbers_leave_the_operator_running() {
+    sonde_tests::requires!(Root, ControlPlane);
+    let mut s = Scene::new("hostile").await;
+    s.ping_pod("ping").await;
+    let ttl_job = |name: &str, ttl: i64| {
+        format!(
+            "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: {name}}}\nspec:\n  probe: wakeups\n  \
+             target: {{podSelector: {{matchLabels: {{app: ping}}}}}}\n  duration: 3s\n  \
+             storage: {{location: nowhere}}\n  ttlSecondsAfterFinished: {ttl}\n"
+        )
+    };
+    let too_long: TraceJob =
+        serde_yaml::from_str(&ttl_job("too-long", sonde_crds::TTL_MAX_SECONDS + 1)).unwrap();
+    let refused = s.jobs().create(&PostParams::default(), &too_long).await;
+    assert!(
+        format!("{refused:?}").contains("ttlSecondsAfterFinished"),
+        "a TTL past the schema's maximum: {refused:?}"
+    );
+    s.create_job(&ttl_job("longest-ttl", sonde_crds::TTL_MAX_SECONDS))
+        .await;
+    let job = s
+        .wait_job("longest-ttl", Duration::from_secs(20), finished)
+        .await;
+    assert_eq!(job.status.unwrap().phase, Phase::Failed);
+
+    // A session whose status says its agent beats until the end of time. The agent is stopped so that nothing
+    // rewrites the heartbeat; the job's deadline and grace pass while the operator reads it.
+    s.create_job(&wakeups_job("far-beat", "3s")).await;
+    s.wait_attached("far-beat").await;
+    s.agent.as_mut().unwrap().kill();
+    let session = s.session_named("far-beat").await;
+    let forged =
+        serde_json::json!({"status": {"heartbeat": "9999-12-30T21:59:59Z", "phase": "Running"}});
+    s.sessions()
+        .patch_status(
+            &session.metadata.name.clone().unwrap(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&forged),
+        )
+        .await
+        .unwrap();
+    // Past the deadline (3 s) and REPORT_GRACE (30 s): the operator has summed the heartbeat and the grace.
+    tokio::time::sleep(Duration::from_secs(36)).await;
+    let operator = s.operator.as_mut().unwrap();
+    assert!(
+        operator.child.try_wait().unwrap().is_none(),
+        "the operator exited: {}",
+        operator.log_text()
+    );
+    let far = s.jobs().get("far-beat").await.unwrap();
+    assert!(
+        far.status
+            .as_ref()
+            .is_some_and(|st| !st.phase.is_finished()),
+        "a session with a fresh heartbeat is given PUBLISH_LIMIT: {:?}",
+        far.status
+    );
+    s.start_agent();
+    s.create_job(&wakeups_job("after", "3s")).await;
+    let job = s.wait_job("after", Duration::from_secs(40), finished).await;
+    assert_eq!(
+        job.status.as_ref().unwrap().phase,
+        Phase::Succeeded,
+        "{:?}",
+        job.status
+    );
+    let operator = s.operator.as_mut().unwrap();
+    assert!(
+        operator.child.try_wait().unwrap().is_none() && !operator.log_text().contains("panicked"),
+        "{}",
+        operator.log_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_job_detaches_within_a_second() {
     sonde_tests::requires!(Root, ControlPlane);

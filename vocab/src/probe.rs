@@ -231,8 +231,10 @@ pub struct PacketLatencyParams {
     #[cfg_attr(feature = "schema", schemars(length(max = 16)))]
     #[cfg_attr(feature = "schema", x_kube(validation = Rule::new("self.all(p, p >= 1 && p <= 65535)").message("ports must be 1-65535")))]
     pub ports: Vec<u32>,
-    /// Only segments received in the network namespace with this inode (`ls -Li /proc/<pid>/ns/net`).
+    /// Only segments received in the network namespace with this inode (`ls -Li /proc/<pid>/ns/net`; the kernel's
+    /// namespace inodes are 32-bit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 4_294_967_295_u64)))]
     pub netns: Option<u64>,
 }
 
@@ -267,8 +269,9 @@ pub struct PortParams {
 #[cfg_attr(feature = "schema", derive(kube::KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SyscallLatencyParams {
-    /// Only these syscall numbers (x86_64 numbering). Empty means every syscall.
+    /// Only these syscall numbers (x86_64 numbering, 0-1023). Empty means every syscall.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "schema", schemars(length(max = 32)))]
+    #[cfg_attr(feature = "schema", x_kube(validation = Rule::new("self.all(n, n <= 1023)").message("syscall numbers must be 0-1023")))]
     pub syscalls: Vec<u32>,
 }

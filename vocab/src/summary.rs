@@ -70,12 +70,17 @@ pub struct Counts {
 
 impl std::ops::AddAssign<&Counts> for Counts {
     fn add_assign(&mut self, other: &Counts) {
-        self.captured += other.captured;
-        self.dropped += other.dropped;
-        self.dropped_unread_at_stop += other.dropped_unread_at_stop;
-        self.breaches += other.breaches;
+        // Saturating: the operator sums counts agents wrote in status, which a hostile status could set to
+        // anything; an overflow must not panic the process that serves every tenant.
+        self.captured = self.captured.saturating_add(other.captured);
+        self.dropped = self.dropped.saturating_add(other.dropped);
+        self.dropped_unread_at_stop = self
+            .dropped_unread_at_stop
+            .saturating_add(other.dropped_unread_at_stop);
+        self.breaches = self.breaches.saturating_add(other.breaches);
         for (reason, n) in &other.not_kept {
-            *self.not_kept.entry(reason.clone()).or_default() += n;
+            let sum = self.not_kept.entry(reason.clone()).or_default();
+            *sum = sum.saturating_add(*n);
         }
         self.dropped_percent = self.drop_rate();
     }
@@ -91,7 +96,7 @@ impl Counts {
     ) -> Counts {
         let mut c = Counts {
             captured,
-            dropped: dropped_ring_full + dropped_unread_at_stop,
+            dropped: dropped_ring_full.saturating_add(dropped_unread_at_stop),
             dropped_unread_at_stop,
             dropped_percent: None,
             breaches,
@@ -110,7 +115,8 @@ impl Counts {
     }
 
     fn drop_rate(&self) -> Option<f64> {
-        (self.dropped > 0).then(|| Self::percent_of(self.dropped, self.captured + self.dropped))
+        (self.dropped > 0)
+            .then(|| Self::percent_of(self.dropped, self.captured.saturating_add(self.dropped)))
     }
 
     /// What was counted since `earlier` (counts of the same trace, taken before): a window's own counts.
@@ -147,9 +153,9 @@ impl Counts {
                  could not keep up, so event lists miss them, while aggregates kept in the kernel (pair counts, \
                  histograms) still count them",
                 self.dropped,
-                self.captured + self.dropped,
+                self.captured.saturating_add(self.dropped),
                 self.dropped_percent.unwrap_or_default(),
-                self.dropped - self.dropped_unread_at_stop,
+                self.dropped.saturating_sub(self.dropped_unread_at_stop),
                 self.dropped_unread_at_stop
             )
         })

@@ -34,8 +34,8 @@ pub struct Threshold {
     /// Comparison of observed value against `value`. Default GreaterThan.
     #[serde(default)]
     pub comparison: Comparison,
-    /// The limit, in the metric's unit (the unit is the metric name's suffix).
-    #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
+    /// The limit, in the metric's unit (the unit is the metric name's suffix), 0 to 1e15.
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0, max = 1e15)))]
     pub value: f64,
     /// What a breach does. Default Record.
     #[serde(default)]
