@@ -41,6 +41,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Started as its own symbolizer child, this process names stack frames and exits here.
+    sonde_probes::symbolize::serve_if_child();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("SONDE_LOG"))
         .with_writer(std::io::stderr)

@@ -60,6 +60,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Started as its own symbolizer child, this process names stack frames and exits here.
+    sonde_probes::symbolize::serve_if_child();
     sonde_telemetry::init_logging();
     let args = Args::parse();
     if let Some(Command::EnableBpfStats { sysctl }) = &args.command {

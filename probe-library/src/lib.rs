@@ -15,6 +15,7 @@ pub mod profile;
 pub mod report;
 pub mod results;
 pub mod run;
+pub mod symbolize;
 mod window;
 
 pub use aggregate::{Event, Findings};

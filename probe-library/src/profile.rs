@@ -1,18 +1,17 @@
-//! cpu-profile: stacks counted in the kernel, symbolized here (kernel via kallsyms, user via the process's ELF
-//! and DWARF, both by blazesym), folded, and rendered as a flame graph by inferno.
+//! cpu-profile: stacks counted in the kernel, named by crate::symbolize (kernel frames from kallsyms, user frames
+//! from the processes' ELF files, away from this process), folded, and rendered as a flame graph by inferno.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, StackTraceMap};
-use blazesym::symbolize::source::{Kernel, Process, Source};
-use blazesym::symbolize::{Input, Symbolized, Symbolizer};
-use blazesym::{MaybeDefault, Pid};
+use blazesym::symbolize::Symbolizer;
 use sonde_probe_abi::{StackKey, cstr};
 use sonde_vocab::{Figure, Summary, SummaryRow};
 
 use crate::aggregate::{Aggregator, Event, Findings};
+use crate::symbolize;
 
 pub(crate) struct Profile;
 
@@ -31,23 +30,6 @@ fn frames(stacks: &StackTraceMap<&aya::maps::MapData>, id: i32) -> Vec<u64> {
         .get(&(id as u32), 0)
         .map(|s| s.frames().iter().map(|f| f.ip).collect())
         .unwrap_or_default()
-}
-
-fn names(symbolizer: &Symbolizer, src: &Source, addrs: &[u64]) -> Vec<String> {
-    if addrs.is_empty() {
-        return vec![];
-    }
-    match symbolizer.symbolize(src, Input::AbsAddr(addrs)) {
-        Ok(syms) => syms
-            .iter()
-            .zip(addrs)
-            .map(|(s, a)| match s {
-                Symbolized::Sym(sym) => sym.name.to_string(),
-                Symbolized::Unknown(_) => format!("{a:#x}"),
-            })
-            .collect(),
-        Err(_) => addrs.iter().map(|a| format!("{a:#x}")).collect(),
-    }
 }
 
 impl Aggregator for Profile {
@@ -69,25 +51,43 @@ impl Aggregator for Profile {
             return Findings::default();
         };
         let symbolizer = Symbolizer::new();
-        let kernel = Source::Kernel(Kernel {
-            vmlinux: MaybeDefault::None,
-            ..Default::default()
-        });
+        // Every process's user frames are named in one request (see crate::symbolize: the binaries are the
+        // tenants' own, parsed away from this process).
+        let mut user_addrs: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        let counted: Vec<(StackKey, u64, Vec<u64>, Vec<u64>)> = counted
+            .into_iter()
+            .map(|(key, count)| {
+                let ustack = frames(&stacks, key.ustack);
+                user_addrs.entry(key.pid).or_default().extend(&ustack);
+                (key, count, ustack, frames(&stacks, key.kstack))
+            })
+            .collect();
+        for addrs in user_addrs.values_mut() {
+            addrs.sort_unstable();
+            addrs.dedup();
+        }
+        let user = symbolize::user_frames(&user_addrs);
+        let user_name = |pid: u32, addr: u64| -> String {
+            user_addrs
+                .get(&pid)
+                .and_then(|a| a.binary_search(&addr).ok())
+                .and_then(|i| Some(user.frames.get(&pid)?.get(i)?.text().to_string()))
+                .unwrap_or_else(|| "[unknown]".into())
+        };
         let mut folded: HashMap<String, u64> = HashMap::new();
         let mut by_leaf: HashMap<String, u64> = HashMap::new();
-        let mut total = 0;
-        let mut lost = 0;
-        for (key, count) in counted {
-            total += count;
+        let mut total: u64 = 0;
+        let mut lost: u64 = 0;
+        for (key, count, ustack, kstack) in counted {
+            total = total.saturating_add(count);
             if key.kstack == STACK_COLLISION || key.ustack == STACK_COLLISION {
-                lost += count;
+                lost = lost.saturating_add(count);
             }
-            let user = Source::Process(Process::new(Pid::from(key.pid)));
             // Stacks come leaf first; flame graphs want root first.
             let mut path: Vec<String> = vec![cstr(&key.comm)];
-            let mut ustack = names(&symbolizer, &user, &frames(&stacks, key.ustack));
+            let mut ustack: Vec<String> = ustack.iter().map(|a| user_name(key.pid, *a)).collect();
             ustack.reverse();
-            let mut kstack = names(&symbolizer, &kernel, &frames(&stacks, key.kstack));
+            let mut kstack = symbolize::kernel_frames(&symbolizer, &kstack);
             kstack.reverse();
             kstack.iter_mut().for_each(|f| f.push_str("_[k]"));
             for (id, frames) in [(key.ustack, &mut ustack), (key.kstack, &mut kstack)] {
@@ -135,6 +135,16 @@ impl Aggregator for Profile {
                 .chain((lost > 0).then(|| Figure {
                     name: "samples whose stack was lost (stack map collisions)".into(),
                     value: lost as f64,
+                    unit: "count".into(),
+                }))
+                // What could not be read, and why: those frames are `binary+0xoffset [build id]`, kept for
+                // offline symbolization.
+                .chain((user.unnamed() > 0).then(|| Figure {
+                    name: match &user.failed {
+                        Some(why) => format!("user frames not named ({why})"),
+                        None => "user frames not named (no symbol in their binary)".into(),
+                    },
+                    value: user.unnamed() as f64,
                     unit: "count".into(),
                 }))
                 .collect(),

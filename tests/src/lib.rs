@@ -21,8 +21,8 @@ pub use browser::{Browser, artifacts_dir};
 pub use components::{Component, binary, chart_identities, free_port, helm, http_get, http_get_as};
 pub use controlplane::{ControlPlane, Identity, kubectl_with};
 pub use load::{
-    LOAD_BOUND, Load, SCHED_PIPE, bounded_argv, fast_ping_argv, isc_socket_argv, one_at_a_time,
-    processes_matching,
+    LOAD_BOUND, Load, SCHED_PIPE, bounded_argv, crafted_debug_binary, fast_ping_argv,
+    isc_socket_argv, one_at_a_time, processes_matching,
 };
 pub use namespace::TestNamespace;
 pub use netpair::{NetPair, TIGHT_TBF, assert_tcp_stage_is_quick, slow_segments};

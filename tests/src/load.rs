@@ -158,3 +158,57 @@ pub fn fast_ping_argv() -> Vec<String> {
         .map(String::from)
         .to_vec()
 }
+
+/// A busy program (`spin_here` in a loop) whose compressed `.debug_*` sections claim to inflate to 4 EiB: built
+/// with `gcc -g -gz=zlib` into `dir`, then each compression header's `ch_size` rewritten. It runs like any other
+/// binary (debug sections are not loaded); a symbolizer that trusts the header allocates 4 EiB and aborts.
+pub fn crafted_debug_binary(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = dir.join("spin.c");
+    let bin = dir.join("spin-crafted");
+    std::fs::write(
+        &src,
+        "volatile unsigned long sink;\n\
+         __attribute__((noinline)) void spin_here(void) { for (unsigned long i = 0; i < 100000000UL; i++) sink += i; }\n\
+         int main(void) { for (;;) spin_here(); }\n",
+    )
+    .expect("writing spin.c");
+    let ok = Command::new("gcc")
+        .args(["-O1", "-g", "-gz=zlib", "-fno-omit-frame-pointer", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("gcc runs")
+        .success();
+    assert!(ok, "gcc -gz=zlib failed");
+    let mut elf = std::fs::read(&bin).expect("reading the binary");
+    let u16_at = |d: &[u8], o: usize| u16::from_le_bytes([d[o], d[o + 1]]) as usize;
+    let u64_at = |d: &[u8], o: usize| u64::from_le_bytes(d[o..o + 8].try_into().unwrap()) as usize;
+    let u32_at = |d: &[u8], o: usize| u32::from_le_bytes(d[o..o + 4].try_into().unwrap()) as usize;
+    let (shoff, shentsize, shnum, shstrndx) = (
+        u64_at(&elf, 0x28),
+        u16_at(&elf, 0x3a),
+        u16_at(&elf, 0x3c),
+        u16_at(&elf, 0x3e),
+    );
+    let names = u64_at(&elf, shoff + shstrndx * shentsize + 24);
+    let mut patched = 0;
+    for i in 0..shnum {
+        let sh = shoff + i * shentsize;
+        let name_at = names + u32_at(&elf, sh);
+        let name: Vec<u8> = elf[name_at..]
+            .iter()
+            .take_while(|b| **b != 0)
+            .copied()
+            .collect();
+        const SHF_COMPRESSED: usize = 0x800;
+        if name.starts_with(b".debug_") && u64_at(&elf, sh + 8) & SHF_COMPRESSED != 0 {
+            // Elf64_Chdr: ch_type (4), ch_reserved (4), ch_size (8), ch_addralign (8).
+            let chdr = u64_at(&elf, sh + 24);
+            elf[chdr + 8..chdr + 16].copy_from_slice(&(1u64 << 62).to_le_bytes());
+            patched += 1;
+        }
+    }
+    assert!(patched > 0, "no compressed .debug_* section to craft");
+    std::fs::write(&bin, elf).expect("writing the crafted binary");
+    bin
+}

@@ -526,6 +526,77 @@ async fn hostile_numbers_leave_the_operator_running() {
     );
 }
 
+/// A tenant's binary cannot take the node's agent down: a busy program whose compressed debug sections claim to
+/// inflate to 4 EiB (once the agent's symbolizer allocated that and aborted, ending every session on the node)
+/// runs in a pod under cpu-profile with user stacks, while a wakeups job of the same agent runs beside it. Both
+/// jobs succeed, the agent is still serving, the profile names the program's function, writes no kernel
+/// address, and says which frames it could only place (`binary+0xoffset [build id]`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crafted_binary_under_cpu_profile_leaves_the_agent_serving() {
+    sonde_tests::requires!(Root, ControlPlane);
+    let mut s = Scene::new("crafted").await;
+    s.ping_pod("ping").await;
+    let crafted = sonde_tests::crafted_debug_binary(s.dir.path());
+    let argv = bounded_argv(LOAD_BOUND, &[crafted.to_str().unwrap()]);
+    s.pod("crafted", "crafted", CgroupDriver::Systemd, &argv)
+        .await;
+    s.create_job(&wakeups_job("beside", "8s")).await;
+    s.create_job(
+        "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {name: crafted-profile}\nspec:\n  \
+         probe: cpu-profile\n  target: {podSelector: {matchLabels: {app: crafted}}}\n  duration: 4s\n  \
+         params: {cpuProfile: {frequencyHz: 499, userStacks: true}}\n",
+    )
+    .await;
+    let profile = s
+        .wait_job("crafted-profile", Duration::from_secs(60), finished)
+        .await;
+    let beside = s
+        .wait_job("beside", Duration::from_secs(60), finished)
+        .await;
+    let agent = s.agent.as_mut().unwrap();
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent exited: {}",
+        agent.log_text()
+    );
+    let st = profile.status.unwrap();
+    assert_eq!(st.phase, Phase::Succeeded, "{st:#?}");
+    assert_eq!(
+        beside.status.as_ref().unwrap().phase,
+        Phase::Succeeded,
+        "{:?}",
+        beside.status
+    );
+    let folded_url = st
+        .results
+        .iter()
+        .find(|u| u.ends_with("/folded.txt"))
+        .expect("folded.txt uploaded");
+    let folded = std::fs::read_to_string(folded_url.trim_start_matches("file://")).unwrap();
+    assert!(
+        folded.contains("spin-crafted;") && folded.contains(";spin_here"),
+        "{folded}"
+    );
+    let raw_kernel = folded
+        .split([';', '\n'])
+        .find(|f| f.starts_with("0x") || f.contains("0xffff"));
+    assert!(
+        raw_kernel.is_none(),
+        "a raw address in the profile: {raw_kernel:?}\n{folded}"
+    );
+    let figures = &st.summary.as_ref().expect("a summary").figures;
+    let unnamed = figures
+        .iter()
+        .find(|f| f.name.starts_with("user frames not named"));
+    // The libc frame below main has no symbol in Debian's stripped libc: it is kept as where it is.
+    assert!(
+        unnamed.is_some_and(|f| f.value >= 1.0) && folded.contains("libc.so.6+0x"),
+        "{figures:?}\n{folded}"
+    );
+    let port = s.agent.as_ref().unwrap().metrics_port.unwrap();
+    assert_eq!(http_get(port, "/readyz").await.map(|(c, _)| c), Some(200));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_job_detaches_within_a_second() {
     sonde_tests::requires!(Root, ControlPlane);
