@@ -67,6 +67,8 @@ pub struct Agent {
 }
 
 struct Live {
+    /// The session's own namespace: the only one its target pods may be in.
+    namespace: String,
     spec: ProbeSessionSpec,
     targets: watch::Sender<Targets>,
     deleted: watch::Sender<bool>,
@@ -209,7 +211,7 @@ impl Agent {
             }
             if same_probe(&live.spec, &s.spec) {
                 live.spec = s.spec.clone();
-                let t = targets(&self.cgroups, &live.spec, pods);
+                let t = targets(&self.cgroups, &live.namespace, &live.spec, pods);
                 live.targets
                     .send_if_modified(|old| replace_if_changed(old, t));
                 return;
@@ -236,17 +238,17 @@ impl Agent {
 
     fn start(&mut self, s: ProbeSession, pods: &Store<Pod>, resumed_note: Option<String>) {
         let uid = s.uid().unwrap_or_default();
-        let t = targets(&self.cgroups, &s.spec, pods);
+        let namespace = s.namespace().unwrap_or_default();
+        let t = targets(&self.cgroups, &namespace, &s.spec, pods);
         let (targets_tx, targets_rx) = watch::channel(t);
         let (deleted_tx, deleted_rx) = watch::channel(false);
-        let namespace = s.namespace().unwrap_or_default();
         let storage = self.cfg.storage.destination(&s.spec, &namespace);
         let node_wide_allowed = self.cfg.node_wide.allows(&namespace);
         let job = SessionJob {
             api: Api::namespaced(self.client.clone(), &namespace),
             name: s.name_any(),
             uid: uid.clone(),
-            namespace,
+            namespace: namespace.clone(),
             generation: s.metadata.generation,
             spec: s.spec.clone(),
             spool: self.cfg.spool.clone(),
@@ -279,6 +281,7 @@ impl Agent {
         self.live.insert(
             uid,
             Live {
+                namespace,
                 spec: s.spec,
                 targets: targets_tx,
                 deleted: deleted_tx,
@@ -318,7 +321,7 @@ impl Agent {
 
     fn retarget(&mut self, pods: &Store<Pod>) {
         for live in self.live.values() {
-            let t = targets(&self.cgroups, &live.spec, pods);
+            let t = targets(&self.cgroups, &live.namespace, &live.spec, pods);
             live.targets
                 .send_if_modified(|old| replace_if_changed(old, t));
         }
@@ -372,8 +375,15 @@ fn replace_if_changed(old: &mut Targets, new: Targets) -> bool {
     true
 }
 
-/// The session's target pods as cgroup ids and network namespaces, from the pods this node runs.
-pub fn targets(cgroups: &PodCgroups, spec: &ProbeSessionSpec, pods: &Store<Pod>) -> Targets {
+/// The session's target pods as cgroup ids and network namespaces, from the pods this node runs. Only pods of
+/// the session's own namespace (`ns`) are traced, whatever its spec names: a session is a namespace's, and a spec
+/// naming another namespace's pod is not one the operator writes.
+pub fn targets(
+    cgroups: &PodCgroups,
+    ns: &str,
+    spec: &ProbeSessionSpec,
+    pods: &Store<Pod>,
+) -> Targets {
     if spec.all_pods {
         return Targets::default();
     }
@@ -383,6 +393,11 @@ pub fn targets(cgroups: &PodCgroups, spec: &ProbeSessionSpec, pods: &Store<Pod>)
     };
     let mut a_pod: Option<PathBuf> = None;
     for target in &spec.pods {
+        if target.namespace != ns {
+            t.foreign
+                .push(format!("{}/{}", target.namespace, target.name));
+            continue;
+        }
         let pod = pods
             .get(&ObjectRef::new(&target.name).within(&target.namespace))
             .filter(|p| p.metadata.uid.as_deref() == Some(target.uid.as_str()));
@@ -421,4 +436,52 @@ fn netns_of(dir: &Path) -> Option<u32> {
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
         .find_map(|e| netns_of(&e.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session traces its own namespace's pods only, whatever its spec names: another namespace's pod on this
+    /// node, resolvable here, is listed as not traced and its cgroups are not in the filter.
+    #[test]
+    fn a_session_never_traces_another_namespaces_pod() {
+        let root = tempfile::tempdir().unwrap();
+        let (mine, theirs) = ("11111111-aaaa", "22222222-bbbb");
+        for uid in [mine, theirs] {
+            std::fs::create_dir_all(root.path().join(format!("kubepods/besteffort/pod{uid}")))
+                .unwrap();
+        }
+        let (store, mut writer) = reflector::store::<Pod>();
+        writer.apply_watcher_event(&Event::Init);
+        for (ns, name, uid) in [("team-a", "a", mine), ("team-b", "b", theirs)] {
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": ns, "uid": uid},
+                "status": {"qosClass": "BestEffort"},
+            }))
+            .unwrap();
+            writer.apply_watcher_event(&Event::InitApply(pod));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        let spec: ProbeSessionSpec = serde_json::from_value(serde_json::json!({
+            "nodeName": "n", "probe": "wakeups", "resultPrefix": "x",
+            "pods": [{"uid": mine, "namespace": "team-a", "name": "a"},
+                     {"uid": theirs, "namespace": "team-b", "name": "b"}],
+        }))
+        .unwrap();
+        let cgroups = PodCgroups::new(root.path());
+        let t = targets(&cgroups, "team-a", &spec, &store);
+        let ino = |uid: &str| {
+            std::fs::metadata(root.path().join(format!("kubepods/besteffort/pod{uid}")))
+                .unwrap()
+                .ino()
+        };
+        assert_eq!(t.cgroups, Some(vec![ino(mine)]), "{t:?}");
+        assert_eq!(t.foreign, ["team-b/b"]);
+        let msg = session::unresolved_message(&t).unwrap();
+        assert!(
+            msg.contains("outside the session's namespace: team-b/b"),
+            "{msg}"
+        );
+    }
 }

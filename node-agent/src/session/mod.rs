@@ -47,6 +47,8 @@ pub struct Targets {
     pub netns: Vec<u32>,
     /// Target pods not (yet) running on this node, for the status message.
     pub unresolved: Vec<String>,
+    /// Target pods the spec names in another namespace than the session's: never traced.
+    pub foreign: Vec<String>,
     /// The node's pods cgroup (id, level), so the kernel can tell other pods' tasks from host tasks.
     pub pods_root: Option<(u64, u32)>,
 }
@@ -503,13 +505,23 @@ fn fill_counts(rep: &mut Reporter, running: &Running) {
     }
 }
 
-fn unresolved_message(t: &Targets) -> Option<String> {
-    (!t.unresolved.is_empty()).then(|| {
+pub(crate) fn unresolved_message(t: &Targets) -> Option<String> {
+    let waiting = (!t.unresolved.is_empty()).then(|| {
         format!(
             "waiting for pods to run on this node: {}",
             t.unresolved.join(", ")
         )
-    })
+    });
+    let foreign = (!t.foreign.is_empty()).then(|| {
+        format!(
+            "not traced, outside the session's namespace: {}",
+            t.foreign.join(", ")
+        )
+    });
+    match (waiting, foreign) {
+        (Some(w), Some(f)) => Some(format!("{w}; {f}")),
+        (w, f) => w.or(f),
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
