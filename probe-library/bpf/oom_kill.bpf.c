@@ -4,6 +4,19 @@
 
 struct oom_control___min { struct task_struct *chosen; } __attribute__((preserve_access_index));
 
+/* The trigger is whoever allocated when memory ran out: another pod's task (never named to a tenant, as in the
+ * other probes), or a host task under the admin's redaction switch, as likely as the victim's own. */
+static __always_inline void trigger_comm(char *comm)
+{
+	struct task_struct *cur = (struct task_struct *)bpf_get_current_task();
+	if (in_other_pod(cur))
+		__builtin_memcpy(comm, "[other pod]", sizeof("[other pod]"));
+	else if (redacted(cur))
+		__builtin_memcpy(comm, "[outside]", sizeof("[outside]"));
+	else
+		bpf_get_current_comm(comm, TASK_COMM_LEN);
+}
+
 static __always_inline int emit(__u32 pid, const char *comm, __u64 rss_pages)
 {
 	stat_inc(STAT_SEEN);
@@ -12,7 +25,7 @@ static __always_inline int emit(__u32 pid, const char *comm, __u64 rss_pages)
 		return 0;
 	e->pid = pid;
 	e->value = rss_pages * 4 / 1024; /* MiB, assuming 4 KiB pages */
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	trigger_comm(e->comm);
 	bpf_probe_read_kernel_str(e->text, TASK_COMM_LEN, comm);
 	bpf_ringbuf_submit(e, 0);
 	return 0;

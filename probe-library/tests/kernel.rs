@@ -748,6 +748,132 @@ fn syn_retransmits() -> u64 {
     panic!("no TCPSynRetrans in /proc/net/netstat")
 }
 
+/// The OOM killer's trigger is whoever allocated: with a pod filter it is never named when it is another pod's
+/// task (`[other pod]`) or, under the admin's redaction switch, a host task (`[outside]`), as the other probes'
+/// counterparts. A traced "pod" (v2 cgroup `pods/traced`) holds 160 MiB in a memory cgroup it shares with the
+/// trigger under a 256 MiB limit; the trigger (in `pods/other`, then outside `pods`) allocates 160 MiB and the
+/// OOM killer takes the traced process, the largest. The victim is reported, the trigger only as a pseudo comm.
+#[test]
+fn oom_kill_never_names_a_trigger_outside_the_traced_pods() {
+    sonde_tests::requires!(Root);
+    use std::os::unix::fs::MetadataExt;
+    let (mem, limit) = memory_cgroup("sonde-oom-trigger");
+    let v2 = sonde_probes::cgroup::v2_root().join("sonde-oom-pods");
+    let dirs = [
+        mem.join("victim"),
+        mem.join("trigger"),
+        v2.join("traced"),
+        v2.join("other"),
+    ];
+    struct Rm(Vec<std::path::PathBuf>);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+    let _rm = Rm(dirs
+        .iter()
+        .cloned()
+        .chain([mem.clone(), v2.clone()])
+        .collect());
+    for d in &dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+    for d in [&mem, &v2] {
+        let _ = std::fs::remove_dir(d);
+        std::fs::create_dir(d).unwrap();
+    }
+    if limit == "memory.max" {
+        let _ = std::fs::write(mem.join("cgroup.subtree_control"), "+memory");
+    }
+    dirs.iter().for_each(|d| std::fs::create_dir(d).unwrap());
+    std::fs::write(mem.join(limit), (256u64 << 20).to_string()).unwrap();
+    let _ = std::fs::write(mem.join("memory.swap.max"), "0");
+    let _ = std::fs::write(
+        mem.join("memory.memsw.limit_in_bytes"),
+        (256u64 << 20).to_string(),
+    );
+    let ino = |d: &std::path::Path| std::fs::metadata(d).unwrap().ino();
+    // Level of `sonde-oom-pods` below the v2 root: 1.
+    let filter = |redact_outside: bool| Filter {
+        cgroups: Some(vec![ino(&v2.join("traced"))]),
+        pods_root: Some((ino(&v2), 1)),
+        redact_outside,
+        ..Default::default()
+    };
+    // `cmd` with its memory in `memcg` and its v2 cgroup `group` (None: left where it is, outside the pods).
+    let spawn = |memcg: &std::path::Path, group: Option<std::path::PathBuf>, cmd: &str| {
+        let v2_join = group
+            .map(|g| format!("echo $$ > {}/cgroup.procs; ", g.display()))
+            .unwrap_or_default();
+        let script = format!(
+            "{v2_join}echo $$ > {}/cgroup.procs; exec {cmd}",
+            memcg.display()
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let run = |trigger_group: Option<std::path::PathBuf>, redact: bool| {
+        let (victim_mem, trigger_mem, traced) = (dirs[0].clone(), dirs[1].clone(), dirs[2].clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = trace(
+            config(
+                ProbeName::OomKill,
+                filter(redact),
+                vec![],
+                ProbeParams::default(),
+            ),
+            Duration::from_secs(5),
+            move || {
+                let mut victim = spawn(
+                    &victim_mem,
+                    Some(traced),
+                    "python3 -c \"import time; x = b'x' * (160 << 20); time.sleep(30)\"",
+                );
+                std::thread::sleep(Duration::from_millis(1500));
+                let mut trigger = spawn(
+                    &trigger_mem,
+                    trigger_group,
+                    "python3 -c \"x = b'x' * (160 << 20)\"",
+                );
+                let _ = trigger.wait();
+                let _ = victim.kill();
+                let status = victim.wait().unwrap();
+                tx.send((victim.id(), status)).unwrap();
+            },
+        );
+        let (victim, status) = rx.recv().unwrap();
+        (out.events, victim, status)
+    };
+    for (trigger_group, redact, shown) in [
+        (Some(v2.join("other")), false, "[other pod]"),
+        (None, true, "[outside]"),
+    ] {
+        let (events, victim, status) = run(trigger_group, redact);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "the traced process was not the OOM killer's victim: {status:?}"
+        );
+        let reported: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["victim_pid"].as_u64() == Some(victim as u64))
+            .collect();
+        assert_eq!(reported.len(), 1, "{events:?}");
+        assert_eq!(reported[0]["trigger_comm"], shown, "{events:?}");
+        let leaked = events
+            .iter()
+            .find(|e| e.to_string().contains("\"python3\"") && e["victim_pid"] != victim);
+        assert!(leaked.is_none(), "the trigger named: {leaked:?}");
+    }
+}
+
 /// The memory controller's limit file: cgroup v2 if it has the controller, else the v1 memory hierarchy.
 fn memory_cgroup(name: &str) -> (std::path::PathBuf, &'static str) {
     let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers");
