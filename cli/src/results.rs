@@ -1,6 +1,8 @@
 //! `sonde results`: a client of the results server (`sonde-results`), for people and scripts. The server's URL
-//! comes from `--server` or `SONDE_RESULTS_URL`; the bearer token from `--token`, `SONDE_TOKEN` or the current
-//! kubeconfig user's token (`kubectl create token <account> --audience sonde-results` makes one).
+//! comes from `--server` or `SONDE_RESULTS_URL`; the bearer token from `--token`, `SONDE_TOKEN`, or one minted
+//! for the audience `sonde-results` (TokenRequest) for the kubeconfig's service account. The kubeconfig's own
+//! credentials are never sent to the results server: `--server` may name any host, and the API server's token
+//! would let whoever answers there act as the user on the cluster.
 
 use std::io::{BufRead, Write};
 
@@ -12,7 +14,10 @@ pub(crate) struct ResultsArgs {
     /// The results server, e.g. http://sonde-results.sonde-system (or SONDE_RESULTS_URL).
     #[arg(long, env = "SONDE_RESULTS_URL", global = true)]
     server: Option<String>,
-    /// Bearer token (or SONDE_TOKEN; else the kubeconfig user's token).
+    /// Bearer token for the results server (or SONDE_TOKEN). Without one, a token for the audience
+    /// `sonde-results` only, valid 10 minutes, is requested from the API server (TokenRequest) for the
+    /// kubeconfig's service account, which needs `create serviceaccounts/token` on itself; `kubectl create token
+    /// <account> --audience sonde-results` makes one by hand. The kubeconfig's own token is never sent.
     #[arg(long, env = "SONDE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
     /// Namespace (else the kubeconfig context's, else default).
@@ -53,31 +58,71 @@ enum What {
     },
 }
 
-/// The kubeconfig's current context: its namespace and its user's token, where it has them.
-fn kubeconfig() -> (Option<String>, Option<String>) {
+/// The kubeconfig's current context's namespace, where it names one.
+fn kubeconfig_namespace() -> Option<String> {
     let path = std::env::var_os("KUBECONFIG")
         .map(std::path::PathBuf::from)
         .or_else(|| {
             std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".kube/config"))
-        });
-    let Some(doc) = path
-        .and_then(|p| std::fs::read(p).ok())
-        .and_then(|b| serde_yaml::from_slice::<serde_yaml::Value>(&b).ok())
-    else {
-        return (None, None);
-    };
-    let current = doc["current-context"].as_str().unwrap_or_default();
-    let named = |list: &str, name: &str| {
-        doc[list]
-            .as_sequence()
-            .and_then(|s| s.iter().find(|e| e["name"].as_str() == Some(name)))
-            .cloned()
-            .unwrap_or_default()
-    };
-    let ctx = named("contexts", current);
-    let ns = ctx["context"]["namespace"].as_str().map(String::from);
-    let user = named("users", ctx["context"]["user"].as_str().unwrap_or_default());
-    (ns, user["user"]["token"].as_str().map(String::from))
+        })?;
+    let doc: serde_yaml::Value = serde_yaml::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let current = doc["current-context"].as_str()?;
+    let ctx = doc["contexts"]
+        .as_sequence()?
+        .iter()
+        .find(|e| e["name"].as_str() == Some(current))?;
+    ctx["context"]["namespace"].as_str().map(String::from)
+}
+
+/// The audience of every token sent to the results server.
+const AUDIENCE: &str = "sonde-results";
+
+/// A token for [`AUDIENCE`] only, minted by the API server for the service account the kubeconfig acts as.
+fn minted_token() -> Result<String> {
+    use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::{Api, PostParams};
+    let how = "pass --token or set SONDE_TOKEN (`kubectl create token <account> --audience sonde-results`)";
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .with_context(|| format!("no token and no cluster to mint one from: {how}"))?;
+        let me = Api::<SelfSubjectReview>::all(client.clone())
+            .create(&PostParams::default(), &SelfSubjectReview::default())
+            .await
+            .with_context(|| format!("asking the API server who the kubeconfig is: {how}"))?;
+        let user = me
+            .status
+            .and_then(|s| s.user_info?.username)
+            .unwrap_or_default();
+        let Some((ns, account)) = user
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|r| r.split_once(':'))
+        else {
+            bail!("the kubeconfig acts as {user:?}, not a service account, so no token can be minted for it: {how}");
+        };
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: Some(vec![AUDIENCE.into()]),
+                expiration_seconds: Some(600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let minted = Api::<ServiceAccount>::namespaced(client, ns)
+            .create_token_request(account, &PostParams::default(), &request)
+            .await
+            .with_context(|| {
+                format!("minting a {AUDIENCE} token for {user} (it needs create serviceaccounts/token on itself): {how}")
+            })?;
+        minted
+            .status
+            .and_then(|s| s.token)
+            .context("the API server minted no token")
+    })
 }
 
 struct Client {
@@ -119,19 +164,16 @@ impl Client {
 }
 
 pub(crate) fn run(args: ResultsArgs) -> Result<()> {
-    let (kube_ns, kube_token) = kubeconfig();
     let Some(server) = args.server else {
         bail!("no results server: pass --server or set SONDE_RESULTS_URL");
     };
-    let Some(token) = args.token.or(kube_token) else {
-        bail!(
-            "no token: pass --token, set SONDE_TOKEN, or use a kubeconfig user with a token \
-             (`kubectl create token <account> --audience sonde-results`)"
-        );
+    let token = match args.token {
+        Some(t) => t,
+        None => minted_token()?,
     };
     let ns = args
         .namespace
-        .or(kube_ns)
+        .or_else(kubeconfig_namespace)
         .unwrap_or_else(|| "default".into());
     let client = Client {
         http: reqwest::blocking::Client::builder().timeout(None).build()?,

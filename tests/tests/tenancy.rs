@@ -644,3 +644,112 @@ async fn an_agent_runs_node_wide_sessions_only_for_allowed_namespaces() {
         "the refused session attached: {no:?}"
     );
 }
+
+/// `sonde results` sends the results server only a token minted for the audience `sonde-results`: never the
+/// kubeconfig's own (whoever answers at `--server` could act as the user on the cluster with it). A service
+/// account that may not mint its own token gets an error naming the permission, and the server hears nothing;
+/// once it may, the server receives a token whose audience is `sonde-results` alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn sonde_results_sends_only_a_token_minted_for_the_results_server() {
+    sonde_tests::requires!(Root, ControlPlane);
+    use base64::Engine;
+    use std::io::{BufRead, BufReader, Write};
+    let _serial = SERIAL.lock().await;
+    let plane = ControlPlane::get().await;
+    let ns = TestNamespace::create(plane, "cli-token").await;
+    let admin = |args: &[&str]| plane.kubectl(Identity::Admin, args);
+    let (ok, _, err) = admin(&["create", "serviceaccount", "cli-user", "-n", &ns.name]);
+    assert!(ok, "{err}");
+    let (ok, api_token, err) = admin(&["create", "token", "cli-user", "-n", &ns.name]);
+    assert!(ok, "{err}");
+    let api_token = api_token.trim().to_string();
+    // The user's kubeconfig: the test cluster, this service account's API token.
+    let mut kc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(plane.kubeconfig(Identity::Admin)).unwrap())
+            .unwrap();
+    for user in kc["users"].as_sequence_mut().unwrap() {
+        user["user"] = serde_yaml::from_str(&format!("{{token: {api_token}}}")).unwrap();
+    }
+    let kc_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(kc_file.path(), serde_yaml::to_string(&kc).unwrap()).unwrap();
+    // A stand-in results server that records each request's Authorization header and lists no jobs.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = heard.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut auth = String::new();
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("authorization:") {
+                    auth = line[line.len() - v.len()..].trim().to_string();
+                }
+                line.clear();
+            }
+            log.lock().unwrap().push(auth);
+            let mut conn = conn;
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]",
+            );
+        }
+    });
+    let list = || {
+        let out = std::process::Command::new(sonde_tests::binary("sonde"))
+            .args([
+                "results",
+                "list",
+                "--server",
+                &format!("http://127.0.0.1:{port}"),
+            ])
+            .env("KUBECONFIG", kc_file.path())
+            .env_remove("SONDE_TOKEN")
+            .output()
+            .expect("sonde runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = list();
+    assert!(
+        !ok && err.contains("create serviceaccounts/token") && err.contains("--token"),
+        "without the right to mint a token: {err}"
+    );
+    assert!(
+        heard.lock().unwrap().is_empty(),
+        "the results server was sent {:?}",
+        heard.lock().unwrap()
+    );
+    let rbac = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: own-token, namespace: {ns}}}\n\
+         rules: [{{apiGroups: [\"\"], resources: [serviceaccounts/token], resourceNames: [cli-user], verbs: [create]}}]\n\
+         ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: own-token, namespace: {ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: own-token}}\n\
+         subjects: [{{kind: ServiceAccount, name: cli-user, namespace: {ns}}}]\n",
+        ns = ns.name
+    );
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), rbac).unwrap();
+    let (ok, _, err) = admin(&["apply", "-f", f.path().to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let minted = wait_for(Duration::from_secs(15), || async { list().0 }).await;
+    assert!(minted, "with the right to mint a token: {}", list().1);
+    let sent = heard.lock().unwrap().clone();
+    assert!(
+        !sent.is_empty() && sent.iter().all(|a| a.starts_with("Bearer ")),
+        "{sent:?}"
+    );
+    for auth in &sent {
+        let token = auth.trim_start_matches("Bearer ");
+        assert_ne!(token, api_token, "the kubeconfig's own token was sent");
+        let claims: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["aud"], json!(["sonde-results"]), "{claims}");
+    }
+}
