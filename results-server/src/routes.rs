@@ -30,6 +30,8 @@ const DEFAULT_LIMIT: usize = 500;
 const MAX_LIMIT: usize = 5000;
 /// How often a live tail looks for new chunks.
 const TAIL_EVERY: Duration = Duration::from_millis(500);
+/// How often a tail asks whether its job still exists (one GET of the TraceJob per tail).
+const JOB_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Files of a node's results that can be fetched, and their media types.
 const FILES: [(&str, &str); 5] = [
     ("summary.json", "application/json"),
@@ -437,6 +439,8 @@ enum Tailed {
     Trouble(String),
     /// The reader's token or grant no longer holds: the tail ends (the review cache bounds how late).
     Refused(String),
+    /// The job is gone: the tail ends.
+    Gone(String),
 }
 
 /// Follows a job's events as they are stored: Server-Sent Events (each event's `id` resumes after it, as
@@ -470,11 +474,47 @@ async fn tail(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/x-ndjson"));
+    let uid = job.metadata.uid.clone();
     let stream = async_stream::stream! {
-        loop {
+        let mut job_checked = tokio::time::Instant::now();
+        let mut reviewed = tokio::time::Instant::now();
+        'tail: loop {
+            // A tail outlives its first review: it is asked again on a clock, before each event once TAIL_EVERY
+            // has passed (a slow reader of a busy job never catches up, and a page of events can take it
+            // minutes), through the cache any request's review goes through, so a revoked RoleBinding or an
+            // expired token ends it as it would refuse a new request.
+            if reviewed.elapsed() >= TAIL_EVERY {
+                if let Err(e) = ctx.auth.check(&headers, access.clone()).await {
+                    yield Tailed::Refused(e.to_string());
+                    break;
+                }
+                reviewed = tokio::time::Instant::now();
+            }
+            // A tail of a job that is gone (deleted, or re-created under the same name) ends.
+            if job_checked.elapsed() >= JOB_CHECK_EVERY {
+                job_checked = tokio::time::Instant::now();
+                match self::job(&ctx, &ns, &name).await {
+                    Err(Error::NotFound(why)) => {
+                        yield Tailed::Gone(why);
+                        break;
+                    }
+                    Ok(j) if j.metadata.uid != uid => {
+                        yield Tailed::Gone(format!("TraceJob {name} was deleted and created again"));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
             match events::page(&folder, &cursor, 1000, &filters).await {
                 Ok(p) => {
                     for (node, ev, after) in p.events {
+                        if reviewed.elapsed() >= TAIL_EVERY {
+                            if let Err(e) = ctx.auth.check(&headers, access.clone()).await {
+                                yield Tailed::Refused(e.to_string());
+                                break 'tail;
+                            }
+                            reviewed = tokio::time::Instant::now();
+                        }
                         yield Tailed::Event { id: after.encode(), body: with_node(node, ev) };
                     }
                     cursor = p.next;
@@ -497,12 +537,6 @@ async fn tail(
                 _ = tokio::time::sleep(TAIL_EVERY) => {}
                 _ = stopping.changed() => break,
             }
-            // A tail outlives its first review: it is asked again (cached for as long as any request's), so a
-            // revoked RoleBinding or an expired token ends it as it would refuse a new request.
-            if let Err(e) = ctx.auth.check(&headers, access.clone()).await {
-                yield Tailed::Refused(e.to_string());
-                break;
-            }
         }
     };
     if ndjson {
@@ -511,7 +545,7 @@ async fn tail(
         let lines = stream.filter_map(|t| async move {
             match t {
                 Tailed::Event { body, .. } => Some(Ok(format!("{body}\n"))),
-                Tailed::Refused(why) => Some(Err(std::io::Error::other(why))),
+                Tailed::Refused(why) | Tailed::Gone(why) => Some(Err(std::io::Error::other(why))),
                 _ => None,
             }
         });
@@ -527,6 +561,7 @@ async fn tail(
             Tailed::End => Event::default().event("end").data("complete"),
             Tailed::Trouble(why) => Event::default().event("trouble").data(why),
             Tailed::Refused(why) => Event::default().event("refused").data(why),
+            Tailed::Gone(why) => Event::default().event("gone").data(why),
         })
     });
     Ok(Sse::new(events)

@@ -235,10 +235,12 @@ function follow(url, rows, note) {
     note.textContent = `live: ${seen} events so far (the newest ${Math.min(seen, TAIL_ROWS)} shown)`;
   };
   source.addEventListener('trouble', m => { note.textContent = `trouble reading results: ${m.data}`; });
-  source.addEventListener('refused', m => {
-    source.close();
-    note.textContent = `the live tail ended: ${m.data}`;
-  });
+  for (const ended of ['refused', 'gone']) {
+    source.addEventListener(ended, m => {
+      source.close();
+      note.textContent = `the live tail ended: ${m.data}`;
+    });
+  }
   source.addEventListener('end', () => {
     source.close();
     route(); // the job finished: show its final results

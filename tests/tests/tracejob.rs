@@ -2108,6 +2108,30 @@ async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
     )
     .await;
     assert_eq!((code, body.as_str()), (200, "[]"));
+    // A tail of a job deleted while it runs ends, saying so, rather than following a folder no job owns.
+    s.create_job(&(wakeups_job("doomed", "60s") + "  storage: {location: archive}\n"))
+        .await;
+    s.wait_attached("doomed").await;
+    let doomed_tail = follow_sse(port, &format!("{base}/doomed/events/tail"), &mine);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.jobs()
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deleted_at = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(8), doomed_tail)
+        .await
+        .expect("the tail of a deleted job went on")
+        .unwrap();
+    eprintln!(
+        "a deleted job's tail ended {:?} after the delete",
+        deleted_at.elapsed()
+    );
+    assert!(
+        ended.last.as_ref().is_some_and(|(name, _)| name == "gone"),
+        "the tail of the deleted job did not end gone: {:?}",
+        ended.last
+    );
     drop(server);
 }
 
