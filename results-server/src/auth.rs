@@ -28,8 +28,13 @@ pub const TOKEN_COOKIE: &str = "sonde_token";
 /// How long a refusal is kept (an allowance is kept for `Auth`'s `allowed_for`, 30 s by default, as the API
 /// server's own webhook authorizer does; never shorter than this).
 const REFUSED_FOR: Duration = Duration::from_secs(3);
-/// Past this many entries, expired ones are dropped.
+/// At most this many answers are kept: past it, expired ones are swept (once a second at most), and while it is
+/// still full a new answer is not kept. So a flood of random tokens costs one review each (what it would cost
+/// anyway: no two are alike) but neither memory without bound nor a sweep of the whole cache on every request
+/// under its lock, which once made every reader wait on an attacker.
 const CACHE_ENTRIES: usize = 10_000;
+/// How often a full cache is swept of expired answers at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// An authenticated user, as the TokenReview named them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -186,14 +191,37 @@ where
 
 /// Answers kept until they expire; a key being reviewed is reviewed once, whoever else asks meanwhile.
 struct Cache<K, V> {
-    slots: Mutex<HashMap<K, Slot<V>>>,
+    slots: Mutex<Slots<K, V>>,
+    capacity: usize,
+}
+
+struct Slots<K, V> {
+    map: HashMap<K, Slot<V>>,
+    swept: Instant,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     fn new() -> Self {
+        Self::with_capacity(CACHE_ENTRIES)
+    }
+
+    fn with_capacity(capacity: usize) -> Self {
         Cache {
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Slots {
+                map: HashMap::new(),
+                swept: Instant::now(),
+            }),
+            capacity,
         }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .len()
     }
 
     /// The answer for `key`: cached, or from `review` (called only when there is none and none under way).
@@ -206,14 +234,20 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         let now = Instant::now();
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            if slots.len() > CACHE_ENTRIES {
-                slots.retain(|_, s| s.get().is_none_or(|(until, _)| *until > now));
-            }
-            match slots.get(&key) {
-                Some(s) if s.get().is_none_or(|(until, _)| *until > now) => s.clone(),
+            let fresh = |s: &Slot<V>| s.get().is_none_or(|(until, _)| *until > now);
+            match slots.map.get(&key) {
+                Some(s) if fresh(s) => s.clone(),
                 _ => {
+                    if slots.map.len() >= self.capacity && now >= slots.swept + SWEEP_EVERY {
+                        slots.map.retain(|_, s| fresh(s));
+                        slots.swept = now;
+                    }
                     let s = Arc::new(tokio::sync::OnceCell::new());
-                    slots.insert(key, s.clone());
+                    // Full of answers that still hold: this one is not kept (an expired entry of its key is
+                    // replaced in place).
+                    if slots.map.len() < self.capacity || slots.map.contains_key(&key) {
+                        slots.map.insert(key, s.clone());
+                    }
                     s
                 }
             }
@@ -412,6 +446,38 @@ mod tests {
         let gone = auth.check(&bearer("good-a"), read_a).await.unwrap_err();
         assert!(matches!(gone, Error::Forbidden(_)), "{gone}");
         assert_eq!(fake.authz.load(Ordering::SeqCst), 2);
+    }
+
+    /// Random tokens past the cache's capacity: the cache stays at its capacity (answers past it are not kept),
+    /// a good token is still answered, and expired refusals are swept once a second at most, not per request.
+    #[tokio::test]
+    async fn a_flood_of_random_tokens_keeps_the_cache_bounded() {
+        let review = |v: Result<(), String>| async move { Ok(v) };
+        let cache: Cache<u32, Result<(), String>> = Cache::with_capacity(100);
+        let short = |_: &Result<(), String>| Duration::from_millis(50);
+        for key in 0..1_000 {
+            cache
+                .get(key, short, || review(Err("bad".into())))
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert!(cache.len() <= 100, "{} entries after {key}", cache.len());
+        }
+        assert_eq!(cache.len(), 100);
+        // Answers past the capacity are still given, only not kept.
+        cache
+            .get(5_000, short, || review(Ok(())))
+            .await
+            .unwrap()
+            .unwrap();
+        // Once the kept ones expire, the next request past the capacity sweeps them (after SWEEP_EVERY).
+        tokio::time::sleep(SWEEP_EVERY).await;
+        cache
+            .get(6_000, short, || review(Ok(())))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cache.len(), 1, "expired answers were not swept");
     }
 
     #[test]
