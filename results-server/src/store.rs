@@ -275,7 +275,6 @@ impl Folder {
     }
 
     async fn read_lines(&self, c: &ChunkRef) -> Result<Vec<String>> {
-        use std::io::BufRead;
         let raw = self
             .store
             .get(&c.key)
@@ -284,29 +283,13 @@ impl Folder {
             .bytes()
             .await
             .map_err(Error::Store)?;
-        let damaged = |why: String| Error::Damaged(format!("{}: {why}", c.key.as_ref()));
-        if let Some(want) = &c.sha256 {
-            let got: String = Sha256::digest(&raw)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            if &got != want {
-                return Err(damaged("SHA-256 differs from the manifest".into()));
-            }
-        }
-        let lines = std::io::BufReader::new(flate2::read::GzDecoder::new(&raw[..]))
-            .lines()
-            .collect::<std::io::Result<Vec<String>>>()
-            .map_err(|e| damaged(e.to_string()))?;
-        if let Some(n) = c.lines
-            && n != lines.len() as u64
-        {
-            return Err(damaged(format!(
-                "{} lines, the manifest says {n}",
-                lines.len()
-            )));
-        }
-        Ok(lines)
+        let name = c.key.as_ref().to_string();
+        let (sha256, lines) = (c.sha256.clone(), c.lines);
+        // Hashing and gunzipping 8 MiB is CPU work: on the blocking pool, not on the workers every other
+        // request is served from.
+        tokio::task::spawn_blocking(move || decode_chunk(&name, &raw, sha256.as_deref(), lines))
+            .await
+            .map_err(|e| Error::Damaged(format!("{}: decoding stopped: {e}", c.key.as_ref())))?
     }
 
     /// One of a node's end-of-trace files.
@@ -319,5 +302,85 @@ impl Folder {
             ))),
             Err(e) => Err(Error::Store(e)),
         }
+    }
+}
+
+/// The most NDJSON one chunk may inflate to: an agent cuts chunks at 8 MiB, so anything far larger is not one of
+/// its chunks (a compressed bomb from a forged upload) and is refused rather than held in memory.
+const MAX_CHUNK_BYTES: u64 = 64 << 20;
+
+/// A chunk's lines, checked against its manifest entry (SHA-256 of the stored bytes, line count).
+fn decode_chunk(
+    name: &str,
+    raw: &[u8],
+    sha256: Option<&str>,
+    lines: Option<u64>,
+) -> Result<Vec<String>> {
+    use std::io::{BufRead, Read};
+    let damaged = |why: String| Error::Damaged(format!("{name}: {why}"));
+    if let Some(want) = sha256 {
+        let got: String = Sha256::digest(raw)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if got != want {
+            return Err(damaged("SHA-256 differs from the manifest".into()));
+        }
+    }
+    let mut inflated = flate2::read::GzDecoder::new(raw).take(MAX_CHUNK_BYTES + 1);
+    let mut text = Vec::new();
+    inflated
+        .read_to_end(&mut text)
+        .map_err(|e| damaged(e.to_string()))?;
+    if text.len() as u64 > MAX_CHUNK_BYTES {
+        return Err(damaged(format!(
+            "inflates past {} MiB, more than any chunk an agent writes",
+            MAX_CHUNK_BYTES >> 20
+        )));
+    }
+    let out = text
+        .lines()
+        .collect::<std::io::Result<Vec<String>>>()
+        .map_err(|e| damaged(e.to_string()))?;
+    if let Some(n) = lines
+        && n != out.len() as u64
+    {
+        return Err(damaged(format!(
+            "{} lines, the manifest says {n}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gz(body: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(body).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn a_chunk_that_inflates_past_any_agents_is_refused_not_held() {
+        // 72 MiB of one repeated line: 70 KiB compressed.
+        let bomb = gz(&b"{}\n".repeat(24 << 20));
+        let err = decode_chunk("000000.ndjson.gz", &bomb, None, None).unwrap_err();
+        assert!(
+            matches!(&err, Error::Damaged(m) if m.contains("inflates past 64 MiB")),
+            "{err}"
+        );
+        let ok = decode_chunk(
+            "000001.ndjson.gz",
+            &gz(b"{\"a\":1}\n{\"a\":2}\n"),
+            None,
+            Some(2),
+        )
+        .unwrap();
+        assert_eq!(ok, ["{\"a\":1}", "{\"a\":2}"]);
     }
 }
