@@ -27,6 +27,13 @@ pub struct RunReport {
     pub duration_seconds: f64,
     /// `deadline`, `interrupt`, `threshold`, `deleted`, `window`, ...
     pub stopped_by: String,
+    /// CLOCK_MONOTONIC (ns) when the trace stopped, before detaching: with the time a stop was asked for, by the
+    /// same clock, how soon it took effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at_monotonic_ns: Option<u64>,
+    /// How long detaching took after the stop (the kernel's RCU grace periods, seconds under a flood).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detach_seconds: Option<f64>,
     /// Events captured, dropped (by reason), not kept (by reason), threshold breaches: the window's own for a
     /// window, as are the kernel's counters and run time below.
     pub counts: Counts,
@@ -90,6 +97,8 @@ impl Running {
                 .unwrap_or_else(|| self.window_started.elapsed())
                 .as_secs_f64(),
             stopped_by: stopped_by.to_string(),
+            stopped_at_monotonic_ns: self.stopped_at_ns,
+            detach_seconds: self.detached_in.map(|d| d.as_secs_f64()),
             counts: self.counts(),
             events_written: 0,
             kernel: self.kernel_stats(),

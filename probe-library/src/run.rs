@@ -112,6 +112,11 @@ pub struct Running {
     /// How long the trace (or its last window) ran, from attach to the stop: set by [`Running::finish`], before
     /// detaching, which under a flood waits out the kernel's RCU grace periods for seconds.
     pub traced: Option<Duration>,
+    /// CLOCK_MONOTONIC (ns) at that stop: a caller that knows when it asked for the stop (a signal, a breach),
+    /// by the same clock, measures how soon the trace ended, apart from the detach that follows.
+    pub stopped_at_ns: Option<u64>,
+    /// How long detaching took (the kernel's RCU grace periods; seconds under a flood).
+    pub detached_in: Option<Duration>,
 }
 
 impl Running {
@@ -139,6 +144,8 @@ impl Running {
             unread_at_stop: 0,
             detached_runtime: None,
             traced: None,
+            stopped_at_ns: None,
+            detached_in: None,
         })
     }
 
@@ -286,7 +293,10 @@ impl Running {
     pub fn finish(&mut self, top: usize, sink: impl FnMut(&Event)) -> Findings {
         let elapsed = self.window_started.elapsed();
         self.traced = Some(elapsed);
+        self.stopped_at_ns = Some(monotonic_ns());
+        let detaching = Instant::now();
         self.detach();
+        self.detached_in = Some(detaching.elapsed());
         self.drain_within(DrainLimit::FINAL, sink);
         self.discard_unread();
         self.aggregator.finish(&mut self.loaded.ebpf, elapsed, top)
@@ -307,4 +317,13 @@ impl Running {
         self.window_started = Instant::now();
         findings
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock every process on the host shares (and the kernel's ktime).
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec)
+        .unwrap_or_default()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or_default())
 }
