@@ -745,6 +745,62 @@ async fn a_killed_agent_leaves_nothing_attached_and_its_successor_is_truthful() 
     );
 }
 
+/// A session whose deadline passed while its agent was down is reported Failed by the agent that comes back,
+/// with the reason (DeadlinePassed) and that it had restarted, not left to the operator's silence timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_agent_reports_a_session_that_expired_meanwhile_as_failed() {
+    sonde_tests::requires!(Root, ControlPlane);
+    let mut s = Scene::new("expired").await;
+    s.ping_pod("ping").await;
+    s.create_job(&wakeups_job("expired", "4s")).await;
+    s.wait_attached("expired").await;
+    s.agent.as_mut().unwrap().kill();
+    // Past the deadline, well within REPORT_GRACE (30 s), after which the operator would fail it on silence.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let restarted = Instant::now();
+    s.start_agent();
+    let sessions = s.sessions();
+    let name = s.session_named("expired").await.metadata.name.unwrap();
+    let failed = wait_for(Duration::from_secs(15), || async {
+        sessions
+            .get(&name)
+            .await
+            .ok()
+            .and_then(|x| x.status)
+            .is_some_and(|st| st.phase == Phase::Failed)
+    })
+    .await;
+    let st = sessions
+        .get(&name)
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default();
+    assert!(
+        failed,
+        "the restarted agent did not fail the expired session: {st:?}"
+    );
+    assert!(
+        restarted.elapsed() < Duration::from_secs(15),
+        "failed on the operator's timeout, not by the agent"
+    );
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == types::FAILED && c.status == "True")
+        .unwrap_or_else(|| panic!("no Failed condition: {st:?}"));
+    assert_eq!(c.reason, "DeadlinePassed", "{c:?}");
+    assert!(
+        c.message.contains("agent restarted") && c.message.contains("deadline passed"),
+        "{}",
+        c.message
+    );
+    let job = s
+        .wait_job("expired", Duration::from_secs(20), finished)
+        .await;
+    assert_eq!(job.status.unwrap().phase, Phase::Failed);
+}
+
 /// A pod that starts matching while the job runs is traced from then on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_added_mid_run_is_traced() {
@@ -1064,15 +1120,45 @@ async fn a_standby_operator_takes_over_the_lease() {
         metrics.contains("sonde_operator_reconciles_total{kind=\"tracejob\"}"),
         "{metrics}"
     );
-    // A rollout's SIGTERM: the leader stops at once and hands the lease over rather than letting it expire.
+    // A rollout's SIGTERM: the leader stops at once and hands the lease over rather than letting it expire; a
+    // standby waiting for it leads within one poll, lease/3 (ARCHITECTURE.md), plus the API round trips of its
+    // try (allowance 250 ms).
+    let third_port = free_port();
+    let _third = Component::operator_named(
+        &s.operator_kc,
+        &s.lease_ns,
+        s.dir.path(),
+        "e2e-third",
+        third_port,
+    );
+    let third_up = wait_for(Duration::from_secs(10), || async {
+        http_get(third_port, "/healthz")
+            .await
+            .is_some_and(|(c, _)| c == 200)
+    })
+    .await;
+    assert!(third_up, "the third replica never served /healthz");
+    assert_eq!(holder().await, "e2e-standby");
     let exited = s
         .operator
         .as_mut()
         .unwrap()
         .terminate(Duration::from_secs(5));
+    let released = Instant::now();
     assert!(exited.is_some_and(|st| st.success()), "SIGTERM: {exited:?}");
     let after = holder().await;
     assert_ne!(after, "e2e-standby", "the stopped leader kept the lease");
+    let taken = wait_for(Duration::from_secs(10), || async {
+        holder().await == "e2e-third"
+    })
+    .await;
+    let took = released.elapsed();
+    eprintln!("the waiting standby led {took:?} after the leader exited on SIGTERM (lease 4 s)");
+    assert!(taken, "the waiting standby never took the released lease");
+    assert!(
+        took <= Duration::from_millis(4000 / 3 + 250),
+        "the waiting standby led {took:?} after the release, more than lease/3"
+    );
 }
 
 fn wakeups_policy(name: &str, per_second: u32, suspend: bool) -> String {
