@@ -675,7 +675,29 @@ fn tcp_retransmit_reports_dropped_syns_by_the_sockets_cgroup() {
     let elsewhere = v2.join("sonde-retransmit-test");
     let _ = std::fs::remove_dir(&elsewhere);
     std::fs::create_dir(&elsewhere).unwrap();
+    // Each run in a network namespace of its own (a thread's: the workload threads it spawns inherit it), so the
+    // kernel's TCPSynRetrans counted there is this run's alone: in the host's, other tests' connects counted too.
     let retransmits = |cgroup: u64| {
+        std::thread::spawn(move || retransmits_in_own_netns(cgroup))
+            .join()
+            .unwrap()
+    };
+    fn retransmits_in_own_netns(cgroup: u64) -> (u64, u64) {
+        #[expect(
+            deprecated,
+            reason = "unshare is deprecated for flags such as CLONE_FILES that other threads rely on; CLONE_NEWNET \
+                      moves only this thread"
+        )]
+        rustix::thread::unshare(rustix::thread::UnshareFlags::NEWNET)
+            .expect("unshare(CLONE_NEWNET)");
+        let lo = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(
+            lo.success(),
+            "ip link set lo up in the test's network namespace"
+        );
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let params = ProbeParams {
@@ -722,7 +744,7 @@ fn tcp_retransmit_reports_dropped_syns_by_the_sockets_cgroup() {
             .filter(|e| e["dst"] == dst.as_str())
             .count() as u64;
         (seen, by_kernel)
-    };
+    }
     let (mine, by_kernel) = retransmits(id(own));
     let (other, by_kernel_other) = retransmits(id("sonde-retransmit-test"));
     let _ = std::fs::remove_dir(&elsewhere);
@@ -735,10 +757,10 @@ fn tcp_retransmit_reports_dropped_syns_by_the_sockets_cgroup() {
     assert_eq!(other, 0, "a filter on another cgroup admitted our sockets");
 }
 
-/// The kernel's own count of retransmitted SYNs (TcpExt TCPSynRetrans in /proc/net/netstat): this host's network
-/// namespace, where nothing else retransmits SYNs while the kernel tests run.
+/// The kernel's own count of retransmitted SYNs (TcpExt TCPSynRetrans) in the calling thread's network namespace
+/// (`/proc/thread-self`: `/proc/net` is the process's, the host's here).
 fn syn_retransmits() -> u64 {
-    let text = std::fs::read_to_string("/proc/net/netstat").unwrap();
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap();
     let mut lines = text.lines();
     while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
         if let Some(i) = names.split_whitespace().position(|n| n == "TCPSynRetrans") {
