@@ -77,7 +77,7 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
         .unwrap_or_else(|| {
             rollup::later(
                 start,
-                SignedDuration::try_from(duration).unwrap_or(SignedDuration::MAX),
+                SignedDuration::try_from(duration).unwrap_or(SignedDuration::ZERO),
             )
         });
 
