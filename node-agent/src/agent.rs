@@ -23,7 +23,7 @@ use sonde_telemetry::Health;
 
 use crate::cgroups::PodCgroups;
 use crate::error::Result;
-use crate::limits::{Limits, Slots};
+use crate::limits::{Limits, Slots, SpoolGates};
 use crate::metrics::AgentMetrics;
 use crate::session::{self, SessionJob, Targets};
 
@@ -58,10 +58,11 @@ pub struct Agent {
     reloads: HashMap<String, ProbeSession>,
     /// Why one-shot sessions must stop now: set while this node is cordoned (a drain is under way).
     drained: watch::Sender<Option<String>>,
-    /// One per running session, `limits.max_sessions` in all.
+    /// One per running session, `limits.max_sessions` in all and `max_sessions_per_namespace` per namespace.
     slots: Slots,
-    /// Set by the uploader while results waiting for the store fill the spool: sessions keep no new events.
-    spool_full: Arc<std::sync::atomic::AtomicBool>,
+    /// Closed by the uploader while results waiting for the store fill the spool, or a namespace's share of it:
+    /// those sessions keep no new events.
+    spool_gates: SpoolGates,
     /// Spool directories the running sessions write in.
     held: crate::outbox::Live,
 }
@@ -87,7 +88,7 @@ impl Agent {
             health,
             cgroups: PodCgroups::new(&cfg.cgroup_root),
             slots: Slots::new(&cfg.limits),
-            spool_full: Arc::default(),
+            spool_gates: SpoolGates::default(),
             held: Arc::default(),
             client,
             cfg,
@@ -108,8 +109,8 @@ impl Agent {
             self.cfg.spool.clone(),
             self.client.clone(),
             self.metrics.clone(),
-            self.spool_full.clone(),
-            self.cfg.limits.max_spool_bytes,
+            self.spool_gates.clone(),
+            self.cfg.limits,
             self.cfg.storage.default_url().to_string(),
             self.held.clone(),
         );
@@ -256,10 +257,10 @@ impl Agent {
             redact_outside: self.cfg.redact_outside,
             limits: self.cfg.limits,
             node_wide_allowed,
-            spool_full: self.spool_full.clone(),
+            spool_gate: self.spool_gates.of(&namespace),
             held: self.held.clone(),
             metrics: self.metrics.clone(),
-            slot: self.slots.take(),
+            slot: self.slots.take(&namespace),
             resumed_note,
         };
         tracing::info!(session = %job.name, namespace = %job.namespace, probe = %s.spec.probe, "starting session");

@@ -31,12 +31,20 @@ struct Args {
     /// Sessions this agent runs at once; more fail with reason NodeAtCapacity (size it to the memory limit).
     #[arg(long, env = "SONDE_MAX_SESSIONS", default_value_t = Limits::default().max_sessions)]
     max_sessions: usize,
+    /// Sessions of one namespace this agent runs at once; more fail with reason NamespaceAtShare, so the rest
+    /// stay for other namespaces. Default: half of --max-sessions.
+    #[arg(long, env = "SONDE_MAX_SESSIONS_PER_NAMESPACE")]
+    max_sessions_per_namespace: Option<usize>,
     /// MiB of events one trace (or policy window) keeps on this node; past it events are counted, not kept.
     #[arg(long, env = "SONDE_MAX_EVENT_MIB", default_value_t = Limits::default().max_event_bytes >> 20)]
     max_event_mib: u64,
     /// MiB of results waiting in the spool for the object store; past it sessions keep no new events.
     #[arg(long, env = "SONDE_MAX_SPOOL_MIB", default_value_t = Limits::default().max_spool_bytes >> 20)]
     max_spool_mib: u64,
+    /// MiB of one namespace's results waiting in the spool; past it that namespace's sessions keep no new
+    /// events while the others' still do. Default: half of --max-spool-mib.
+    #[arg(long, env = "SONDE_MAX_SPOOL_MIB_PER_NAMESPACE")]
+    max_spool_mib_per_namespace: Option<u64>,
     /// Ceiling on a session's kernel CPU budget (percent of one CPU); larger budgets are lowered to it.
     #[arg(long, env = "SONDE_MAX_KERNEL_CPU_PERCENT", default_value_t = Limits::default().max_kernel_cpu_percent)]
     max_kernel_cpu_percent: f64,
@@ -104,9 +112,16 @@ async fn main() -> anyhow::Result<()> {
         node_wide: sonde_crds::NodeWide::parse(&args.node_wide_namespaces),
         limits: Limits {
             max_sessions: args.max_sessions,
+            max_sessions_per_namespace: args
+                .max_sessions_per_namespace
+                .unwrap_or(Limits::half(args.max_sessions as u64) as usize),
             max_event_bytes: args.max_event_mib << 20,
             max_kernel_cpu_percent: args.max_kernel_cpu_percent,
             max_spool_bytes: args.max_spool_mib << 20,
+            max_spool_bytes_per_namespace: args
+                .max_spool_mib_per_namespace
+                .unwrap_or(Limits::half(args.max_spool_mib))
+                << 20,
         },
     };
     tokio::select! {

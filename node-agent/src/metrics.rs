@@ -17,6 +17,9 @@ pub struct AgentMetrics {
     pub results_abandoned: Counter,
     /// 1 while the spooled results are over `agent.limits.maxSpoolMiB` (sessions keep no new events).
     pub spool_full: Gauge,
+    /// Namespaces whose results waiting in the spool are over `agent.limits.maxSpoolMiBPerNamespace` (their
+    /// sessions keep no new events; the others' still do).
+    pub namespaces_over_spool_share: Gauge,
     /// Sessions that ended Failed, by `reason` (their `Failed` condition's: `unsupported_kernel`, `OverBudget`,
     /// `StorageNotAllowed`, `ResultsLost`, ...).
     pub sessions_failed: Family<Vec<(&'static str, &'static str)>, Counter>,
@@ -63,6 +66,12 @@ impl AgentMetrics {
             "spool_full",
             "1 while results waiting for the object store fill the spool to its cap: new events are not kept",
             m.spool_full.clone(),
+        );
+        r.register(
+            "namespaces_over_spool_share",
+            "Namespaces whose results waiting for the object store fill their share of the spool: their new \
+             events are not kept",
+            m.namespaces_over_spool_share.clone(),
         );
         r.register(
             "events_not_kept",

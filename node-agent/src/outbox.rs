@@ -24,7 +24,6 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -35,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use sonde_crds::conditions::{Conditions, types};
 use sonde_crds::{ProbeSession, Upload, UploadState};
 
+use crate::limits::{Limits, SpoolGates};
 use crate::upload;
 
 /// The marker of a sealed result set.
@@ -486,9 +486,12 @@ pub struct Uploader {
     pub spool: PathBuf,
     pub client: Client,
     pub metrics: crate::metrics::AgentMetrics,
-    /// Set while sealed sets take more than `max_spool_bytes`: sessions then keep no new events.
-    pub spool_full: Arc<AtomicBool>,
-    pub max_spool_bytes: u64,
+    /// Closed while sealed sets take more than the node's `max_spool_bytes`, or a namespace's more than its
+    /// share: those sessions then keep no new events.
+    pub spool_gates: SpoolGates,
+    pub limits: Limits,
+    /// Whether the node's spool was full at the last look, to log the change once.
+    spool_full: bool,
     /// The admin's default store as this agent has it ([`Destination::store`]).
     default_store: String,
     /// Directories running sessions hold.
@@ -504,8 +507,8 @@ impl Uploader {
         spool: PathBuf,
         client: Client,
         metrics: crate::metrics::AgentMetrics,
-        spool_full: Arc<AtomicBool>,
-        max_spool_bytes: u64,
+        spool_gates: SpoolGates,
+        limits: Limits,
         default_store: String,
         live: Live,
     ) -> Uploader {
@@ -513,8 +516,9 @@ impl Uploader {
             spool,
             client,
             metrics,
-            spool_full,
-            max_spool_bytes,
+            spool_gates,
+            limits,
+            spool_full: false,
             default_store,
             live,
             started: Instant::now(),
@@ -538,23 +542,32 @@ impl Uploader {
         }
         let (sealed, running) = find(&self.spool);
         self.metrics.results_pending.set(sealed.len() as i64);
-        // Sealed sets and the chunks running traces have not sent yet: both wait for the store.
-        let bytes: u64 = sealed
-            .iter()
-            .map(|(d, _)| d)
-            .chain(running.iter().map(|(d, _)| d))
-            .map(|d| dir_bytes(d))
-            .sum();
-        let full = bytes > self.max_spool_bytes;
-        if full != self.spool_full.swap(full, Ordering::Relaxed) {
+        // Sealed sets and the chunks running traces have not sent yet: both wait for the store, counted against
+        // the node's cap and their namespace's share.
+        let mut waiting: HashMap<String, u64> = HashMap::new();
+        let sets = sealed.iter().map(|(d, p)| (d, &p.to.namespace));
+        for (dir, ns) in sets.chain(running.iter().map(|(d, to)| (d, &to.namespace))) {
+            let b = waiting.entry(ns.clone()).or_default();
+            *b = b.saturating_add(dir_bytes(dir));
+        }
+        let bytes = waiting.values().fold(0u64, |a, b| a.saturating_add(*b));
+        let used = self.spool_gates.measure(&self.limits, waiting);
+        if used.node_full != self.spool_full {
+            self.spool_full = used.node_full;
             tracing::warn!(
                 bytes,
-                cap = self.max_spool_bytes,
-                full,
+                cap = self.limits.max_spool_bytes,
+                full = used.node_full,
                 "results waiting in the spool vs its cap"
             );
         }
-        self.metrics.spool_full.set(i64::from(full));
+        if !used.over_share.is_empty() {
+            tracing::info!(namespaces = ?used.over_share, share = self.limits.max_spool_bytes_per_namespace, "namespaces past their share of the spool keep no new events");
+        }
+        self.metrics.spool_full.set(i64::from(used.node_full));
+        self.metrics
+            .namespaces_over_spool_share
+            .set(used.over_share.len() as i64);
         // Per session: whether its final set (and so its result URLs) went up in this pass. One status write
         // each, so the job never sees the upload complete without the URLs.
         let mut touched: HashMap<(String, String), Option<Vec<String>>> = HashMap::new();
@@ -776,6 +789,55 @@ mod tests {
         assert_eq!(std::fs::read(key).unwrap(), b"{\"n\":1}\n");
     }
 
+    /// One namespace's results waiting past its share of the spool close that namespace's gate only: its
+    /// sessions keep no new events, another namespace's (whose running trace has chunks waiting too) still do.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_namespace_past_its_share_of_the_spool_waits_alone() {
+        let spool = tempfile::tempdir().unwrap();
+        let down = "results+http://127.0.0.1:1";
+        let mut a = to("tracejobs/team-a/big-1/node");
+        (a.namespace, a.store_url) = ("team-a".into(), down.into());
+        let dir = spool.path().join("team-a/big/a");
+        start(&dir, &a).unwrap();
+        std::fs::write(dir.join("summary.json"), vec![b' '; 2 << 20]).unwrap();
+        seal(&dir, &a, &[dir.join("summary.json")], true, false).unwrap();
+        let mut b = to("tracejobs/team-b/small-1/node");
+        (b.namespace, b.store_url, b.stream) = ("team-b".into(), down.into(), true);
+        let running = spool.path().join("team-b/small/a");
+        start(&running, &b).unwrap();
+        std::fs::write(running.join("chunk"), vec![b' '; 100 << 10]).unwrap();
+        let gates = SpoolGates::default();
+        let (gate_a, gate_b) = (gates.of("team-a"), gates.of("team-b"));
+        let api = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        let metrics = crate::metrics::AgentMetrics::default();
+        let mut u = Uploader::new(
+            spool.path().to_path_buf(),
+            kube::Client::try_from(api).unwrap(),
+            metrics.clone(),
+            gates.clone(),
+            Limits {
+                max_spool_bytes: 100 << 20,
+                max_spool_bytes_per_namespace: 1 << 20,
+                ..Default::default()
+            },
+            String::new(),
+            Live::default(),
+        );
+        u.pass().await;
+        assert!(gate_a.is_closed(), "team-a is past its share");
+        assert!(
+            gate_a.why().contains("namespace team-a's results")
+                && gate_a.why().contains(
+                    "(2 MiB waiting; Helm value agent.limits.maxSpoolMiBPerNamespace, 1 MiB)"
+                ),
+            "{}",
+            gate_a.why()
+        );
+        assert!(!gate_b.is_closed(), "team-b paid for team-a's results");
+        assert_eq!(metrics.namespaces_over_spool_share.get(), 1);
+        assert_eq!(metrics.spool_full.get(), 0);
+    }
+
     /// A store that cannot be used is tried once per pass: its other sets wait with its backoff instead of each
     /// timing out in front of the sets of a store that is up. A set written for the default store goes to the
     /// default store the agent has now (a reinstalled results server has a new address).
@@ -805,8 +867,12 @@ mod tests {
             spool.path().to_path_buf(),
             kube::Client::try_from(api).unwrap(),
             crate::metrics::AgentMetrics::default(),
-            Arc::new(AtomicBool::new(false)),
-            u64::MAX,
+            SpoolGates::default(),
+            Limits {
+                max_spool_bytes: u64::MAX,
+                max_spool_bytes_per_namespace: u64::MAX,
+                ..Default::default()
+            },
             up.clone(),
             Live::default(),
         );

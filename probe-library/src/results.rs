@@ -3,8 +3,8 @@
 //! graph SVG. The node agent uploads the same files.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -24,7 +24,7 @@ pub struct ResultsWriter {
     /// Events the caps kept out of the results (aggregates still count them).
     pub not_kept: u64,
     /// Closed by the caller while events must not be kept (the node agent's spool is full), with the reason.
-    gate: Option<(Arc<AtomicBool>, String)>,
+    gate: Option<Gate>,
     /// Of `not_kept`, those the closed gate refused.
     pub refused: u64,
     /// Of `not_kept`, those past `max_events`.
@@ -36,6 +36,41 @@ pub struct ResultsWriter {
     /// bytes.
     reported: [u64; 4],
     line: Vec<u8>,
+}
+
+/// Closed by its owner while events must not be kept, with why; shared by the writers it gates. The reason is
+/// read only when a status is written, the flag on every event.
+#[derive(Clone, Debug, Default)]
+pub struct Gate {
+    closed: Arc<AtomicBool>,
+    why: Arc<Mutex<String>>,
+}
+
+impl Gate {
+    /// Closes the gate, saying why.
+    pub fn close(&self, why: impl Into<String>) {
+        *self.why.lock().unwrap_or_else(|e| e.into_inner()) = why.into();
+        self.closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Opens it again; the last reason stays for the notes of events it refused meanwhile.
+    pub fn open(&self) {
+        self.closed.store(false, Ordering::Relaxed);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Why it was last closed.
+    pub fn why(&self) -> String {
+        self.why.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether anything but this handle still holds the gate.
+    pub fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.closed) > 1
+    }
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -87,16 +122,17 @@ impl ResultsWriter {
         self
     }
 
-    /// While `closed` is set, events are counted (in `not_kept` and `refused`) and not written; `why` says why.
-    pub fn with_gate(mut self, closed: Arc<AtomicBool>, why: impl Into<String>) -> Self {
-        self.gate = Some((closed, why.into()));
+    /// While `gate` is closed, events are counted (in `not_kept` and `refused`) and not written; the gate says
+    /// why.
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = Some(gate);
         self
     }
 
     /// Why events stopped being kept, once a cap was reached: one sentence for a status message.
     pub fn cap_note(&self) -> Option<String> {
         if self.refused > 0 {
-            let why = self.gate.as_ref().map(|g| g.1.as_str()).unwrap_or_default();
+            let why = self.gate.as_ref().map(Gate::why).unwrap_or_default();
             return Some(format!(
                 "{} events were counted but not kept: {why}; the {} kept before are intact",
                 self.refused, self.written
@@ -159,11 +195,7 @@ impl ResultsWriter {
             self.write_failed += 1;
             return Ok(());
         }
-        if self
-            .gate
-            .as_ref()
-            .is_some_and(|g| g.0.load(Ordering::Relaxed))
-        {
+        if self.gate.as_ref().is_some_and(Gate::is_closed) {
             self.not_kept += 1;
             self.refused += 1;
             return Ok(());
@@ -327,12 +359,12 @@ mod tests {
     #[test]
     fn a_closed_gate_refuses_events_and_says_why() {
         let dir = tempfile::tempdir().unwrap();
-        let closed = Arc::new(AtomicBool::new(false));
+        let gate = Gate::default();
         let mut w = ResultsWriter::create(dir.path(), true, 1_000)
             .unwrap()
-            .with_gate(closed.clone(), "the spool is full");
+            .with_gate(gate.clone());
         w.event(&event(0)).unwrap();
-        closed.store(true, Ordering::Relaxed);
+        gate.close("the spool is full");
         w.event(&event(1)).unwrap();
         w.event(&event(2)).unwrap();
         assert_eq!((w.written, w.refused, w.not_kept), (1, 2, 2));
@@ -346,16 +378,16 @@ mod tests {
     #[test]
     fn events_not_kept_are_told_once_by_reason() {
         let dir = tempfile::tempdir().unwrap();
-        let closed = Arc::new(AtomicBool::new(false));
+        let gate = Gate::default();
         let mut w = ResultsWriter::create(dir.path(), true, 3)
             .unwrap()
-            .with_gate(closed.clone(), "full");
+            .with_gate(gate.clone());
         for i in 0..5 {
             w.event(&event(i)).unwrap();
         }
         assert_eq!(w.take_not_kept(), vec![("MaxEvents", 2)]);
         assert_eq!(w.take_not_kept(), vec![]);
-        closed.store(true, Ordering::Relaxed);
+        gate.close("full");
         w.event(&event(6)).unwrap();
         assert_eq!(w.take_not_kept(), vec![("SpoolFull", 1)]);
     }

@@ -32,6 +32,24 @@ pub enum Error {
     /// Results of an object that no longer exists: nobody could read them.
     #[error("{0}")]
     Gone(String),
+    /// An upload of a namespace that holds its share of the server's volume or more (`share`). The agent keeps
+    /// the results and retries, showing this in the session's status: hence what frees the share, and that
+    /// deleting a job does not (results outlive their object).
+    #[error(
+        "namespace {namespace} holds {} MiB of results on this server's volume, its share is {} MiB (Helm value \
+         results.persistence.maxMiBPerNamespace): its uploads wait until it holds less. Deleting a TraceJob or \
+         ProbePolicy keeps its results: ask the admin to delete old ones (tracejobs/{namespace}/ and \
+         probepolicies/{namespace}/ on the volume) or for a larger share",
+        .held.div_ceil(1 << 20),
+        .share >> 20
+    )]
+    OverShare {
+        namespace: String,
+        /// Bytes it holds (as last listed, plus the puts accepted since).
+        held: u64,
+        /// Bytes it may hold.
+        share: u64,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -47,6 +65,7 @@ impl Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Gone(_) => StatusCode::GONE,
             Error::Damaged(_) | Error::Stored(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::OverShare { .. } => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -64,6 +83,7 @@ impl Error {
             Error::Conflict(_) => "Conflict",
             Error::Gone(_) => "Gone",
             Error::Stored(_) => "StorageWrite",
+            Error::OverShare { .. } => "OverShare",
         }
     }
 }
@@ -83,7 +103,9 @@ pub struct Problem {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // A namespace over its share is its own state, not the server's (counted as
+        // `sonde_results_refused_over_share_total`): its agents retry every minute and would flood the log.
+        if status.is_server_error() && !matches!(self, Error::OverShare { .. }) {
             tracing::warn!(error = %self, reason = self.reason(), "request failed");
         }
         let body = Problem {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod intake;
 pub mod routes;
+pub mod share;
 pub mod store;
 pub mod web;
 

@@ -24,6 +24,10 @@ struct Args {
     /// node's results into the default storage location through this server (clusters without S3).
     #[arg(long, env = "SONDE_AGENT_USER")]
     agent_user: Option<String>,
+    /// What each namespace's uploads may hold on the server's volume, in MiB (0: no share): past it, its uploads
+    /// are refused (507) until it holds less, so one namespace cannot fill the volume for every other.
+    #[arg(long, env = "SONDE_MAX_MIB_PER_NAMESPACE", default_value_t = 0)]
+    max_mib_per_namespace: u64,
     /// How long an allowed review is trusted, in seconds: a revoked grant or token takes effect after at most
     /// this long, on new requests and on live tails alike.
     #[arg(long, env = "SONDE_AUTHORIZED_TTL_SECONDS", default_value_t = 30)]
@@ -55,6 +59,20 @@ async fn main() -> anyhow::Result<()> {
         "TokenReview and SubjectAccessReview calls to the API server",
         calls.clone(),
     );
+    let share = sonde_results::share::Share::new(
+        args.max_mib_per_namespace,
+        sonde_results::share::LIST_EVERY,
+    );
+    sub.register(
+        "refused_over_share",
+        "Uploads refused because their namespace held its share of the volume (--max-mib-per-namespace)",
+        share.refused.clone(),
+    );
+    sub.register(
+        "namespace_bytes",
+        "Bytes of results each namespace holds on the volume, as last listed plus uploads since (with a share only)",
+        share.held.clone(),
+    );
     let health = sonde_telemetry::Health::new(registry);
     sonde_telemetry::serve(args.metrics_addr, health.clone()).await?;
     let stores = store::Stores::parse(
@@ -75,7 +93,9 @@ async fn main() -> anyhow::Result<()> {
             std::time::Duration::from_secs(args.authorized_ttl_seconds),
         ),
         stores,
-        intake: args.agent_user.map(sonde_results::intake::Intake::new),
+        intake: args
+            .agent_user
+            .map(|user| sonde_results::intake::Intake::new(user, share)),
         requests,
         stopping,
     });

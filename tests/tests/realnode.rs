@@ -1299,22 +1299,31 @@ fn end_reason(st: &Value) -> String {
 }
 
 /// Specs that pass the schema but ask the most of the agent, all at once next to a canary (field case A), on
-/// the chart's default limits: twelve sessions. Each hostile session ends with a reason (or, for the standing
-/// and day-long ones, keeps running until deleted), one session past the limit is refused with
-/// NodeAtCapacity, the agent process is never restarted and its memory stays under the pod's limit, and the
-/// canary's answer is the field case's.
+/// the chart's default limits: twelve sessions, six from each of two namespaces (each namespace's share). Each
+/// hostile session ends with a reason (or, for the standing and day-long ones, keeps running until deleted),
+/// one more session of a namespace at its share is refused with NamespaceAtShare and one of a third namespace
+/// with NodeAtCapacity, the agent process is never restarted and its memory stays under the pod's limit, and
+/// the canary's answer is the field case's.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
     sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
     let node = RealNode::get();
     chart(node).await;
-    let ns = "hostile";
-    fresh_namespace(node, ns);
-    let _gone = DeleteOnDrop(node, ns);
-    apply(node, ns, &workload_pod(node, "mine", 21100));
-    apply(node, ns, &ping_deployment(node));
-    wait_pods_ready(node, ns);
+    let (ns, ns_b, ns_c) = ("hostile", "hostile-b", "hostile-c");
+    let _gone = [ns, ns_b, ns_c].map(|n| {
+        fresh_namespace(node, n);
+        DeleteOnDrop(node, n)
+    });
+    for n in [ns, ns_b, ns_c] {
+        apply(node, n, &workload_pod(node, "mine", 21100));
+    }
+    for n in [ns, ns_b] {
+        apply(node, n, &ping_deployment(node));
+    }
+    for n in [ns, ns_b, ns_c] {
+        wait_pods_ready(node, n);
+    }
     wait_until(
         "no session of an earlier test still runs",
         Duration::from_secs(90),
@@ -1346,7 +1355,8 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
     let comms = "[w-mine, aaaaaaaaaaaaaaa, bbbbbbbbbbbbbbb, ccccccccccccccc, ddddddddddddddd, \
                  eeeeeeeeeeeeeee, fffffffffffffff, ggggggggggggggg]";
     let cap = "output: {maxEvents: 100000000}";
-    // (name, spec, the end reasons it may have). Durations are 20s but for the day-long job.
+    // (name, spec, the end reasons it may have). Durations are 30s but for the day-long job: they must outlast the
+    // refusals checked after all twelve attach.
     let table: Vec<(&str, String, &[&str])> = vec![
         (
             "top-max",
@@ -1412,7 +1422,8 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
          target: {{podSelector: {{matchLabels: {{app: ping}}}}}}\n  duration: 45s\n  \
          thresholds: [{{metric: wakeupsPerSecond, value: 200}}]\n"
     )];
-    for (name, spec, _) in &table {
+    let mut yaml_b = vec![];
+    for (i, (name, spec, _)) in table.iter().enumerate() {
         let target = if spec.contains("target:") {
             String::new()
         } else {
@@ -1421,29 +1432,42 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
         let duration = if spec.contains("duration:") {
             ""
         } else {
-            "  duration: 20s\n"
+            "  duration: 30s\n"
         };
-        yaml.push(format!(
+        // The canary and the first five in one namespace, the rest in another: six each, each one's share.
+        let home = if i < 5 { &mut yaml } else { &mut yaml_b };
+        home.push(format!(
             "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: {name}}}\nspec:\n  \
              {spec}\n{target}{duration}"
         ));
     }
-    yaml.push(format!(
+    yaml_b.push(format!(
         "apiVersion: sonde.dev/v1alpha1\nkind: ProbePolicy\nmetadata: {{name: tiny-windows}}\nspec:\n  \
          probe: runq-latency\n  target: {{{pods}}}\n  window: 10s\n  \
          thresholds: [{{metric: runqLatencyUs, value: 0, comparison: GreaterOrEqual}}]\n  {cap}\n"
     ));
+    assert_eq!(
+        (yaml.len(), yaml_b.len()),
+        (6, 6),
+        "each namespace fills its share"
+    );
     apply(node, ns, &yaml.join("---\n"));
+    apply(node, ns_b, &yaml_b.join("---\n"));
     let mut owners: Vec<&str> = table.iter().map(|(n, _, _)| *n).collect();
     owners.extend(["canary", "tiny-windows"]);
     assert_eq!(owners.len(), 12, "the table fills the default limit");
+    let home_of = |owner: &str| match table.iter().position(|(n, _, _)| *n == owner) {
+        Some(i) if i >= 5 => ns_b,
+        None if owner == "tiny-windows" => ns_b,
+        _ => ns,
+    };
     wait_until(
         "all twelve sessions attach",
         Duration::from_secs(90),
         || {
             owners
                 .iter()
-                .all(|o| session_of(node, ns, o)["status"]["phase"] == "Running")
+                .all(|o| session_of(node, home_of(o), o)["status"]["phase"] == "Running")
         },
     )
     .await;
@@ -1451,41 +1475,47 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
         "twelve sessions attached; agent memory {:?} MiB",
         memory_mib(agents[0])
     );
-    let attached = session_of(node, ns, "cpu-10khz");
+    let attached = session_of(node, home_of("cpu-10khz"), "cpu-10khz");
     let attached = attached["status"]["conditions"].to_string();
     assert!(
         attached.contains("lowered from 100% to 10%"),
         "the budget over the node's ceiling was not lowered: {attached}"
     );
 
-    // One more than the limit: refused at once, naming the limit; the others go on.
-    apply(
-        node,
-        ns,
-        &format!(
-            "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: one-too-many}}\nspec:\n  \
-             probe: exec\n  target: {{{pods}}}\n  duration: 20s\n"
+    // One more of a namespace at its share, and one of a third namespace on the full node: each refused at
+    // once, naming its limit; the others go on.
+    for (n, reason, limit) in [
+        (
+            ns,
+            "NamespaceAtShare",
+            "agent.limits.maxSessionsPerNamespace",
         ),
-    );
-    let st = finished_job(node, ns, "one-too-many", Duration::from_secs(60)).await;
-    let session = session_of(node, ns, "one-too-many");
-    assert_eq!(
-        end_reason(&session["status"]),
-        "NodeAtCapacity",
-        "{session}"
-    );
-    assert_eq!(st["phase"], "Failed", "{st}");
-    assert!(
-        st.to_string().contains("agent.limits.maxSessions"),
-        "the job does not name the limit: {st}"
-    );
+        (ns_c, "NodeAtCapacity", "agent.limits.maxSessions"),
+    ] {
+        apply(
+            node,
+            n,
+            &format!(
+                "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: one-too-many}}\nspec:\n  \
+                 probe: exec\n  target: {{{pods}}}\n  duration: 20s\n"
+            ),
+        );
+        let st = finished_job(node, n, "one-too-many", Duration::from_secs(60)).await;
+        let session = session_of(node, n, "one-too-many");
+        assert_eq!(end_reason(&session["status"]), reason, "{session}");
+        assert_eq!(st["phase"], "Failed", "{st}");
+        assert!(
+            st.to_string().contains(limit),
+            "the job does not name the limit: {st}"
+        );
+    }
 
     let mut peak = (0f64, 0f64);
     for (name, _, reasons) in table.iter().filter(|(_, _, r)| !r.is_empty()) {
-        let st = finished_job(node, ns, name, Duration::from_secs(120)).await;
+        let st = finished_job(node, home_of(name), name, Duration::from_secs(120)).await;
         let m = memory_mib(agents[0]);
         peak = (peak.0.max(m.0), peak.1.max(m.1));
-        let session = &session_of(node, ns, name)["status"];
+        let session = &session_of(node, home_of(name), name)["status"];
         let reason = end_reason(session);
         assert!(
             reasons.contains(&reason.as_str()),
@@ -1515,14 +1545,14 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
         "the canary lost its answer: {canary}"
     );
     // The standing and the day-long sessions still run, then detach when deleted.
-    let policy = session_of(node, ns, "tiny-windows");
+    let policy = session_of(node, ns_b, "tiny-windows");
     assert_eq!(policy["status"]["phase"], "Running", "{policy}");
     assert!(
         policy["status"]["windows"].as_u64().unwrap_or_default() >= 2,
         "{policy}"
     );
     assert_eq!(
-        session_of(node, ns, "day-long")["status"]["phase"],
+        session_of(node, home_of("day-long"), "day-long")["status"]["phase"],
         "Running"
     );
     kubectl_ok(
@@ -1531,17 +1561,25 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
             "delete",
             "probepolicy",
             "-n",
-            ns,
+            ns_b,
             "tiny-windows",
             "--timeout=60s",
         ],
     );
     kubectl_ok(
         node,
-        &["delete", "tracejob", "-n", ns, "day-long", "--timeout=60s"],
+        &[
+            "delete",
+            "tracejob",
+            "-n",
+            home_of("day-long"),
+            "day-long",
+            "--timeout=60s",
+        ],
     );
     wait_until("their sessions go", Duration::from_secs(30), || {
-        session_of(node, ns, "tiny-windows").is_null() && session_of(node, ns, "day-long").is_null()
+        session_of(node, ns_b, "tiny-windows").is_null()
+            && session_of(node, home_of("day-long"), "day-long").is_null()
     })
     .await;
     assert_eq!(
@@ -1561,7 +1599,6 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
         peak.0,
         peak.1
     );
-    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
 }
 
 /// `helm upgrade` of the installed release with one value changed (`--set-json`), waiting for the rollout.

@@ -1178,6 +1178,94 @@ spec:
     )
 }
 
+/// Fair shares of a node: one namespace's twelve ProbePolicies take at most half of the agent's twelve session
+/// slots (the chart's defaults, maxSessionsPerNamespace 6): the rest are refused with NamespaceAtShare, naming
+/// the limit, and another namespace's job on the same node attaches and succeeds. Before the per-namespace
+/// share, team-a held all twelve slots and team-b's job failed with NodeAtCapacity.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_namespaces_policies_leave_room_on_the_node_for_another_namespaces_job() {
+    sonde_tests::requires!(Root, ControlPlane);
+    let mut s = Scene::new("share-a").await;
+    s.ping_pod("ping").await;
+    let other = TestNamespace::create(s.plane, "share-b").await;
+    let pod = RealPod::start(
+        &s.client,
+        &other.name,
+        "ping",
+        &[("app", "ping")],
+        CgroupDriver::Systemd,
+        &fast_ping_argv(),
+    )
+    .await
+    .expect("team-b's pod");
+    s.pods.push(pod);
+    let policies: Vec<String> = (0..12)
+        .map(|i| {
+            format!(
+                "apiVersion: sonde.dev/v1alpha1\nkind: ProbePolicy\nmetadata: {{name: standing-{i}}}\nspec:\n  \
+                 probe: exec\n  target: {{podSelector: {{matchLabels: {{app: ping}}}}}}\n  window: 60s\n"
+            )
+        })
+        .collect();
+    let file = s.dir.path().join("policies.yaml");
+    std::fs::write(&file, policies.join("---\n")).unwrap();
+    let (ok, _, err) = s.plane_kubectl(&["apply", "-n", &s.ns.name, "-f", file.to_str().unwrap()]);
+    assert!(ok, "kubectl apply: {err}");
+    // Six run; six are refused by the agent, each naming the namespace's share.
+    let settled = || async {
+        let sessions = s.session_list().await;
+        let running = sessions
+            .iter()
+            .filter(|x| {
+                x.status
+                    .as_ref()
+                    .is_some_and(|st| st.phase == Phase::Running)
+            })
+            .count();
+        let refused: Vec<String> = sessions
+            .iter()
+            .filter_map(|x| x.status.as_ref())
+            .filter(|st| st.phase == Phase::Failed)
+            .filter_map(|st| st.conditions.iter().find(|c| c.type_ == types::FAILED))
+            .map(|c| format!("{}: {}", c.reason, c.message))
+            .collect();
+        (running, refused)
+    };
+    let shared = wait_for(Duration::from_secs(60), || async {
+        let (running, refused) = settled().await;
+        running == 6 && refused.len() == 6
+    })
+    .await;
+    let (running, refused) = settled().await;
+    assert!(shared, "{running} running, refused: {refused:#?}");
+    for r in &refused {
+        assert!(
+            r.starts_with("NamespaceAtShare: ")
+                && r.contains(&format!("namespace {} already runs 6 sessions", s.ns.name))
+                && r.contains("agent.limits.maxSessionsPerNamespace"),
+            "{r}"
+        );
+    }
+    // team-b's job on the same node: attached and done, its answer intact.
+    let jobs: Api<TraceJob> = Api::namespaced(s.client.clone(), &other.name);
+    let job: TraceJob = serde_yaml::from_str(&wakeups_job("neighbour", "3s")).unwrap();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let done = wait_for(Duration::from_secs(40), || async {
+        jobs.get("neighbour").await.is_ok_and(|j| finished(&j))
+    })
+    .await;
+    let st = jobs
+        .get("neighbour")
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default();
+    assert!(done, "team-b's job did not finish: {st:#?}");
+    assert_eq!(st.phase, Phase::Succeeded, "{st:#?}");
+    assert_eq!(st.nodes.attached, 1, "{st:#?}");
+    assert!(st.counts.captured > 0, "{st:#?}");
+}
+
 /// A standing probe: windows roll with their summary, breaches raise the condition and an Event; editing the
 /// policy (as GitOps would re-apply it) reloads its sessions only, not another policy's; suspend detaches.
 #[tokio::test(flavor = "multi_thread")]
@@ -1510,7 +1598,11 @@ async fn results_stream_through_two_store_outages_and_an_agent_killed_mid_upload
         wait_for(Duration::from_secs(15), || async { seen(&s3) >= 2 }).await,
         "no chunk reached the store while the job runs"
     );
+    // Disturbed spans (CLOCK_MONOTONIC): from an outage or the agent's kill until the store has a new chunk.
+    // The documented capture-to-visible figures are for chunks whose capture-to-read span misses them all.
+    let mut disturbed: Vec<(u64, u64)> = vec![];
     // Outage 1: the job says its results wait on the node, then streams on once the store is back.
+    let down = sonde_tests::monotonic_ns();
     s3.stop();
     let job = s
         .wait_job(
@@ -1550,7 +1642,9 @@ async fn results_stream_through_two_store_outages_and_an_agent_killed_mid_upload
         wait_for(Duration::from_secs(10), || async { seen(&s3) > before }).await,
         "streaming did not resume after the outage"
     );
+    disturbed.push((down, sonde_tests::monotonic_ns()));
     // Outage 2.
+    let down = sonde_tests::monotonic_ns();
     s3.stop();
     tokio::time::sleep(Duration::from_secs(4)).await;
     s3.restart();
@@ -1562,6 +1656,12 @@ async fn results_stream_through_two_store_outages_and_an_agent_killed_mid_upload
     );
     s.agent_with_archive(&s3, &[]);
     s3.release_answers();
+    let before = seen(&s3);
+    assert!(
+        wait_for(Duration::from_secs(15), || async { seen(&s3) > before }).await,
+        "the restarted agent sent no chunk"
+    );
+    disturbed.push((down, sonde_tests::monotonic_ns()));
     let job = s
         .wait_job("stream", Duration::from_secs(60), finished)
         .await;
@@ -1605,27 +1705,44 @@ async fn results_stream_through_two_store_outages_and_an_agent_killed_mid_upload
         events.len(),
         st.counts.captured
     );
-    // The live reader: how long from an event's capture to its chunk being readable in the store.
-    let mut latencies: Vec<Duration> = chunks_seen.iter().filter_map(|c| c.latency()).collect();
-    let mut oldest: Vec<Duration> = chunks_seen
+    // The live reader: how long from an event's capture to its chunk being readable in the store, for the
+    // chunks no outage or restart held back (ARCHITECTURE.md, "Capture to visible").
+    let undisturbed: Vec<&sonde_tests::SeenChunk> = chunks_seen
+        .iter()
+        .filter(|c| {
+            let from = c.first_ts_ns.unwrap_or_default();
+            disturbed.iter().all(|(a, b)| c.seen_ns < *a || from > *b)
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = undisturbed.iter().filter_map(|c| c.latency()).collect();
+    let mut oldest: Vec<Duration> = undisturbed
         .iter()
         .filter_map(|c| c.oldest_latency())
         .collect();
     latencies.sort();
     oldest.sort();
+    let p95 = |v: &[Duration]| v[((v.len() as f64 * 0.95).ceil() as usize).saturating_sub(1)];
     eprintln!(
-        "live reader: {} chunks ({} in the manifest); capture to visible in the store, a chunk's newest event: \
-         {latencies:?}; its oldest: {oldest:?}",
+        "live reader: {} chunks ({} in the manifest, {} held back by an outage or the restart); capture to \
+         visible in the store, a chunk's newest event: {latencies:?}; its oldest: {oldest:?}",
         latencies.len(),
         manifest.chunks.len(),
+        chunks_seen.len() - undisturbed.len(),
     );
     assert!(
-        latencies
-            .iter()
-            .filter(|l| **l <= Duration::from_secs(5))
-            .count()
-            >= 3,
-        "a reader saw fewer than 3 chunks within 5 s of capture: {latencies:?}"
+        latencies.len() >= 5,
+        "too few undisturbed chunks to measure: {latencies:?}"
+    );
+    // Documented: newest event readable within 1 s (p95) and 1.5 s at most, oldest within 3.5 s at most (the
+    // chunk's 2 s age limit plus the same 1.5 s); measured 0.1 to 0.65 s and 1.4 to 2.7 s.
+    let (newest_p95, newest_max) = (p95(&latencies), latencies[latencies.len() - 1]);
+    let oldest_max = oldest[oldest.len() - 1];
+    assert!(
+        newest_p95 <= Duration::from_secs(1)
+            && newest_max <= Duration::from_millis(1500)
+            && oldest_max <= Duration::from_millis(3500),
+        "capture to visible: newest p95 {newest_p95:?}, max {newest_max:?} (bounds 1 s, 1.5 s); oldest max \
+         {oldest_max:?} (bound 3.5 s)"
     );
 }
 

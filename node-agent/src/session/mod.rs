@@ -14,9 +14,9 @@ use sonde_crds::{
 };
 use sonde_probes::results::ResultsWriter;
 use sonde_probes::{Filter, Findings, ProbeConfig, RunReport, Running, WindowReport};
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 
-use crate::limits::{Limits, NODE_AT_CAPACITY};
+use crate::limits::{Limits, Refused, Slot};
 use crate::{outbox, upload};
 
 mod budget;
@@ -70,25 +70,25 @@ pub struct SessionJob {
     pub limits: Limits,
     /// Whether the admin lets this session's namespace trace the whole node.
     pub node_wide_allowed: bool,
-    /// Set while the node's spool is full of results waiting for the store: no new events are kept.
-    pub spool_full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Closed while the node's spool, or this namespace's share of it, is full of results waiting for the
+    /// store: no new events are kept.
+    pub spool_gate: sonde_probes::results::Gate,
     /// Spool directories running sessions hold, shared with the uploader.
     pub held: outbox::Live,
-    /// This session's place among the node's running sessions; None when the agent is full.
-    pub slot: Option<OwnedSemaphorePermit>,
+    /// This session's place among the node's running sessions, or why it has none (the node or its
+    /// namespace's share of it is full).
+    pub slot: Result<Slot, Refused>,
     /// Set when a restarted agent picks up a session its previous process had started.
     pub resumed_note: Option<String>,
     pub metrics: crate::metrics::AgentMetrics,
 }
 
 impl SessionJob {
-    /// The node's limits on what a trace keeps: its bytes of events, and none while the spool is full.
+    /// The node's limits on what a trace keeps: its bytes of events, and none while the spool (or its
+    /// namespace's share of it) is full.
     fn limited(&self, w: ResultsWriter) -> ResultsWriter {
-        w.with_max_bytes(self.limits.max_event_bytes).with_gate(
-            self.spool_full.clone(),
-            "this node's spool of results waiting for the object store reached its cap (Helm value \
-             agent.limits.maxSpoolMiB)",
-        )
+        w.with_max_bytes(self.limits.max_event_bytes)
+            .with_gate(self.spool_gate.clone())
     }
 
     /// `summary.json` of this session's trace (or window) so far, counts as status has them.
@@ -213,7 +213,7 @@ impl SessionJob {
                 ),
             )),
             (Err(why), _) => Some(("StorageNotAllowed", why.clone())),
-            (_, None) => Some((NODE_AT_CAPACITY, self.limits.capacity_refusal())),
+            (_, Err(refused)) => Some((refused.reason, refused.message.clone())),
             _ => None,
         }
     }
