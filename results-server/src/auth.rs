@@ -2,7 +2,9 @@
 //! with a SubjectAccessReview on the job's namespace and name, for a `results` subresource of `tracejobs` or
 //! `probepolicies` (`get tracejobs/results`), so that ordinary Roles grant it. Reviews are cached briefly,
 //! keyed by a hash of the token (never the token), successes longer than failures; concurrent identical
-//! reviews wait for one call.
+//! reviews wait for one call. A request whose token is not cached as accepted (it costs a review, or was
+//! refused) is first let through by its client's limit (`limit`), so that nobody without a valid token can make
+//! the server load the API server with reviews.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -22,6 +24,7 @@ use prometheus_client::metrics::family::Family;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::limit::{self, Limiter, Peer};
 
 /// The cookie the web page keeps a token in.
 pub const TOKEN_COOKIE: &str = "sonde_token";
@@ -224,20 +227,30 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
             .len()
     }
 
-    /// The answer for `key`: cached, or from `review` (called only when there is none and none under way).
+    /// The answer for `key` at `now`: cached, or from `review` (called only when there is none and none under
+    /// way). `admit` is asked first, under the cache's lock, with the cached answer if there is one (`None`: a
+    /// review is to start); joining a review under way costs nothing and is not asked. Its error is the request's,
+    /// and no review is made.
     async fn get<F: Future<Output = Result<V>>>(
         &self,
         key: K,
+        now: Instant,
         ttl: impl FnOnce(&V) -> Duration,
+        admit: impl FnOnce(Option<&V>) -> Result<()>,
         review: impl FnOnce() -> F,
     ) -> Result<V> {
-        let now = Instant::now();
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             let fresh = |s: &Slot<V>| s.get().is_none_or(|(until, _)| *until > now);
             match slots.map.get(&key) {
-                Some(s) if fresh(s) => s.clone(),
+                Some(s) if fresh(s) => {
+                    if let Some((_, v)) = s.get() {
+                        admit(Some(v))?;
+                    }
+                    s.clone()
+                }
                 _ => {
+                    admit(None)?;
                     if slots.map.len() >= self.capacity && now >= slots.swept + SWEEP_EVERY {
                         slots.map.retain(|_, s| fresh(s));
                         slots.swept = now;
@@ -254,8 +267,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         };
         let (_, v) = slot
             .get_or_try_init(|| async {
+                // Kept for `ttl` from the answer, on the clock of `now`.
+                let started = Instant::now();
                 let v = review().await?;
-                Ok::<_, Error>((Instant::now() + ttl(&v), v))
+                Ok::<_, Error>((now + started.elapsed() + ttl(&v), v))
             })
             .await?;
         Ok(v.clone())
@@ -267,6 +282,8 @@ pub struct Auth {
     allowed_for: Duration,
     users: Cache<[u8; 32], Result<User, String>>,
     grants: Cache<([u8; 32], Access), Result<(), String>>,
+    /// What each client may make the server review (TokenReviews of tokens not cached as accepted).
+    limiter: Limiter,
 }
 
 impl Auth {
@@ -278,7 +295,13 @@ impl Auth {
             allowed_for,
             users: Cache::new(),
             grants: Cache::new(),
+            limiter: Limiter::new(limit::BURST, limit::PER_SECOND, limit::CLIENTS),
         }
+    }
+
+    /// Requests refused by the limit, for `sonde_results_rate_limited_total`.
+    pub fn rate_limited(&self) -> Counter {
+        self.limiter.refused.clone()
     }
 
     fn ttl<T>(&self, verdict: &Result<T, String>) -> Duration {
@@ -288,14 +311,36 @@ impl Auth {
         }
     }
 
-    /// The caller, if their token is good and grants `access`.
-    pub async fn check(&self, headers: &HeaderMap, access: Access) -> Result<User> {
+    /// The caller, if their token is good and grants `access`; a token not cached as accepted only within the
+    /// limit of `peer`, the request's client.
+    pub async fn check(&self, headers: &HeaderMap, peer: Peer, access: Access) -> Result<User> {
+        self.check_at(headers, Some(peer), access, Instant::now())
+            .await
+    }
+
+    /// [`Auth::check`] for a request that passed it before with the same headers: a live tail's, on its clock.
+    /// Not limited: its token was accepted when it started (and counted then), so this costs a review per
+    /// `allowed_for` at most; and a tail is not ended because others behind the same address (a NAT, a proxy)
+    /// flood the server.
+    pub async fn check_again(&self, headers: &HeaderMap, access: Access) -> Result<User> {
+        self.check_at(headers, None, access, Instant::now()).await
+    }
+
+    async fn check_at(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<Peer>,
+        access: Access,
+        now: Instant,
+    ) -> Result<User> {
         let token = token(headers).ok_or(Error::NoToken)?;
-        let (key, user) = self.user(token).await?;
+        let (key, user) = self.user(token, peer, now).await?;
         self.grants
             .get(
                 (key, access.clone()),
+                now,
                 |v| self.ttl(v),
+                |_| Ok(()),
                 || self.reviewer.authorize(user.clone(), access),
             )
             .await?
@@ -303,19 +348,32 @@ impl Auth {
         Ok(user)
     }
 
-    /// Who `token` belongs to, if the API server accepts it for this audience (the web page's login).
-    pub async fn authenticate(&self, token: &str) -> Result<User> {
-        Ok(self.user(token).await?.1)
+    /// Who `token` belongs to, if the API server accepts it for this audience (the web page's login, an agent's
+    /// upload); within `peer`'s limit unless cached as accepted.
+    pub async fn authenticate(&self, token: &str, peer: Peer) -> Result<User> {
+        Ok(self.user(token, Some(peer), Instant::now()).await?.1)
     }
 
-    /// The token's cache key and its user.
-    async fn user(&self, token: &str) -> Result<([u8; 32], User)> {
+    /// The token's cache key and its user. Unless its answer is cached as accepted, or its review is under way,
+    /// `peer` (if any) takes one from its limit first, or the request is refused without a review.
+    async fn user(
+        &self,
+        token: &str,
+        peer: Option<Peer>,
+        now: Instant,
+    ) -> Result<([u8; 32], User)> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let admit = |kept: Option<&Result<User, String>>| match (kept, peer) {
+            (Some(Ok(_)), _) | (_, None) => Ok(()),
+            (_, Some(peer)) => self.limiter.take(peer, now),
+        };
         let user = self
             .users
             .get(
                 key,
+                now,
                 |v| self.ttl(v),
+                admit,
                 || self.reviewer.authenticate(token.to_string()),
             )
             .await?
@@ -345,14 +403,15 @@ pub fn token(headers: &HeaderMap) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// Users by token: `good-a` may read namespace a, `good-b` namespace b.
     #[derive(Default)]
-    struct Fake {
-        authn: AtomicU32,
+    pub(crate) struct Fake {
+        /// TokenReviews made.
+        pub(crate) authn: AtomicU32,
         authz: AtomicU32,
         /// Every grant withdrawn (a RoleBinding deleted).
         revoked: std::sync::atomic::AtomicBool,
@@ -391,6 +450,11 @@ mod tests {
         }
     }
 
+    /// Client 10.0.0.`n`.
+    pub(crate) fn peer(n: u8) -> Peer {
+        Peer::of(std::net::Ipv4Addr::new(10, 0, 0, n).into())
+    }
+
     fn bearer(token: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(
@@ -409,7 +473,7 @@ mod tests {
         let calls = (0..10).map(|_| {
             let auth = auth.clone();
             let access = read_a.clone();
-            async move { auth.check(&bearer("good-a"), access).await }
+            async move { auth.check(&bearer("good-a"), peer(1), access).await }
         });
         for r in futures::future::join_all(calls).await {
             assert_eq!(r.unwrap().name, "user-a");
@@ -417,7 +481,7 @@ mod tests {
         assert_eq!(fake.authn.load(Ordering::SeqCst), 1);
         assert_eq!(fake.authz.load(Ordering::SeqCst), 1);
         let other = auth
-            .check(&bearer("good-b"), read_a.clone())
+            .check(&bearer("good-b"), peer(1), read_a.clone())
             .await
             .unwrap_err();
         assert!(
@@ -425,11 +489,14 @@ mod tests {
             "{other}"
         );
         let bad = auth
-            .check(&bearer("forged"), read_a.clone())
+            .check(&bearer("forged"), peer(1), read_a.clone())
             .await
             .unwrap_err();
         assert!(matches!(bad, Error::BadToken(_)), "{bad}");
-        let none = auth.check(&HeaderMap::new(), read_a).await.unwrap_err();
+        let none = auth
+            .check(&HeaderMap::new(), peer(1), read_a)
+            .await
+            .unwrap_err();
         assert!(matches!(none, Error::NoToken), "{none}");
     }
 
@@ -438,12 +505,19 @@ mod tests {
         let fake = Arc::new(Fake::default());
         let auth = Auth::new(Arc::new(fake.clone()), Duration::from_millis(200));
         let read_a = Access::results("a", "tracejobs", "job");
-        auth.check(&bearer("good-a"), read_a.clone()).await.unwrap();
+        auth.check(&bearer("good-a"), peer(1), read_a.clone())
+            .await
+            .unwrap();
         fake.revoked.store(true, Ordering::SeqCst);
         // Still allowed from the cache, then asked again and refused.
-        auth.check(&bearer("good-a"), read_a.clone()).await.unwrap();
+        auth.check(&bearer("good-a"), peer(1), read_a.clone())
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let gone = auth.check(&bearer("good-a"), read_a).await.unwrap_err();
+        let gone = auth
+            .check(&bearer("good-a"), peer(1), read_a)
+            .await
+            .unwrap_err();
         assert!(matches!(gone, Error::Forbidden(_)), "{gone}");
         assert_eq!(fake.authz.load(Ordering::SeqCst), 2);
     }
@@ -457,7 +531,13 @@ mod tests {
         let short = |_: &Result<(), String>| Duration::from_millis(50);
         for key in 0..1_000 {
             cache
-                .get(key, short, || review(Err("bad".into())))
+                .get(
+                    key,
+                    Instant::now(),
+                    short,
+                    |_| Ok(()),
+                    || review(Err("bad".into())),
+                )
                 .await
                 .unwrap()
                 .unwrap_err();
@@ -466,18 +546,147 @@ mod tests {
         assert_eq!(cache.len(), 100);
         // Answers past the capacity are still given, only not kept.
         cache
-            .get(5_000, short, || review(Ok(())))
+            .get(5_000, Instant::now(), short, |_| Ok(()), || review(Ok(())))
             .await
             .unwrap()
             .unwrap();
         // Once the kept ones expire, the next request past the capacity sweeps them (after SWEEP_EVERY).
         tokio::time::sleep(SWEEP_EVERY).await;
         cache
-            .get(6_000, short, || review(Ok(())))
+            .get(6_000, Instant::now(), short, |_| Ok(()), || review(Ok(())))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(cache.len(), 1, "expired answers were not swept");
+    }
+
+    fn reviews(fake: &Fake) -> u32 {
+        fake.authn.load(Ordering::SeqCst)
+    }
+
+    /// A client sending tokens nobody has seen is reviewed up to its burst, then refused (429, how long to wait)
+    /// without a review, whatever the token; another client is reviewed as before; one second later the first
+    /// may have PER_SECOND more reviewed.
+    #[tokio::test]
+    async fn a_client_past_its_burst_is_refused_without_a_review() {
+        let fake = Arc::new(Fake::default());
+        let auth = Auth::new(Arc::new(fake.clone()), Duration::from_secs(30));
+        let read_a = Access::results("a", "tracejobs", "job");
+        let t0 = Instant::now();
+        let check = async |token: &str, client: u8, now: Instant| {
+            auth.check_at(&bearer(token), Some(peer(client)), read_a.clone(), now)
+                .await
+        };
+        for i in 0..limit::BURST {
+            let e = check(&format!("random-{i}"), 1, t0).await.unwrap_err();
+            assert!(matches!(e, Error::BadToken(_)), "{i}: {e}");
+        }
+        assert_eq!(reviews(&fake), limit::BURST);
+        // A refused token again (its refusal cached), a new one, a good one not yet reviewed: all refused.
+        for token in ["random-0", "random-new", "good-a"] {
+            let e = check(token, 1, t0).await.unwrap_err();
+            assert!(
+                matches!(e, Error::TooManyReviews { retry_after: 1, .. }),
+                "{token}: {e}"
+            );
+            assert!(
+                e.to_string()
+                    .starts_with("too many requests with tokens not yet reviewed from 10.0.0.1: "),
+                "{e}"
+            );
+        }
+        assert_eq!(reviews(&fake), limit::BURST, "reviewed over the limit");
+        // Another client is unaffected; once its token is accepted, the first client's requests with it pass.
+        check("random-other", 2, t0).await.unwrap_err();
+        check("good-a", 2, t0).await.unwrap();
+        check("good-a", 1, t0).await.unwrap();
+        assert_eq!(reviews(&fake), limit::BURST + 2);
+        let t1 = t0 + Duration::from_secs(1);
+        for i in 0..limit::PER_SECOND {
+            let e = check(&format!("late-{i}"), 1, t1).await.unwrap_err();
+            assert!(matches!(e, Error::BadToken(_)), "{i}: {e}");
+        }
+        let e = check("late-last", 1, t1).await.unwrap_err();
+        assert!(matches!(e, Error::TooManyReviews { .. }), "{e}");
+        assert_eq!(reviews(&fake), limit::BURST + 2 + limit::PER_SECOND);
+        assert_eq!(auth.rate_limited().get(), 4);
+    }
+
+    /// A reader whose client also floods (or shares its address with one that does): requests with its accepted
+    /// token are never refused nor reviewed again while the answer is cached, and its live tail's re-checks are
+    /// never limited, even when a review is due and a new request would be refused.
+    #[tokio::test]
+    async fn a_token_already_accepted_is_never_limited() {
+        let fake = Arc::new(Fake::default());
+        let auth = Auth::new(Arc::new(fake.clone()), Duration::from_secs(30));
+        let read_a = Access::results("a", "tracejobs", "job");
+        let t0 = Instant::now();
+        let flood = async |now: Instant| {
+            for i in 0..=limit::BURST {
+                let token = format!("random-{now:?}-{i}");
+                if let Err(Error::TooManyReviews { .. }) = auth
+                    .check_at(&bearer(&token), Some(peer(1)), read_a.clone(), now)
+                    .await
+                {
+                    return;
+                }
+            }
+            panic!("never refused");
+        };
+        auth.check_at(&bearer("good-a"), Some(peer(1)), read_a.clone(), t0)
+            .await
+            .unwrap();
+        flood(t0).await;
+        let reviewed = reviews(&fake);
+        // A poll every 10 ms for 29 s.
+        for ms in 0..2_900 {
+            let now = t0 + Duration::from_millis(ms * 10);
+            auth.check_at(&bearer("good-a"), Some(peer(1)), read_a.clone(), now)
+                .await
+                .unwrap_or_else(|e| panic!("{ms}: {e}"));
+        }
+        assert_eq!(reviews(&fake), reviewed);
+        // Past the allowance the token costs a review again: a new request of the flooding client is refused,
+        // a live tail's re-check is not.
+        let t1 = t0 + Duration::from_secs(31);
+        flood(t1).await;
+        let e = auth
+            .check_at(&bearer("good-a"), Some(peer(1)), read_a.clone(), t1)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::TooManyReviews { .. }), "{e}");
+        auth.check_at(&bearer("good-a"), None, read_a.clone(), t1)
+            .await
+            .unwrap();
+        // And that review's answer lets the client's requests through again.
+        auth.check_at(&bearer("good-a"), Some(peer(1)), read_a, t1)
+            .await
+            .unwrap();
+    }
+
+    /// An agent's uploads (the intake authenticates each with `authenticate`): one a second for an hour, its
+    /// projected token rotated every 10 minutes, and a restart halfway that sends 100 spooled files at once with
+    /// a new token. Each token is reviewed once per allowance (concurrent requests wait for one review and take
+    /// nothing from the limit): never refused.
+    #[tokio::test]
+    async fn an_agents_uploads_are_never_limited() {
+        let fake = Arc::new(Fake::default());
+        let auth = Auth::new(Arc::new(fake.clone()), Duration::from_secs(30));
+        let agent = peer(7);
+        let t0 = Instant::now();
+        for s in 0..3_600u64 {
+            let now = t0 + Duration::from_secs(s);
+            let restarted = if s >= 1_800 { "restarted" } else { "" };
+            let token = format!("good-agent-{}{restarted}", s / 600);
+            let at_once = if s == 1_800 { 100 } else { 1 };
+            let uploads = (0..at_once).map(|_| auth.user(&token, Some(agent), now));
+            for r in futures::future::join_all(uploads).await {
+                r.unwrap_or_else(|e| panic!("at {s} s: {e}"));
+            }
+        }
+        assert_eq!(auth.rate_limited().get(), 0);
+        // One review per token per 30 s (120 an hour), and one per new token.
+        assert!(reviews(&fake) <= 128, "{} reviews", reviews(&fake));
     }
 
     #[test]

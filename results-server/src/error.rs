@@ -50,6 +50,25 @@ pub enum Error {
         /// Bytes it may hold.
         share: u64,
     },
+    /// A client over its limit of requests whose token costs a review (`limit`): answered without one.
+    #[error(
+        "too many requests with tokens not yet reviewed from {client}: each costs the API server a TokenReview, \
+         and a client may make {burst} at once, then {per_second} a second; retry in {retry_after} s. Requests \
+         with a token already accepted are not limited"
+    )]
+    TooManyReviews {
+        client: String,
+        burst: u32,
+        per_second: u32,
+        /// Seconds until it may make one again (`Retry-After`).
+        retry_after: u64,
+    },
+    /// The server was served without its clients' addresses, so it cannot limit them apart (`limit::Peer`).
+    #[error(
+        "the server does not know the address of its clients (served without connect info), so it cannot limit \
+         what each may cost the API server: requests are refused rather than limited all together"
+    )]
+    NoPeer,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -66,6 +85,8 @@ impl Error {
             Error::Gone(_) => StatusCode::GONE,
             Error::Damaged(_) | Error::Stored(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::OverShare { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            Error::TooManyReviews { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::NoPeer => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -84,6 +105,8 @@ impl Error {
             Error::Gone(_) => "Gone",
             Error::Stored(_) => "StorageWrite",
             Error::OverShare { .. } => "OverShare",
+            Error::TooManyReviews { .. } => "TooManyReviews",
+            Error::NoPeer => "NoPeerAddress",
         }
     }
 }
@@ -103,6 +126,10 @@ pub struct Problem {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match self {
+            Error::TooManyReviews { retry_after, .. } => Some(retry_after),
+            _ => None,
+        };
         // A namespace over its share is its own state, not the server's (counted as
         // `sonde_results_refused_over_share_total`): its agents retry every minute and would flood the log.
         if status.is_server_error() && !matches!(self, Error::OverShare { .. }) {
@@ -126,6 +153,10 @@ impl IntoResponse for Error {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer realm=\"sonde\""),
             );
+        }
+        if let Some(seconds) = retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         res
     }

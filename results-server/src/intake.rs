@@ -28,6 +28,7 @@ use tokio::io::AsyncWriteExt;
 use crate::Ctx;
 use crate::auth::User;
 use crate::error::{Error, Result};
+use crate::limit::Peer;
 use crate::share::Share;
 
 /// The token claim (TokenReview `extra`) of a pod-bound service-account token that names the pod's node.
@@ -184,6 +185,7 @@ fn split_key<'k>(key: &'k str, node: &str) -> Result<(&'k str, &'k str)> {
 pub async fn put_object(
     State(ctx): State<Ctx>,
     UrlPath(key): UrlPath<String>,
+    peer: Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode> {
@@ -193,7 +195,9 @@ pub async fn put_object(
         ));
     };
     let token = crate::auth::token(&headers).ok_or(Error::NoToken)?;
-    let user = ctx.auth.authenticate(token).await?;
+    // Limited per client as any request whose token costs a review: an agent's token is reviewed once per
+    // allowance and its uploads meanwhile pass without (each agent is its own pod, its own address).
+    let user = ctx.auth.authenticate(token, peer).await?;
     let node = intake.node_of(&user)?;
     let (prefix, ns) = split_key(&key, &node)?;
     let (store, base) = ctx.stores.default_store()?;

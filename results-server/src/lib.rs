@@ -9,6 +9,7 @@ pub mod chunk_cache;
 pub mod error;
 pub mod events;
 pub mod intake;
+pub mod limit;
 pub mod routes;
 pub mod share;
 pub mod store;

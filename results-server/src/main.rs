@@ -59,6 +59,19 @@ async fn main() -> anyhow::Result<()> {
         "TokenReview and SubjectAccessReview calls to the API server",
         calls.clone(),
     );
+    let auth = Auth::new(
+        Arc::new(KubeReviewer {
+            client: client.clone(),
+            audience: args.audience,
+            calls,
+        }),
+        std::time::Duration::from_secs(args.authorized_ttl_seconds),
+    );
+    sub.register(
+        "rate_limited",
+        "Requests refused (429) because their client made too many with tokens not yet reviewed",
+        auth.rate_limited(),
+    );
     let share = sonde_results::share::Share::new(
         args.max_mib_per_namespace,
         sonde_results::share::LIST_EVERY,
@@ -83,15 +96,8 @@ async fn main() -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(Context {
-        client: client.clone(),
-        auth: Auth::new(
-            Arc::new(KubeReviewer {
-                client,
-                audience: args.audience,
-                calls,
-            }),
-            std::time::Duration::from_secs(args.authorized_ttl_seconds),
-        ),
+        client,
+        auth,
         stores,
         intake: args
             .agent_user
@@ -103,7 +109,9 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "serving results");
     health.set_ready(true);
     let stop_signal = sonde_telemetry::stop_signal()?;
-    axum::serve(listener, routes::router(ctx))
+    // With each connection's peer address, which requests are limited by (`routes::app`; no proxy in front is
+    // trusted, `X-Forwarded-For` is not read).
+    axum::serve(listener, routes::app(ctx))
         .with_graceful_shutdown(async move {
             stop_signal.await;
             tracing::info!("shutting down");

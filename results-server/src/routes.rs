@@ -2,10 +2,12 @@
 //! metrics.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
@@ -22,6 +24,7 @@ use utoipa::OpenApi;
 use crate::auth::Access;
 use crate::error::{Error, Problem, Result};
 use crate::events::{self, Cursor, Filter};
+use crate::limit::Peer;
 use crate::store::Folder;
 use crate::{Context, Ctx};
 
@@ -41,6 +44,15 @@ const FILES: [(&str, &str); 5] = [
     ("flamegraph.svg", "image/svg+xml"),
 ];
 
+/// The router as served: with each connection's TCP peer (`ConnectInfo<SocketAddr>`), which `limit::Peer`
+/// limits requests by. That peer is the client: the chart exposes the server through its own Service, with no
+/// proxy in front that could be trusted to say who the client is, so `X-Forwarded-For` is never read.
+pub fn app(ctx: Ctx) -> IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr> {
+    router(ctx).into_make_service_with_connect_info::<SocketAddr>()
+}
+
+/// The routes. Served through [`app`]: without the peer address every route that authenticates answers 500
+/// (`Error::NoPeer`), except in this crate's tests.
 pub fn router(ctx: Ctx) -> axum::Router {
     let api = axum::Router::new()
         .route("/api/v1/namespaces/{namespace}/tracejobs", get(list_jobs))
@@ -198,6 +210,14 @@ enum Refused {
     /// No such job, node or file
     #[response(status = 404, content_type = "application/problem+json")]
     NotFound(Problem),
+    /// Too many requests from this client with tokens not yet reviewed (each costs the API server a
+    /// TokenReview); requests with a token already accepted are not limited
+    #[response(
+        status = 429,
+        content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "seconds to wait"))
+    )]
+    TooManyReviews(Problem),
 }
 
 /// A request that makes no sense (a bad filter, cursor or limit).
@@ -282,10 +302,11 @@ fn folder(ctx: &Context, job: &TraceJob) -> Result<Folder> {
 async fn list_jobs(
     State(ctx): State<Ctx>,
     Path(ns): Path<String>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Result<Json<Vec<JobRow>>> {
     ctx.auth
-        .check(&headers, Access::list(&ns, "tracejobs"))
+        .check(&headers, peer, Access::list(&ns, "tracejobs"))
         .await?;
     let api: Api<TraceJob> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs = api
@@ -329,10 +350,11 @@ async fn list_jobs(
 async fn get_job(
     State(ctx): State<Ctx>,
     Path((ns, name)): Path<(String, String)>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Result<Json<JobView>> {
     ctx.auth
-        .check(&headers, Access::results(&ns, "tracejobs", &name))
+        .check(&headers, peer, Access::results(&ns, "tracejobs", &name))
         .await?;
     let job = job(&ctx, &ns, &name).await?;
     let nodes = folder(&ctx, &job)?.nodes().await?;
@@ -398,11 +420,12 @@ fn with_node(node: String, mut ev: Value) -> Value {
 async fn events_page(
     State(ctx): State<Ctx>,
     Path((ns, name)): Path<(String, String)>,
+    peer: Peer,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<EventsPage>> {
     ctx.auth
-        .check(&headers, Access::results(&ns, "tracejobs", &name))
+        .check(&headers, peer, Access::results(&ns, "tracejobs", &name))
         .await?;
     let (limit, cursor, filters) = query(raw.as_deref())?;
     let job = job(&ctx, &ns, &name).await?;
@@ -458,11 +481,12 @@ enum Tailed {
 async fn tail(
     State(ctx): State<Ctx>,
     Path((ns, name)): Path<(String, String)>,
+    peer: Peer,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
     let access = Access::results(&ns, "tracejobs", &name);
-    ctx.auth.check(&headers, access.clone()).await?;
+    ctx.auth.check(&headers, peer, access.clone()).await?;
     let (_, mut cursor, filters) = query(raw.as_deref())?;
     if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         cursor = Cursor::decode(last)?;
@@ -484,7 +508,7 @@ async fn tail(
             // minutes), through the cache any request's review goes through, so a revoked RoleBinding or an
             // expired token ends it as it would refuse a new request.
             if reviewed.elapsed() >= TAIL_EVERY {
-                if let Err(e) = ctx.auth.check(&headers, access.clone()).await {
+                if let Err(e) = ctx.auth.check_again(&headers, access.clone()).await {
                     yield Tailed::Refused(e.to_string());
                     break;
                 }
@@ -509,7 +533,7 @@ async fn tail(
                 Ok(p) => {
                     for (node, ev, after) in p.events {
                         if reviewed.elapsed() >= TAIL_EVERY {
-                            if let Err(e) = ctx.auth.check(&headers, access.clone()).await {
+                            if let Err(e) = ctx.auth.check_again(&headers, access.clone()).await {
                                 yield Tailed::Refused(e.to_string());
                                 break 'tail;
                             }
@@ -588,10 +612,11 @@ async fn tail(
 async fn node_file(
     State(ctx): State<Ctx>,
     Path((ns, name, node, file)): Path<(String, String, String, String)>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Result<Response> {
     ctx.auth
-        .check(&headers, Access::results(&ns, "tracejobs", &name))
+        .check(&headers, peer, Access::results(&ns, "tracejobs", &name))
         .await?;
     let job = job(&ctx, &ns, &name).await?;
     serve_file(&folder(&ctx, &job)?, &node, &file).await
@@ -708,10 +733,11 @@ fn window_name(window: &str) -> Result<&str> {
 async fn list_policies(
     State(ctx): State<Ctx>,
     Path(ns): Path<String>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Result<Json<Vec<PolicyRow>>> {
     ctx.auth
-        .check(&headers, Access::list(&ns, "probepolicies"))
+        .check(&headers, peer, Access::list(&ns, "probepolicies"))
         .await?;
     let api: Api<ProbePolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let list = api
@@ -749,10 +775,11 @@ async fn list_policies(
 async fn get_policy(
     State(ctx): State<Ctx>,
     Path((ns, name)): Path<(String, String)>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Result<Json<PolicyView>> {
     ctx.auth
-        .check(&headers, Access::results(&ns, "probepolicies", &name))
+        .check(&headers, peer, Access::results(&ns, "probepolicies", &name))
         .await?;
     let p = policy(&ctx, &ns, &name).await?;
     let windows = policy_folder(&ctx, &p)?
@@ -780,11 +807,12 @@ async fn get_policy(
 async fn window_events(
     State(ctx): State<Ctx>,
     Path((ns, name, window)): Path<(String, String, String)>,
+    peer: Peer,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<EventsPage>> {
     ctx.auth
-        .check(&headers, Access::results(&ns, "probepolicies", &name))
+        .check(&headers, peer, Access::results(&ns, "probepolicies", &name))
         .await?;
     let (limit, cursor, filters) = query(raw.as_deref())?;
     let window = window_name(&window)?;
@@ -809,10 +837,11 @@ async fn window_events(
 async fn window_file(
     State(ctx): State<Ctx>,
     Path((ns, name, window, node, file)): Path<(String, String, String, String, String)>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Result<Response> {
     ctx.auth
-        .check(&headers, Access::results(&ns, "probepolicies", &name))
+        .check(&headers, peer, Access::results(&ns, "probepolicies", &name))
         .await?;
     let window = window_name(&window)?;
     let p = policy(&ctx, &ns, &name).await?;
@@ -822,6 +851,111 @@ async fn window_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::tests::Fake;
+    use std::net::IpAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One request over a connection from address `from`; the answer as received.
+    async fn send(server: SocketAddr, from: [u8; 4], request: String) -> String {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(IpAddr::from(from), 0)).unwrap();
+        let mut conn = socket.connect(server).await.unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    fn get(token: &str) -> String {
+        format!(
+            "GET /api/v1/namespaces/a/tracejobs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+             x-forwarded-for: 10.9.9.9\r\nconnection: close\r\n\r\n"
+        )
+    }
+
+    /// The server as main.rs serves it, on a real socket: a client sending unknown tokens is refused with 429,
+    /// `Retry-After` and why, on the API, the login and the agents' upload alike, without a review; it is known
+    /// by its TCP peer (not the `X-Forwarded-For` it sends), so another address is still reviewed.
+    #[tokio::test]
+    async fn a_client_of_the_served_app_past_its_burst_gets_429_and_no_review() {
+        let fake = Arc::new(Fake::default());
+        let ctx = Arc::new(Context {
+            // Never asked: every request here ends at its review.
+            client: kube::Client::new(axum::Router::new(), "default"),
+            auth: crate::auth::Auth::new(Arc::new(fake.clone()), Duration::from_secs(30)),
+            stores: crate::store::Stores::parse("file:///nonexistent".into(), "", 1 << 20).unwrap(),
+            intake: Some(crate::intake::Intake::new(
+                "system:serviceaccount:sonde:sonde-agent".into(),
+                crate::share::Share::new(0, crate::share::LIST_EVERY),
+            )),
+            requests: crate::request_histogram(),
+            stopping: tokio::sync::watch::channel(false).1,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(axum::serve(listener, app(ctx.clone())).into_future());
+        // Real time passes here (each review takes the fake 20 ms; a bucket gains 5 tokens a second): each kind
+        // of request is sent with fresh tokens until refused, and the reviews answered meanwhile are counted.
+        /// A request with the `n`th token.
+        type Nth = fn(u32) -> String;
+        let kinds: [(&str, Nth); 3] = [
+            ("the API", |n| get(&format!("random-{n}"))),
+            ("the login", |n| {
+                let body = format!("{{\"token\":\"random-{n}\"}}");
+                format!(
+                    "POST /login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            }),
+            ("an upload", |n| {
+                format!(
+                    "PUT /agent/v1/objects/tracejobs/a/j-0a1b2c3d/node-1/summary.json HTTP/1.1\r\nhost: x\r\n\
+                     authorization: Bearer random-{n}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                )
+            }),
+        ];
+        let mut reviewed = 0;
+        let mut n = 0;
+        for (kind, request) in kinds {
+            let refused = loop {
+                n += 1;
+                assert!(n < 2 * crate::limit::BURST, "{kind}: never refused");
+                let answer = send(addr, [127, 0, 0, 1], request(n)).await;
+                match answer.starts_with("HTTP/1.1 401") {
+                    true => reviewed += 1,
+                    false => break answer,
+                }
+            };
+            assert!(reviewed >= crate::limit::BURST, "refused after {reviewed}");
+            assert!(refused.starts_with("HTTP/1.1 429"), "{kind}: {refused}");
+            assert!(
+                refused
+                    .to_ascii_lowercase()
+                    .contains("\r\nretry-after: 1\r\n"),
+                "{kind}: {refused}"
+            );
+            assert!(
+                refused.contains(
+                    "\"detail\":\"too many requests with tokens not yet reviewed from 127.0.0.1: "
+                ),
+                "{kind}: {refused}"
+            );
+        }
+        assert_eq!(
+            fake.authn.load(Ordering::SeqCst),
+            reviewed,
+            "reviewed when refused"
+        );
+        assert_eq!(ctx.auth.rate_limited().get(), 3);
+        // Another address is reviewed (and refused for its token, not its rate).
+        let answer = send(addr, [127, 0, 0, 2], get("random-other")).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert_eq!(fake.authn.load(Ordering::SeqCst), reviewed + 1);
+        server.abort();
+    }
 
     /// The document generated from the handlers names every route, its parameters and its refusals.
     #[test]
@@ -847,7 +981,7 @@ mod tests {
         ] {
             assert!(params.contains(&p), "{p} missing: {params:?}");
         }
-        for code in ["200", "400", "401", "403", "404"] {
+        for code in ["200", "400", "401", "403", "404", "429"] {
             assert!(
                 events["responses"][code].is_object(),
                 "{code}: {}",
@@ -858,6 +992,11 @@ mod tests {
             events["responses"]["403"]["content"]["application/problem+json"].is_object(),
             "{}",
             events["responses"]["403"]
+        );
+        assert!(
+            events["responses"]["429"]["headers"]["Retry-After"].is_object(),
+            "{}",
+            events["responses"]["429"]
         );
         assert_eq!(
             doc["components"]["securitySchemes"]["bearer"]["scheme"],

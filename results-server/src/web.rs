@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::Ctx;
 use crate::auth::TOKEN_COOKIE;
 use crate::error::{Error, Result};
+use crate::limit::Peer;
 
 const INDEX: &str = include_str!("../web/index.html");
 const SCRIPT: &str = include_str!("../web/app.js");
@@ -85,6 +86,7 @@ struct LoggedIn {
 /// on another site can send neither (no CORS), so nobody can log a browser in as someone else.
 async fn login(
     State(ctx): State<Ctx>,
+    peer: Peer,
     headers: HeaderMap,
     body: std::result::Result<Json<Login>, JsonRejection>,
 ) -> Result<Response> {
@@ -95,7 +97,7 @@ async fn login(
     if !plain {
         return Err(Error::BadToken("that is not a bearer token".into()));
     }
-    let user = ctx.auth.authenticate(token).await?;
+    let user = ctx.auth.authenticate(token, peer).await?;
     let cookie = cookie(&headers, token, SESSION_SECONDS);
     Ok((
         [(header::SET_COOKIE, cookie), no_store()],
