@@ -524,6 +524,7 @@ async fn real_node_field_case_a_names_the_neighbour_and_nothing_else() {
     chart(node).await;
     let ns = "field-a";
     fresh_namespace(node, ns);
+    let _gone = DeleteOnDrop(node, ns);
     let pod = PING_POD.replace("PING_IMAGE", node.image("SONDE_PING_IMAGE"));
     apply(
         node,
@@ -577,7 +578,6 @@ async fn real_node_field_case_a_names_the_neighbour_and_nothing_else() {
     let text = std::fs::read_to_string(stored_path(summary)).unwrap();
     let report: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(report["probe"], "wakeups");
-    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
 }
 
 /// The workload pod of [`real_node_every_probe_sees_only_the_selected_pod`]: tests/images/workload.c under the
@@ -641,6 +641,7 @@ async fn real_node_every_probe_sees_only_the_selected_pod() {
     chart(node).await;
     let ns = "only-mine";
     fresh_namespace(node, ns);
+    let _gone = DeleteOnDrop(node, ns);
     // Ports below the ephemeral range (32768+), so no connection's source port can look like the other pod's.
     let pods = [
         workload_pod(node, "mine", 21100),
@@ -703,7 +704,6 @@ async fn real_node_every_probe_sees_only_the_selected_pod() {
             text.len()
         );
     }
-    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
 }
 
 /// The host end of a pod's veth: the pod's eth0 names its peer's ifindex (`eth0@ifN`).
@@ -752,6 +752,7 @@ async fn real_node_field_case_b_puts_the_delay_in_front_of_the_receiver() {
     chart(node).await;
     let ns = "field-b";
     fresh_namespace(node, ns);
+    let _gone = DeleteOnDrop(node, ns);
     let busybox = node.image("SONDE_BUSYBOX_IMAGE");
     let pod = |name: &str, app: &str, script: &str| {
         format!(
@@ -839,7 +840,6 @@ async fn real_node_field_case_b_puts_the_delay_in_front_of_the_receiver() {
             .starts_with(&format!("{ip}:"))),
         "a segment not to the web pod (web-other is {other_ip})"
     );
-    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
 }
 
 /// A ProbePolicy on the ping pods of the real node breaches in its windows; when the pod is deleted and the
@@ -852,6 +852,7 @@ async fn real_node_a_policy_breaches_and_follows_a_replaced_pod() {
     chart(node).await;
     let ns = "policy";
     ping_namespace(node, ns);
+    let _gone = DeleteOnDrop(node, ns);
     let policy = "apiVersion: sonde.dev/v1alpha1\nkind: ProbePolicy\nmetadata: {name: ping-watch}\nspec:\n  \
                   probe: wakeups\n  target: {podSelector: {matchLabels: {app: ping}}, comms: [ping]}\n  \
                   window: 10s\n  thresholds: [{metric: wakeupsPerSecond, value: 200}]\n";
@@ -922,7 +923,6 @@ async fn real_node_a_policy_breaches_and_follows_a_replaced_pod() {
         || check(&json(node, &["get", "probepolicy", "-n", ns, "ping-watch"])),
     )
     .await;
-    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
 }
 
 /// Ids of the loaded programs named in `names` (bpftool, failing loudly when it fails).
@@ -955,6 +955,7 @@ async fn real_node_a_deleted_agent_pod_leaves_nothing_behind_and_its_successor_i
     chart(node).await;
     let ns = "faults";
     ping_namespace(node, ns);
+    let _gone = DeleteOnDrop(node, ns);
     let job = "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {name: survive}\nspec:\n  probe: wakeups\n  \
                target: {podSelector: {matchLabels: {app: ping}}}\n  duration: 40s\n";
     apply(node, ns, job);
@@ -1012,7 +1013,6 @@ async fn real_node_a_deleted_agent_pod_leaves_nothing_behind_and_its_successor_i
     let st = finished_job(node, ns, "survive", Duration::from_secs(90)).await;
     let msg = st["nodeResults"][0]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("agent restarted"), "{st}");
-    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
 }
 
 fn host_pids_by_comm(comm: &str) -> Vec<u32> {
@@ -1054,6 +1054,7 @@ async fn real_node_a_drain_ends_a_running_job_with_the_reason() {
     chart(node).await;
     let ns = "drain";
     ping_namespace(node, ns);
+    let _gone = DeleteOnDrop(node, ns);
     let job = "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {name: until-drained}\nspec:\n  \
                probe: wakeups\n  target: {podSelector: {matchLabels: {app: ping}}}\n  duration: 10m\n";
     apply(node, ns, job);
@@ -1141,7 +1142,6 @@ async fn real_node_a_drain_ends_a_running_job_with_the_reason() {
         );
     }
     rolled_out(node);
-    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
 }
 
 /// Resident memory of a process (VmRSS) and of its memory cgroup, in MiB: what the pod's limit counts (it includes
@@ -1269,7 +1269,6 @@ async fn real_node_twenty_jobs_attach_and_the_agent_memory_is_reported() {
         "agent memory: idle RSS {:.1} MiB (cgroup {:.1} MiB); three probes RSS {:.1} MiB (cgroup {:.1} MiB)",
         idle.0, idle.1, loaded.0, loaded.1
     );
-    kubectl_ok(node, &["delete", "namespace", ns, "--wait=false"]);
 }
 
 /// The ProbeSession of a TraceJob or ProbePolicy named `owner` on this node.
@@ -1603,8 +1602,27 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
 
 /// `helm upgrade` of the installed release with one value changed (`--set-json`), waiting for the rollout.
 fn helm_set_json(node: &RealNode, value: &str) {
+    let (ok, out, err) = helm_upgrade_json(node, value);
+    assert!(ok, "helm upgrade --set-json {value}: {err}\n{out}");
+    rolled_out(node);
+}
+
+/// Sets a chart value back when dropped, passed or failed, so the next test finds the chart as installed.
+struct HelmValueOnDrop<'a>(&'a RealNode, &'a str);
+
+impl Drop for HelmValueOnDrop<'_> {
+    fn drop(&mut self) {
+        // No assert here: a panic while a failed test unwinds would abort the whole test binary.
+        let (ok, _, err) = helm_upgrade_json(self.0, self.1);
+        if !ok {
+            eprintln!("restoring {}: {err}", self.1);
+        }
+    }
+}
+
+fn helm_upgrade_json(node: &RealNode, value: &str) -> (bool, String, String) {
     let kubeconfig = node.plane.kubeconfig(Identity::Admin);
-    let (ok, out, err) = sonde_tests::helm(&[
+    sonde_tests::helm(&[
         "upgrade",
         "sonde",
         "helm/sonde",
@@ -1618,9 +1636,7 @@ fn helm_set_json(node: &RealNode, value: &str) {
         "5m",
         "--kubeconfig",
         kubeconfig.to_str().unwrap(),
-    ]);
-    assert!(ok, "helm upgrade --set-json {value}: {err}\n{out}");
-    rolled_out(node);
+    ])
 }
 
 /// Node-wide tracing for a namespace editor, end to end on the real node: `sonde-user` (the built-in `edit`
@@ -1635,8 +1651,10 @@ async fn real_node_a_granted_user_traces_the_whole_node() {
     let node = RealNode::get();
     chart(node).await;
     let (ns, elsewhere) = ("granted", "elsewhere");
-    fresh_namespace(node, ns);
-    fresh_namespace(node, elsewhere);
+    let _gone = [ns, elsewhere].map(|n| {
+        fresh_namespace(node, n);
+        DeleteOnDrop(node, n)
+    });
     apply(node, elsewhere, &workload_pod(node, "elsewhere", 23300));
     wait_pods_ready(node, elsewhere);
     kubectl_ok(
@@ -1720,17 +1738,16 @@ async fn real_node_a_granted_user_traces_the_whole_node() {
     assert!(ok, "{err}");
 
     helm_set_json(node, &format!("tenancy.nodeWideNamespaces=[\"{ns}\"]"));
+    let restore = HelmValueOnDrop(node, "tenancy.nodeWideNamespaces=[]");
     let (ok, _, err) = create();
     assert!(ok, "{err}");
     let st = finished_job(node, ns, "whole-node", Duration::from_secs(90)).await;
-    helm_set_json(node, "tenancy.nodeWideNamespaces=[]");
+    drop(restore);
+    rolled_out(node);
     assert_eq!(st["phase"], "Succeeded", "{st}");
     let text = results_text(&st);
     assert!(
         text.contains("/tmp/w-elsewhere"),
         "a node-wide exec trace missed another namespace's pod: {st}"
     );
-    for n in [ns, elsewhere] {
-        kubectl_ok(node, &["delete", "namespace", n, "--wait=false"]);
-    }
 }
