@@ -1077,6 +1077,7 @@ fn wakeups_in_hard_interrupts_are_not_the_interrupted_tasks() {
     // Timer wakeups run in hard-interrupt context and must not count for the busy task; without the interrupt
     // tracking nearly all of them do (the busy task is current whenever the sleeper's timer fires). Some still
     // do (measured 0-14 %): wakeups from softirqs run on interrupt exit, on top of whatever task is current.
+    // The bound is a quarter, the measured worst with room, not the half that only caught the untracked case.
     let rows = run("sonde-burner");
     let leaked: u64 = rows
         .iter()
@@ -1088,8 +1089,13 @@ fn wakeups_in_hard_interrupts_are_not_the_interrupted_tasks() {
     let row = rows.iter().find(|r| r.key == key);
     let row = row.unwrap_or_else(|| panic!("no {key} in {rows:#?}"));
     assert!(row.count > 100, "{row:?}");
+    eprintln!(
+        "timer wakeups of the sleeper: {}; counted for the busy task: {leaked} ({:.1} %)",
+        row.count,
+        leaked as f64 * 100.0 / row.count as f64
+    );
     assert!(
-        leaked * 2 < row.count,
+        leaked * 4 < row.count,
         "the busy task 'woke' the sleeper {leaked} times (timer wakeups: {})",
         row.count
     );

@@ -362,9 +362,11 @@ fn tcp_rtt_measures_the_queue_behind_a_tbf_as_ss_does() {
         max >= 5.0,
         "the queue behind the tbf did not show: max {max} ms"
     );
+    // Within 5 % of ss (measured 0.02 to 0.2 ms apart at 26 ms, under 1 %): the kernel's smoothed RTT moves
+    // little between the nearest sample and ss's read.
     assert!(
-        (nearest / 1.5..=nearest * 1.5).contains(&ss_rtt),
-        "ss says {ss_rtt} ms, the probe {nearest} ms at that time"
+        (ss_rtt - nearest).abs() <= ss_rtt * 0.05,
+        "ss says {ss_rtt} ms, the probe {nearest} ms at that time (bound 5 %)"
     );
     assert!(
         out.findings

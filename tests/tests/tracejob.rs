@@ -925,13 +925,49 @@ async fn an_overloaded_agent_keeps_its_heartbeat_and_detaches_on_delete() {
     assert!(st.counts.dropped > 0, "not overloaded: {:?}", st.counts);
     assert!(st.counts.dropped_percent.is_some_and(|p| p > 0.0));
     assert!(is_true(&st.conditions, types::EVENTS_DROPPED), "{st:#?}");
-    // The latency of a detach is deleting_a_job_detaches_within_a_second's; here the API server, the operator
-    // and the agent share two cores with two unbounded floods (one CI run took 2.9 s), and what is checked is
-    // that the overloaded agent still detaches on delete.
+    // Delete to stop, by the agent's own clock: the summary it still publishes says when its trace stopped
+    // (CLOCK_MONOTONIC, `stoppedAtMonotonicNs`), which must be within 0.5 s of the delete (measured 32 ms; the
+    // bound is Ctrl-C's in ARCHITECTURE.md, Overload) although the API server,
+    // the operator and the agent share two cores with two unbounded floods. The detach after the stop is the
+    // kernel's pace (RCU grace periods; `detachSeconds`, reported apart) and bounded here only against a hang.
+    let deleted_at = sonde_tests::monotonic_ns();
     let took = s
         .delete_job_and_time_detach("flood", Duration::from_secs(5))
         .await;
-    eprintln!("overloaded: delete -> detached in {took:?}");
+    let results = s
+        .dir
+        .path()
+        .join("results")
+        .join("tracejobs")
+        .join(&s.ns.name);
+    let mut summary = None;
+    let published = wait_for(Duration::from_secs(20), || {
+        summary = walk_files(&results)
+            .into_iter()
+            .find(|p| p.ends_with("summary.json"))
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        std::future::ready(summary.is_some())
+    })
+    .await;
+    assert!(
+        published,
+        "no summary.json of the deleted job under {results:?}"
+    );
+    let summary = summary.unwrap();
+    let stopped_at = summary["stoppedAtMonotonicNs"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no stoppedAtMonotonicNs: {summary}"));
+    let stop = Duration::from_nanos(stopped_at.saturating_sub(deleted_at));
+    let detach = summary["detachSeconds"].as_f64().expect("detachSeconds");
+    eprintln!(
+        "overloaded: delete -> stopped {stop:?} (agent's clock), detach {detach:.3} s, programs gone {took:?} \
+         after the delete"
+    );
+    assert!(
+        stopped_at > deleted_at && stop <= Duration::from_millis(500),
+        "the overloaded agent stopped {stop:?} after the delete (bound 0.5 s)"
+    );
 }
 
 /// Field case B on the cluster path: the receiving pod lives in a network namespace behind a veth with a tight
@@ -980,7 +1016,8 @@ spec:
     sonde_tests::assert_tcp_stage_is_quick(&sonde_tests::slow_segments(events_url, 5.0));
 }
 
-/// apply -> Attached over 20 jobs, printed for the issue note (a measurement, not a timed assertion).
+/// apply -> Attached over 20 jobs, one after another: ARCHITECTURE.md states a p95 of at most 1 s (measured
+/// p50 0.32 s, p95 0.44 s with the operator, agent and API server on this host's two cores).
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_to_attached_latency_over_20_jobs() {
     sonde_tests::requires!(Root, ControlPlane);
@@ -1028,6 +1065,11 @@ async fn apply_to_attached_latency_over_20_jobs() {
         p(0.5),
         p(0.95),
         took[took.len() - 1]
+    );
+    assert!(
+        p(0.95) <= Duration::from_secs(1),
+        "apply -> attached p95 {:?}, over the documented 1 s",
+        p(0.95)
     );
 }
 
@@ -1200,12 +1242,7 @@ async fn one_namespaces_policies_leave_room_on_the_node_for_another_namespaces_j
     .expect("team-b's pod");
     s.pods.push(pod);
     let policies: Vec<String> = (0..12)
-        .map(|i| {
-            format!(
-                "apiVersion: sonde.dev/v1alpha1\nkind: ProbePolicy\nmetadata: {{name: standing-{i}}}\nspec:\n  \
-                 probe: exec\n  target: {{podSelector: {{matchLabels: {{app: ping}}}}}}\n  window: 60s\n"
-            )
-        })
+        .map(|i| wakeups_policy(&format!("standing-{i}"), 1_000_000, false))
         .collect();
     let file = s.dir.path().join("policies.yaml");
     std::fs::write(&file, policies.join("---\n")).unwrap();
