@@ -2,18 +2,30 @@
 //! comes from `--server` or `SONDE_RESULTS_URL`; the bearer token from `--token`, `SONDE_TOKEN`, or one minted
 //! for the audience `sonde-results` (TokenRequest) for the kubeconfig's service account. The kubeconfig's own
 //! credentials are never sent to the results server: `--server` may name any host, and the API server's token
-//! would let whoever answers there act as the user on the cluster.
+//! would let whoever answers there act as the user on the cluster. Nor does a token go in clear over a network:
+//! an `http://` server must be this host's loopback (`kubectl port-forward`) unless `--insecure-http` says so;
+//! `https://` servers are checked against `--ca-file` (`SONDE_RESULTS_CA`) when given, else the system's roots.
 
 use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 #[derive(Args)]
 pub(crate) struct ResultsArgs {
-    /// The results server, e.g. http://sonde-results.sonde-system (or SONDE_RESULTS_URL).
+    /// The results server, e.g. https://sonde-results.sonde-system (or SONDE_RESULTS_URL). An http:// server
+    /// must be on this host (localhost, 127.0.0.1, ::1, as with `kubectl port-forward`) unless --insecure-http.
     #[arg(long, env = "SONDE_RESULTS_URL", global = true)]
     server: Option<String>,
+    /// Trust only the CA certificates in this PEM file for an https:// server (or SONDE_RESULTS_CA), e.g. the
+    /// `ca.crt` of the server's cert-manager Secret; without it, the system's roots.
+    #[arg(long, env = "SONDE_RESULTS_CA", global = true, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Send the token to an http:// server that is not on this host. It then crosses the network in clear:
+    /// whoever sees the traffic can read it, and use it against the results server until it expires.
+    #[arg(long, global = true)]
+    insecure_http: bool,
     /// Bearer token for the results server (or SONDE_TOKEN). Without one, a token for the audience
     /// `sonde-results` only, valid 10 minutes, is requested from the API server (TokenRequest) for the
     /// kubeconfig's service account, which needs `create serviceaccounts/token` on itself; `kubectl create token
@@ -163,10 +175,57 @@ impl Client {
     }
 }
 
+/// Whether the token may go to `server`: over https, or over http to this host's loopback only, unless the
+/// user said `--insecure-http`.
+fn check_server(server: &str, insecure_http: bool) -> Result<reqwest::Url> {
+    let url = reqwest::Url::parse(server)
+        .with_context(|| format!("--server {server:?} is not a URL (https://<host>[:<port>])"))?;
+    let host = url.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback || insecure_http => Ok(url),
+        "http" => bail!(
+            "refusing to send a token to {server} over plain HTTP: it would cross the network in clear, and \
+             whoever sees the traffic could read your results with it until it expires. Use an https:// server \
+             (with --ca-file for a private CA), reach it on this host (kubectl port-forward, then \
+             http://localhost:<port>), or pass --insecure-http to send it anyway"
+        ),
+        other => bail!("--server {server}: {other}:// is not http:// or https://"),
+    }
+}
+
+/// The client for `server`: an https one trusts only `ca_file`'s certificates when given, and is never
+/// redirected to plain HTTP.
+fn http_client(server: &reqwest::Url, ca_file: Option<&Path>) -> Result<reqwest::blocking::Client> {
+    let mut builder = reqwest::blocking::Client::builder().timeout(None);
+    if server.scheme() == "https" {
+        builder = builder.https_only(true);
+        if let Some(ca) = ca_file {
+            let what = || format!("--ca-file {}", ca.display());
+            let pem = std::fs::read(ca).with_context(what)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(what)?;
+            if certs.is_empty() {
+                bail!("{}: no PEM certificate in it", what());
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+    }
+    Ok(builder.build()?)
+}
+
 pub(crate) fn run(args: ResultsArgs) -> Result<()> {
     let Some(server) = args.server else {
         bail!("no results server: pass --server or set SONDE_RESULTS_URL");
     };
+    // Before a token is minted: none goes where it should not.
+    let url = check_server(&server, args.insecure_http)?;
+    let http = http_client(&url, args.ca_file.as_deref())?;
     let token = match args.token {
         Some(t) => t,
         None => minted_token()?,
@@ -176,7 +235,7 @@ pub(crate) fn run(args: ResultsArgs) -> Result<()> {
         .or_else(kubeconfig_namespace)
         .unwrap_or_else(|| "default".into());
     let client = Client {
-        http: reqwest::blocking::Client::builder().timeout(None).build()?,
+        http,
         base: format!(
             "{}/api/v1/namespaces/{ns}/tracejobs",
             server.trim_end_matches('/')
@@ -259,4 +318,212 @@ pub(crate) fn run(args: ResultsArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::io::Read;
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        results: ResultsArgs,
+    }
+
+    #[test]
+    fn a_token_goes_in_clear_only_to_this_host_or_with_insecure_http() {
+        for server in [
+            "http://sonde-results.sonde-system",
+            "http://10.96.0.12:80",
+            "http://results.example.com:8080/",
+        ] {
+            let e = format!("{:#}", check_server(server, false).unwrap_err());
+            assert!(
+                e.contains("refusing to send a token")
+                    && e.contains("in clear")
+                    && e.contains("--insecure-http"),
+                "{e}"
+            );
+            assert!(check_server(server, true).is_ok(), "{server}");
+        }
+        for server in [
+            "https://sonde-results.sonde-system",
+            "https://10.96.0.12:8443",
+            "http://localhost:8080",
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080",
+        ] {
+            assert!(check_server(server, false).is_ok(), "{server}");
+        }
+        assert!(check_server("ftp://x", true).is_err());
+        assert!(check_server("sonde-results:80", true).is_err());
+    }
+
+    /// The refusal comes before anything else: no token is minted (here there is no cluster to mint one from,
+    /// whose error would show instead).
+    #[test]
+    fn sonde_results_refuses_a_remote_http_server_before_minting_a_token() {
+        let cli = Cli::parse_from([
+            "results",
+            "--server",
+            "http://sonde-results.sonde-system",
+            "list",
+        ]);
+        let e = format!("{:#}", run(cli.results).unwrap_err());
+        assert!(
+            e.starts_with("refusing to send a token to http://sonde-results.sonde-system"),
+            "{e}"
+        );
+        let help = {
+            use clap::CommandFactory;
+            Cli::command().render_help().to_string()
+        };
+        assert!(
+            help.contains("--insecure-http") && help.contains("--ca-file <PEM>"),
+            "{help}"
+        );
+    }
+
+    /// A CA (`ca.crt`) and a certificate it signed for `localhost` and 127.0.0.1 (`tls.crt`, `tls.key`).
+    fn make_certs(dir: &Path) {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("the openssl command");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=test ca",
+            ],
+        ]
+        .concat());
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "tls.key",
+                "-out",
+                "tls.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "tls.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+    }
+
+    /// An HTTPS server with `dir`'s certificate answering `[]` to every request, on a thread.
+    fn tls_server(dir: &Path) -> u16 {
+        let chain = CertificateDer::pem_file_iter(dir.join("tls.crt"))
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.join("tls.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let config = Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp.unwrap());
+                let mut head = Vec::new();
+                let mut buf = [0; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if head.ends_with(b"\r\n\r\n") {
+                    let _ = tls.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\
+                          connection: close\r\n\r\n[]",
+                    );
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                }
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn an_https_server_is_trusted_through_the_ca_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        make_certs(d);
+        let port = tls_server(d);
+        let url = check_server(&format!("https://127.0.0.1:{port}"), false).unwrap();
+        let get = |ca: Option<&Path>| -> Result<serde_json::Value> {
+            let client = http_client(&url, ca)?;
+            Ok(client
+                .get(url.join("/api/v1/namespaces/a/tracejobs")?)
+                .send()?
+                .json()?)
+        };
+        assert_eq!(get(Some(&d.join("ca.crt"))).unwrap(), serde_json::json!([]));
+        let e = format!("{:?}", get(None).unwrap_err());
+        assert!(e.contains("UnknownIssuer"), "{e}");
+        let e = format!("{:#}", get(Some(&d.join("nope.crt"))).unwrap_err());
+        assert!(e.contains("--ca-file") && e.contains("nope.crt"), "{e}");
+    }
 }

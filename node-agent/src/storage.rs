@@ -17,11 +17,13 @@ pub struct Locations {
 
 impl Locations {
     /// `named` is `name=url,name=url` (see [`sonde_telemetry::parse_locations`]).
+    /// Warns once (this is read at start) of `results+http://` locations, which carry the agent's token in clear.
     pub fn parse(default: String, named: &str) -> Result<Locations, String> {
-        Ok(Locations {
-            default,
-            named: sonde_telemetry::parse_locations(named)?,
-        })
+        let named = sonde_telemetry::parse_locations(named)?;
+        crate::upload::warn_of_clear_tokens(
+            std::iter::once(default.as_str()).chain(named.values().map(String::as_str)),
+        );
+        Ok(Locations { default, named })
     }
 
     /// The default store's URL (sessions that name no location).

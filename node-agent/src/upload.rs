@@ -1,12 +1,17 @@
 //! Results leave the node through the `object_store` crate: `file://` (a directory on the node or a shared
 //! volume) or `s3://bucket/prefix`, configured by the usual `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...); or, in a cluster without an
-//! object store, through the results server (`results+http://<service>:<port>`), which keeps them on its own
-//! volume and takes them from an agent with its pod's projected token (audience `sonde-results`, re-read for every
-//! upload, as the kubelet rotates it). Files are written under `<url>/<resultPrefix>/`.
+//! object store, through the results server (`results+https://<service>:<port>`, or `results+http://` where
+//! it serves no certificate), which keeps them on its own volume and takes them from an agent with its pod's
+//! projected token (audience `sonde-results`, re-read for every upload, as the kubelet rotates it). Over
+//! `results+https://` the server's certificate must chain to the CA bundle in `SONDE_RESULTS_CA` (a file:
+//! cert-manager's `ca.crt`), else to the system's roots; `SONDE_RESULTS_ADDRESS` (an IP: the Service's) is
+//! where the URL's host name is reached, so the name on the certificate is checked without cluster DNS. Files
+//! are written under `<url>/<resultPrefix>/`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use std::time::Duration;
 
@@ -22,6 +27,99 @@ use crate::error::{Error, Result};
 
 /// Where the pod's token for the results server is (a projected volume of the chart).
 pub const RESULTS_TOKEN_FILE: &str = "/var/run/secrets/sonde.dev/results/token";
+
+/// How the agent reaches a `results+https://` server: from its environment, read once (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct ServerTls {
+    /// `SONDE_RESULTS_CA`: the PEM bundle of the CA(s) the server's certificate must chain to. The system's roots
+    /// are then not trusted: the agent's token goes only to a server the cluster's own CA vouches for (and no
+    /// public CA certifies an in-cluster name anyway). Read at each opening, so a renewed bundle is taken.
+    pub ca_file: Option<PathBuf>,
+    /// `SONDE_RESULTS_ADDRESS`: the IP address to connect to for the URL's host (any port: the URL's is used).
+    pub address: Option<String>,
+}
+
+impl ServerTls {
+    /// `SONDE_RESULTS_CA` and `SONDE_RESULTS_ADDRESS`, as the agent started with them (empty counts as unset).
+    pub fn from_env() -> &'static ServerTls {
+        static FROM_ENV: OnceLock<ServerTls> = OnceLock::new();
+        FROM_ENV.get_or_init(|| {
+            let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+            ServerTls {
+                ca_file: var("SONDE_RESULTS_CA").map(PathBuf::from),
+                address: var("SONDE_RESULTS_ADDRESS").map(|a| a.to_string_lossy().into_owned()),
+            }
+        })
+    }
+
+    /// The HTTP client for a results server at `host` (`scheme` `http` or `https`).
+    fn client(&self, scheme: &str, host: &str) -> std::result::Result<reqwest::Client, String> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(120));
+        if scheme == "https" {
+            // Never on to plain HTTP, even if redirected: the token goes with each request.
+            builder = builder.https_only(true);
+            if let Some(ca) = &self.ca_file {
+                let what = || {
+                    format!(
+                        "the results server's CA bundle {} (SONDE_RESULTS_CA)",
+                        ca.display()
+                    )
+                };
+                let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", what()))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| format!("{}: {e}", what()))?;
+                if certs.is_empty() {
+                    return Err(format!("{}: no PEM certificate in it", what()));
+                }
+                builder = builder.tls_certs_only(certs);
+            }
+        }
+        if let Some(address) = &self.address {
+            let ip: IpAddr = address.parse().map_err(|e| {
+                format!("SONDE_RESULTS_ADDRESS {address:?} is not an IP address: {e}")
+            })?;
+            builder = builder.resolve(host, SocketAddr::new(ip, 0));
+        }
+        builder.build().map_err(|e| sonde_probes::error::chain(&e))
+    }
+}
+
+/// Whether a store URL sends the agent's token in clear over a network: `results+http://` to a host that is not
+/// this one's loopback.
+pub fn sends_token_in_clear(store_url: &str) -> bool {
+    let Ok(url) = Url::parse(store_url) else {
+        return false;
+    };
+    let loopback = match url.host() {
+        // `results+http` is not a special scheme: its host is not parsed as an IPv4 address.
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost")
+                || d.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    url.scheme() == "results+http" && !loopback
+}
+
+/// Says once, at start, that the admin's `results+http://` locations carry the agent's token in clear (they still
+/// work: a cluster may have no certificate for the results server).
+pub fn warn_of_clear_tokens<'a>(store_urls: impl IntoIterator<Item = &'a str>) {
+    let clear: Vec<&str> = store_urls
+        .into_iter()
+        .filter(|u| sends_token_in_clear(u))
+        .collect();
+    if !clear.is_empty() {
+        tracing::warn!(
+            urls = ?clear,
+            "results go to the results server over plain HTTP: the agent's token for it crosses the network in \
+             clear (serve the results server with a certificate and use results+https://)"
+        );
+    }
+}
 
 /// An object store and the path its URL points into.
 pub struct Store {
@@ -42,12 +140,24 @@ enum Backend {
 
 impl Store {
     pub fn open(store_url: &str) -> Result<Store> {
+        let token_file = std::env::var_os("SONDE_RESULTS_TOKEN_FILE")
+            .map_or_else(|| PathBuf::from(RESULTS_TOKEN_FILE), PathBuf::from);
+        Store::open_with(store_url, ServerTls::from_env(), token_file)
+    }
+
+    /// [`Store::open`] with the results server's client options and token file given.
+    pub fn open_with(store_url: &str, tls: &ServerTls, token_file: PathBuf) -> Result<Store> {
         let err = |message: String| Error::Store {
             url: store_url.into(),
             message,
         };
         let url = Url::parse(store_url).map_err(|e| err(e.to_string()))?;
         if let Some(scheme) = url.scheme().strip_prefix("results+") {
+            if scheme != "http" && scheme != "https" {
+                return Err(err(format!(
+                    "results+{scheme}: the results server is results+https:// or results+http://"
+                )));
+            }
             let host = url
                 .host_str()
                 .ok_or_else(|| err("no results server host".into()))?;
@@ -55,13 +165,13 @@ impl Store {
             let server = format!("{scheme}://{host}{port}");
             let objects = Url::parse(&format!("{server}/agent/v1/objects/"))
                 .map_err(|e| err(e.to_string()))?;
-            let http = reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(120))
-                .build()
-                .map_err(|e| err(e.to_string()))?;
-            let token_file = std::env::var_os("SONDE_RESULTS_TOKEN_FILE")
-                .map_or_else(|| PathBuf::from(RESULTS_TOKEN_FILE), PathBuf::from);
+            // No client, no upload to this server for any set.
+            let http = tls
+                .client(scheme, host)
+                .map_err(|message| Error::StoreDown {
+                    url: store_url.trim_end_matches('/').to_string(),
+                    message,
+                })?;
             return Ok(Store {
                 url: store_url.trim_end_matches('/').to_string(),
                 backend: Backend::Server {
@@ -304,6 +414,248 @@ pub async fn upload(
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    use super::{ServerTls, Store};
+
+    /// A CA (`ca.crt`) and a certificate it signed (`tls.crt`, `tls.key`) for `localhost`, 127.0.0.1 and
+    /// `sonde-results.sonde.svc`, made with the openssl command.
+    fn make_certs(dir: &Path) {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("the openssl command");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,DNS:sonde-results.sonde.svc,IP:127.0.0.1\n\
+             basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=test ca",
+            ],
+        ]
+        .concat());
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "tls.key",
+                "-out",
+                "tls.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "tls.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+    }
+
+    /// A results server over TLS with `dir`'s certificate: answers 200 to each request and reports it (head
+    /// and body), or the failed handshake.
+    async fn tls_server(
+        dir: &Path,
+    ) -> (
+        u16,
+        tokio::sync::mpsc::UnboundedReceiver<Result<String, String>>,
+    ) {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let chain = CertificateDer::pem_file_iter(dir.join("tls.crt"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.join("tls.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let conn = match acceptor.accept(tcp).await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        continue;
+                    }
+                };
+                let mut conn = tokio::io::BufReader::new(conn);
+                let mut head = String::new();
+                while !head.ends_with("\r\n\r\n") {
+                    if conn.read_line(&mut head).await.unwrap() == 0 {
+                        break;
+                    }
+                }
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(String::from)
+                    })
+                    .map_or(0, |n| n.trim().parse().unwrap());
+                let mut body = vec![0; len];
+                conn.read_exact(&mut body).await.unwrap();
+                conn.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await
+                .unwrap();
+                conn.shutdown().await.unwrap();
+                let _ = tx.send(Ok(head + &String::from_utf8_lossy(&body)));
+            }
+        });
+        (port, rx)
+    }
+
+    /// Over `results+https://`: with the CA the file arrives with the token, to the IP or to a name reached at
+    /// `SONDE_RESULTS_ADDRESS`; without it (the system's roots) the upload fails naming the certificate problem,
+    /// and an unreadable CA file is named.
+    #[tokio::test]
+    async fn uploads_over_https_to_a_server_the_ca_vouches_for_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        make_certs(d);
+        std::fs::write(d.join("token"), "the-token\n").unwrap();
+        std::fs::write(d.join("summary.json"), b"{\"rows\":[]}").unwrap();
+        let (port, mut seen) = tls_server(d).await;
+        let with_ca = ServerTls {
+            ca_file: Some(d.join("ca.crt")),
+            address: None,
+        };
+        let put = |url: String, tls: ServerTls| {
+            let token = d.join("token");
+            let file = d.join("summary.json");
+            async move {
+                Store::open_with(&url, &tls, token)?
+                    .put_file("tracejobs/ns/job-1/node-a", "summary.json", &file)
+                    .await
+            }
+        };
+        put(format!("results+https://127.0.0.1:{port}"), with_ca.clone())
+            .await
+            .unwrap();
+        let got = seen.recv().await.unwrap().unwrap();
+        assert!(
+            got.starts_with(
+                "PUT /agent/v1/objects/tracejobs/ns/job-1/node-a/summary.json HTTP/1.1\r\n"
+            ),
+            "{got}"
+        );
+        assert!(got.contains("authorization: Bearer the-token\r\n"), "{got}");
+        assert!(got.ends_with("\r\n\r\n{\"rows\":[]}"), "{got}");
+
+        // The Service's name on the certificate, reached at its address without DNS.
+        let named = ServerTls {
+            address: Some("127.0.0.1".into()),
+            ..with_ca.clone()
+        };
+        put(
+            format!("results+https://sonde-results.sonde.svc:{port}"),
+            named,
+        )
+        .await
+        .unwrap();
+        assert!(seen.recv().await.unwrap().is_ok());
+
+        let e = put(
+            format!("results+https://127.0.0.1:{port}"),
+            ServerTls::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("invalid peer certificate: UnknownIssuer"), "{e}");
+        assert!(seen.recv().await.unwrap().is_err(), "the handshake failed");
+
+        let e = put(
+            format!("results+https://127.0.0.1:{port}"),
+            ServerTls {
+                ca_file: Some(d.join("nope.crt")),
+                address: None,
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("nope.crt (SONDE_RESULTS_CA)") && e.contains("down"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_results_http_off_this_host_sends_the_token_in_clear() {
+        for url in [
+            "results+http://10.0.0.1:80",
+            "results+http://sonde-results.sonde.svc",
+        ] {
+            assert!(super::sends_token_in_clear(url), "{url}");
+        }
+        for url in [
+            "results+https://10.0.0.1:443",
+            "results+http://127.0.0.1:8080",
+            "results+http://localhost:8080",
+            "results+http://[::1]:8080",
+            "s3://bucket/x",
+            "file:///var/lib/sonde",
+        ] {
+            assert!(!super::sends_token_in_clear(url), "{url}");
+        }
+    }
 
     #[tokio::test]
     async fn uploads_to_a_local_directory() {

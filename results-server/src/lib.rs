@@ -13,6 +13,7 @@ pub mod limit;
 pub mod routes;
 pub mod share;
 pub mod store;
+pub mod tls;
 pub mod web;
 
 pub use error::{Error, Result};

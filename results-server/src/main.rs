@@ -1,20 +1,29 @@
 //! `sonde-results`: serves TraceJob results over REST (see the crate docs).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use sonde_results::auth::{Auth, KubeReviewer};
-use sonde_results::{Context, request_histogram, routes, store};
+use sonde_results::{Context, request_histogram, routes, store, tls};
 
 #[derive(Parser)]
 #[command(version, about = "Sonde's results server")]
 struct Args {
     #[arg(long, env = "SONDE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
-    /// Where /metrics, /healthz and /readyz are served.
+    /// Serve HTTPS on --listen with this certificate (PEM, the server's first, then its chain: cert-manager's
+    /// `tls.crt`), with --tls-key. Read again when the file changes (looked at, at most every 30 s, when a
+    /// client connects). Without both, plain HTTP: readers' and agents' tokens cross the network in clear.
+    #[arg(long, env = "SONDE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: cert-manager's `tls.key`), with --tls-cert.
+    #[arg(long, env = "SONDE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Where /metrics, /healthz and /readyz are served (plain HTTP: no token goes there).
     #[arg(long, env = "SONDE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     metrics_addr: SocketAddr,
     /// The audience tokens must be for (`kubectl create token <account> --audience <this>`).
@@ -44,6 +53,21 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     sonde_telemetry::init_logging();
     let args = Args::parse();
+    // The certificate first: a bad file fails the start, naming it.
+    let tls =
+        match tls::CertFiles::from_args(args.tls_cert, args.tls_key).map_err(anyhow::Error::msg)? {
+            Some(files) => {
+                let cert = tls::ReloadingCert::load(files, tls::RELOAD_EVERY)
+                    .map_err(anyhow::Error::msg)?;
+                Some(tls::server_config(Arc::new(cert)).map_err(anyhow::Error::msg)?)
+            }
+            None => {
+                tracing::warn!(
+                    "serving plain HTTP: tokens cross the network in clear (see --tls-cert)"
+                );
+                None
+            }
+        };
     let client = kube::Client::try_default().await?;
     let mut registry = Registry::default();
     let sub = registry.sub_registry_with_prefix("sonde_results");
@@ -106,17 +130,16 @@ async fn main() -> anyhow::Result<()> {
         stopping,
     });
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving results");
+    tracing::info!(addr = %listener.local_addr()?, https = tls.is_some(), "serving results");
     health.set_ready(true);
     let stop_signal = sonde_telemetry::stop_signal()?;
     // With each connection's peer address, which requests are limited by (`routes::app`; no proxy in front is
     // trusted, `X-Forwarded-For` is not read).
-    axum::serve(listener, routes::app(ctx))
-        .with_graceful_shutdown(async move {
-            stop_signal.await;
-            tracing::info!("shutting down");
-            let _ = stop.send(true);
-        })
-        .await?;
+    routes::serve(listener, tls, ctx, async move {
+        stop_signal.await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    })
+    .await?;
     Ok(())
 }

@@ -51,6 +51,38 @@ pub fn app(ctx: Ctx) -> IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>
     router(ctx).into_make_service_with_connect_info::<SocketAddr>()
 }
 
+/// [`app`] for connections the server took over HTTPS (`tls::TlsListener`): requests carry `web::OverTls`.
+pub fn app_over_tls(ctx: Ctx) -> IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr> {
+    router(ctx)
+        .layer(axum::Extension(crate::web::OverTls))
+        .into_make_service_with_connect_info::<SocketAddr>()
+}
+
+/// Serves the app on `listener` until `shutdown` (then lets requests under way finish): over HTTPS with `tls`
+/// (each connection's peer given as for HTTP), else plain HTTP.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    ctx: Ctx,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    match tls {
+        None => {
+            axum::serve(listener, app(ctx))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(config) => {
+            // Through `tap_io`, axum gives a listener's own address (the TCP peer) as `ConnectInfo`.
+            let listener = crate::tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+            axum::serve(listener, app_over_tls(ctx))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
 /// The routes. Served through [`app`]: without the peer address every route that authenticates answers 500
 /// (`Error::NoPeer`), except in this crate's tests.
 pub fn router(ctx: Ctx) -> axum::Router {

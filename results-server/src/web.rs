@@ -6,12 +6,12 @@
 //! The page draws everything from the API with DOM text nodes, never markup, and shows result SVGs only as
 //! images; its Content-Security-Policy allows nothing but this server's own script, style, images and data.
 
-use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use crate::Ctx;
@@ -87,6 +87,7 @@ struct LoggedIn {
 async fn login(
     State(ctx): State<Ctx>,
     peer: Peer,
+    tls: Option<Extension<OverTls>>,
     headers: HeaderMap,
     body: std::result::Result<Json<Login>, JsonRejection>,
 ) -> Result<Response> {
@@ -98,7 +99,7 @@ async fn login(
         return Err(Error::BadToken("that is not a bearer token".into()));
     }
     let user = ctx.auth.authenticate(token, peer).await?;
-    let cookie = cookie(&headers, token, SESSION_SECONDS);
+    let cookie = cookie(&headers, tls.is_some(), token, SESSION_SECONDS);
     Ok((
         [(header::SET_COOKIE, cookie), no_store()],
         Json(LoggedIn { user: user.name }),
@@ -106,11 +107,14 @@ async fn login(
         .into_response())
 }
 
-async fn logout(headers: HeaderMap) -> Result<Response> {
+async fn logout(tls: Option<Extension<OverTls>>, headers: HeaderMap) -> Result<Response> {
     same_origin(&headers)?;
     Ok((
         axum::http::StatusCode::NO_CONTENT,
-        [(header::SET_COOKIE, cookie(&headers, "", 0)), no_store()],
+        [
+            (header::SET_COOKIE, cookie(&headers, tls.is_some(), "", 0)),
+            no_store(),
+        ],
     )
         .into_response())
 }
@@ -119,12 +123,18 @@ fn no_store() -> (header::HeaderName, HeaderValue) {
     (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))
 }
 
-/// The token cookie; `Secure` when the request came over HTTPS (through an ingress or a proxy).
-fn cookie(headers: &HeaderMap, token: &str, max_age: u32) -> HeaderValue {
-    let https = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+/// Set on requests the server itself took over HTTPS (`--tls-cert`; `routes::serve`).
+#[derive(Clone, Copy, Debug)]
+pub struct OverTls;
+
+/// The token cookie; `Secure` when the request came over HTTPS (`over_tls`: to this server, else through an
+/// ingress or a proxy).
+fn cookie(headers: &HeaderMap, over_tls: bool, token: &str, max_age: u32) -> HeaderValue {
+    let https = over_tls
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|p| p.eq_ignore_ascii_case("https"));
     let secure = if https { "; Secure" } else { "" };
     // The token was checked to be visible ASCII without `;`, so the value is a valid header.
     HeaderValue::from_str(&format!(
@@ -162,7 +172,7 @@ mod tests {
 
     #[test]
     fn the_cookie_is_http_only_strict_and_secure_behind_https() {
-        let plain = cookie(&HeaderMap::new(), "abc.def", 60);
+        let plain = cookie(&HeaderMap::new(), false, "abc.def", 60);
         assert_eq!(
             plain.to_str().unwrap(),
             "sonde_token=abc.def; Path=/; HttpOnly; SameSite=Strict; Max-Age=60"
@@ -172,9 +182,12 @@ mod tests {
                 header::HeaderName::from_static("x-forwarded-proto"),
                 "https",
             )]),
+            false,
             "t",
             60,
         );
+        assert!(tls.to_str().unwrap().ends_with("; Secure"), "{tls:?}");
+        let tls = cookie(&HeaderMap::new(), true, "t", 60);
         assert!(tls.to_str().unwrap().ends_with("; Secure"), "{tls:?}");
     }
 
