@@ -392,75 +392,21 @@ mod tests {
 
     /// A CA (`ca.crt`) and a certificate it signed for `localhost` and 127.0.0.1 (`tls.crt`, `tls.key`).
     fn make_certs(dir: &Path) {
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("the openssl command");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        std::fs::write(
-            dir.join("ext.cnf"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        run(&[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=test ca",
-            ],
-        ]
-        .concat());
-        run(&[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "tls.key",
-                "-out",
-                "tls.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat());
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "tls.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "tls.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/certs.sh");
+        let out = std::process::Command::new("sh")
+            .args([
+                script,
+                &dir.display().to_string(),
+                "",
+                "DNS:localhost,IP:127.0.0.1",
+            ])
+            .output()
+            .expect("sh tests/certs.sh");
+        assert!(
+            out.status.success(),
+            "tests/certs.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// An HTTPS server with `dir`'s certificate answering `[]` to every request, on a thread.

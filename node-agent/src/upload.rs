@@ -426,76 +426,21 @@ mod tests {
     /// A CA (`ca.crt`) and a certificate it signed (`tls.crt`, `tls.key`) for `localhost`, 127.0.0.1 and
     /// `sonde-results.sonde.svc`, made with the openssl command.
     fn make_certs(dir: &Path) {
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("the openssl command");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        std::fs::write(
-            dir.join("ext.cnf"),
-            "subjectAltName=DNS:localhost,DNS:sonde-results.sonde.svc,IP:127.0.0.1\n\
-             basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        run(&[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=test ca",
-            ],
-        ]
-        .concat());
-        run(&[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "tls.key",
-                "-out",
-                "tls.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat());
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "tls.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "tls.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/certs.sh");
+        let out = std::process::Command::new("sh")
+            .args([
+                script,
+                &dir.display().to_string(),
+                "",
+                "DNS:localhost,DNS:sonde-results.sonde.svc,IP:127.0.0.1",
+            ])
+            .output()
+            .expect("sh tests/certs.sh");
+        assert!(
+            out.status.success(),
+            "tests/certs.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A results server over TLS with `dir`'s certificate: answers 200 to each request and reports it (head

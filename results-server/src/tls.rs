@@ -316,71 +316,21 @@ pub(crate) mod tests {
     /// A CA and a certificate it signed for `localhost` and 127.0.0.1, made with the openssl command:
     /// `ca.crt`, `tls.crt`, `tls.key` in `dir` (as cert-manager mounts them), and `name`-prefixed copies.
     pub(crate) fn make_certs(dir: &Path, name: &str) {
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("the openssl command");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let (ca_key, ca, key, csr, cert) = (
-            format!("{name}ca.key"),
-            format!("{name}ca.crt"),
-            format!("{name}tls.key"),
-            format!("{name}tls.csr"),
-            format!("{name}tls.crt"),
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/certs.sh");
+        let out = std::process::Command::new("sh")
+            .args([
+                script,
+                &dir.display().to_string(),
+                name,
+                "DNS:localhost,IP:127.0.0.1",
+            ])
+            .output()
+            .expect("sh tests/certs.sh");
+        assert!(
+            out.status.success(),
+            "tests/certs.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        let ext = format!("{name}ext.cnf");
-        std::fs::write(
-            dir.join(&ext),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-        run(&[
-            &["req", "-x509", "-nodes"][..],
-            &ec,
-            &[
-                "-keyout",
-                &ca_key,
-                "-out",
-                &ca,
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN=test ca {name}"),
-            ],
-        ]
-        .concat());
-        run(&[
-            &["req", "-nodes"][..],
-            &ec,
-            &["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"],
-        ]
-        .concat());
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &cert,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ]);
     }
 
     /// Puts `from` as `to` the way a Secret's update does: a new file moved over the old name.
