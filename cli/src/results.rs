@@ -392,21 +392,7 @@ mod tests {
 
     /// A CA (`ca.crt`) and a certificate it signed for `localhost` and 127.0.0.1 (`tls.crt`, `tls.key`).
     fn make_certs(dir: &Path) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/certs.sh");
-        let out = std::process::Command::new("sh")
-            .args([
-                script,
-                &dir.display().to_string(),
-                "",
-                "DNS:localhost,IP:127.0.0.1",
-            ])
-            .output()
-            .expect("sh tests/certs.sh");
-        assert!(
-            out.status.success(),
-            "tests/certs.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        sonde_telemetry::test_certs(dir, "", "DNS:localhost,IP:127.0.0.1");
     }
 
     /// An HTTPS server with `dir`'s certificate answering `[]` to every request, on a thread.

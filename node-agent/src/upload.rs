@@ -426,20 +426,10 @@ mod tests {
     /// A CA (`ca.crt`) and a certificate it signed (`tls.crt`, `tls.key`) for `localhost`, 127.0.0.1 and
     /// `sonde-results.sonde.svc`, made with the openssl command.
     fn make_certs(dir: &Path) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/certs.sh");
-        let out = std::process::Command::new("sh")
-            .args([
-                script,
-                &dir.display().to_string(),
-                "",
-                "DNS:localhost,DNS:sonde-results.sonde.svc,IP:127.0.0.1",
-            ])
-            .output()
-            .expect("sh tests/certs.sh");
-        assert!(
-            out.status.success(),
-            "tests/certs.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
+        sonde_telemetry::test_certs(
+            dir,
+            "",
+            "DNS:localhost,DNS:sonde-results.sonde.svc,IP:127.0.0.1",
         );
     }
 

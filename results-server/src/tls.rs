@@ -310,27 +310,12 @@ impl axum::serve::Listener for TlsListener {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::process::Command;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A CA and a certificate it signed for `localhost` and 127.0.0.1, made with the openssl command:
     /// `ca.crt`, `tls.crt`, `tls.key` in `dir` (as cert-manager mounts them), and `name`-prefixed copies.
     pub(crate) fn make_certs(dir: &Path, name: &str) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/certs.sh");
-        let out = std::process::Command::new("sh")
-            .args([
-                script,
-                &dir.display().to_string(),
-                name,
-                "DNS:localhost,IP:127.0.0.1",
-            ])
-            .output()
-            .expect("sh tests/certs.sh");
-        assert!(
-            out.status.success(),
-            "tests/certs.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        sonde_telemetry::test_certs(dir, name, "DNS:localhost,IP:127.0.0.1");
     }
 
     /// Puts `from` as `to` the way a Secret's update does: a new file moved over the old name.

@@ -155,3 +155,25 @@ pub fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
         }
     })
 }
+
+/// For TLS tests: a CA (`<prefix>ca.crt`) and a server certificate it signed (`<prefix>tls.crt`,
+/// `<prefix>tls.key`) for `sans` (`DNS:localhost,IP:127.0.0.1`) in `dir`, as cert-manager's CA issuer mounts
+/// them; made by `tests/certs.sh` with the openssl command. Panics with openssl's answer when it fails.
+#[doc(hidden)]
+#[allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test helper reports failure by panicking"
+)]
+pub fn test_certs(dir: &std::path::Path, prefix: &str, sans: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/certs.sh");
+    let out = std::process::Command::new("sh")
+        .args([script, &dir.display().to_string(), prefix, sans])
+        .output()
+        .expect("sh tests/certs.sh");
+    assert!(
+        out.status.success(),
+        "tests/certs.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
