@@ -60,6 +60,86 @@ fn chart_lints_and_its_schema_refuses_bad_values() {
     assert!(ok && out.contains("- ReadWriteMany"), "{err}");
 }
 
+/// With a certificate Secret the results server serves HTTPS from its tls.crt/tls.key (a whole-Secret mount,
+/// which the kubelet updates when cert-manager rotates it), its Service's port is https, and the agents write to
+/// results+https:// by the certificate's name while connecting to the Service's IP, trusting the Secret's ca.crt:
+/// they never mount its key. Without it, plain HTTP as before.
+#[test]
+fn a_certificate_secret_turns_the_results_path_to_https() {
+    sonde_tests::requires!(Helm);
+    let (ok, out, err) = template_with("results.tls.secretName=results-tls");
+    assert!(ok, "{err}");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&out)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .collect();
+    let of = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    let container = |d: &serde_yaml::Value| d["spec"]["template"]["spec"]["containers"][0].clone();
+    let env = |c: &serde_yaml::Value, name: &str| {
+        c["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].as_str().unwrap().to_string())
+    };
+    let server = of("Deployment", "sonde-results");
+    let c = container(&server);
+    assert_eq!(
+        env(&c, "SONDE_TLS_CERT").as_deref(),
+        Some("/etc/sonde/tls/tls.crt")
+    );
+    assert_eq!(
+        env(&c, "SONDE_TLS_KEY").as_deref(),
+        Some("/etc/sonde/tls/tls.key")
+    );
+    let mounts = serde_yaml::to_string(&c["volumeMounts"]).unwrap();
+    assert!(
+        mounts.contains("/etc/sonde/tls") && !mounts.contains("subPath"),
+        "{mounts}"
+    );
+    let volumes = serde_yaml::to_string(&server["spec"]["template"]["spec"]["volumes"]).unwrap();
+    assert!(volumes.contains("secretName: results-tls"), "{volumes}");
+    let service = serde_yaml::to_string(&of("Service", "sonde-results")["spec"]["ports"]).unwrap();
+    assert!(
+        service.contains("name: https") && service.contains("port: 443"),
+        "{service}"
+    );
+    let agent = of("DaemonSet", "sonde-agent");
+    let c = container(&agent);
+    let args = serde_yaml::to_string(&c["args"]).unwrap();
+    assert!(
+        args.contains("--storage-url=results+https://sonde-results.default.svc:$(SONDE_RESULTS_SERVICE_PORT_HTTPS)"),
+        "{args}"
+    );
+    assert_eq!(
+        env(&c, "SONDE_RESULTS_CA").as_deref(),
+        Some("/etc/sonde/results-ca/ca.crt")
+    );
+    assert_eq!(
+        env(&c, "SONDE_RESULTS_ADDRESS").as_deref(),
+        Some("$(SONDE_RESULTS_SERVICE_HOST)")
+    );
+    let volumes = serde_yaml::to_string(&agent["spec"]["template"]["spec"]["volumes"]).unwrap();
+    assert!(
+        volumes.contains("key: ca.crt") && !volumes.contains("tls.key"),
+        "the agents must get the CA only: {volumes}"
+    );
+    // Without a Secret: plain HTTP, as before.
+    let (ok, out, err) = template_with("results.enabled=true");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "results+http://$(SONDE_RESULTS_SERVICE_HOST):$(SONDE_RESULTS_SERVICE_PORT_HTTP)"
+        ) && !out.contains("SONDE_TLS_CERT"),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn everything_the_chart_renders_is_accepted_by_the_api_server() {
     sonde_tests::requires!(ControlPlane, Helm);
@@ -72,6 +152,18 @@ async fn everything_the_chart_renders_is_accepted_by_the_api_server() {
         "-n",
         "sonde-chart",
         "--include-crds",
+    ]);
+    assert!(ok, "helm template: {err}");
+    // The HTTPS variant's objects too (a Secret volume on each side, the https Service port).
+    let (ok, with_tls, err) = helm(&[
+        "template",
+        "--kube-version=1.35.4",
+        "sonde",
+        "helm/sonde",
+        "-n",
+        "sonde-chart",
+        "--set",
+        "results.tls.secretName=results-tls",
     ]);
     assert!(ok, "helm template: {err}");
     for kind in [
@@ -90,6 +182,8 @@ async fn everything_the_chart_renders_is_accepted_by_the_api_server() {
     }
     let file = plane.dir.join("chart-rendered.yaml");
     std::fs::write(&file, &rendered).unwrap();
+    let tls_file = plane.dir.join("chart-rendered-tls.yaml");
+    std::fs::write(&tls_file, &with_tls).unwrap();
     let _ = plane.kubectl(Identity::Admin, &["create", "namespace", "sonde-chart"]);
     let (ok, out, err) = plane.kubectl(
         Identity::Admin,
@@ -112,6 +206,21 @@ async fn everything_the_chart_renders_is_accepted_by_the_api_server() {
             "{out}"
         );
     }
+    let (ok, out, err) = plane.kubectl(
+        Identity::Admin,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--dry-run=server",
+            "-f",
+            tls_file.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        ok,
+        "the API server refused the chart with TLS:\n{err}\n{out}"
+    );
 }
 
 /// A kubeconfig in the plane's directory authenticating with `token` (as the chart's pods would).

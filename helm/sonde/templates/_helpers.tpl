@@ -29,7 +29,12 @@ true
 {{- if include "sonde.viaResults" . -}}
 {{- /* The Service's address from the variables the kubelet gives pods created after it (the chart creates the
 Service first): no cluster DNS needed. */ -}}
+{{- if .Values.results.tls.secretName -}}
+{{- /* By the name the certificate carries; the agent connects to the Service's IP (SONDE_RESULTS_ADDRESS). */ -}}
+results+https://sonde-results.{{ .Release.Namespace }}.svc:$(SONDE_RESULTS_SERVICE_PORT_HTTPS)
+{{- else -}}
 results+http://$(SONDE_RESULTS_SERVICE_HOST):$(SONDE_RESULTS_SERVICE_PORT_HTTP)
+{{- end -}}
 {{- else -}}
 {{ .Values.agent.storageUrl }}
 {{- end -}}
