@@ -31,6 +31,9 @@ pub struct Findings {
 pub trait Aggregator: Send {
     fn record(&mut self, bytes: &[u8]) -> Option<Event>;
     fn finish(&mut self, ebpf: &mut Ebpf, elapsed: Duration, top: usize) -> Findings;
+    /// Called on every drain while the probe runs, ring buffer or not: a look at the kernel maps (cpu-profile
+    /// notes the processes it sampled while they live). Must be cheap or throttle itself.
+    fn observe(&mut self, _ebpf: &Ebpf) {}
     /// Forgets what user space kept for the window just finished (kernel maps are reset by the caller).
     fn reset(&mut self) {}
 }

@@ -515,7 +515,7 @@ const CPU_PROFILE_PROBE: ProbeInfo = ProbeInfo {
     kernel_threshold: None,
     object: object!("cpu_profile"),
     aggregates: &[Aggregate::StackCounts, Aggregate::Stacks],
-    aggregator: || Box::new(crate::profile::Profile),
+    aggregator: || Box::<crate::profile::Profile>::default(),
     ports: NO_PORTS,
     example: r#"# Where does `stress-ng` spend its CPU? A flame graph of 99 Hz samples.
 apiVersion: sonde.dev/v1alpha1

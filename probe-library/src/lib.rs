@@ -11,6 +11,7 @@ pub mod error;
 mod filter;
 pub mod histogram;
 pub mod loader;
+pub mod procmaps;
 pub mod profile;
 pub mod report;
 pub mod results;

@@ -156,6 +156,7 @@ impl Running {
 
     /// Decodes waiting records until the ring is empty or `limit` is reached.
     pub fn drain_within(&mut self, limit: DrainLimit, mut sink: impl FnMut(&Event)) -> Drained {
+        self.aggregator.observe(&self.loaded.ebpf);
         let Some(ring) = self.ring.as_mut() else {
             return Drained::default();
         };

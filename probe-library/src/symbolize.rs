@@ -11,22 +11,29 @@
 //!   function's name, from `.symtab`/`.dynsym`, which it reads from a mapping of the file);
 //! - in a binary that calls [`serve_if_child`] first thing in `main` (the agent, `sonde`), user frames are named
 //!   in a child process of the same executable with its own address-space limit ([`CHILD_MEMORY`]) and a time
-//!   limit ([`CHILD_TIME`]): whatever a file does to the parser, the child is what ends. A process whose frames
+//!   limit ([`CHILD_TIME`]): whatever a file does to the parser, the child is what ends. A binary whose frames
 //!   the child could not name is tried again alone, so one hostile binary costs only its own names;
+//! - frames arrive as (binary, file offset), from the mappings their process had when it was sampled
+//!   (crate::procmaps), never as a pid's addresses: the pid may be another process's by now. The child opens a
+//!   binary only as the file that was mapped ([`Opening`]);
 //! - a frame that is not named keeps where it was: `binary+0xoffset [build id]`, the file offset that
-//!   `addr2line`, `llvm-symbolizer` or pprof resolve offline against the same build.
+//!   `addr2line`, `llvm-symbolizer` or pprof resolve offline against the same build (the build id only when
+//!   the file could still be opened).
 
-use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use blazesym::normalize::{Normalizer, UserMeta};
-use blazesym::symbolize::source::{Kernel, Process, Source};
+use blazesym::MaybeDefault;
+use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
-use blazesym::{MaybeDefault, Pid};
+
+use crate::procmaps::FileId;
 
 /// The frame written for a kernel address kallsyms does not name.
 pub const UNKNOWN_KERNEL: &str = "[unknown kernel]";
@@ -41,7 +48,7 @@ pub const CHILD_MEMORY: u64 = 2 << 30;
 /// How long the child may take for one request.
 pub const CHILD_TIME: Duration = Duration::from_secs(60);
 
-/// At most this many processes are retried one by one after the child failed on all of them together.
+/// At most this many binaries are retried one by one after the child failed on all of them together.
 const RETRY_ALONE: usize = 32;
 
 /// Whether this executable serves as its own symbolizer child ([`serve_if_child`] was called in `main`).
@@ -64,7 +71,7 @@ pub fn serve_if_child() {
         std::process::exit(2);
     }
     let mut input = Vec::new();
-    let request: Result<Vec<(u32, Vec<u64>)>, String> = std::io::stdin()
+    let request: Result<Vec<BinaryFrames>, String> = std::io::stdin()
         .read_to_end(&mut input)
         .map_err(|e| e.to_string())
         .and_then(|_| serde_json::from_slice(&input).map_err(|e| e.to_string()));
@@ -75,7 +82,7 @@ pub fn serve_if_child() {
             std::process::exit(2);
         }
     };
-    let out = serde_json::to_vec(&name_user_frames(&request)).unwrap_or_default();
+    let out = serde_json::to_vec(&name_binaries(&request)).unwrap_or_default();
     let ok = std::io::stdout().write_all(&out).is_ok();
     std::process::exit(if ok { 0 } else { 2 });
 }
@@ -96,11 +103,52 @@ impl Frame {
     }
 }
 
-/// Names for user frames, by process: `frames[pid]` gets one frame per address, in order. `failed` says why
-/// the symbolizer could not name some processes' frames at all (it died, or timed out).
+/// Where the symbolizer may open a binary. Each is accepted only as the very file that was mapped.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Opening {
+    /// `/proc/<pid>/map_files/<start>-<end>` of a process that mapped it: that file (in a container too,
+    /// whatever its mount namespace, and deleted or replaced since), as long as that process runs: accepted
+    /// only if `pid` still has `start_time` once the file is open (never another process at the pid).
+    Mapped {
+        pid: u32,
+        start_time: u64,
+        start: u64,
+        end: u64,
+    },
+    /// A path in the symbolizer's own mount namespace, after the processes that mapped it exited: accepted only
+    /// if the file has the identity it had when mapped ([`BinaryFrames::id`]). A container's binaries are
+    /// usually not there (its root went with it): their frames stay `binary+0xoffset`.
+    Path(String),
+}
+
+/// Frames in one binary: file offsets, named from its symbol tables.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BinaryFrames {
+    /// As the mapping process listed it; an unnamed frame is its base name and the offset.
+    pub path: String,
+    /// What the file was when it was mapped (None: unknown, then it is opened only from a live process).
+    pub id: Option<FileId>,
+    /// Where to open it, tried in order.
+    pub openings: Vec<Opening>,
+    pub offsets: Vec<u64>,
+}
+
+impl BinaryFrames {
+    /// `binary+0xoffset` for each offset: what is known without opening the file.
+    fn places(&self) -> Vec<Frame> {
+        let name = base_name(Path::new(&self.path));
+        self.offsets
+            .iter()
+            .map(|off| Frame::Place(format!("{name}+{off:#x}")))
+            .collect()
+    }
+}
+
+/// Names for user frames, by binary: `frames[i]` gets one frame per offset of the request's `i`th binary, in
+/// order. `failed` says why the symbolizer could not name some binaries' frames at all (it died, or timed out).
 #[derive(Debug, Default)]
 pub struct UserNames {
-    pub frames: BTreeMap<u32, Vec<Frame>>,
+    pub frames: Vec<Vec<Frame>>,
     pub failed: Option<String>,
 }
 
@@ -108,58 +156,63 @@ impl UserNames {
     /// How many frames are a place, not a name.
     pub fn unnamed(&self) -> usize {
         self.frames
-            .values()
+            .iter()
             .flatten()
             .filter(|f| matches!(f, Frame::Place(_)))
             .count()
     }
 }
 
-/// Names the user frames of each process (`stacks`: pid and its addresses), in a child process where the
-/// executable serves as one, else here.
-pub fn user_frames(stacks: &BTreeMap<u32, Vec<u64>>) -> UserNames {
+/// Names the frames of each binary, in a child process where the executable serves as one, else here.
+pub fn user_frames(binaries: &[BinaryFrames]) -> UserNames {
     let child = ISOLATED
         .load(Ordering::Relaxed)
         .then(std::env::current_exe)
         .and_then(Result::ok);
-    user_frames_by(child.as_deref(), stacks)
+    user_frames_by(child.as_deref(), binaries)
 }
 
 /// [`user_frames`] with `child` as the symbolizer executable (None: name them in this process).
-fn user_frames_by(child: Option<&Path>, stacks: &BTreeMap<u32, Vec<u64>>) -> UserNames {
-    let request: Vec<(u32, Vec<u64>)> = stacks
-        .iter()
-        .filter(|(_, a)| !a.is_empty())
-        .map(|(p, a)| (*p, a.clone()))
-        .collect();
-    let pids = || request.iter().map(|(p, _)| *p);
+fn user_frames_by(child: Option<&Path>, binaries: &[BinaryFrames]) -> UserNames {
     let Some(exe) = child else {
         return UserNames {
-            frames: pids().zip(name_user_frames(&request)).collect(),
+            frames: name_binaries(binaries),
             failed: None,
         };
     };
+    // Binaries without frames are not sent; their (empty) answers are put back in place.
+    let sent: Vec<usize> = (0..binaries.len())
+        .filter(|i| !binaries[*i].offsets.is_empty())
+        .collect();
+    let request: Vec<BinaryFrames> = sent.iter().map(|i| binaries[*i].clone()).collect();
+    let mut out = UserNames {
+        frames: vec![vec![]; binaries.len()],
+        failed: None,
+    };
     if request.is_empty() {
-        return UserNames::default();
+        return out;
     }
-    let mut out = UserNames::default();
     match in_child(exe, &request) {
-        Ok(names) => out.frames = pids().zip(names).collect(),
+        Ok(names) => {
+            for (i, frames) in sent.iter().zip(names) {
+                out.frames[*i] = frames;
+            }
+        }
         Err(_) => {
-            // One process's binary may be what the child could not survive: each is tried alone, so the others
-            // are named all the same.
-            for (i, one) in request.iter().enumerate() {
-                let alone = if i < RETRY_ALONE {
+            // One binary may be what the child could not survive: each is tried alone, so the others are named
+            // all the same.
+            for (n, i) in sent.iter().enumerate() {
+                let one = &binaries[*i];
+                let alone = if n < RETRY_ALONE {
                     in_child(exe, std::slice::from_ref(one))
                         .map(|mut n| n.pop().unwrap_or_default())
                 } else {
-                    Err(format!("not tried: more than {RETRY_ALONE} processes"))
+                    Err(format!("not tried: more than {RETRY_ALONE} binaries"))
                 };
-                let frames = alone.unwrap_or_else(|why| {
+                out.frames[*i] = alone.unwrap_or_else(|why| {
                     out.failed.get_or_insert(why);
-                    by_mapping(one.0, &one.1)
+                    one.places()
                 });
-                out.frames.insert(one.0, frames);
             }
         }
     }
@@ -167,7 +220,7 @@ fn user_frames_by(child: Option<&Path>, stacks: &BTreeMap<u32, Vec<u64>>) -> Use
 }
 
 /// Runs the request in a child, `exe`, under [`CHILD_MEMORY`] and [`CHILD_TIME`].
-fn in_child(exe: &Path, request: &[(u32, Vec<u64>)]) -> Result<Vec<Vec<Frame>>, String> {
+fn in_child(exe: &Path, request: &[BinaryFrames]) -> Result<Vec<Vec<Frame>>, String> {
     let mut child = Command::new(exe)
         .env(CHILD_ENV, "1")
         .stdin(Stdio::piped())
@@ -221,90 +274,92 @@ fn in_child(exe: &Path, request: &[(u32, Vec<u64>)]) -> Result<Vec<Vec<Frame>>, 
     }
     let names: Vec<Vec<Frame>> =
         serde_json::from_slice(&out).map_err(|e| format!("the symbolizer's answer: {e}"))?;
-    // The child answers every address in order, or its answer is not used.
+    // The child answers every offset in order, or its answer is not used.
     if names.len() != request.len()
         || names
             .iter()
             .zip(request)
-            .any(|(n, (_, a))| n.len() != a.len())
+            .any(|(n, b)| n.len() != b.offsets.len())
     {
         return Err("the symbolizer's answer does not match the request".into());
     }
     Ok(names)
 }
 
-/// Names each process's frames with blazesym: the function's name, else where the address is in its binary.
-fn name_user_frames(request: &[(u32, Vec<u64>)]) -> Vec<Vec<Frame>> {
-    let symbolizer = Symbolizer::new();
-    let normalizer = Normalizer::builder().enable_build_ids(true).build();
+/// Opens the binary where one of its openings is the file that was mapped (see [`Opening`]).
+fn open_binary(binary: &BinaryFrames) -> Option<File> {
+    binary.openings.iter().find_map(|o| {
+        let (path, live) = match o {
+            Opening::Mapped {
+                pid,
+                start_time,
+                start,
+                end,
+            } => (
+                format!("/proc/{pid}/map_files/{start:x}-{end:x}"),
+                Some((*pid, *start_time)),
+            ),
+            // A path is that file only by its identity.
+            Opening::Path(_) if binary.id.is_none() => return None,
+            Opening::Path(p) => (p.clone(), None),
+        };
+        // Non-blocking: a path replaced by a FIFO would hold the open (and the child) until its time limit.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || binary.id.is_some_and(|id| id != FileId::of(&meta)) {
+            return None;
+        }
+        // Opened while the process that mapped it still ran (it ran before and after): its file.
+        if let Some((pid, start_time)) = live
+            && crate::procmaps::start_time(pid) != Some(start_time)
+        {
+            return None;
+        }
+        Some(file)
+    })
+}
+
+/// Names each binary's frames with blazesym: the function's name, else where the frame is in its binary.
+fn name_binaries(request: &[BinaryFrames]) -> Vec<Vec<Frame>> {
     request
         .iter()
-        .map(|(pid, addrs)| {
-            let src = Source::Process(Process::new(Pid::from(*pid)));
-            let syms = symbolizer.symbolize(&src, Input::AbsAddr(addrs)).ok();
-            let places = normalizer.normalize_user_addrs(Pid::from(*pid), addrs).ok();
-            addrs
+        .map(|binary| {
+            let Some(file) = open_binary(binary) else {
+                return binary.places();
+            };
+            // The open file, as blazesym opens files by path: what was checked is what is read.
+            let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+            let mut elf = Elf::new(&path);
+            elf.debug_syms = false;
+            // One symbolizer per binary: its caches are keyed by path, and fd paths are reused.
+            let symbolizer = Symbolizer::new();
+            let syms = symbolizer
+                .symbolize(&Source::Elf(elf), Input::FileOffset(&binary.offsets))
+                .ok();
+            let mut build_id = None;
+            let name = base_name(Path::new(&binary.path));
+            binary
+                .offsets
                 .iter()
                 .enumerate()
-                .map(|(i, a)| {
+                .map(|(i, off)| {
                     if let Some(Symbolized::Sym(sym)) = syms.as_ref().and_then(|s| s.get(i)) {
                         return Frame::Named(sym.name.to_string());
                     }
-                    let Some(p) = places.as_ref() else {
-                        return by_mapping(*pid, std::slice::from_ref(a))
-                            .pop()
-                            .unwrap_or(Frame::Place("[unknown]".into()));
-                    };
-                    match p
-                        .outputs
-                        .get(i)
-                        .and_then(|(off, m)| Some((off, p.meta.get(*m)?)))
-                    {
-                        Some((off, UserMeta::Elf(elf))) => {
-                            let build_id = elf
-                                .build_id
-                                .as_ref()
-                                .map(|b| format!(" [{}]", hex(b)))
-                                .unwrap_or_default();
-                            Frame::Place(format!("{}+{off:#x}{build_id}", base_name(&elf.path)))
-                        }
-                        _ => Frame::Place("[unknown]".into()),
-                    }
+                    let id = build_id.get_or_insert_with(|| {
+                        blazesym::helper::read_elf_build_id(&path)
+                            .ok()
+                            .flatten()
+                            .map(|b| format!(" [{}]", hex(&b)))
+                            .unwrap_or_default()
+                    });
+                    Frame::Place(format!("{name}+{off:#x}{id}"))
                 })
                 .collect()
-        })
-        .collect()
-}
-
-/// `binary+0xoffset` from the process's mappings as the kernel lists them (no file is parsed), or `[unknown]`.
-fn by_mapping(pid: u32, addrs: &[u64]) -> Vec<Frame> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    let mappings: Vec<(u64, u64, u64, &str)> = maps
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (start, end) = f.next()?.split_once('-')?;
-            let _perms = f.next()?;
-            let offset = u64::from_str_radix(f.next()?, 16).ok()?;
-            let path = f.nth(2)?;
-            Some((
-                u64::from_str_radix(start, 16).ok()?,
-                u64::from_str_radix(end, 16).ok()?,
-                offset,
-                path,
-            ))
-        })
-        .collect();
-    addrs
-        .iter()
-        .map(|a| {
-            mappings
-                .iter()
-                .find(|(s, e, _, _)| (*s..*e).contains(a))
-                .map(|(s, _, off, path)| {
-                    format!("{}+{:#x}", base_name(Path::new(path)), a - s + off)
-                })
-                .map_or_else(|| Frame::Place("[unknown]".into()), Frame::Place)
         })
         .collect()
 }
@@ -352,53 +407,145 @@ mod tests {
         assert_eq!(names, [UNKNOWN_KERNEL, UNKNOWN_KERNEL]);
     }
 
-    #[test]
-    fn an_unnamed_user_frame_is_its_binary_and_file_offset() {
-        // This test's own code: mapped from its executable.
-        let here = an_unnamed_user_frame_is_its_binary_and_file_offset as *const () as u64;
-        let frames = by_mapping(std::process::id(), &[here, 8]);
-        let exe = base_name(&std::env::current_exe().unwrap());
-        assert!(
-            frames[0].text().starts_with(&format!("{exe}+0x")),
-            "{frames:?}"
-        );
-        assert_eq!(frames[1], Frame::Place("[unknown]".into()));
+    /// A function of this test's own executable, to be named from a (binary, file offset).
+    #[inline(never)]
+    fn sonde_symbolize_target_fn() -> u64 {
+        std::hint::black_box(7)
     }
 
-    /// A symbolizer child that dies on one process's frames (a real child process, killed by SIGABRT as an
-    /// allocation failure would kill it) costs that process its names and nothing else, and says why.
+    /// This test's executable, as its snapshot lists it, with the offset of [`sonde_symbolize_target_fn`].
+    fn own_binary() -> (
+        crate::procmaps::Snapshot,
+        BinaryFrames,
+        crate::procmaps::Mapping,
+    ) {
+        let me = crate::procmaps::take(std::process::id()).unwrap();
+        let here = sonde_symbolize_target_fn as *const () as u64;
+        let (file, off) = me.place(here).unwrap();
+        let mapping = me.mapping(here).unwrap().clone();
+        let binary = BinaryFrames {
+            path: file.path.clone(),
+            id: file.id,
+            openings: vec![],
+            offsets: vec![off],
+        };
+        (me, binary, mapping)
+    }
+
     #[test]
-    fn a_child_that_dies_on_one_process_costs_only_its_names() {
+    fn a_binary_is_named_from_the_file_that_was_mapped() {
+        let (me, binary, m) = own_binary();
+        let exe = base_name(&std::env::current_exe().unwrap());
+        let mapped = Opening::Mapped {
+            pid: me.pid,
+            start_time: me.start_time,
+            start: m.start,
+            end: m.end,
+        };
+        let named = |openings: Vec<Opening>, id: Option<FileId>| {
+            let b = BinaryFrames {
+                openings,
+                id,
+                ..binary.clone()
+            };
+            name_binaries(&[b]).pop().unwrap().pop().unwrap()
+        };
+        let is_named =
+            |f: &Frame| matches!(f, Frame::Named(n) if n.contains("sonde_symbolize_target_fn"));
+        // What the child reads is what was sent.
+        let sent = [BinaryFrames {
+            openings: vec![mapped.clone(), Opening::Path(binary.path.clone())],
+            ..binary.clone()
+        }];
+        let read: Vec<BinaryFrames> =
+            serde_json::from_slice(&serde_json::to_vec(&sent).unwrap()).unwrap();
+        assert_eq!(read, sent);
+        // From the live process's mapping.
+        assert!(is_named(&named(vec![mapped.clone()], binary.id)));
+        // Its pid now another process's (another start time): the live process is not read, the frame is
+        // where it was, without the build id (nothing was opened).
+        let reused = Opening::Mapped {
+            pid: me.pid,
+            start_time: me.start_time + 1,
+            start: m.start,
+            end: m.end,
+        };
+        let place = named(vec![reused], binary.id);
+        assert_eq!(
+            place,
+            Frame::Place(format!("{exe}+{:#x}", binary.offsets[0])),
+            "{place:?}"
+        );
+        // After its process exited: the path, if it is still the file that was mapped.
+        let path = Opening::Path(binary.path.clone());
+        assert!(is_named(&named(vec![path.clone()], binary.id)));
+        let other = binary.id.map(|id| FileId {
+            mtime_nsec: id.mtime_nsec + 1,
+            ..id
+        });
+        assert!(matches!(named(vec![path.clone()], other), Frame::Place(_)));
+        assert!(matches!(named(vec![path], None), Frame::Place(_)));
+        // A path that is now a FIFO is not waited on.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(
+            Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let started = Instant::now();
+        let fifo = Opening::Path(fifo.to_str().unwrap().into());
+        assert!(matches!(named(vec![fifo], binary.id), Frame::Place(_)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // A file not found: the place.
+        let gone = Opening::Path("/nonexistent/sonde-gone".into());
+        assert_eq!(
+            named(vec![gone], binary.id),
+            Frame::Place(format!("{exe}+{:#x}", binary.offsets[0]))
+        );
+    }
+
+    /// A symbolizer child that dies on one binary (a real child process, killed by SIGABRT as an allocation
+    /// failure would kill it) costs that binary its names and nothing else, and says why.
+    #[test]
+    fn a_child_that_dies_on_one_binary_costs_only_its_names() {
         let dir = tempfile::tempdir().unwrap();
         let child = dir.path().join("symbolizer");
         std::fs::write(
             &child,
             "#!/usr/bin/env python3\nimport json, os, sys\nreq = json.load(sys.stdin)\n\
-             if any(pid == 1 for pid, _ in req): os.abort()\n\
-             json.dump([[{'Named': f'f{a}'} for a in addrs] for _, addrs in req], sys.stdout)\n",
+             if any(b['path'] == '/evil' for b in req): os.abort()\n\
+             json.dump([[{'Named': f'f{o}'} for o in b['offsets']] for b in req], sys.stdout)\n",
         )
         .unwrap();
         std::fs::set_permissions(&child, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let me = std::process::id();
-        let here = a_child_that_dies_on_one_process_costs_only_its_names as *const () as u64;
-        let stacks = BTreeMap::from([(1, vec![here]), (me, vec![7, 8])]);
-        let names = user_frames_by(Some(&child), &stacks);
+        let binary = |path: &str, offsets: Vec<u64>| BinaryFrames {
+            path: path.into(),
+            id: None,
+            openings: vec![],
+            offsets,
+        };
+        let request = [
+            binary("/evil", vec![0x10]),
+            binary("/usr/lib/empty.so", vec![]),
+            binary("/usr/bin/good", vec![7, 8]),
+        ];
+        let names = user_frames_by(Some(&child), &request);
         assert_eq!(
-            names.frames[&me],
+            names.frames[2],
             [Frame::Named("f7".into()), Frame::Named("f8".into())]
         );
-        // pid 1's frames are kept as where they are in its binary (or unknown where its mappings are not readable).
-        assert!(
-            matches!(&names.frames[&1][..], [Frame::Place(_)]),
-            "{names:?}"
-        );
+        assert!(names.frames[1].is_empty());
+        // The evil binary's frames are kept as where they are in it.
+        assert_eq!(names.frames[0], [Frame::Place("evil+0x10".into())]);
         let why = names.failed.clone().unwrap_or_default();
         assert!(why.contains("SIGABRT"), "{why}");
         assert_eq!(names.unnamed(), 1);
         // A child that answers: nothing failed.
-        let one = BTreeMap::from([(me, vec![9])]);
-        let names = user_frames_by(Some(&child), &one);
+        let names = user_frames_by(Some(&child), &request[2..]);
         assert!(names.failed.is_none() && names.unnamed() == 0, "{names:?}");
     }
 }

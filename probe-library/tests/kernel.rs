@@ -236,17 +236,6 @@ fn wakeups_redacts_counterparts_outside_the_traced_cgroups_when_asked() {
 }
 
 /// A busy function of this test process shows up in the folded stacks and the flame graph renders.
-#[inline(never)]
-fn sonde_profile_busy_loop(until: Instant) -> u64 {
-    let mut x = 0u64;
-    while Instant::now() < until {
-        for i in 0..10_000u64 {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-        }
-    }
-    x
-}
-
 #[test]
 fn cpu_profile_folds_a_busy_function() {
     sonde_tests::requires!(Root);
@@ -265,7 +254,7 @@ fn cpu_profile_folds_a_busy_function() {
         config(ProbeName::CpuProfile, filter, vec![], params),
         Duration::from_secs(2),
         || {
-            sonde_profile_busy_loop(Instant::now() + Duration::from_millis(1800));
+            common::sonde_profile_busy_loop(Instant::now() + Duration::from_millis(1800));
         },
     );
     assert_eq!(out.strategy, "perf_event");
@@ -498,7 +487,7 @@ fn runq_latency_histograms_our_threads() {
             let hs: Vec<_> = (0..4)
                 .map(|_| {
                     std::thread::spawn(|| {
-                        sonde_profile_busy_loop(Instant::now() + Duration::from_millis(800))
+                        common::sonde_profile_busy_loop(Instant::now() + Duration::from_millis(800))
                     })
                 })
                 .collect();

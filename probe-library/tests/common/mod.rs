@@ -75,3 +75,15 @@ pub(crate) fn trace_without(
         strategy,
     }
 }
+
+/// A busy function for cpu-profile tests to find by name in the folded stacks.
+#[inline(never)]
+pub(crate) fn sonde_profile_busy_loop(until: Instant) -> u64 {
+    let mut x = 0u64;
+    while Instant::now() < until {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+    x
+}
