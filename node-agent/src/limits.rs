@@ -116,16 +116,7 @@ impl Slots {
     pub fn take(&self, namespace: &str) -> Result<Slot, Refused> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let total: usize = held.values().sum();
-        if total >= self.max {
-            return Err(Refused {
-                reason: NODE_AT_CAPACITY,
-                message: format!(
-                    "this node's agent already runs {total} sessions, its limit (Helm value \
-                     agent.limits.maxSessions, sized to the agent's memory limit): delete finished or unneeded \
-                     TraceJobs/ProbePolicies and re-create this one"
-                ),
-            });
-        }
+        // A namespace at its share hears that first: it would be refused on an emptier node too.
         let mine = held.get(namespace).copied().unwrap_or_default();
         if mine >= self.per_namespace {
             return Err(Refused {
@@ -136,6 +127,16 @@ impl Slots {
                      namespaces; delete finished or unneeded TraceJobs/ProbePolicies of {namespace} and re-create \
                      this one",
                     self.max
+                ),
+            });
+        }
+        if total >= self.max {
+            return Err(Refused {
+                reason: NODE_AT_CAPACITY,
+                message: format!(
+                    "this node's agent already runs {total} sessions, its limit (Helm value \
+                     agent.limits.maxSessions, sized to the agent's memory limit): delete finished or unneeded \
+                     TraceJobs/ProbePolicies and re-create this one"
                 ),
             });
         }
@@ -220,7 +221,11 @@ impl SpoolGates {
     /// Opens or closes every gate from what the spool holds: `waiting` bytes per namespace.
     pub fn measure(&self, limits: &Limits, waiting: HashMap<String, u64>) -> SpoolUse {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        m.total = waiting.values().fold(0u64, |a, b| a.saturating_add(*b));
+        // A namespace counts at most its share toward the node's cap: past it its own gate is closed already,
+        // and two namespaces over their shares must not close every other namespace's gate too.
+        m.total = waiting.values().fold(0u64, |a, b| {
+            a.saturating_add((*b).min(limits.max_spool_bytes_per_namespace))
+        });
         m.waiting = waiting;
         m.limits = Some(*limits);
         // A gate no session holds any more goes (namespaces come and go; the map must not grow with them).
@@ -280,6 +285,8 @@ mod tests {
         let b1 = slots.take("team-b").unwrap();
         let _b2 = slots.take("team-b").unwrap();
         // The node is full: whoever asks next hears NodeAtCapacity, naming the node's limit.
+        // team-a on the full node hears of its share (it would be refused on an emptier node too).
+        assert_eq!(slots.take("team-a").unwrap_err().reason, NAMESPACE_AT_SHARE);
         let full = slots.take("team-c").unwrap_err();
         assert_eq!(full.reason, NODE_AT_CAPACITY);
         assert!(
@@ -305,7 +312,7 @@ mod tests {
             ..Default::default()
         };
         let gates = SpoolGates::default();
-        let (a, b) = (gates.of("team-a"), gates.of("team-b"));
+        let (a, b, c) = (gates.of("team-a"), gates.of("team-b"), gates.of("team-c"));
         let waiting = |x: u64, y: u64| {
             HashMap::from([
                 ("team-a".to_string(), x << 20),
@@ -327,11 +334,17 @@ mod tests {
             "{}",
             a.why()
         );
-        // Both under their share but the node over its cap: every namespace waits.
-        let used = gates.measure(&l, waiting(50, 50 + 1));
-        assert!(used.node_full);
-        assert!(a.is_closed() && b.is_closed());
+        // Three under their shares but the node over its cap: every namespace waits.
+        let mut three = waiting(40, 40);
+        three.insert("team-c".into(), 30 << 20);
+        let used = gates.measure(&l, three);
+        assert!(used.node_full && used.over_share.is_empty(), "{used:?}");
+        assert!(a.is_closed() && b.is_closed() && c.is_closed());
         assert!(b.why().contains("maxSpoolMiB, 100 MiB"), "{}", b.why());
+        // Two namespaces far past their shares count as their shares: they wait, the third does not.
+        let used = gates.measure(&l, waiting(200, 200));
+        assert!(!used.node_full, "{used:?}");
+        assert!(a.is_closed() && b.is_closed() && !c.is_closed());
         // Uploads made room: open again.
         gates.measure(&l, waiting(10, 10));
         assert!(!a.is_closed() && !b.is_closed());
@@ -339,7 +352,7 @@ mod tests {
         gates.measure(&l, waiting(70, 0));
         assert!(gates.of("team-a").is_closed() && !gates.of("team-c").is_closed());
         // A namespace whose sessions all ended leaves no gate behind.
-        drop(b);
+        drop((b, c));
         gates.measure(&l, HashMap::new());
         let left: Vec<String> = gates.0.lock().unwrap().gates.keys().cloned().collect();
         assert_eq!(left, ["team-a"], "only the gate `a` still holds");

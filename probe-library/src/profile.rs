@@ -55,6 +55,9 @@ const SCAN_EVERY: Duration = Duration::from_millis(250);
 /// 5-20 ms on a loaded 2-CPU node, a new process's mappings about 150 us).
 const SCAN_SHARE: u32 = 50;
 
+/// What one look may spend reading new processes' mappings; those left wait for the next look.
+const SCAN_BUDGET: Duration = Duration::from_millis(20);
+
 /// At most this many live processes' mappings are offered as ways to open one binary.
 const MAX_OPENINGS: usize = 4;
 
@@ -97,6 +100,12 @@ impl Profile {
             }
         }
         for (pid, keys) in new {
+            // One look reads at most SCAN_BUDGET's worth of processes (a pod forking thousands of them must not
+            // hold up the drain it runs in, and with it the heartbeat and a stop); the rest wait for the next
+            // look, their keys still unowned.
+            if started.elapsed() >= SCAN_BUDGET {
+                break;
+            }
             // Read only if the process has a snapshot already: is every frame inside it?
             let addrs = keys.iter().flat_map(|k| frames(&stacks, k.ustack));
             let owner = self

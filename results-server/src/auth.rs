@@ -228,15 +228,15 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     }
 
     /// The answer for `key` at `now`: cached, or from `review` (called only when there is none and none under
-    /// way). `admit` is asked first, under the cache's lock, with the cached answer if there is one (`None`: a
-    /// review is to start); joining a review under way costs nothing and is not asked. Its error is the request's,
-    /// and no review is made.
+    /// way). `admit` is asked first, under the cache's lock, with whether a review is to start and the answer
+    /// kept for the key (fresh, or the expired one a review will replace); joining a review under way costs
+    /// nothing and is not asked. Its error is the request's, and no review is made.
     async fn get<F: Future<Output = Result<V>>>(
         &self,
         key: K,
         now: Instant,
         ttl: impl FnOnce(&V) -> Duration,
-        admit: impl FnOnce(Option<&V>) -> Result<()>,
+        admit: impl FnOnce(bool, Option<&V>) -> Result<()>,
         review: impl FnOnce() -> F,
     ) -> Result<V> {
         let slot = {
@@ -245,12 +245,12 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
             match slots.map.get(&key) {
                 Some(s) if fresh(s) => {
                     if let Some((_, v)) = s.get() {
-                        admit(Some(v))?;
+                        admit(false, Some(v))?;
                     }
                     s.clone()
                 }
-                _ => {
-                    admit(None)?;
+                kept => {
+                    admit(true, kept.and_then(|s| s.get()).map(|(_, v)| v))?;
                     if slots.map.len() >= self.capacity && now >= slots.swept + SWEEP_EVERY {
                         slots.map.retain(|_, s| fresh(s));
                         slots.swept = now;
@@ -340,7 +340,12 @@ impl Auth {
                 (key, access.clone()),
                 now,
                 |v| self.ttl(v),
-                |_| Ok(()),
+                // A new review of a grant costs the client (each namespace and job in a URL is one); an answer
+                // kept, or the renewal of an allowance that expired, does not.
+                |review, kept| match (review, kept, peer) {
+                    (false, _, _) | (_, Some(Ok(())), _) | (_, _, None) => Ok(()),
+                    (true, _, Some(peer)) => self.limiter.take(peer, now),
+                },
                 || self.reviewer.authorize(user.clone(), access),
             )
             .await?
@@ -363,7 +368,9 @@ impl Auth {
         now: Instant,
     ) -> Result<([u8; 32], User)> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let admit = |kept: Option<&Result<User, String>>| match (kept, peer) {
+        // A token accepted before, fresh or expired, costs nothing (an agent's or reader's token renewed every
+        // `allowed_for` must not wait behind a flood from its address); an unknown or refused one does.
+        let admit = |_review: bool, kept: Option<&Result<User, String>>| match (kept, peer) {
             (Some(Ok(_)), _) | (_, None) => Ok(()),
             (_, Some(peer)) => self.limiter.take(peer, now),
         };
@@ -535,7 +542,7 @@ pub(crate) mod tests {
                     key,
                     Instant::now(),
                     short,
-                    |_| Ok(()),
+                    |_, _| Ok(()),
                     || review(Err("bad".into())),
                 )
                 .await
@@ -546,14 +553,26 @@ pub(crate) mod tests {
         assert_eq!(cache.len(), 100);
         // Answers past the capacity are still given, only not kept.
         cache
-            .get(5_000, Instant::now(), short, |_| Ok(()), || review(Ok(())))
+            .get(
+                5_000,
+                Instant::now(),
+                short,
+                |_, _| Ok(()),
+                || review(Ok(())),
+            )
             .await
             .unwrap()
             .unwrap();
         // Once the kept ones expire, the next request past the capacity sweeps them (after SWEEP_EVERY).
         tokio::time::sleep(SWEEP_EVERY).await;
         cache
-            .get(6_000, Instant::now(), short, |_| Ok(()), || review(Ok(())))
+            .get(
+                6_000,
+                Instant::now(),
+                short,
+                |_, _| Ok(()),
+                || review(Ok(())),
+            )
             .await
             .unwrap()
             .unwrap();
@@ -646,22 +665,41 @@ pub(crate) mod tests {
                 .unwrap_or_else(|e| panic!("{ms}: {e}"));
         }
         assert_eq!(reviews(&fake), reviewed);
-        // Past the allowance the token costs a review again: a new request of the flooding client is refused,
-        // a live tail's re-check is not.
+        // Past the allowance the token and its grant are reviewed again, at no cost to the client's limit: the
+        // flooding client's own request with it goes through (an agent or a reader behind a flooding neighbour's
+        // address is not starved when its allowance renews), a live tail's re-check too.
         let t1 = t0 + Duration::from_secs(31);
         flood(t1).await;
-        let e = auth
-            .check_at(&bearer("good-a"), Some(peer(1)), read_a.clone(), t1)
+        let (reviewed, authorized) = (reviews(&fake), fake.authz.load(Ordering::SeqCst));
+        auth.check_at(&bearer("good-a"), Some(peer(1)), read_a.clone(), t1)
             .await
-            .unwrap_err();
-        assert!(matches!(e, Error::TooManyReviews { .. }), "{e}");
+            .unwrap();
+        assert_eq!(reviews(&fake), reviewed + 1, "the token renewed");
+        assert_eq!(
+            fake.authz.load(Ordering::SeqCst),
+            authorized + 1,
+            "its grant renewed"
+        );
         auth.check_at(&bearer("good-a"), None, read_a.clone(), t1)
             .await
             .unwrap();
-        // And that review's answer lets the client's requests through again.
-        auth.check_at(&bearer("good-a"), Some(peer(1)), read_a, t1)
+        // A grant not reviewed before costs the client like an unknown token: one URL per namespace and job
+        // cannot make the server review without limit.
+        let e = auth
+            .check_at(
+                &bearer("good-a"),
+                Some(peer(1)),
+                Access::results("a", "tracejobs", "other"),
+                t1,
+            )
             .await
-            .unwrap();
+            .unwrap_err();
+        assert!(matches!(e, Error::TooManyReviews { .. }), "{e}");
+        assert_eq!(
+            fake.authz.load(Ordering::SeqCst),
+            authorized + 1,
+            "no review for a refused request"
+        );
     }
 
     /// An agent's uploads (the intake authenticates each with `authenticate`): one a second for an hour, its

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -32,9 +32,10 @@ pub const CLIENTS: usize = 10_000;
 /// How often a full table is swept of idle buckets at most (as `auth`'s review cache).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Who a request comes from, for the limit: its TCP peer's address. IPv4 as is, an IPv4-mapped IPv6 address as
-/// its IPv4 one, other IPv6 by its /64 (the block one host or site is given: by the full address, one client
-/// could take a fresh one for every request).
+/// Who a request comes from, for the limit: its TCP peer's address, IPv4 or IPv6 (an IPv4-mapped IPv6 address
+/// as its IPv4 one). The server is a cluster Service: its clients are pods, each with an address of its own,
+/// and a node's pods share a /64, so grouping by /64 would let one pod starve its neighbours and its node's
+/// agent. A client that takes fresh addresses for a flood is the cluster's network policy's to stop.
 ///
 /// Never `X-Forwarded-For` or the like: the chart exposes the server through its own Service with no proxy in
 /// front whose header it could trust, so such a header says whatever the client wrote, and would give a flood a
@@ -50,11 +51,11 @@ impl Peer {
 
     pub fn of(ip: IpAddr) -> Peer {
         match ip {
+            // Each pod has an address of its own, and a node's pods share one /64 (a node's pod CIDR): a /64
+            // bucket would let a pod on a node starve its neighbours and its node's agent.
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => Peer(IpAddr::V4(v4)),
-                None => Peer(IpAddr::V6(Ipv6Addr::from(
-                    u128::from(v6) & !(u64::MAX as u128),
-                ))),
+                None => Peer(IpAddr::V6(v6)),
             },
             v4 => Peer(v4),
         }
@@ -65,7 +66,7 @@ impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             IpAddr::V4(ip) => write!(f, "{ip}"),
-            IpAddr::V6(ip) => write!(f, "{ip}/64"),
+            IpAddr::V6(ip) => write!(f, "{ip}"),
         }
     }
 }
@@ -290,13 +291,12 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_clients_are_their_64_block() {
+    fn ipv6_clients_are_their_own_address() {
+        // Two pods of one node: one /64, two clients (one flooding must not starve the other).
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(Peer::of(a), Peer::of(b));
-        assert_ne!(Peer::of(a), Peer::of(c));
-        assert_eq!(Peer::of(a).to_string(), "2001:db8:1:2::/64");
+        assert_ne!(Peer::of(a), Peer::of(b));
+        assert_eq!(Peer::of(a).to_string(), "2001:db8:1:2:aaaa::1");
         let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
         assert_eq!(Peer::of(mapped).to_string(), "10.1.2.3");
     }

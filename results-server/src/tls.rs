@@ -5,9 +5,10 @@
 //! the one served so far, and says so. Handshakes run beside the accept loop, each bounded in time, so a client
 //! that never finishes its handshake holds up nobody else.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -26,8 +27,11 @@ use tokio_rustls::server::TlsStream;
 pub const RELOAD_EVERY: Duration = Duration::from_secs(30);
 /// A client has this long to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes under way at once; past it, connections wait in the kernel's backlog.
+/// Handshakes under way at once; past it, new connections are closed at once (clients retry).
 const MAX_HANDSHAKES: usize = 256;
+/// Handshakes under way from one client address at once; more from it are closed at once. A browser opens a
+/// handful of connections, an agent one: a client that opens hundreds and never speaks is holding slots.
+const HANDSHAKES_PER_CLIENT: usize = 8;
 
 /// The certificate chain (PEM, the server's own first: cert-manager's `tls.crt`) and its private key (PEM:
 /// `tls.key`).
@@ -221,7 +225,8 @@ pub fn server_config(cert: Arc<ReloadingCert>) -> Result<Arc<ServerConfig>, Stri
 }
 
 /// Connections with their handshake done, for `axum::serve`. Handshakes run in their own tasks (at most
-/// [`MAX_HANDSHAKES`] at once, each [`HANDSHAKE_TIMEOUT`] at most), so one slow client delays no other.
+/// [`MAX_HANDSHAKES`] at once and [`HANDSHAKES_PER_CLIENT`] from one address, each [`HANDSHAKE_TIMEOUT`] at
+/// most), so one slow client delays no other.
 /// Dropping it (when the server shuts down) stops accepting.
 pub struct TlsListener {
     done: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
@@ -254,10 +259,10 @@ async fn accept(
     done: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
-        let Ok(permit) = handshakes.clone().acquire_owned().await else {
-            return;
-        };
+        // Accepting never waits for a handshake slot: a connection past the limits is closed at once, so
+        // clients that open connections and never speak cannot leave everyone else in the listen backlog.
         let (conn, peer) = match tcp.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -275,10 +280,18 @@ async fn accept(
                 continue;
             }
         };
+        let Some(client) = Handshaking::start(&per_client, peer.ip()) else {
+            tracing::debug!(%peer, "closed: {HANDSHAKES_PER_CLIENT} TLS handshakes of this client under way");
+            continue;
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "closed: {MAX_HANDSHAKES} TLS handshakes under way");
+            continue;
+        };
         let (acceptor, done) = (acceptor.clone(), done.clone());
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await;
-            drop(permit);
+            drop((permit, client));
             match handshake {
                 Ok(Ok(tls)) => {
                     let _ = done.send((tls, peer)).await;
@@ -287,6 +300,43 @@ async fn accept(
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// One handshake under way from a client address, counted until dropped.
+struct Handshaking {
+    ip: IpAddr,
+    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Handshaking {
+    /// Counts one more handshake from `ip`, or None when it has [`HANDSHAKES_PER_CLIENT`] under way.
+    fn start(per_client: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Handshaking> {
+        let mut m = per_client.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = m.entry(ip).or_default();
+        if *n >= HANDSHAKES_PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(Handshaking {
+            ip,
+            per_client: per_client.clone(),
+        })
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        let mut m = self
+            .per_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -391,6 +441,26 @@ pub(crate) mod tests {
             .await
             .map_err(|e| e.to_string())?;
         Ok((cert, answer))
+    }
+
+    /// One client address holds at most HANDSHAKES_PER_CLIENT handshakes; others are not held up by it, and
+    /// each ended handshake gives its place back.
+    #[test]
+    fn one_client_holds_at_most_its_handshakes() {
+        let per_client = Arc::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let mut held: Vec<Handshaking> = (0..HANDSHAKES_PER_CLIENT)
+            .map(|_| Handshaking::start(&per_client, a).unwrap())
+            .collect();
+        assert!(Handshaking::start(&per_client, a).is_none());
+        let other = Handshaking::start(&per_client, b).unwrap();
+        held.pop();
+        assert!(Handshaking::start(&per_client, a).is_some());
+        drop((held, other));
+        assert!(
+            per_client.lock().unwrap().is_empty(),
+            "counts go with their handshakes"
+        );
     }
 
     /// Served over HTTPS: the page, the API (which needs the TCP peer: 401 for an unknown token, not 500) and a

@@ -669,6 +669,15 @@ async fn real_node_every_probe_sees_only_the_selected_pod() {
         ("oom-kill", "w-mine-oom", ""),
         ("wakeups", "w-mine", ""),
     ];
+    // At most a namespace's share of the node's sessions at once (agent.limits.maxSessionsPerNamespace, 6).
+    for batch in probes.chunks(6) {
+        check_only_mine(node, ns, batch).await;
+    }
+}
+
+/// Runs a TraceJob per probe of `probes` (name, what the selected pod's work leaves in its results, threshold)
+/// at once and checks each names the selected pod and never the other.
+async fn check_only_mine(node: &RealNode, ns: &str, probes: &[(&str, &str, &str)]) {
     let jobs: Vec<String> = probes
         .iter()
         .map(|(p, _, threshold)| {
@@ -685,7 +694,7 @@ async fn real_node_every_probe_sees_only_the_selected_pod() {
         })
         .collect();
     apply(node, ns, &jobs.join("---\n"));
-    for (p, mine, _) in probes {
+    for &(p, mine, _) in probes {
         let st = finished_job(node, ns, &format!("only-{p}"), Duration::from_secs(150)).await;
         assert_eq!(st["phase"], "Succeeded", "{p}: {st}");
         let text = results_text(&st);
