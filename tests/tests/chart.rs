@@ -144,28 +144,23 @@ fn a_certificate_secret_turns_the_results_path_to_https() {
 async fn everything_the_chart_renders_is_accepted_by_the_api_server() {
     sonde_tests::requires!(ControlPlane, Helm);
     let plane = ControlPlane::get().await;
-    let (ok, rendered, err) = helm(&[
-        "template",
-        "--kube-version=1.35.4",
-        "sonde",
-        "helm/sonde",
-        "-n",
-        "sonde-chart",
-        "--include-crds",
-    ]);
-    assert!(ok, "helm template: {err}");
-    // The HTTPS variant's objects too (a Secret volume on each side, the https Service port).
-    let (ok, with_tls, err) = helm(&[
-        "template",
-        "--kube-version=1.35.4",
-        "sonde",
-        "helm/sonde",
-        "-n",
-        "sonde-chart",
-        "--set",
-        "results.tls.secretName=results-tls",
-    ]);
-    assert!(ok, "helm template: {err}");
+    // The default values, and the HTTPS variant's objects too (a Secret volume on each side, the https port).
+    let render = |extra: &[&str]| {
+        let mut args = vec![
+            "template",
+            "--kube-version=1.35.4",
+            "sonde",
+            "helm/sonde",
+            "-n",
+            "sonde-chart",
+            "--include-crds",
+        ];
+        args.extend(extra);
+        let (ok, rendered, err) = helm(&args);
+        assert!(ok, "helm template {extra:?}: {err}");
+        rendered
+    };
+    let rendered = render(&[]);
     for kind in [
         "Deployment",
         "DaemonSet",
@@ -180,47 +175,38 @@ async fn everything_the_chart_renders_is_accepted_by_the_api_server() {
             "no {kind} rendered"
         );
     }
-    let file = plane.dir.join("chart-rendered.yaml");
-    std::fs::write(&file, &rendered).unwrap();
-    let tls_file = plane.dir.join("chart-rendered-tls.yaml");
-    std::fs::write(&tls_file, &with_tls).unwrap();
     let _ = plane.kubectl(Identity::Admin, &["create", "namespace", "sonde-chart"]);
-    let (ok, out, err) = plane.kubectl(
-        Identity::Admin,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--dry-run=server",
-            "-f",
-            file.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "the API server refused the chart:\n{err}\n{out}");
-    for what in [
-        "daemonset.apps/sonde-agent",
-        "deployment.apps/sonde-results",
+    for (name, rendered) in [
+        ("chart-rendered.yaml", rendered),
+        (
+            "chart-rendered-tls.yaml",
+            render(&["--set", "results.tls.secretName=results-tls"]),
+        ),
     ] {
-        assert!(
-            out.contains(&format!("{what} serverside-applied (server dry run)")),
-            "{out}"
+        let file = plane.dir.join(name);
+        std::fs::write(&file, &rendered).unwrap();
+        let (ok, out, err) = plane.kubectl(
+            Identity::Admin,
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--dry-run=server",
+                "-f",
+                file.to_str().unwrap(),
+            ],
         );
+        assert!(ok, "the API server refused {name}:\n{err}\n{out}");
+        for what in [
+            "daemonset.apps/sonde-agent",
+            "deployment.apps/sonde-results",
+        ] {
+            assert!(
+                out.contains(&format!("{what} serverside-applied (server dry run)")),
+                "{name}: {out}"
+            );
+        }
     }
-    let (ok, out, err) = plane.kubectl(
-        Identity::Admin,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--dry-run=server",
-            "-f",
-            tls_file.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        ok,
-        "the API server refused the chart with TLS:\n{err}\n{out}"
-    );
 }
 
 /// A kubeconfig in the plane's directory authenticating with `token` (as the chart's pods would).
