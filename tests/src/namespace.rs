@@ -23,9 +23,22 @@ impl TestNamespace {
             "metadata": {"name": name, "labels": {"sonde.dev/e2e": "true"}}
         }))
         .unwrap();
+        let client = plane.client(Identity::Admin).await;
         api.create(&PostParams::default(), &ns)
             .await
             .expect("namespace created");
+        // Pods are refused until the controller manager has made the namespace's `default` service account,
+        // which takes a moment on a control plane just started.
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client, &name);
+        let made = crate::wait_for(std::time::Duration::from_secs(30), || async {
+            accounts.get_opt("default").await.is_ok_and(|a| a.is_some())
+        })
+        .await;
+        assert!(
+            made,
+            "namespace {name} has no default service account after 30 s"
+        );
         TestNamespace { name, plane }
     }
 }
