@@ -18,12 +18,12 @@ impl TestNamespace {
             .unwrap()
             .subsec_nanos();
         let name = format!("e2e-{prefix}-{:x}{:x}", std::process::id() & 0xfff, nanos);
-        let api: Api<Namespace> = Api::all(plane.client(Identity::Admin).await);
+        let client = plane.client(Identity::Admin).await;
+        let api: Api<Namespace> = Api::all(client.clone());
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": {"sonde.dev/e2e": "true"}}
         }))
         .unwrap();
-        let client = plane.client(Identity::Admin).await;
         api.create(&PostParams::default(), &ns)
             .await
             .expect("namespace created");
