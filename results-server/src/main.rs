@@ -23,6 +23,10 @@ struct Args {
     /// The certificate's private key (PEM: cert-manager's `tls.key`), with --tls-cert.
     #[arg(long, env = "SONDE_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Where the agents' uploads are taken (with --agent-user): a port of its own, so that a NetworkPolicy can let
+    /// only the agents reach it (the chart ships one). Served as --listen is (HTTPS with --tls-cert).
+    #[arg(long, env = "SONDE_INTAKE_LISTEN", default_value = "0.0.0.0:8081")]
+    intake_listen: SocketAddr,
     /// Where /metrics, /healthz and /readyz are served (plain HTTP: no token goes there).
     #[arg(long, env = "SONDE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     metrics_addr: SocketAddr,
@@ -131,15 +135,47 @@ async fn main() -> anyhow::Result<()> {
     });
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, https = tls.is_some(), "serving results");
+    // Both listeners bound before the server says it is ready: an agent never meets a closed intake port.
+    let intake = match ctx.intake.is_some() {
+        true => {
+            let intake = tokio::net::TcpListener::bind(args.intake_listen).await?;
+            tracing::info!(addr = %intake.local_addr()?, https = tls.is_some(), "taking the agents' uploads");
+            Some(intake)
+        }
+        false => None,
+    };
     health.set_ready(true);
     let stop_signal = sonde_telemetry::stop_signal()?;
-    // With each connection's peer address, which requests are limited by (`routes::app`; no proxy in front is
-    // trusted, `X-Forwarded-For` is not read).
-    routes::serve(listener, tls, ctx, async move {
+    tokio::spawn(async move {
         stop_signal.await;
         tracing::info!("shutting down");
         let _ = stop.send(true);
-    })
-    .await?;
+    });
+    // Each listener ends when `stopping` is set (then lets requests under way finish). With each connection's
+    // peer address, which requests are limited by (`routes::app`; no proxy in front is trusted,
+    // `X-Forwarded-For` is not read).
+    let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    let readers = routes::serve(
+        listener,
+        tls.clone(),
+        ctx.clone(),
+        routes::Listener::Readers,
+        stopped(ctx.stopping.clone()),
+    );
+    match intake {
+        Some(intake) => {
+            let uploads = routes::serve(
+                intake,
+                tls,
+                ctx.clone(),
+                routes::Listener::Intake,
+                stopped(ctx.stopping.clone()),
+            );
+            tokio::try_join!(readers, uploads)?;
+        }
+        None => readers.await?,
+    }
     Ok(())
 }

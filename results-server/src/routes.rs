@@ -44,49 +44,89 @@ const FILES: [(&str, &str); 5] = [
     ("flamegraph.svg", "image/svg+xml"),
 ];
 
+/// Which listener a router serves: the readers' (the API, its OpenAPI document, the web page) or the agents'
+/// uploads. Each has a port of its own, so the chart's NetworkPolicy can let only the agent pods reach the intake
+/// while readers reach the API from anywhere; an upload sent to the readers' port is not found (404).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Readers,
+    Intake,
+}
+
 /// The router as served: with each connection's TCP peer (`ConnectInfo<SocketAddr>`), which `limit::Peer`
 /// limits requests by. That peer is the client: the chart exposes the server through its own Service, with no
 /// proxy in front that could be trusted to say who the client is, so `X-Forwarded-For` is never read.
-pub fn app(ctx: Ctx) -> IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr> {
-    router(ctx).into_make_service_with_connect_info::<SocketAddr>()
+pub fn app(ctx: Ctx, which: Listener) -> IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr> {
+    router(ctx, which).into_make_service_with_connect_info::<SocketAddr>()
 }
 
 /// [`app`] for connections the server took over HTTPS (`tls::TlsListener`): requests carry `web::OverTls`.
-pub fn app_over_tls(ctx: Ctx) -> IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr> {
-    router(ctx)
+pub fn app_over_tls(
+    ctx: Ctx,
+    which: Listener,
+) -> IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr> {
+    router(ctx, which)
         .layer(axum::Extension(crate::web::OverTls))
         .into_make_service_with_connect_info::<SocketAddr>()
 }
 
-/// Serves the app on `listener` until `shutdown` (then lets requests under way finish): over HTTPS with `tls`
-/// (each connection's peer given as for HTTP), else plain HTTP.
+/// Serves `which` app on `listener` until `shutdown` (then lets requests under way finish): over HTTPS with
+/// `tls` (each connection's peer given as for HTTP), else plain HTTP.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
     ctx: Ctx,
+    which: Listener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     match tls {
         None => {
-            axum::serve(listener, app(ctx))
+            axum::serve(listener, app(ctx, which))
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         Some(config) => {
             // Through `tap_io`, axum gives a listener's own address (the TCP peer) as `ConnectInfo`.
             let listener = crate::tls::TlsListener::new(listener, config)?.tap_io(|_| {});
-            axum::serve(listener, app_over_tls(ctx))
+            axum::serve(listener, app_over_tls(ctx, which))
                 .with_graceful_shutdown(shutdown)
                 .await
         }
     }
 }
 
-/// The routes. Served through [`app`]: without the peer address every route that authenticates answers 500
-/// (`Error::NoPeer`), except in this crate's tests.
-pub fn router(ctx: Ctx) -> axum::Router {
-    let api = axum::Router::new()
+/// The routes of `which` listener. Served through [`app`]: without the peer address every route that
+/// authenticates answers 500 (`Error::NoPeer`), except in this crate's tests.
+pub fn router(ctx: Ctx, which: Listener) -> axum::Router {
+    let routes = match which {
+        Listener::Readers => readers(),
+        Listener::Intake => axum::Router::new().route(
+            "/agent/v1/objects/{*key}",
+            axum::routing::put(crate::intake::put_object),
+        ),
+    };
+    routes
+        .fallback(move || async move {
+            Error::NotFound(match which {
+                Listener::Readers => "no such route (see /openapi.json)".into(),
+                Listener::Intake => {
+                    "no such route: this port takes the agents' uploads only".into()
+                }
+            })
+        })
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), track))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(16 << 10))
+        .with_state(ctx)
+}
+
+/// The readers' routes: the REST API, its OpenAPI document and the web page.
+fn readers() -> axum::Router<Ctx> {
+    axum::Router::new()
         .route("/api/v1/namespaces/{namespace}/tracejobs", get(list_jobs))
         .route(
             "/api/v1/namespaces/{namespace}/tracejobs/{name}",
@@ -119,18 +159,6 @@ pub fn router(ctx: Ctx) -> axum::Router {
         )
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .merge(crate::web::router())
-        .route(
-            "/agent/v1/objects/{*key}",
-            axum::routing::put(crate::intake::put_object),
-        )
-        .fallback(|| async { Error::NotFound("no such route (see /openapi.json)".into()) })
-        .layer(axum::middleware::from_fn_with_state(ctx.clone(), track))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::GATEWAY_TIMEOUT,
-            Duration::from_secs(30),
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(16 << 10));
-    api.with_state(ctx)
 }
 
 async fn track(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
@@ -900,6 +928,60 @@ mod tests {
         answer
     }
 
+    /// `which` app of `ctx` served on a loopback port, as main.rs serves it (with each connection's peer).
+    async fn serve_on_loopback(
+        ctx: &Ctx,
+        which: Listener,
+    ) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(axum::serve(listener, app(ctx.clone(), which)).into_future());
+        (addr, server)
+    }
+
+    /// The agents' uploads and the readers' API are on ports of their own (the NetworkPolicy the chart ships lets
+    /// only agents reach the intake's): an upload on the readers' port and a reader's request on the intake's are
+    /// not found, whoever sends them, before any token is looked at.
+    #[tokio::test]
+    async fn uploads_are_taken_on_the_intake_port_only() {
+        let fake = Arc::new(Fake::default());
+        let ctx = Arc::new(Context {
+            client: kube::Client::new(axum::Router::new(), "default"),
+            auth: crate::auth::Auth::new(Arc::new(fake.clone()), Duration::from_secs(30)),
+            stores: crate::store::Stores::parse("file:///nonexistent".into(), "", 1 << 20).unwrap(),
+            intake: Some(crate::intake::Intake::new(
+                "system:serviceaccount:sonde:sonde-agent".into(),
+                crate::share::Share::new(0, crate::share::LIST_EVERY),
+            )),
+            requests: crate::request_histogram(),
+            stopping: tokio::sync::watch::channel(false).1,
+        });
+        let (readers, readers_server) = serve_on_loopback(&ctx, Listener::Readers).await;
+        let (intake, intake_server) = serve_on_loopback(&ctx, Listener::Intake).await;
+        let upload = "PUT /agent/v1/objects/tracejobs/a/j-0a1b2c3d/node-1/summary.json HTTP/1.1\r\nhost: x\r\n\
+                      authorization: Bearer some-token\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+        let answer = send(readers, [127, 0, 0, 1], upload.into()).await;
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        assert!(answer.contains("no such route"), "{answer}");
+        for request in [
+            get("some-token"),
+            "GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".into(),
+        ] {
+            let answer = send(intake, [127, 0, 0, 1], request).await;
+            assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+            assert!(
+                answer.contains("takes the agents' uploads only"),
+                "{answer}"
+            );
+        }
+        // The same upload on the intake's port is reviewed (and refused for its token).
+        let answer = send(intake, [127, 0, 0, 1], upload.into()).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert_eq!(fake.authn.load(Ordering::SeqCst), 1, "reviews");
+        readers_server.abort();
+        intake_server.abort();
+    }
+
     fn get(token: &str) -> String {
         format!(
             "GET /api/v1/namespaces/a/tracejobs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
@@ -925,16 +1007,15 @@ mod tests {
             requests: crate::request_histogram(),
             stopping: tokio::sync::watch::channel(false).1,
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(axum::serve(listener, app(ctx.clone())).into_future());
+        let (addr, server) = serve_on_loopback(&ctx, Listener::Readers).await;
+        let (intake, intake_server) = serve_on_loopback(&ctx, Listener::Intake).await;
         // Real time passes here (each review takes the fake 20 ms; a bucket gains 5 tokens a second): each kind
         // of request is sent with fresh tokens until refused, and the reviews answered meanwhile are counted.
         /// A request with the `n`th token.
         type Nth = fn(u32) -> String;
-        let kinds: [(&str, Nth); 3] = [
-            ("the API", |n| get(&format!("random-{n}"))),
-            ("the login", |n| {
+        let kinds: [(&str, SocketAddr, Nth); 3] = [
+            ("the API", addr, |n| get(&format!("random-{n}"))),
+            ("the login", addr, |n| {
                 let body = format!("{{\"token\":\"random-{n}\"}}");
                 format!(
                     "POST /login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
@@ -942,7 +1023,7 @@ mod tests {
                     body.len()
                 )
             }),
-            ("an upload", |n| {
+            ("an upload", intake, |n| {
                 format!(
                     "PUT /agent/v1/objects/tracejobs/a/j-0a1b2c3d/node-1/summary.json HTTP/1.1\r\nhost: x\r\n\
                      authorization: Bearer random-{n}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
@@ -951,11 +1032,11 @@ mod tests {
         ];
         let mut reviewed = 0;
         let mut n = 0;
-        for (kind, request) in kinds {
+        for (kind, to, request) in kinds {
             let refused = loop {
                 n += 1;
                 assert!(n < 2 * crate::limit::BURST, "{kind}: never refused");
-                let answer = send(addr, [127, 0, 0, 1], request(n)).await;
+                let answer = send(to, [127, 0, 0, 1], request(n)).await;
                 match answer.starts_with("HTTP/1.1 401") {
                     true => reviewed += 1,
                     false => break answer,
@@ -987,6 +1068,7 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
         assert_eq!(fake.authn.load(Ordering::SeqCst), reviewed + 1);
         server.abort();
+        intake_server.abort();
     }
 
     /// The document generated from the handlers names every route, its parameters and its refusals.

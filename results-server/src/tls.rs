@@ -407,9 +407,15 @@ pub(crate) mod tests {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let config = server_config(cert).unwrap();
-        let server = tokio::spawn(crate::routes::serve(listener, Some(config), ctx, async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(crate::routes::serve(
+            listener,
+            Some(config),
+            ctx,
+            crate::routes::Listener::Readers,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         (addr, stop, server)
     }
 

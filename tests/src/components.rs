@@ -52,6 +52,8 @@ pub struct Component {
     pub metrics_port: Option<u16>,
     /// Where it serves its API (the results server).
     pub api_port: Option<u16>,
+    /// Where it takes the agents' uploads (the results server with `SONDE_AGENT_USER`).
+    pub intake_port: Option<u16>,
 }
 
 impl Component {
@@ -82,6 +84,7 @@ impl Component {
             log,
             metrics_port: None,
             api_port: None,
+            intake_port: None,
         }
     }
 
@@ -156,16 +159,18 @@ impl Component {
     /// The results server acting as the identity in `kubeconfig`, with `env` (storage locations, AWS_*;
     /// `SONDE_STORAGE_URL` replaces the default `dir/results`).
     pub fn results(kubeconfig: &Path, dir: &Path, env: &[(String, String)]) -> Component {
-        let (api, metrics) = (free_port(), free_port());
+        let (api, metrics, intake) = (free_port(), free_port(), free_port());
         let mut args = vec![
             format!("--listen=127.0.0.1:{api}"),
             format!("--metrics-addr=127.0.0.1:{metrics}"),
+            format!("--intake-listen=127.0.0.1:{intake}"),
         ];
         args.extend(default_storage(dir, env));
         let log = dir.join("results-server.log");
         let mut c = Self::spawn(kubeconfig, "sonde-results", &args, log, env);
         c.metrics_port = Some(metrics);
         c.api_port = Some(api);
+        c.intake_port = Some(intake);
         c
     }
 

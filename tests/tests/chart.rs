@@ -113,7 +113,7 @@ fn a_certificate_secret_turns_the_results_path_to_https() {
     let c = container(&agent);
     let args = serde_yaml::to_string(&c["args"]).unwrap();
     assert!(
-        args.contains("--storage-url=results+https://sonde-results.default.svc:$(SONDE_RESULTS_SERVICE_PORT_HTTPS)"),
+        args.contains("--storage-url=results+https://sonde-results.default.svc:$(SONDE_RESULTS_SERVICE_PORT_INTAKE)"),
         "{args}"
     );
     assert_eq!(
@@ -134,10 +134,117 @@ fn a_certificate_secret_turns_the_results_path_to_https() {
     assert!(ok, "{err}");
     assert!(
         out.contains(
-            "results+http://$(SONDE_RESULTS_SERVICE_HOST):$(SONDE_RESULTS_SERVICE_PORT_HTTP)"
+            "results+http://$(SONDE_RESULTS_SERVICE_HOST):$(SONDE_RESULTS_SERVICE_PORT_INTAKE)"
         ) && !out.contains("SONDE_TLS_CERT"),
         "{out}"
     );
+}
+
+/// The documents of a `helm template` output.
+fn documents(rendered: &str) -> Vec<serde_yaml::Value> {
+    serde_yaml::Deserializer::from_str(rendered)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter(|d: &serde_yaml::Value| !d.is_null())
+        .collect()
+}
+
+/// The agents' uploads have a port of their own on the results server, and the chart's NetworkPolicy lets only
+/// the agent pods reach it (by the labels the agent DaemonSet's pods carry), while the readers' API and the
+/// metrics stay open: the agent's storage URL names that port, the Service maps it to the container's port
+/// the server takes uploads on. Without the intake (an object store) or with the policy turned off, none.
+#[test]
+fn only_the_agent_pods_may_reach_the_results_intake() {
+    sonde_tests::requires!(Helm);
+    let (ok, out, err) = template_with("results.enabled=true");
+    assert!(ok, "{err}");
+    let docs = documents(&out);
+    let of = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    let server = of("Deployment", "sonde-results");
+    let agent = of("DaemonSet", "sonde-agent");
+    let policy = of("NetworkPolicy", "sonde-results");
+    let pod_labels = |d: &serde_yaml::Value| d["spec"]["template"]["metadata"]["labels"].clone();
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        pod_labels(&server),
+        "the policy does not select the server's pods"
+    );
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_yaml::from_str::<serde_yaml::Value>("[Ingress]").unwrap()
+    );
+    let rules = policy["spec"]["ingress"].as_sequence().unwrap();
+    let ports = |r: &serde_yaml::Value| -> Vec<String> {
+        r["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Every rule that admits the intake port admits the agent pods only.
+    let to_intake: Vec<_> = rules
+        .iter()
+        .filter(|r| ports(r).iter().any(|p| p == "intake"))
+        .collect();
+    assert_eq!(to_intake.len(), 1, "{rules:?}");
+    let from = to_intake[0]["from"].as_sequence().expect("a from list");
+    assert_eq!(from.len(), 1, "{from:?}");
+    assert!(from[0]["namespaceSelector"].is_null() && from[0]["ipBlock"].is_null());
+    assert_eq!(from[0]["podSelector"]["matchLabels"], pod_labels(&agent));
+    let open: Vec<String> = rules
+        .iter()
+        .filter(|r| r["from"].is_null())
+        .flat_map(ports)
+        .collect();
+    assert_eq!(open, ["http", "metrics"], "{rules:?}");
+    // The port by that name: the container's, which the server takes uploads on, and the Service's, which the
+    // agent's URL names.
+    let c = &server["spec"]["template"]["spec"]["containers"][0];
+    let intake_port = c["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "intake")
+        .expect("a container port named intake")["containerPort"]
+        .as_u64()
+        .unwrap();
+    let args = serde_yaml::to_string(&c["args"]).unwrap();
+    assert!(
+        args.contains(&format!("--intake-listen=0.0.0.0:{intake_port}")),
+        "{args}"
+    );
+    let service = of("Service", "sonde-results");
+    let sp = service["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "intake")
+        .expect("a Service port named intake")
+        .clone();
+    assert_eq!(sp["targetPort"], "intake");
+    let agent_args =
+        serde_yaml::to_string(&agent["spec"]["template"]["spec"]["containers"][0]["args"]).unwrap();
+    assert!(
+        agent_args.contains(":$(SONDE_RESULTS_SERVICE_PORT_INTAKE)"),
+        "{agent_args}"
+    );
+    // No intake, no policy: results in an object store; or the policy turned off.
+    for value in [
+        "agent.storageUrl=s3://bucket/results",
+        "results.networkPolicy.enabled=false",
+    ] {
+        let (ok, out, err) = template_with(value);
+        assert!(ok, "{value}: {err}");
+        assert!(!out.contains("kind: NetworkPolicy"), "{value}: {out}");
+        if value.starts_with("agent.") {
+            assert!(!out.contains("intake"), "{value}: {out}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -169,6 +276,7 @@ async fn everything_the_chart_renders_is_accepted_by_the_api_server() {
         "ServiceAccount",
         "Service",
         "PersistentVolumeClaim",
+        "NetworkPolicy",
     ] {
         assert!(
             rendered.contains(&format!("kind: {kind}")),

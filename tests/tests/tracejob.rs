@@ -2742,7 +2742,7 @@ async fn results_reach_the_server_when_the_cluster_has_no_object_store() {
             ),
         ],
     );
-    let port = server.api_port.unwrap();
+    let (port, intake) = (server.api_port.unwrap(), server.intake_port.unwrap());
     assert!(
         wait_for(Duration::from_secs(20), || async {
             http_get_as(port, "/", None).await.0 == 200
@@ -2750,10 +2750,12 @@ async fn results_reach_the_server_when_the_cluster_has_no_object_store() {
         .await,
         "the results server did not serve"
     );
+    // Agents upload to the intake's port, a port of its own (which the chart's NetworkPolicy opens to the agent
+    // pods only).
     s.restart_agent_with(&[
         (
             "SONDE_STORAGE_URL".into(),
-            format!("results+http://127.0.0.1:{port}"),
+            format!("results+http://127.0.0.1:{intake}"),
         ),
         (
             "SONDE_RESULTS_TOKEN_FILE".into(),
@@ -2805,7 +2807,7 @@ async fn results_reach_the_server_when_the_cluster_has_no_object_store() {
 
     // The upload route's refusals, and create-only puts.
     let chunk = folder.join("events/000000.ndjson.gz");
-    let put = |token: &str, key: &str, body: &std::path::Path| {
+    let put_on = |port: u16, token: &str, key: &str, body: &std::path::Path| {
         let out = std::process::Command::new("curl")
             .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "PUT"])
             .args(["-H", &format!("Authorization: Bearer {token}")])
@@ -2818,7 +2820,14 @@ async fn results_reach_the_server_when_the_cluster_has_no_object_store() {
         let (body, code) = out.rsplit_once('\n').unwrap_or_default();
         (code.to_string(), body.to_string())
     };
+    let put = |token: &str, key: &str, body: &std::path::Path| put_on(intake, token, key, body);
     let mine = format!("tracejobs/{ns}/intake-{uid8}/{node}/events/000000.ndjson.gz");
+    // Not on the readers' port, even with the agent's token.
+    let (code, body) = put_on(port, &agent_token, &mine, &chunk);
+    assert!(
+        code == "404" && body.contains("no such route"),
+        "{code} {body}"
+    );
     assert_eq!(
         put(&agent_token, &mine, &chunk).0,
         "200",

@@ -31,9 +31,9 @@ true
 Service first): no cluster DNS needed. */ -}}
 {{- if .Values.results.tls.secretName -}}
 {{- /* By the name the certificate carries; the agent connects to the Service's IP (SONDE_RESULTS_ADDRESS). */ -}}
-results+https://sonde-results.{{ .Release.Namespace }}.svc:$(SONDE_RESULTS_SERVICE_PORT_HTTPS)
+results+https://sonde-results.{{ .Release.Namespace }}.svc:$(SONDE_RESULTS_SERVICE_PORT_INTAKE)
 {{- else -}}
-results+http://$(SONDE_RESULTS_SERVICE_HOST):$(SONDE_RESULTS_SERVICE_PORT_HTTP)
+results+http://$(SONDE_RESULTS_SERVICE_HOST):$(SONDE_RESULTS_SERVICE_PORT_INTAKE)
 {{- end -}}
 {{- else -}}
 {{ .Values.agent.storageUrl }}
