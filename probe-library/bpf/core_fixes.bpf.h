@@ -63,4 +63,18 @@ static __always_inline __u64 cgroup_ancestor_id(struct cgroup *cg, __u32 level)
 	return id;
 }
 
+/* When a task's process started, in ns after boot (suspend included): the thread group leader's start_boottime
+ * (5.5+), real_start_time before; what /proc/<pid>/stat field 22 gives in clock ticks. */
+struct task_struct___pre55 {
+	__u64 real_start_time;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 task_process_start_ns(struct task_struct *t)
+{
+	struct task_struct *leader = BPF_CORE_READ(t, group_leader);
+	if (bpf_core_field_exists(leader->start_boottime))
+		return BPF_CORE_READ(leader, start_boottime);
+	return BPF_CORE_READ((struct task_struct___pre55 *)leader, real_start_time);
+}
+
 #endif

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
-/* cpu-profile: on each cpu-clock sample, count (task, kernel stack, user stack) in the kernel; the agent
- * symbolizes and folds the stacks at the end. Nothing crosses the ring buffer per sample. */
+/* cpu-profile: on each cpu-clock sample, count (process, kernel stack, user stack) in the kernel; the agent
+ * symbolizes and folds the stacks at the end. Nothing crosses the ring buffer per sample. The process is its pid
+ * and start time, so that a pid reused before the agent looks at it is another key, never named by the process
+ * that took the pid over (crate::procmaps). */
 #include "sonde.h"
 
 #define PERF_MAX_STACK_DEPTH 127
@@ -32,6 +34,7 @@ int profile_sample(struct bpf_perf_event_data *ctx)
 	stat_inc(STAT_SEEN);
 	struct stack_key key = {};
 	key.pid = id >> 32;
+	key.start_ns = task_process_start_ns((struct task_struct *)bpf_get_current_task());
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	key.kstack = bpf_get_stackid(ctx, &stacks, 0);
 	key.ustack = cfg_user_stacks ? bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK) : -1;

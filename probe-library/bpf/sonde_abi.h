@@ -93,12 +93,16 @@ struct pkt_event {
 	char comm[TASK_COMM_LEN];
 };
 
-/* cpu-profile: stack counts keyed by task and stack ids. */
+/* cpu-profile: stack counts keyed by process and stack ids. The process is its pid and start time: the thread
+ * group leader's start_boottime, which /proc/<pid>/stat field 22 gives in clock ticks; a pid given to another
+ * process makes another key. */
 struct stack_key {
 	__u32 pid;
 	__s32 kstack;
 	__s32 ustack;
 	char comm[TASK_COMM_LEN];
+	__u32 _pad;
+	__u64 start_ns;
 };
 
 /* generic latency event for runq-latency, syscall-latency, tcp-connect */
@@ -140,7 +144,7 @@ _Static_assert(sizeof(struct wakeup_event) == 80, "wakeup_event layout");
 _Static_assert(sizeof(struct wakeup_key) == 8, "wakeup_key layout");
 _Static_assert(sizeof(struct wakeup_val) == 64, "wakeup_val layout");
 _Static_assert(sizeof(struct pkt_event) == 128, "pkt_event layout");
-_Static_assert(sizeof(struct stack_key) == 28, "stack_key layout");
+_Static_assert(sizeof(struct stack_key) == 40, "stack_key layout");
 _Static_assert(sizeof(struct latency_event) == 96, "latency_event layout");
 _Static_assert(sizeof(struct note_event) == 208, "note_event layout");
 

@@ -1,13 +1,15 @@
 //! What a sampled process had mapped, read while it runs, so that its user frames are named by the binaries it
 //! ran when it was sampled, not by whatever process holds its pid when the window ends.
 //!
-//! A cpu-profile sample keeps only the pid and the stack's addresses; frames are named at the end of a trace or
-//! window (up to 24 h later). By then the process may have exited and its pid been given to another process:
-//! naming the addresses by the live pid would name another process's functions (wrong, and that process's
-//! layout in a tenant's results). So while the trace runs the pids that appear in the stack counts are noted
-//! with their start time (`/proc/<pid>/stat` field 22) and a [`Snapshot`] of their executable mappings
-//! (`/proc/<pid>/maps`), kept by (pid, start time) in [`Processes`]. An address becomes (binary, file offset)
-//! by the snapshot; the binary is named from its file (in the symbolizer child: no ELF is parsed here).
+//! A cpu-profile sample keeps only its process and the stack's addresses; frames are named at the end of a
+//! trace or window (up to 24 h later). By then the process may have exited and its pid been given to another
+//! process: naming the addresses by the live pid would name another process's functions (wrong, and that
+//! process's layout in a tenant's results). So the BPF program keys each sample by pid and the process's start
+//! time ([`ticks_of`] makes it `/proc/<pid>/stat` field 22), and while the trace runs the processes that appear
+//! in the stack counts are read: a [`Snapshot`] of their executable mappings (`/proc/<pid>/maps`), kept by
+//! (pid, start time) in [`Processes`], taken only from the live process at the pid that has the sample's start
+//! time ([`take_process`]). An address becomes (binary, file offset) by the snapshot; the binary is named from
+//! its file (in the symbolizer child: no ELF is parsed here).
 //!
 //! Nothing here parses a file a tenant controls: `/proc` text written by the kernel, and `stat` of the mapped
 //! files.
@@ -233,10 +235,59 @@ fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
+/// The start time `/proc/<pid>/stat` shows (field 22, [`start_time`]) for a process whose thread group leader
+/// has `start_boottime` `start_ns` (what the BPF program reads): the kernel's
+/// `nsec_to_clock_t(timens_add_boottime_ns(start_boottime))`, in this process's time namespace (as its
+/// `timens_offsets` show it: the namespace of its children, the same unless it left its own without forking).
+pub fn ticks_of(start_ns: u64) -> u64 {
+    static CLOCK: std::sync::OnceLock<(u64, i64)> = std::sync::OnceLock::new();
+    let (hz, offset) = *CLOCK.get_or_init(|| {
+        let offsets = std::fs::read_to_string("/proc/self/timens_offsets").unwrap_or_default();
+        (
+            rustix::param::clock_ticks_per_second(),
+            boottime_offset(&offsets),
+        )
+    });
+    to_ticks(start_ns, hz, offset)
+}
+
+/// `ns + offset` in clock ticks of `hz` per second: `ns / (1e9 / hz)` where `hz` divides 1e9 (USER_HZ is 100).
+fn to_ticks(ns: u64, hz: u64, offset: i64) -> u64 {
+    let ns = ns.saturating_add_signed(offset);
+    (u128::from(ns) * u128::from(hz) / 1_000_000_000) as u64
+}
+
+/// The boottime offset in `timens_offsets` (`boottime <s> <ns>`), in ns; 0 without time namespaces.
+fn boottime_offset(offsets: &str) -> i64 {
+    offsets
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == "boottime").then_some(())?;
+            let s: i64 = f.next()?.parse().ok()?;
+            let ns: i64 = f.next()?.parse().ok()?;
+            s.checked_mul(1_000_000_000)?.checked_add(ns)
+        })
+        .unwrap_or(0)
+}
+
 /// Reads the executable mappings of the live process `pid`; None if it is gone, or was replaced by another
 /// process (another start time) while they were read.
 pub fn take(pid: u32) -> Option<Snapshot> {
+    read_live(pid, None)
+}
+
+/// Reads the executable mappings of the process `id` if it is the one at its pid: None if that pid is gone or
+/// another process's (nothing is read then but its start time).
+pub fn take_process(id: ProcessId) -> Option<Snapshot> {
+    read_live(id.0, Some(id.1))
+}
+
+fn read_live(pid: u32, expected: Option<u64>) -> Option<Snapshot> {
     let before = start_time(pid)?;
+    if expected.is_some_and(|t| t != before) {
+        return None;
+    }
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     let snapshot = Snapshot::parse(pid, before, &maps, |start, end| {
         std::fs::metadata(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
@@ -261,7 +312,8 @@ pub struct Processes {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Owner {
     Process(ProcessId),
-    /// The pid had exited, or was another process's, before its mappings were read: its frames are not named.
+    /// The process had exited (its pid maybe another process's) before its mappings were read: its frames are
+    /// not named.
     Unknown,
 }
 
@@ -278,24 +330,21 @@ impl Processes {
         self.by_id.get(&id).map(|(s, _, _)| s)
     }
 
-    /// Notes the live process `pid`, whose stacks hold `addrs`: the snapshot it already has, read again if an
-    /// address is outside it (a library loaded since), or a new one. `read` reads the live process ([`take`]).
+    /// Notes the process `id` (the pid and start time of a sample), whose stacks hold `addrs`: the snapshot it
+    /// already has, read again if an address is outside it (a library loaded since) and it still runs, or a new
+    /// one if it still runs. `read` reads the live process at the pid if it is that one ([`take_process`]): a
+    /// process that took the pid over is never read for it.
     pub fn note(
         &mut self,
-        pid: u32,
-        live_start_time: Option<u64>,
+        id: ProcessId,
         addrs: impl IntoIterator<Item = u64>,
-        read: impl Fn(u32) -> Option<Snapshot>,
+        read: impl Fn(ProcessId) -> Option<Snapshot>,
     ) -> Owner {
-        let Some(start_time) = live_start_time else {
-            return Owner::Unknown;
-        };
-        let id = (pid, start_time);
         self.clock += 1;
         if let Some((snapshot, used, weight)) = self.by_id.get_mut(&id) {
             *used = self.clock;
             if addrs.into_iter().any(|a| snapshot.mapping(a).is_none())
-                && let Some(later) = read(pid).filter(|s| s.id() == id)
+                && let Some(later) = read(id).filter(|s| s.id() == id)
             {
                 snapshot.merge(later);
                 self.bytes -= *weight;
@@ -305,7 +354,7 @@ impl Processes {
             }
             return Owner::Process(id);
         }
-        match read(pid).filter(|s| s.id() == id) {
+        match read(id).filter(|s| s.id() == id) {
             Some(snapshot) => {
                 self.insert(snapshot);
                 Owner::Process(id)
@@ -319,10 +368,10 @@ impl Processes {
     pub fn get_or_read(
         &mut self,
         id: ProcessId,
-        read: impl Fn(u32) -> Option<Snapshot>,
+        read: impl Fn(ProcessId) -> Option<Snapshot>,
     ) -> Option<&Snapshot> {
         if !self.by_id.contains_key(&id) {
-            let snapshot = read(id.0).filter(|s| s.id() == id)?;
+            let snapshot = read(id).filter(|s| s.id() == id)?;
             self.insert(snapshot);
         }
         self.get(id)
@@ -419,63 +468,103 @@ mod tests {
         assert_eq!(file.id, Some(FileId::of(&exe)));
     }
 
-    /// A pid given to another process (another start time) is another process: its samples never take the
-    /// live process's mappings, the snapshot of the process sampled is kept for its own.
+    /// A pid given to another process (another start time) is another process: a sample is named only by a
+    /// snapshot of the process it was taken in (its pid and start time), never by the live process at its pid.
     #[test]
     fn a_reused_pid_is_never_read_for_an_earlier_process() {
         let mut procs = Processes::default();
         let reads = std::cell::Cell::new(0);
-        let first = procs.note(42, Some(1000), [0x55d0c4a20010], |p| {
+        let first = procs.note((42, 1000), [0x55d0c4a20010], |(p, _)| {
             reads.set(reads.get() + 1);
             Some(fake(p, 1000))
         });
         assert_eq!(first, Owner::Process((42, 1000)));
         assert_eq!(reads.get(), 1);
         // Seen again, addresses inside the snapshot: not read again.
-        procs.note(42, Some(1000), [0x55d0c4a20020], |_| panic!("read again"));
-        // Pid 42 now belongs to a process started later: the first one's snapshot is what names its samples.
-        let second = procs.note(42, Some(2000), [0x1000], |p| {
+        procs.note((42, 1000), [0x55d0c4a20020], |_| panic!("read again"));
+        // Pid 42 now belongs to a process started later. A sample of the first one, at an address outside its
+        // snapshot, is still the first one's: what the live process has is not added to it.
+        let other = |p| {
             Some(Snapshot::parse(
                 p,
                 2000,
                 "1000-2000 r-xp 0 fd:01 7 /bin/other\n",
                 |_, _| Some(id(7)),
             ))
-        });
-        assert_eq!(second, Owner::Process((42, 2000)));
+        };
+        let late = procs.note((42, 1000), [0x1000], |(p, _)| other(p));
+        assert_eq!(late, Owner::Process((42, 1000)));
         let old = procs.get((42, 1000)).unwrap();
         assert_eq!(old.place(0x55d0c4a20010).unwrap().0.path, "/usr/bin/app");
         assert!(old.place(0x1000).is_none());
+        // The later process's samples are its own.
+        let second = procs.note((42, 2000), [0x1000], |(p, _)| other(p));
+        assert_eq!(second, Owner::Process((42, 2000)));
+        assert_eq!(
+            procs.get((42, 2000)).unwrap().place(0x1000).unwrap().0.path,
+            "/bin/other"
+        );
+        // A process never read before its pid was given to another: no owner, whatever the live one has.
+        assert_eq!(
+            procs.note((43, 3000), [0x1000], |(p, _)| other(p)),
+            Owner::Unknown
+        );
+        assert!(procs.get((43, 3000)).is_none() && procs.get((43, 2000)).is_none());
         // A dropped snapshot is read again only from the same process: pid 42 is now another one.
         let mut fresh = Processes::default();
         assert!(
             fresh
-                .get_or_read((42, 1000), |p| Some(fake(p, 2000)))
+                .get_or_read((42, 1000), |(p, _)| Some(fake(p, 2000)))
                 .is_none()
         );
         assert!(
             fresh
-                .get_or_read((42, 1000), |p| Some(fake(p, 1000)))
+                .get_or_read((42, 1000), |(p, _)| Some(fake(p, 1000)))
                 .is_some()
         );
-        // A pid gone before its mappings were read, or replaced while they were: no owner, nothing read.
+        // A pid gone before its mappings were read: no owner.
+        assert_eq!(procs.note((44, 5), [1], |_| None), Owner::Unknown);
+    }
+
+    /// The live reader reads a process only if it is the one at its pid.
+    #[test]
+    fn a_process_is_read_only_at_its_own_start_time() {
+        let me = std::process::id();
+        let mine = start_time(me).unwrap();
+        assert_eq!(take_process((me, mine)).unwrap().id(), (me, mine));
+        assert!(take_process((me, mine + 1)).is_none());
+        assert!(take_process((me, mine - 1)).is_none());
+    }
+
+    /// A BPF start time (ns after boot) in the clock ticks of `/proc/<pid>/stat`, as the kernel converts it.
+    #[test]
+    fn a_start_time_in_ns_is_the_ticks_proc_shows() {
+        assert_eq!(to_ticks(1_234_567_890_123, 100, 0), 123_456);
+        assert_eq!(to_ticks(9_999_999, 100, 0), 0);
+        assert_eq!(to_ticks(10_000_000, 100, 0), 1);
+        assert_eq!(to_ticks(1_234_567_890_123, 1000, 0), 1_234_567);
+        // In a time namespace whose boot was 10 s earlier (or 1 s later).
+        assert_eq!(to_ticks(5_000_000_000, 100, 10_000_000_000), 1500);
+        assert_eq!(to_ticks(5_000_000_000, 100, -1_000_000_000), 400);
+        let offsets = "monotonic           0         0\nboottime        -12    500000\n";
+        assert_eq!(boottime_offset(offsets), -11_999_500_000);
+        assert_eq!(boottime_offset(""), 0);
+        // Here: this machine's clock ticks and time namespace (the kernel tests check it against the kernel).
+        let here = std::fs::read_to_string("/proc/self/timens_offsets").unwrap_or_default();
+        let hz = rustix::param::clock_ticks_per_second();
         assert_eq!(
-            procs.note(43, None, [1], |_| panic!("read")),
-            Owner::Unknown
-        );
-        assert_eq!(
-            procs.note(44, Some(5), [1], |p| Some(fake(p, 6))),
-            Owner::Unknown
+            ticks_of(7_000_000_000),
+            to_ticks(7_000_000_000, hz, boottime_offset(&here))
         );
     }
 
     #[test]
     fn a_library_loaded_later_is_added() {
         let mut procs = Processes::default();
-        procs.note(42, Some(1000), [0x55d0c4a20010], |p| Some(fake(p, 1000)));
+        procs.note((42, 1000), [0x55d0c4a20010], |(p, _)| Some(fake(p, 1000)));
         let later = "55d0c4a20000-55d0c4a80000 r-xp 00020000 fd:01 1234 /usr/bin/app\n\
                      7f0000000000-7f0000001000 r-xp 00001000 fd:01 55 /lib/late.so\n";
-        procs.note(42, Some(1000), [0x7f0000000010], |p| {
+        procs.note((42, 1000), [0x7f0000000010], |(p, _)| {
             Some(Snapshot::parse(p, 1000, later, |s, _| Some(id(s))))
         });
         let s = procs.get((42, 1000)).unwrap();
@@ -490,11 +579,11 @@ mod tests {
     fn at_most_max_processes_are_kept_the_least_recently_used_dropped() {
         let mut procs = Processes::default();
         for pid in 0..MAX_PROCESSES as u32 {
-            procs.note(pid, Some(1), [], |p| Some(fake(p, 1)));
+            procs.note((pid, 1), [], |(p, _)| Some(fake(p, 1)));
         }
         // Pid 0 used again: pid 1 is now the one unused longest.
-        procs.note(0, Some(1), [], |_| None);
-        procs.note(999_999, Some(1), [], |p| Some(fake(p, 1)));
+        procs.note((0, 1), [], |_| None);
+        procs.note((999_999, 1), [], |(p, _)| Some(fake(p, 1)));
         assert_eq!(procs.len(), MAX_PROCESSES);
         assert!(procs.get((0, 1)).is_some() && procs.get((1, 1)).is_none());
         // Processes with long paths: bounded in bytes too.
@@ -513,7 +602,7 @@ mod tests {
         assert!(heavy.weight() > MAX_MAPPINGS * 4000, "{}", heavy.weight());
         let mut procs = Processes::default();
         for pid in 0..20 {
-            procs.note(pid, Some(1), [], |p| {
+            procs.note((pid, 1), [], |(p, _)| {
                 Some(Snapshot {
                     pid: p,
                     ..heavy.clone()

@@ -32,9 +32,10 @@ fn frames(stacks: &StackTraceMap<&aya::maps::MapData>, id: i32) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-/// cpu-profile's aggregator. The counts and stacks are in kernel maps; what is kept here is which process each
-/// counted stack belongs to and the mappings that process had (crate::procmaps), noted while it runs, so that
-/// its frames are named by them at the end even if it exited and its pid was given to another process.
+/// cpu-profile's aggregator. The counts and stacks are in kernel maps, each count keyed by its process's pid and
+/// start time; what is kept here is the mappings each of those processes had (crate::procmaps), noted while it
+/// runs, so that its frames are named by them at the end even if it exited and its pid was given to another
+/// process.
 #[derive(Default)]
 pub(crate) struct Profile {
     processes: Processes,
@@ -46,9 +47,8 @@ pub(crate) struct Profile {
 
 /// How often the stack counts are looked at for new processes while the trace runs (at most: see
 /// [`SCAN_SHARE`]). A process that ran and exited between two looks has no mappings to be named by: its frames
-/// are `[unknown]`, counted in a figure (as before the mappings were kept: it was gone at the end too). A pid
-/// that changed hands between a sample and the next look is the one case still named by the later process;
-/// that takes `pid_max` forks within the interval.
+/// are `[unknown]`, counted in a figure (as before the mappings were kept: it was gone at the end too), also
+/// when its pid was given to another process before the look (the sample's start time is not that process's).
 const SCAN_EVERY: Duration = Duration::from_millis(250);
 
 /// A look takes at most 1/this of the time until the next (a `counts` key is a syscall; 10,000 keys took
@@ -80,7 +80,8 @@ enum FileKey {
 }
 
 impl Profile {
-    /// Notes the process of each stack-count key not seen before (its start time and mappings).
+    /// Notes the process (pid and start time) of each stack-count key not seen before: its mappings, from the
+    /// snapshot kept of it or read from the live process at its pid if that is still the one.
     fn scan(&mut self, ebpf: &Ebpf) {
         let started = Instant::now();
         let (Some(counts), Some(stacks)) = (ebpf.map("counts"), ebpf.map("stacks")) else {
@@ -92,25 +93,25 @@ impl Profile {
         ) else {
             return;
         };
-        let mut new: BTreeMap<u32, Vec<StackKey>> = BTreeMap::new();
+        let mut new: BTreeMap<procmaps::ProcessId, Vec<StackKey>> = BTreeMap::new();
         for key in counts.keys().filter_map(|k| k.ok()) {
             // A kernel thread's sample has no user stack.
             if key.ustack >= 0 && !self.owners.contains_key(&key) {
-                new.entry(key.pid).or_default().push(key);
+                let process = (key.pid, procmaps::ticks_of(key.start_ns));
+                new.entry(process).or_default().push(key);
             }
         }
-        for (pid, keys) in new {
+        for (process, keys) in new {
             // One look reads at most SCAN_BUDGET's worth of processes (a pod forking thousands of them must not
             // hold up the drain it runs in, and with it the heartbeat and a stop); the rest wait for the next
             // look, their keys still unowned.
             if started.elapsed() >= SCAN_BUDGET {
                 break;
             }
-            // Read only if the process has a snapshot already: is every frame inside it?
+            // Read only if the process has no snapshot yet, or a frame outside it; and only if the live process
+            // at the pid is the one sampled (a pid reused since is another start time: its frames stay unnamed).
             let addrs = keys.iter().flat_map(|k| frames(&stacks, k.ustack));
-            let owner = self
-                .processes
-                .note(pid, procmaps::start_time(pid), addrs, procmaps::take);
+            let owner = self.processes.note(process, addrs, procmaps::take_process);
             for key in keys {
                 self.owners.insert(key, owner);
             }
@@ -155,7 +156,7 @@ impl Aggregator for Profile {
         let symbolizer = Symbolizer::new();
         // Every user frame becomes (binary, file offset) by the mappings its process had when it was seen, and
         // all binaries are named in one request (see crate::symbolize: they are the tenants' own, parsed away
-        // from this process). The live process at a pid is read only if it is the one sampled.
+        // from this process). The live process at a pid is read only if it is the one sampled (same start time).
         let mut binaries: Vec<BinaryFrames> = Vec::new();
         let mut by_file: HashMap<FileKey, usize> = HashMap::new();
         let mut not_recorded: HashSet<(u32, u64)> = HashSet::new();
@@ -164,7 +165,9 @@ impl Aggregator for Profile {
             .map(|(key, count)| {
                 let ustack = frames(&stacks, key.ustack);
                 let snapshot = match self.owners.get(&key) {
-                    Some(Owner::Process(id)) => self.processes.get_or_read(*id, procmaps::take),
+                    Some(Owner::Process(id)) => {
+                        self.processes.get_or_read(*id, procmaps::take_process)
+                    }
                     _ => None,
                 };
                 let slots = ustack

@@ -1130,6 +1130,153 @@ fn a_process_that_exited_is_named_by_its_mappings() {
     );
 }
 
+/// The pid of a process that exited is given to another process before the next look at the stack counts (here
+/// the look is held back until then; on a node a look comes every 250 ms): the first process's samples are
+/// never named by the second's functions, nor the second's by the first's. The two are the same C program but
+/// for their busy function's name, built without PIE: each one's busy loop is at the other's address, so naming
+/// one process's frames by the other's mappings names the other's function.
+#[test]
+fn a_reused_pid_never_names_another_process_functions() {
+    sonde_tests::requires!(Root);
+    let dir = tempfile::tempdir().unwrap();
+    // Each waits for a byte on stdin, then is busy for argv[1] seconds in its own function.
+    let build = |name: &str, function: &str| {
+        let src = dir.path().join(format!("{name}.c"));
+        std::fs::write(
+            &src,
+            format!(
+                "#include <stdlib.h>\n#include <time.h>\n#include <unistd.h>\n\
+                 __attribute__((noinline)) unsigned long {function}(double s) {{\n\
+                   struct timespec a, b; unsigned long x = 0; clock_gettime(CLOCK_MONOTONIC, &a);\n\
+                   do {{ for (int i = 0; i < 10000; i++) x = x * 31 + i; clock_gettime(CLOCK_MONOTONIC, &b); }}\n\
+                   while ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9 < s);\n\
+                   return x; }}\n\
+                 int main(int argc, char **argv) {{ char c;\n\
+                   if (argc < 2 || read(0, &c, 1) != 1) return 1;\n\
+                   return {function}(atof(argv[1])) == 42; }}\n"
+            ),
+        )
+        .unwrap();
+        let exe = dir.path().join(name);
+        let built = Command::new("cc")
+            .args(["-O1", "-fno-omit-frame-pointer", "-no-pie", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .status()
+            .expect("cc");
+        assert!(built.success());
+        exe
+    };
+    let (exe_a, exe_b) = (
+        build("sonde-reuse-a", "sonde_reuse_a_loop"),
+        build("sonde-reuse-b", "sonde_reuse_b_loop"),
+    );
+    let spawn = |exe: &std::path::Path, seconds: &str| {
+        Command::new(exe)
+            .arg(seconds)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let go = |child: &mut std::process::Child| {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"g").unwrap();
+    };
+    let mut a = spawn(&exe_a, "1.0");
+    let pid = a.id();
+    let mut running =
+        Running::start(cpu_profile_of(pid, true)).expect("probe loads through its attach chain");
+    // A runs and exits, and is reaped, before any look.
+    go(&mut a);
+    assert!(a.wait().unwrap().success());
+    let exited = Instant::now();
+    // B gets A's pid: the last pid handed out is set to the one before (root, initial pid namespace), and set
+    // again if another task on the machine took it first (a thread holds it until it exits).
+    let mut b = None;
+    while b.is_none() && exited.elapsed() < Duration::from_secs(5) {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let mut child = spawn(&exe_b, "1.0");
+        if child.id() == pid {
+            b = Some(child);
+        } else {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let mut b = b.unwrap_or_else(|| panic!("pid {pid} was never handed out again"));
+    let reused_in = exited.elapsed();
+    // The look, with B at the pid; then B runs, looked at as the agent would, and the trace ends while it runs.
+    running.drain(|_| {});
+    let looked_in = exited.elapsed();
+    go(&mut b);
+    let busy_until = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < busy_until {
+        running.drain(|_| {});
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let findings = running.finish(50, |_| {});
+    b.kill().unwrap();
+    b.wait().unwrap();
+    assert_eq!(running.loaded.strategy(), "perf_event");
+    eprintln!("pid {pid} reused {reused_in:?} after A exited, looked at after {looked_in:?}");
+    let lines = |comm: &str| -> Vec<(String, u64)> {
+        findings
+            .folded
+            .iter()
+            .filter(|l| l.split([';', ' ']).next() == Some(comm))
+            .map(|l| {
+                let (stack, n) = l.rsplit_once(' ').unwrap();
+                (stack.to_string(), n.parse::<u64>().unwrap())
+            })
+            .collect()
+    };
+    let count = |lines: &[(String, u64)], f: &dyn Fn(&str) -> bool| -> u64 {
+        lines.iter().filter(|(s, _)| f(s)).map(|(_, n)| n).sum()
+    };
+    let (of_a, of_b) = (lines("sonde-reuse-a"), lines("sonde-reuse-b"));
+    let total_a = count(&of_a, &|_| true);
+    let total_b = count(&of_b, &|_| true);
+    let a_as_b = count(&of_a, &|s| s.contains("sonde_reuse_b_loop"));
+    let b_as_a = count(&of_b, &|s| s.contains("sonde_reuse_a_loop"));
+    let a_named = count(&of_a, &|s| s.contains("sonde_reuse_a_loop"));
+    let b_named = count(&of_b, &|s| s.contains("sonde_reuse_b_loop"));
+    eprintln!(
+        "A: {total_a} samples, {a_named} named by its function, {a_as_b} by B's; \
+         B: {total_b} samples, {b_named} named by its function, {b_as_a} by A's"
+    );
+    let show = |l: &[(String, u64)]| l.iter().take(5).cloned().collect::<Vec<_>>();
+    assert!(total_a >= 50 && total_b >= 50, "{:#?}", findings.folded);
+    assert_eq!(
+        a_as_b,
+        0,
+        "A's samples named by B's function: {:#?}",
+        show(&of_a)
+    );
+    assert_eq!(
+        b_as_a,
+        0,
+        "B's samples named by A's function: {:#?}",
+        show(&of_b)
+    );
+    // A's user frames are its function's or `[unknown]` (never looked at while it ran): no other name.
+    for (stack, n) in &of_a {
+        let user = stack.split(';').skip(1).filter(|f| !f.ends_with("_[k]"));
+        for frame in user {
+            assert!(
+                frame == "[unknown]" || frame.contains("sonde_reuse_a_loop"),
+                "{n} samples of A with the frame {frame:?}: {stack}"
+            );
+        }
+    }
+    // B, looked at while it ran, is named: the test would pass vacuously if nothing were.
+    assert!(
+        b_named * 10 >= total_b * 9,
+        "B's loop named in {b_named} of {total_b} samples: {:#?}",
+        show(&of_b)
+    );
+}
+
 /// A 499 Hz cpu-profile of one process, with or without its user stacks.
 fn cpu_profile_of(pid: u32, user_stacks: bool) -> sonde_probes::ProbeConfig {
     let filter = Filter {

@@ -106,6 +106,9 @@ pub struct StackKey {
     pub kstack: i32,
     pub ustack: i32,
     pub comm: [u8; TASK_COMM_LEN],
+    pub _pad: u32,
+    /// When the process started: its thread group leader's `start_boottime`, in ns after boot.
+    pub start_ns: u64,
 }
 
 /// C `struct latency_event`.
@@ -161,7 +164,7 @@ const _: () = {
     assert!(size_of::<WakeupKey>() == 8);
     assert!(size_of::<WakeupVal>() == 64);
     assert!(size_of::<PktEvent>() == 128);
-    assert!(size_of::<StackKey>() == 28);
+    assert!(size_of::<StackKey>() == 40);
     assert!(size_of::<LatencyEvent>() == 96);
     assert!(size_of::<NoteEvent>() == 208);
 };
