@@ -112,7 +112,11 @@ for _ in $(seq 100); do
 done
 
 # --- kube-apiserver ---------------------------------------------------------------------------------------------
-"$bin/kube-apiserver" --bind-address=0.0.0.0 --advertise-address="$node_ip" --secure-port="$api_port" \
+# Its command is a script of its own, so a test can stop this API server and start the same one again
+# (tests/controlplane/apiserver.sh); the log is appended to.
+cat >"$dir/kube-apiserver.sh" <<EOF
+#!/usr/bin/env bash
+exec "$bin/kube-apiserver" --bind-address=0.0.0.0 --advertise-address="$node_ip" --secure-port="$api_port" \
   --etcd-servers="http://127.0.0.1:$etcd_port" \
   --client-ca-file="$pki/ca.crt" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
   --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction --anonymous-auth=false \
@@ -121,7 +125,10 @@ done
   --kubelet-preferred-address-types=InternalIP,Hostname \
   --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$pki/sa.pub" \
   --service-account-signing-key-file="$pki/sa.key" --service-cluster-ip-range="$service_cidr" \
-  --cert-dir="$pki" --v=1 >"$dir/kube-apiserver.log" 2>&1 9>&- &
+  --cert-dir="$pki" --v=1 >>"$dir/kube-apiserver.log" 2>&1
+EOF
+: >"$dir/kube-apiserver.log"
+bash "$dir/kube-apiserver.sh" </dev/null 9>&- &
 echo $! >"$dir/kube-apiserver.pid"
 kubeconfig admin
 for _ in $(seq 600); do

@@ -73,6 +73,31 @@ impl ControlPlane {
         Client::try_from(config).expect("a client")
     }
 
+    /// Stops the API server (etcd and the controller manager keep running) until [`Self::start_apiserver`].
+    /// Panics, with the script's output, when it cannot.
+    pub fn stop_apiserver(&self) {
+        self.apiserver("stop");
+    }
+
+    /// Starts the API server [`Self::stop_apiserver`] stopped, with the same command; returns once it is ready.
+    pub fn start_apiserver(&self) {
+        self.apiserver("start");
+    }
+
+    fn apiserver(&self, what: &str) {
+        let script = crate::repo_root().join("tests/controlplane/apiserver.sh");
+        let out = Command::new(&script)
+            .arg(&self.dir)
+            .arg(what)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "apiserver.sh {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// kubectl as `who`; returns (success, stdout, stderr).
     pub fn kubectl(&self, who: Identity, args: &[&str]) -> (bool, String, String) {
         kubectl_with(&self.kubeconfig(who), args)

@@ -661,6 +661,122 @@ async fn the_deadline_holds_while_the_operator_is_down() {
     assert_eq!(job.status.unwrap().phase, Phase::Succeeded);
 }
 
+/// Status writes survive the API server stopped for 20 s mid-job and started again. The job's deadline falls in
+/// the outage: the agent detaches at it by its own clock, keeps its final status until the server is back (the
+/// final write is retried for 30 s) and writes it then; the job completes with everything captured, on disk as
+/// counted. The agent is the same process throughout. The operator, whose lease (15 s) cannot be renewed, exits
+/// so that a fresh process competes for it, as documented: here it is started again, as the kubelet would.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_writes_survive_the_api_server_stopped_for_20s_mid_job() {
+    sonde_tests::requires!(Root, ControlPlane);
+    let mut s = Scene::new("outage").await;
+    s.ping_pod("ping").await;
+    let job = s.create_job(&wakeups_job("outage", "10s")).await;
+    let uid8 = job.metadata.uid.clone().unwrap()[..8].to_string();
+    s.wait_attached("outage").await;
+    let session = s.session_list().await.remove(0);
+    let deadline = session.spec.deadline.clone().unwrap().0;
+    /// The API server back up, whatever the test's end: the other tests share it.
+    struct Restart(&'static ControlPlane, bool);
+    impl Drop for Restart {
+        fn drop(&mut self) {
+            if !self.1 {
+                self.0.start_apiserver();
+            }
+        }
+    }
+    let mut outage = Restart(s.plane, false);
+    // The outage starts with the SIGTERM (the server stops listening at once; stopping waits for it to exit, up
+    // to 10 s), off this thread so the detach is watched meanwhile.
+    let stopped = Instant::now();
+    let plane = s.plane;
+    let stopping = tokio::task::spawn_blocking(move || plane.stop_apiserver());
+    let detached = wait_for(Duration::from_secs(18), || async {
+        bpf_programs(WAKEUPS_PROGS).is_empty()
+    })
+    .await;
+    let late = k8s_openapi::jiff::Timestamp::now().duration_since(deadline);
+    let log = s.agent.as_ref().unwrap().log_text();
+    assert!(detached, "still attached 18 s into the outage:\n{log}");
+    assert!(
+        (-0.1..=2.0).contains(&late.as_secs_f64()),
+        "detached {late:?} after the deadline:\n{log}"
+    );
+    let detached_after = stopped.elapsed();
+    eprintln!(
+        "detached {:.3}s after the deadline, {detached_after:?} into the outage",
+        late.as_secs_f64()
+    );
+    stopping.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(stopped.elapsed())).await;
+    let agent = s.agent.as_mut().unwrap();
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent exited in the outage:\n{}",
+        agent.log_text()
+    );
+    s.plane.start_apiserver();
+    outage.1 = true;
+    let back = Instant::now();
+    eprintln!("the API server was away {:?}", stopped.elapsed());
+    // The operator's lease lapsed: it exited saying so (or would at its next renewal).
+    let operator = s.operator.as_mut().unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    let exited = loop {
+        match operator.child.try_wait().unwrap() {
+            Some(_) => break true,
+            None if Instant::now() > until => break false,
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let text = operator.log_text();
+    assert!(
+        exited && text.contains("lost the leader lease"),
+        "the operator kept running without its lease (exited: {exited}):\n{text}"
+    );
+    s.start_operator();
+    // The final status, written by the agent once the server is back (while its retries last).
+    let sessions = s.sessions();
+    let name = session.metadata.name.clone().unwrap();
+    let written = wait_for(Duration::from_secs(15), || async {
+        sessions
+            .get(&name)
+            .await
+            .is_ok_and(|p| p.status.is_some_and(|st| st.phase == Phase::Succeeded))
+    })
+    .await;
+    assert!(
+        written,
+        "the session's final status was not written within 15 s of the API server's return"
+    );
+    eprintln!("final status written {:?} after the return", back.elapsed());
+    let job = s
+        .wait_job(
+            "outage",
+            Duration::from_secs(60),
+            upload_is(sonde_crds::UploadState::Complete),
+        )
+        .await;
+    let st = job.status.unwrap();
+    assert_eq!(st.phase, Phase::Succeeded, "{st:#?}");
+    assert!(st.counts.captured > 0, "{:?}", st.counts);
+    let session = sessions.get(&name).await.unwrap().status.unwrap();
+    assert_eq!(session.counts.captured, st.counts.captured);
+    let folder = s.dir.path().join(format!(
+        "results/tracejobs/{}/outage-{uid8}/{}",
+        s.ns.name,
+        sonde_tests::this_node_name()
+    ));
+    let (manifest, events) = sonde_probes::chunks::read_events(&folder)
+        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()));
+    assert!(manifest.complete, "{manifest:?}");
+    assert_eq!(
+        events.len() as u64,
+        st.counts.captured,
+        "events on disk vs captured"
+    );
+}
+
 /// A restarted operator converges on the sessions that exist instead of making new ones.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_restart_mid_job_keeps_one_session_per_node() {
