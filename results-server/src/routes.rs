@@ -82,6 +82,7 @@ pub async fn serve(
     use axum::serve::ListenerExt;
     match tls {
         None => {
+            let listener = listener.tap_io(|tcp| hold_little_unsent(tcp));
             axum::serve(listener, app(ctx, which))
                 .with_graceful_shutdown(shutdown)
                 .await
@@ -93,6 +94,21 @@ pub async fn serve(
                 .with_graceful_shutdown(shutdown)
                 .await
         }
+    }
+}
+
+/// What a connection may hold of a response not yet sent, in bytes (`TCP_NOTSENT_LOWAT`).
+pub const UNSENT_AT_MOST: u32 = 16 << 10;
+
+/// Keeps the kernel from holding more than [`UNSENT_AT_MOST`] of a response this server has not sent yet. Linux
+/// grows a connection's send buffer to megabytes when its reader is slow (the window, not the congestion, limits
+/// it): a live tail would then pour that much into the buffer ahead of its reader, who would go on reading it
+/// long after the server has refused to send more (a revoked RoleBinding, an ended tail). With the limit the
+/// server writes as the reader reads; a fast reader still has a full window in flight. Best effort: a socket
+/// that refuses the option is served as it is.
+pub(crate) fn hold_little_unsent(tcp: &tokio::net::TcpStream) {
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(UNSENT_AT_MOST) {
+        tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT");
     }
 }
 

@@ -280,6 +280,7 @@ async fn accept(
                 continue;
             }
         };
+        crate::routes::hold_little_unsent(&conn);
         let Some(client) = Handshaking::start(&per_client, peer.ip()) else {
             tracing::debug!(%peer, "closed: {HANDSHAKES_PER_CLIENT} TLS handshakes of this client under way");
             continue;

@@ -2082,6 +2082,45 @@ fn follow_sse(port: u16, path: &str, token: &str) -> tokio::task::JoinHandle<Fol
     })
 }
 
+/// The slow reader's pace, in bytes a second.
+const SLOW_RATE: u32 = 16 << 10;
+
+/// Follows `path` as Server-Sent Events with `token` as a slow reader would (tests/readers/slow_sse.py: a 4 KiB
+/// receive buffer, at most `rate` bytes a second) until the server ends the stream; each event with the
+/// monotonic time it was read.
+fn follow_sse_slowly(
+    port: u16,
+    path: &str,
+    token: &str,
+    rate: u32,
+) -> tokio::task::JoinHandle<Followed> {
+    let mut reader = tokio::process::Command::new("python3")
+        .arg(sonde_tests::repo_root().join("tests/readers/slow_sse.py"))
+        .args([&port.to_string(), path, token, &rate.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let out = reader.stdout.take().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let _reader = reader;
+        let mut lines = tokio::io::BufReader::new(out).lines();
+        let (mut events, mut last) = (Vec::new(), None);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(data) = line.strip_prefix("E ") {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(data) {
+                    events.push((sonde_tests::monotonic_ns(), v));
+                }
+            } else if let Some(named) = line.strip_prefix("N ") {
+                let (name, data) = named.split_once(' ').unwrap_or((named, ""));
+                last = Some((name.to_string(), data.to_string()));
+            }
+        }
+        Followed { events, last }
+    })
+}
+
 /// Prints how long events took from capture to `what` (min, median, max) and fails unless the first took at most
 /// 5 s.
 fn capture_to(mut latency: Vec<Duration>, what: &str) {
@@ -2160,13 +2199,24 @@ async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
     let reading = follow_sse(port, &format!("{base}/rest/events/tail"), &mine);
     let revoked = results_reader_as(s.plane, &s.ns.name, "revoked");
     let revoked_tail = follow_sse(port, &format!("{base}/rest/events/tail"), &revoked);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // And a slow reader's (hole 6: a tail that never caught up was never asked again), revoked at the same time.
+    let slow = results_reader_as(s.plane, &s.ns.name, "slow");
+    let slow_tail = follow_sse_slowly(port, &format!("{base}/rest/events/tail"), &slow, SLOW_RATE);
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let (ok, _, err) = s.plane.kubectl(
         Identity::Admin,
-        &["delete", "rolebinding", "results-revoked", "-n", &s.ns.name],
+        &[
+            "delete",
+            "rolebinding",
+            "results-revoked",
+            "results-slow",
+            "-n",
+            &s.ns.name,
+        ],
     );
     assert!(ok, "{err}");
     let revoked_at = Instant::now();
+    let revoked_ns = sonde_tests::monotonic_ns();
     let cut = tokio::time::timeout(Duration::from_secs(8), revoked_tail)
         .await
         .expect("the revoked reader's tail went on past the review allowance")
@@ -2188,6 +2238,49 @@ async fn results_over_rest_to_the_namespace_that_may_read_them_only() {
             .await
             .0,
         403
+    );
+    let slow_cut = tokio::time::timeout(Duration::from_secs(30), slow_tail)
+        .await
+        .expect("the slow revoked reader's tail went on")
+        .unwrap();
+    let ended = revoked_at.elapsed();
+    // How far behind the slow reader was: the newest capture it had read when it was revoked.
+    let behind = |at: u64| {
+        slow_cut
+            .events
+            .iter()
+            .rev()
+            .filter(|(read, _)| *read <= at)
+            .find_map(|(read, v)| Some(read.saturating_sub(v["ts_ns"].as_u64()?)))
+            .map(Duration::from_nanos)
+    };
+    eprintln!(
+        "a slow revoked reader's tail ended {ended:?} after the RoleBinding was deleted, {} events in, {:?} behind at the deletion, {:?} at the end",
+        slow_cut.events.len(),
+        behind(revoked_ns),
+        behind(u64::MAX)
+    );
+    assert!(
+        slow_cut
+            .last
+            .as_ref()
+            .is_some_and(|(name, why)| name == "refused" && why.contains("may not")),
+        "the slow revoked tail did not end refused: {:?}",
+        slow_cut.last
+    );
+    // It was a reader the server never caught up with (seconds behind, and falling further behind), and it still
+    // ended within the allowance (2 s), a tail period (0.5 s) and what its connection holds at its pace (at most
+    // 16 KiB unsent plus its 8 KiB window: 1.5 s at 16 KiB/s), with 2 s to spare. Before the server bounded what
+    // the kernel holds unsent (TCP_NOTSENT_LOWAT), this reader went on for 28 s on what the server had sent
+    // ahead into a send buffer grown to megabytes.
+    assert!(
+        behind(revoked_ns).is_some_and(|b| b >= Duration::from_secs(1)),
+        "the slow reader was not behind when revoked: {:?}",
+        behind(revoked_ns)
+    );
+    assert!(
+        ended <= Duration::from_secs(6),
+        "the slow revoked reader's tail ended {ended:?} after the RoleBinding was deleted"
     );
 
     let job = s.wait_job("rest", Duration::from_secs(60), finished).await;
