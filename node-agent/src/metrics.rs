@@ -13,7 +13,8 @@ pub struct AgentMetrics {
     pub finished: Counter,
     /// Result sets spooled on this node that the object store has not taken yet.
     pub results_pending: Gauge,
-    /// Result sets deleted after a week of failed uploads.
+    /// Result sets deleted undelivered: after a week of failed uploads, or at once when the results server says
+    /// their TraceJob or ProbePolicy is gone (410).
     pub results_abandoned: Counter,
     /// 1 while the spooled results are over `agent.limits.maxSpoolMiB` (sessions keep no new events).
     pub spool_full: Gauge,
@@ -59,7 +60,7 @@ impl AgentMetrics {
         );
         r.register(
             "results_abandoned",
-            "Result sets deleted after a week of failed uploads",
+            "Result sets deleted undelivered: after a week of failed uploads, or when the results server says their object is gone (410)",
             m.results_abandoned.clone(),
         );
         r.register(

@@ -956,6 +956,158 @@ mod tests {
         );
     }
 
+    /// A results server on loopback that answers every request with `status` (e.g. `410 Gone`) and a problem
+    /// body whose detail is `detail`, after reading it whole; reports each request's head.
+    async fn answering(
+        status: &'static str,
+        detail: &'static str,
+    ) -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut conn = tokio::io::BufReader::new(tcp);
+                let mut head = String::new();
+                while !head.ends_with("\r\n\r\n") {
+                    if conn.read_line(&mut head).await.unwrap() == 0 {
+                        break;
+                    }
+                }
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(String::from)
+                    })
+                    .map_or(0, |n| n.trim().parse().unwrap());
+                let mut body = vec![0; len];
+                conn.read_exact(&mut body).await.unwrap();
+                let code: u16 = status[..3].parse().unwrap();
+                let problem = serde_json::json!({"status": code, "detail": detail}).to_string();
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{problem}",
+                    problem.len()
+                );
+                // Reported before the answer: the uploader's pass ends only after it.
+                let _ = tx.send(head);
+                conn.write_all(answer.as_bytes()).await.unwrap();
+                conn.shutdown().await.unwrap();
+            }
+        });
+        (port, rx)
+    }
+
+    /// A results server that answers 410 Gone (the set's TraceJob or ProbePolicy no longer exists) is never
+    /// going to take the set: the uploader deletes it at once and counts it in
+    /// `sonde_agent_results_abandoned_total`. Any other refusal (503 here) keeps the set for the next retry,
+    /// uncounted.
+    ///
+    /// The agent reads its token for the results server from `SONDE_RESULTS_TOKEN_FILE` before each put, and
+    /// a test may not set the environment of its own process (other tests run beside it): run without it, the
+    /// test runs itself again in a child process that has it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_set_the_results_server_calls_gone_is_deleted_and_counted() {
+        const NAME: &str = "a_set_the_results_server_calls_gone_is_deleted_and_counted";
+        if std::env::var_os("SONDE_RESULTS_TOKEN_FILE").is_none() {
+            let token = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(token.path(), "the-token\n").unwrap();
+            let module = module_path!().split_once("::").unwrap().1;
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([&format!("{module}::{NAME}"), "--exact", "--nocapture"])
+                .env("SONDE_RESULTS_TOKEN_FILE", token.path())
+                .output()
+                .unwrap();
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            assert!(
+                out.status.success() && stdout.contains("test result: ok. 1 passed"),
+                "the test with a token ({}):\n{stdout}\n{stderr}",
+                out.status
+            );
+            return;
+        }
+        let spool = tempfile::tempdir().unwrap();
+        let set = |name: &str, port: u16| {
+            let mut d = to(&format!("tracejobs/ns/{name}/node"));
+            d.store_url = format!("results+http://127.0.0.1:{port}");
+            d.session = format!("{name}-node");
+            let dir = spool.path().join(format!("ns/{name}-node/a"));
+            start(&dir, &d).unwrap();
+            std::fs::create_dir_all(dir.join("events")).unwrap();
+            let files = [
+                dir.join("events/000000.ndjson.gz"),
+                dir.join("summary.json"),
+            ];
+            for f in &files {
+                std::fs::write(f, b"{}").unwrap();
+            }
+            // Sealed at start-up from what a restart cut off: not left to a session's own first try.
+            seal(&dir, &d, &files, true, true).unwrap();
+            dir
+        };
+        let uploader = |metrics: &crate::metrics::AgentMetrics| {
+            let api = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+            Uploader::new(
+                spool.path().to_path_buf(),
+                kube::Client::try_from(api).unwrap(),
+                metrics.clone(),
+                SpoolGates::default(),
+                Limits {
+                    max_spool_bytes: u64::MAX,
+                    max_spool_bytes_per_namespace: u64::MAX,
+                    ..Default::default()
+                },
+                String::new(),
+                Live::default(),
+            )
+        };
+
+        let (port, mut seen) = answering("410 Gone", "tracejob ns/deleted does not exist").await;
+        let gone = set("deleted", port);
+        let metrics = crate::metrics::AgentMetrics::default();
+        let mut u = uploader(&metrics);
+        u.pass().await;
+        let head = seen.try_recv().unwrap();
+        assert!(
+            head.starts_with(
+                "PUT /agent/v1/objects/tracejobs/ns/deleted/node/events/000000.ndjson.gz HTTP/1.1\r\n"
+            ) && head.contains("authorization: Bearer the-token\r\n"),
+            "{head}"
+        );
+        assert!(seen.try_recv().is_err(), "the uploader went on after 410");
+        assert!(!gone.exists(), "the set the server called gone stayed");
+        assert_eq!(metrics.results_abandoned.get(), 1);
+        assert!(u.retries.is_empty());
+        assert!(find(spool.path()).0.is_empty());
+
+        let (port, mut seen) = answering("503 Service Unavailable", "the volume is full").await;
+        let refused = set("refused", port);
+        let metrics = crate::metrics::AgentMetrics::default();
+        let mut u = uploader(&metrics);
+        u.pass().await;
+        assert!(seen.try_recv().is_ok(), "the server was not asked");
+        assert!(
+            refused.join(MARKER).exists(),
+            "a set refused with 503 was deleted"
+        );
+        assert_eq!(metrics.results_abandoned.get(), 0);
+        let r = &u.retries[&refused];
+        assert_eq!(r.attempts, 1);
+        assert!(
+            r.error
+                .contains("503 Service Unavailable: the volume is full"),
+            "{}",
+            r.error
+        );
+    }
+
     #[test]
     fn backoff_doubles_to_a_minute_with_jitter() {
         let b1 = backoff(1);

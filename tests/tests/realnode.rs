@@ -594,14 +594,15 @@ fn workload_pod(node: &RealNode, app: &str, port: u16) -> String {
     )
 }
 
-/// Where a result URL's file is on this host: `file://` paths as they are; `results+http://<server>/<key>` (the
-/// chart's default, through the results server) on the server's volume, [`RESULTS_VOLUME`].
+/// Where a result URL's file is on this host: `file://` paths as they are; `results+http(s)://<server>/<key>`
+/// (the chart's default, through the results server) on the server's volume, [`RESULTS_VOLUME`].
 fn stored_path(url: &str) -> String {
     if let Some(path) = url.strip_prefix("file://") {
         return path.to_string();
     }
     let key = url
         .strip_prefix("results+http://")
+        .or_else(|| url.strip_prefix("results+https://"))
         .and_then(|r| r.split_once('/'))
         .map(|(_, key)| key)
         .unwrap_or_else(|| panic!("{url}: neither file:// nor the results server"));
@@ -1759,4 +1760,280 @@ async fn real_node_a_granted_user_traces_the_whole_node() {
         text.contains("/tmp/w-elsewhere"),
         "a node-wide exec trace missed another namespace's pod: {st}"
     );
+}
+
+/// scripts/images.sh builds reproducibly: the sonde and pause images built again from the same release
+/// binaries and sources (SONDE_IMAGES_NO_CARGO=1), into a directory and a buildah storage of their own, have
+/// the manifest digests of the archives in $SONDE_IMAGES_DIR; another creation time (SOURCE_DATE_EPOCH) gives
+/// another digest, so the comparison can fail. Needs no node: root only (buildah, the script's chroot check).
+#[tokio::test(flavor = "multi_thread")]
+async fn real_node_images_are_reproducible() {
+    sonde_tests::requires!(Root);
+    // Alone: two cores building an image would slow the timed tests here.
+    let _serial = SERIAL.lock().await;
+    const TEST: &str = "real_node_images_are_reproducible";
+    let cannot_run = |why: String| {
+        assert!(
+            std::env::var_os("SONDE_REQUIRE_ALL_TESTS").is_none(),
+            "{TEST}: {why} (SONDE_REQUIRE_ALL_TESTS is set: it may not be skipped)"
+        );
+        eprintln!("skipped {TEST}: {why}");
+    };
+    /// The manifest digest of each reference an OCI archive names (its index.json).
+    fn manifests(archive: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+        let out = std::process::Command::new("tar")
+            .arg("-xOf")
+            .arg(archive)
+            .arg("index.json")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            archive.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let index: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let named: std::collections::BTreeMap<String, String> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let name = &m["annotations"]["org.opencontainers.image.ref.name"];
+                (
+                    name.as_str().unwrap().to_string(),
+                    m["digest"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert!(!named.is_empty(), "{}: {index}", archive.display());
+        named
+    }
+    let images = std::env::var_os("SONDE_IMAGES_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/images"));
+    let names = ["sonde", "pause"];
+    if let Some(n) = names
+        .iter()
+        .find(|n| !images.join(format!("{n}.oci.tar")).exists())
+    {
+        return cannot_run(format!(
+            "no {n}.oci.tar in {} (scripts/images.sh)",
+            images.display()
+        ));
+    }
+    let again = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let build = |names: &[&str], epoch: Option<&str>| {
+        let mut cmd = std::process::Command::new(repo_root().join("scripts/images.sh"));
+        cmd.args(names)
+            .env("SONDE_IMAGES_NO_CARGO", "1")
+            .env("SONDE_IMAGES_DIR", again.path())
+            .env("SONDE_CACHE", cache.path());
+        if let Some(epoch) = epoch {
+            cmd.env("SOURCE_DATE_EPOCH", epoch);
+        }
+        let t = Instant::now();
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/images.sh {names:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "scripts/images.sh {names:?} (epoch {epoch:?}): {:?}",
+            t.elapsed()
+        );
+    };
+    build(&names, None);
+    // Equal stamps are equal inputs as the script sees them (staged files, config, creation time, the
+    // script): another tree or release build since $SONDE_IMAGES_DIR was built proves nothing either way.
+    let stamp =
+        |dir: &std::path::Path, n: &str| std::fs::read_to_string(dir.join(format!("{n}.stamp")));
+    if let Some(n) = names
+        .iter()
+        .find(|n| stamp(&images, n).ok() != Some(stamp(again.path(), n).unwrap()))
+    {
+        return cannot_run(format!(
+            "{n}.oci.tar in {} was built from other inputs than this tree's (scripts/images.sh)",
+            images.display()
+        ));
+    }
+    for n in names {
+        let archive = format!("{n}.oci.tar");
+        assert_eq!(
+            manifests(&again.path().join(&archive)),
+            manifests(&images.join(&archive)),
+            "{n}: equal inputs, other digests"
+        );
+    }
+    let before = manifests(&again.path().join("pause.oci.tar"));
+    build(&["pause"], Some("86400"));
+    let later = manifests(&again.path().join("pause.oci.tar"));
+    assert_eq!(
+        later.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        later.values().zip(before.values()).all(|(a, b)| a != b),
+        "another creation time, the same digest: {later:?}"
+    );
+}
+
+/// The HTTPS path end to end on the real node: given a certificate Secret as cert-manager's CA issuer makes one
+/// (tls.crt, tls.key and ca.crt, for `sonde-results.sonde-system.svc`), the results server serves HTTPS on the
+/// readers' and the intake's ports, the agent uploads through the Service to `results+https://` trusting only the
+/// Secret's ca.crt, a job's results arrive on the server's volume, and a reader reads them over HTTPS with the
+/// CA; plain HTTP gets no answer and a client without the CA does not trust the server. The chart is set back
+/// after, passed or failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_node_results_travel_over_https_with_a_certificate_secret() {
+    sonde_tests::requires!(Root, ControlPlane);
+    let _serial = SERIAL.lock().await;
+    let node = RealNode::get();
+    chart(node).await;
+    const NAME: &str = "sonde-results.sonde-system.svc";
+    let certs = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new("sh")
+        .arg(repo_root().join("tests/certs.sh"))
+        .arg(certs.path())
+        .args(["", &format!("DNS:{NAME}")])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "tests/certs.sh: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let _ = kubectl(
+        node,
+        &[
+            "delete",
+            "secret",
+            "results-tls",
+            "-n",
+            "sonde-system",
+            "--ignore-not-found",
+        ],
+    );
+    kubectl_ok(
+        node,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "results-tls",
+            "-n",
+            "sonde-system",
+            &format!("--from-file=tls.crt={}", file("tls.crt")),
+            &format!("--from-file=tls.key={}", file("tls.key")),
+            &format!("--from-file=ca.crt={}", file("ca.crt")),
+        ],
+    );
+    helm_set_json(node, "results.tls.secretName=\"results-tls\"");
+    let restore = HelmValueOnDrop(node, "results.tls.secretName=\"\"");
+    let ns = "https-path";
+    fresh_namespace(node, ns);
+    let _gone = DeleteOnDrop(node, ns);
+    apply(node, ns, &ping_deployment(node));
+    wait_pods_ready(node, ns);
+    let example = std::fs::read_to_string(repo_root().join("examples/wakeups.yaml")).unwrap();
+    apply(node, ns, &example.replace("duration: 60s", "duration: 8s"));
+    let st = finished_job(node, ns, "ping-wakeups", Duration::from_secs(120)).await;
+    assert_eq!(st["phase"], "Succeeded", "{st}");
+    let results: Vec<&str> = st["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        !results.is_empty()
+            && results
+                .iter()
+                .all(|u| u.starts_with(&format!("results+https://{NAME}:"))),
+        "{st}"
+    );
+    assert_eq!(st["upload"]["state"], "Complete", "{st}");
+    let summary = results
+        .iter()
+        .find(|u| u.ends_with("/summary.json"))
+        .unwrap();
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(stored_path(summary)).unwrap()).unwrap();
+    assert_eq!(report["probe"], "wakeups");
+
+    // A reader of the namespace, over HTTPS by the certificate's name, trusting the CA.
+    let ip = json(
+        node,
+        &[
+            "-n",
+            "sonde-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=results",
+        ],
+    )["items"][0]["status"]["podIP"]
+        .as_str()
+        .expect("a results server pod with an IP")
+        .to_string();
+    let _ = kubectl(node, &["create", "serviceaccount", "viewer", "-n", ns]);
+    kubectl_ok(
+        node,
+        &[
+            "create",
+            "rolebinding",
+            "viewer",
+            "-n",
+            ns,
+            "--clusterrole=view",
+            &format!("--serviceaccount={ns}:viewer"),
+        ],
+    );
+    let token = kubectl_ok(
+        node,
+        &[
+            "create",
+            "token",
+            "viewer",
+            "-n",
+            ns,
+            "--audience",
+            "sonde-results",
+        ],
+    );
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "10"])
+            .args(args)
+            .output()
+            .expect("curl");
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = out.rsplit_once('\n').unwrap_or_default();
+        (code.to_string(), body.to_string())
+    };
+    let resolve = format!("{NAME}:8080:{ip}");
+    let url = format!("https://{NAME}:8080/api/v1/namespaces/{ns}/tracejobs/ping-wakeups");
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    let ca = file("ca.crt");
+    let (code, body) = curl(&["--cacert", &ca, "--resolve", &resolve, "-H", &bearer, &url]);
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("\"Succeeded\""), "{body}");
+    // Not without the CA, and not in clear.
+    let (code, _) = curl(&["--resolve", &resolve, "-H", &bearer, &url]);
+    assert_eq!(code, "000", "trusted without the CA");
+    let (code, body) = curl(&[
+        "-H",
+        &bearer,
+        &format!("http://{ip}:8080/api/v1/namespaces/{ns}/tracejobs"),
+    ]);
+    assert!(
+        code == "000" || code.starts_with('4'),
+        "plain HTTP answered {code}: {body}"
+    );
+    assert!(!body.contains("ping-wakeups"), "plain HTTP served: {body}");
+    drop(restore);
+    rolled_out(node);
 }
