@@ -962,7 +962,7 @@ mod tests {
         status: &'static str,
         detail: &'static str,
     ) -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -970,22 +970,7 @@ mod tests {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
                 let mut conn = tokio::io::BufReader::new(tcp);
-                let mut head = String::new();
-                while !head.ends_with("\r\n\r\n") {
-                    if conn.read_line(&mut head).await.unwrap() == 0 {
-                        break;
-                    }
-                }
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length: ")
-                            .map(String::from)
-                    })
-                    .map_or(0, |n| n.trim().parse().unwrap());
-                let mut body = vec![0; len];
-                conn.read_exact(&mut body).await.unwrap();
+                let (head, _) = crate::upload::tests::read_request(&mut conn).await;
                 let code: u16 = status[..3].parse().unwrap();
                 let problem = serde_json::json!({"status": code, "detail": detail}).to_string();
                 let answer = format!(

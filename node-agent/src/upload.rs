@@ -412,7 +412,7 @@ pub async fn upload(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
     use std::sync::Arc;
 
@@ -468,22 +468,7 @@ mod tests {
                     }
                 };
                 let mut conn = tokio::io::BufReader::new(conn);
-                let mut head = String::new();
-                while !head.ends_with("\r\n\r\n") {
-                    if conn.read_line(&mut head).await.unwrap() == 0 {
-                        break;
-                    }
-                }
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length: ")
-                            .map(String::from)
-                    })
-                    .map_or(0, |n| n.trim().parse().unwrap());
-                let mut body = vec![0; len];
-                conn.read_exact(&mut body).await.unwrap();
+                let (head, body) = read_request(&mut conn).await;
                 conn.write_all(
                     b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
                 )
@@ -494,6 +479,30 @@ mod tests {
             }
         });
         (port, rx)
+    }
+
+    /// One HTTP/1.1 request from `conn`, read whole: its head (request line and headers) and its body (by
+    /// `content-length`). For the test servers here and in `outbox`.
+    pub(crate) async fn read_request(
+        conn: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    ) -> (String, Vec<u8>) {
+        let mut head = String::new();
+        while !head.ends_with("\r\n\r\n") {
+            if conn.read_line(&mut head).await.unwrap() == 0 {
+                break;
+            }
+        }
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(String::from)
+            })
+            .map_or(0, |n| n.trim().parse().unwrap());
+        let mut body = vec![0; len];
+        conn.read_exact(&mut body).await.unwrap();
+        (head, body)
     }
 
     /// Over `results+https://`: with the CA the file arrives with the token, to the IP or to a name reached at

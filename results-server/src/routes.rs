@@ -944,6 +944,22 @@ mod tests {
         answer
     }
 
+    /// A server that takes agents' uploads, whose reviews `fake` answers; its API client is never asked (every
+    /// request of these tests ends at its review or before).
+    fn with_intake(fake: &Arc<Fake>) -> Ctx {
+        Arc::new(Context {
+            client: kube::Client::new(axum::Router::new(), "default"),
+            auth: crate::auth::Auth::new(Arc::new(fake.clone()), Duration::from_secs(30)),
+            stores: crate::store::Stores::parse("file:///nonexistent".into(), "", 1 << 20).unwrap(),
+            intake: Some(crate::intake::Intake::new(
+                "system:serviceaccount:sonde:sonde-agent".into(),
+                crate::share::Share::new(0, crate::share::LIST_EVERY),
+            )),
+            requests: crate::request_histogram(),
+            stopping: tokio::sync::watch::channel(false).1,
+        })
+    }
+
     /// `which` app of `ctx` served on a loopback port, as main.rs serves it (with each connection's peer).
     async fn serve_on_loopback(
         ctx: &Ctx,
@@ -961,17 +977,7 @@ mod tests {
     #[tokio::test]
     async fn uploads_are_taken_on_the_intake_port_only() {
         let fake = Arc::new(Fake::default());
-        let ctx = Arc::new(Context {
-            client: kube::Client::new(axum::Router::new(), "default"),
-            auth: crate::auth::Auth::new(Arc::new(fake.clone()), Duration::from_secs(30)),
-            stores: crate::store::Stores::parse("file:///nonexistent".into(), "", 1 << 20).unwrap(),
-            intake: Some(crate::intake::Intake::new(
-                "system:serviceaccount:sonde:sonde-agent".into(),
-                crate::share::Share::new(0, crate::share::LIST_EVERY),
-            )),
-            requests: crate::request_histogram(),
-            stopping: tokio::sync::watch::channel(false).1,
-        });
+        let ctx = with_intake(&fake);
         let (readers, readers_server) = serve_on_loopback(&ctx, Listener::Readers).await;
         let (intake, intake_server) = serve_on_loopback(&ctx, Listener::Intake).await;
         let upload = "PUT /agent/v1/objects/tracejobs/a/j-0a1b2c3d/node-1/summary.json HTTP/1.1\r\nhost: x\r\n\
@@ -1011,18 +1017,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_of_the_served_app_past_its_burst_gets_429_and_no_review() {
         let fake = Arc::new(Fake::default());
-        let ctx = Arc::new(Context {
-            // Never asked: every request here ends at its review.
-            client: kube::Client::new(axum::Router::new(), "default"),
-            auth: crate::auth::Auth::new(Arc::new(fake.clone()), Duration::from_secs(30)),
-            stores: crate::store::Stores::parse("file:///nonexistent".into(), "", 1 << 20).unwrap(),
-            intake: Some(crate::intake::Intake::new(
-                "system:serviceaccount:sonde:sonde-agent".into(),
-                crate::share::Share::new(0, crate::share::LIST_EVERY),
-            )),
-            requests: crate::request_histogram(),
-            stopping: tokio::sync::watch::channel(false).1,
-        });
+        let ctx = with_intake(&fake);
         let (addr, server) = serve_on_loopback(&ctx, Listener::Readers).await;
         let (intake, intake_server) = serve_on_loopback(&ctx, Listener::Intake).await;
         // Real time passes here (each review takes the fake 20 ms; a bucket gains 5 tokens a second): each kind
