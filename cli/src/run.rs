@@ -231,7 +231,9 @@ fn print_report(r: &RunReport, dir: &Path, findings: &sonde_probes::Findings) {
         }
     }
     println!("\nresults:");
-    for f in std::iter::once("summary.json").chain(r.results.iter().map(String::as_str)) {
+    for f in
+        std::iter::once(sonde_crds::results::SUMMARY).chain(r.results.iter().map(String::as_str))
+    {
         println!("  {}", dir.join(f).display());
     }
 }

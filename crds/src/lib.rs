@@ -28,6 +28,8 @@ pub use session::{
     NODE_LABEL, OWNER_UID_LABEL, ProbeSession, ProbeSessionSpec, ProbeSessionStatus, TargetPod,
     node_label_value,
 };
+/// The results layout (`<kind>/<namespace>/<name>-<uid8>/<node>`, the events manifest), from `sonde-vocab`.
+pub use sonde_vocab::results;
 pub use tenancy::{NODE_WIDE_NOT_ALLOWED, NodeWide};
 pub use tracejob::{
     NodeCounts, NodeResult, TTL_MAX_SECONDS, TraceJob, TraceJobSpec, TraceJobStatus,

@@ -240,7 +240,7 @@ pub fn seal_cut_off(spool: &Path) {
             })
             .collect();
         let when = k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
-        to.prefix = format!("{}/before-restart-{when}", to.prefix);
+        to.prefix = sonde_crds::results::Below::BeforeRestart(when.to_string()).under(&to.prefix);
         // No file of its own (a policy's directory, whose windows are below it, or a trace cut off before its
         // first event): only the destination goes, and the directory if nothing else is left.
         let sealed = match files.is_empty() {

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use sonde_crds::ProbeSessionSpec;
+use sonde_crds::results::ResultsPath;
 
 /// The admin's storage locations: the default and the named ones.
 #[derive(Clone, Debug)]
@@ -33,7 +34,7 @@ impl Locations {
 
     /// The object-store URL a session writes under, or why it may not write at all.
     pub fn destination(&self, spec: &ProbeSessionSpec, namespace: &str) -> Result<String, String> {
-        check_prefix(&spec.result_prefix, namespace)?;
+        check_prefix(spec, namespace)?;
         if let Some(url) = spec.storage.as_ref().and_then(|s| s.url.as_ref()) {
             return Err(format!(
                 "spec.storage.url ({url}) is not accepted: results go only to a storage location the cluster \
@@ -58,23 +59,24 @@ impl Locations {
     }
 }
 
-/// A result prefix is `<tracejobs|probepolicies>/<namespace>/...` with plain segments: no way out of the
-/// session's own namespace, whatever the object says.
-fn check_prefix(prefix: &str, namespace: &str) -> Result<(), String> {
-    let segments: Vec<&str> = prefix.split('/').collect();
-    let plain = segments
-        .iter()
-        .all(|s| !s.is_empty() && *s != "." && *s != ".." && !s.contains('\\'));
-    let owned = matches!(segments.first(), Some(&("tracejobs" | "probepolicies")))
-        && segments.get(1) == Some(&namespace)
-        && segments.len() >= 3;
-    if plain && owned {
-        Ok(())
-    } else {
-        Err(format!(
-            "spec.resultPrefix {prefix:?} is not under tracejobs/{namespace}/ or probepolicies/{namespace}/"
-        ))
+/// A result prefix is a results path (`sonde_crds::results::ResultsPath`: plain segments) in the session's own
+/// namespace and of its own node: no way out of them, whatever the object says.
+fn check_prefix(spec: &ProbeSessionSpec, namespace: &str) -> Result<(), String> {
+    let prefix = &spec.result_prefix;
+    let path = ResultsPath::parse(prefix).map_err(|e| format!("spec.resultPrefix: {e}"))?;
+    if path.namespace != namespace {
+        return Err(format!(
+            "spec.resultPrefix {prefix:?} is not under {}/ (the session's namespace)",
+            path.kind.namespace_folder(namespace)
+        ));
     }
+    if path.node != spec.node_name {
+        return Err(format!(
+            "spec.resultPrefix {prefix:?} names node {}, the session runs on {}",
+            path.node, spec.node_name
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -141,6 +143,8 @@ mod tests {
             "tracejobs/team-a",
             "other/team-a/x",
             "tracejobs/team-a//x",
+            "tracejobs/team-a/job-1234/other-node",
+            "tracejobs/team-a/job-1234/n/below",
         ] {
             let e = l.destination(&spec(bad, serde_json::Value::Null), "team-a");
             assert!(e.is_err(), "{bad} accepted");

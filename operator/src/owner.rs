@@ -49,8 +49,8 @@ pub trait Owner:
     const LABEL: &'static str;
     /// The finalizer that deletes the sessions before the owner goes.
     const FINALIZER: &'static str;
-    /// Its folder in the results layout (`tracejobs`, `probepolicies`).
-    const RESULTS_FOLDER: &'static str;
+    /// Its kind in the results layout (`sonde_vocab::results`).
+    const RESULTS_KIND: sonde_crds::results::OwnerKind;
 
     /// The probe part of the owner's spec, which every session of it carries.
     fn probe(&self) -> Probe<'_>;
@@ -77,7 +77,7 @@ impl Owner for TraceJob {
     type Status = TraceJobStatus;
     const LABEL: &'static str = "tracejob";
     const FINALIZER: &'static str = "sonde.dev/sessions";
-    const RESULTS_FOLDER: &'static str = "tracejobs";
+    const RESULTS_KIND: sonde_crds::results::OwnerKind = sonde_crds::results::OwnerKind::TraceJob;
 
     fn probe(&self) -> Probe<'_> {
         probe_of!(self.spec)
@@ -92,7 +92,8 @@ impl Owner for ProbePolicy {
     type Status = ProbePolicyStatus;
     const LABEL: &'static str = "probepolicy";
     const FINALIZER: &'static str = "sonde.dev/policy-sessions";
-    const RESULTS_FOLDER: &'static str = "probepolicies";
+    const RESULTS_KIND: sonde_crds::results::OwnerKind =
+        sonde_crds::results::OwnerKind::ProbePolicy;
 
     fn probe(&self) -> Probe<'_> {
         probe_of!(self.spec)
@@ -210,7 +211,7 @@ pub async fn apply_sessions<K: Owner>(
     for (node, pods) in placed {
         let session = placement::session_for(
             owner,
-            K::RESULTS_FOLDER,
+            K::RESULTS_KIND,
             &probe,
             &node,
             pods,

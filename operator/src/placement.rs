@@ -218,10 +218,10 @@ pub struct Probe<'a> {
 }
 
 /// One node's ProbeSession of `owner` (a TraceJob or ProbePolicy): named `<owner>-<node>`, labelled with its
-/// node and owner uid, controlled by the owner. `kind` is the owner's results folder (`tracejobs`, ...).
+/// node and owner uid, controlled by the owner. `kind` is the owner's kind in the results layout.
 pub fn session_for<K: Resource<DynamicType = ()>>(
     owner: &K,
-    kind: &str,
+    kind: sonde_crds::results::OwnerKind,
     p: &Probe,
     node: &str,
     pods: Vec<TargetPod>,
@@ -244,7 +244,8 @@ pub fn session_for<K: Resource<DynamicType = ()>>(
         output: p.output.clone(),
         storage: p.storage.clone(),
         budget: p.budget.clone(),
-        result_prefix: format!("{kind}/{ns}/{name}-{}/{node}", uid.get(..8).unwrap_or(&uid)),
+        result_prefix: sonde_crds::results::ResultsPath::new(kind, &ns, &name, &uid, node)
+            .to_string(),
     };
     let mut s = ProbeSession::new(&session_name(&name, node), spec);
     s.metadata.namespace = Some(ns);

@@ -60,7 +60,7 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
             let asked = || {
                 placement::session_for(
                     &*policy,
-                    ProbePolicy::RESULTS_FOLDER,
+                    ProbePolicy::RESULTS_KIND,
                     &policy.probe(),
                     &s.spec.node_name,
                     s.spec.pods.clone(),

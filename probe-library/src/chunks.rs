@@ -14,16 +14,12 @@ use std::time::{Duration, Instant};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// Folder of the chunks and their manifest, in a results folder.
-pub const EVENTS_DIR: &str = "events";
-pub const MANIFEST: &str = "manifest.json";
-/// The manifest's `format`: bumped when the layout changes incompatibly.
-pub const FORMAT: &str = "sonde-events/v1";
+/// The layout's constants and the manifest's types live with the rest of the results layout.
+pub use sonde_vocab::results::{Chunk, EVENTS_DIR, FORMAT, MANIFEST, Manifest, chunk_file};
 
 /// When a chunk is cut: at this many bytes of NDJSON, or this long after its first event.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -39,47 +35,6 @@ impl Default for ChunkLimits {
             max_age: Duration::from_secs(2),
         }
     }
-}
-
-/// One chunk in the manifest.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Chunk {
-    pub seq: u64,
-    /// File name in the events folder.
-    pub file: String,
-    pub lines: u64,
-    /// NDJSON bytes before compression.
-    pub bytes: u64,
-    pub compressed_bytes: u64,
-    /// `ts_ns` of its first and last event (kernel monotonic nanoseconds), where events carry one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_ts_ns: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_ts_ns: Option<u64>,
-    /// Of the compressed file, hex.
-    pub sha256: String,
-}
-
-/// What a reader needs to know what is there and whether it is all there.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    pub format: String,
-    pub compression: String,
-    /// False while the trace runs (more chunks may come); true once the last chunk is in the list.
-    pub complete: bool,
-    pub chunks: Vec<Chunk>,
-    /// Lines over all chunks.
-    pub lines: u64,
-    /// How many times a restarted node agent resumed this series (see [`ChunkWriter::resume`]): each time, the
-    /// events of the chunk that was open when the previous process died (at most its age limit, 2 s) are missing.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub resumed: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 /// Counts the bytes and hashes what goes to the file.
@@ -163,7 +118,7 @@ impl ChunkWriter {
         }
         loop {
             let seq = manifest.chunks.len() as u64;
-            let path = events.join(format!("{seq:06}.ndjson.gz"));
+            let path = events.join(chunk_file(seq));
             if !path.exists() {
                 break;
             }
@@ -241,7 +196,7 @@ impl ChunkWriter {
 
     fn open_next(&self) -> Result<Open> {
         let seq = self.manifest.chunks.len() as u64;
-        let file = format!("{seq:06}.ndjson.gz");
+        let file = chunk_file(seq);
         let part = self.dir.join(format!(".{file}.part"));
         let f = File::create(&part).map_err(io(format!("creating {}", part.display())))?;
         let sink = Hashing {
@@ -315,7 +270,7 @@ fn describe(path: &Path, seq: u64) -> Result<Chunk> {
     let raw = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
     let mut c = Chunk {
         seq,
-        file: format!("{seq:06}.ndjson.gz"),
+        file: chunk_file(seq),
         compressed_bytes: raw.len() as u64,
         sha256: hex(&Sha256::digest(&raw)),
         ..Default::default()

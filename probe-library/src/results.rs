@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use sonde_vocab::results as layout;
 
 use crate::aggregate::{Event, Findings};
 use crate::chunks::{ChunkLimits, ChunkWriter};
@@ -258,31 +259,34 @@ impl ResultsWriter {
                     .file_name()
                     .and_then(|n| n.to_str())
                     .unwrap_or_default();
-                if name.ends_with(".ndjson.gz") && !name.starts_with('.') {
+                if name.ends_with(layout::CHUNK_SUFFIX) && !name.starts_with('.') {
                     files.push(path);
                 }
             }
             files.sort();
             files.push(manifest);
         }
-        files.push(self.dir.join("summary.json"));
+        files.push(self.dir.join(layout::SUMMARY));
         if !findings.histograms.is_empty() {
-            files.push(self.write_json("histograms.json", &findings.histograms)?);
+            files.push(self.write_json(layout::HISTOGRAMS, &findings.histograms)?);
             let text: String = findings
                 .histograms
                 .iter()
                 .map(|h| h.render() + "\n")
                 .collect();
-            files.push(self.write("histograms.txt", text.as_bytes())?);
+            files.push(self.write(layout::HISTOGRAMS_TEXT, text.as_bytes())?);
         }
         if !findings.folded.is_empty() {
-            files.push(self.write("folded.txt", (findings.folded.join("\n") + "\n").as_bytes())?);
+            files.push(self.write(
+                layout::FOLDED,
+                (findings.folded.join("\n") + "\n").as_bytes(),
+            )?);
             let svg =
                 crate::profile::flamegraph_svg(&findings.folded, title).map_err(|e| Error::Io {
                     context: "rendering flame graph".into(),
                     source: std::io::Error::other(e),
                 })?;
-            files.push(self.write("flamegraph.svg", &svg)?);
+            files.push(self.write(layout::FLAMEGRAPH, &svg)?);
         }
         Ok(files)
     }
@@ -294,11 +298,11 @@ impl ResultsWriter {
             .iter()
             .filter(|f| {
                 let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                name != "summary.json" && !name.ends_with(".ndjson.gz")
+                name != layout::SUMMARY && !name.ends_with(layout::CHUNK_SUFFIX)
             })
             .map(|f| f.strip_prefix(&self.dir).unwrap_or(f).display().to_string())
             .collect();
-        self.write_json("summary.json", report)
+        self.write_json(layout::SUMMARY, report)
     }
 
     fn write_json(&self, name: &str, value: &impl Serialize) -> Result<PathBuf> {

@@ -22,6 +22,7 @@ use kube::api::{Api, ListParams};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use sonde_crds::results::{OwnerKind, ResultsPath};
 use sonde_crds::{NODE_LABEL, ProbeSession, node_label_value};
 use tokio::io::AsyncWriteExt;
 
@@ -81,11 +82,11 @@ impl Intake {
         &self,
         client: &kube::Client,
         stored: &Path,
-        ns: &str,
+        path: &ResultsPath,
         prefix: &str,
-        node: &str,
         store: &dyn object_store::ObjectStore,
     ) -> Result<()> {
+        let (ns, node) = (path.namespace.as_str(), path.node.as_str());
         let now = Instant::now();
         {
             let mut known = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
@@ -107,7 +108,7 @@ impl Intake {
             }
         }
         let refused = format!("no ProbeSession of node {node} writes under {prefix}");
-        match owner_exists(client, prefix).await? {
+        match owner_exists(client, path).await? {
             true => {
                 let earlier = store
                     .list_with_delimiter(Some(stored))
@@ -125,60 +126,37 @@ impl Intake {
     }
 }
 
-/// Whether the TraceJob or ProbePolicy a prefix (`<kind>/<namespace>/<name>-<uid8>/...`) belongs to exists:
-/// this very object (its uid), not a later one of its name.
-async fn owner_exists(client: &kube::Client, prefix: &str) -> Result<bool> {
-    let segments: Vec<&str> = prefix.split('/').collect();
-    let (Some(kind), Some(ns), Some((name, uid8))) = (
-        segments.first(),
-        segments.get(1),
-        segments.get(2).and_then(|f| f.rsplit_once('-')),
-    ) else {
-        return Ok(false);
-    };
-    let uid = match *kind {
-        "tracejobs" => Api::<sonde_crds::TraceJob>::namespaced(client.clone(), ns)
+/// Whether the TraceJob or ProbePolicy `path` belongs to exists: this very object (its uid), not a later one of
+/// its name.
+async fn owner_exists(client: &kube::Client, path: &ResultsPath) -> Result<bool> {
+    let (ns, name) = (path.namespace.as_str(), path.name.as_str());
+    let uid = match path.kind {
+        OwnerKind::TraceJob => Api::<sonde_crds::TraceJob>::namespaced(client.clone(), ns)
             .get_opt(name)
             .await
             .map_err(Error::Kube)?
             .and_then(|o| o.metadata.uid),
-        _ => Api::<sonde_crds::ProbePolicy>::namespaced(client.clone(), ns)
+        OwnerKind::ProbePolicy => Api::<sonde_crds::ProbePolicy>::namespaced(client.clone(), ns)
             .get_opt(name)
             .await
             .map_err(Error::Kube)?
             .and_then(|o| o.metadata.uid),
     };
-    Ok(uid.is_some_and(|u| u.starts_with(uid8)))
+    Ok(uid.is_some_and(|u| path.is_of(&u)))
 }
 
-/// `<tracejobs|probepolicies>/<namespace>/<name>-<uid8>/<node>/<file...>`: its session's prefix and namespace,
-/// if every segment is plain and the node is `node`.
-fn split_key<'k>(key: &'k str, node: &str) -> Result<(&'k str, &'k str)> {
-    let bad = |why: &str| Error::BadRequest(format!("{key:?} is not a result key: {why}"));
-    let segments: Vec<&str> = key.split('/').collect();
-    let plain = |s: &&str| {
-        !s.is_empty()
-            && *s != "."
-            && *s != ".."
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    };
-    if segments.len() < 5 || !segments.iter().all(plain) {
-        return Err(bad(
-            "<tracejobs|probepolicies>/<namespace>/<name>-<uid>/<node>/<file>, plain segments",
-        ));
-    }
-    if !matches!(segments[0], "tracejobs" | "probepolicies") {
-        return Err(bad("it starts with neither tracejobs nor probepolicies"));
-    }
-    if segments[3] != node {
+/// The results path a key is below (`<kind>/<namespace>/<name>-<uid8>/<node>/<file...>`), if it is a result key
+/// of node `node`.
+fn split_key(key: &str, node: &str) -> Result<ResultsPath> {
+    let (path, _) = ResultsPath::parse_key(key)
+        .map_err(|e| Error::BadRequest(format!("not a result key: {e}")))?;
+    if path.node != node {
         return Err(Error::Forbidden(format!(
             "the agent of node {node} may not write node {}'s results",
-            segments[3]
+            path.node
         )));
     }
-    let prefix_len = segments[..4].iter().map(|s| s.len() + 1).sum::<usize>() - 1;
-    Ok((&key[..prefix_len], segments[1]))
+    Ok(path)
 }
 
 /// `PUT /agent/v1/objects/{key}`: one result file from an agent, into the server's own location.
@@ -199,15 +177,16 @@ pub async fn put_object(
     // allowance and its uploads meanwhile pass without (each agent is its own pod, its own address).
     let user = ctx.auth.authenticate(token, peer).await?;
     let node = intake.node_of(&user)?;
-    let (prefix, ns) = split_key(&key, &node)?;
+    let path = split_key(&key, &node)?;
+    let prefix = path.to_string();
+    let ns = path.namespace.as_str();
     let (store, base) = ctx.stores.default_store()?;
     intake
         .session_writes(
             &ctx.client,
-            &under(&base, prefix),
-            ns,
-            prefix,
-            &node,
+            &under(&base, &prefix),
+            &path,
+            &prefix,
             store.as_ref(),
         )
         .await?;
@@ -327,8 +306,9 @@ mod tests {
     #[test]
     fn keys_stay_in_their_nodes_session_folder() {
         let key = "tracejobs/team-a/ping-0a1b2c3d/node-1/events/000001.ndjson.gz";
+        let path = split_key(key, "node-1").unwrap();
         assert_eq!(
-            split_key(key, "node-1").unwrap(),
+            (path.to_string().as_str(), path.namespace.as_str()),
             ("tracejobs/team-a/ping-0a1b2c3d/node-1", "team-a")
         );
         assert!(matches!(

@@ -18,6 +18,7 @@ use futures::StreamExt;
 use kube::api::{Api, ListParams};
 use serde::Serialize;
 use serde_json::Value;
+use sonde_crds::results::OwnerKind;
 use sonde_crds::{ProbePolicy, TraceJob};
 use utoipa::OpenApi;
 
@@ -36,13 +37,7 @@ const TAIL_EVERY: Duration = Duration::from_millis(500);
 /// How often a tail asks whether its job still exists (one GET of the TraceJob per tail).
 const JOB_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Files of a node's results that can be fetched, and their media types.
-const FILES: [(&str, &str); 5] = [
-    ("summary.json", "application/json"),
-    ("histograms.json", "application/json"),
-    ("histograms.txt", "text/plain; charset=utf-8"),
-    ("folded.txt", "text/plain; charset=utf-8"),
-    ("flamegraph.svg", "image/svg+xml"),
-];
+const FILES: [(&str, &str); 5] = sonde_crds::results::RUN_FILES;
 
 /// Which listener a router serves: the readers' (the API, its OpenAPI document, the web page) or the agents'
 /// uploads. Each has a port of its own, so the chart's NetworkPolicy can let only the agent pods reach the intake
@@ -362,7 +357,8 @@ fn folder(ctx: &Context, job: &TraceJob) -> Result<Folder> {
         .storage
         .as_ref()
         .and_then(|s| s.location.as_deref());
-    ctx.stores.folder("tracejobs", ns, name, uid, location)
+    ctx.stores
+        .folder(OwnerKind::TraceJob, ns, name, uid, location)
 }
 
 /// The TraceJobs of a namespace.
@@ -778,7 +774,7 @@ async fn policy(ctx: &Context, ns: &str, name: &str) -> Result<ProbePolicy> {
 fn policy_folder(ctx: &Context, p: &ProbePolicy) -> Result<Folder> {
     let location = p.spec.storage.as_ref().and_then(|s| s.location.as_deref());
     ctx.stores.folder(
-        "probepolicies",
+        OwnerKind::ProbePolicy,
         p.metadata.namespace.as_deref().unwrap_or_default(),
         p.metadata.name.as_deref().unwrap_or_default(),
         p.metadata.uid.as_deref().unwrap_or_default(),
@@ -788,9 +784,10 @@ fn policy_folder(ctx: &Context, p: &ProbePolicy) -> Result<Folder> {
 
 /// A window name as the agents write them, and nothing that could leave the policy's folder.
 fn window_name(window: &str) -> Result<&str> {
-    let plain = window
-        .strip_prefix("window-")
-        .is_some_and(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric()));
+    let plain = matches!(
+        sonde_crds::results::Below::parse(window),
+        Some(sonde_crds::results::Below::Window(_))
+    );
     match plain {
         true => Ok(window),
         false => Err(Error::NotFound(format!(

@@ -137,8 +137,10 @@ impl Share {
 /// The bytes of a namespace's objects below `base`.
 async fn holdings(store: &dyn ObjectStore, base: &Path, ns: &str) -> Result<u64> {
     let mut bytes = 0u64;
-    for kind in ["tracejobs", "probepolicies"] {
-        let prefix = Path::from(format!("{}/{kind}/{ns}", base.as_ref()).trim_start_matches('/'));
+    for kind in sonde_crds::results::OwnerKind::ALL {
+        let prefix = Path::from(
+            format!("{}/{}", base.as_ref(), kind.namespace_folder(ns)).trim_start_matches('/'),
+        );
         bytes = store
             .list(Some(&prefix))
             .try_fold(

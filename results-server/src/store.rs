@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use sonde_crds::results;
 
 use crate::chunk_cache::{ChunkCache, Lines};
 use crate::error::{Error, Result};
@@ -53,22 +53,6 @@ pub struct Series {
     pub complete: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Manifest {
-    complete: bool,
-    chunks: Vec<ManifestChunk>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ManifestChunk {
-    seq: u64,
-    file: String,
-    lines: u64,
-    sha256: String,
-}
-
 impl Stores {
     /// `named` is `name=url,name=url`, as the agents' `--storage-locations`; decoded chunks are kept up to
     /// `cache_bytes`.
@@ -84,7 +68,7 @@ impl Stores {
     /// The folder of a job's results. `location` is the job's `spec.storage.location`.
     pub fn folder(
         &self,
-        kind: &str,
+        kind: sonde_crds::results::OwnerKind,
         namespace: &str,
         name: &str,
         uid: &str,
@@ -99,9 +83,13 @@ impl Stores {
             })?,
         };
         let (store, base) = self.open(&url)?;
-        let uid8 = uid.get(..8).unwrap_or(uid);
         let path = Path::from(
-            format!("{}/{kind}/{namespace}/{name}-{uid8}", base.as_ref()).trim_start_matches('/'),
+            format!(
+                "{}/{}",
+                base.as_ref(),
+                kind.object_folder(namespace, name, uid)
+            )
+            .trim_start_matches('/'),
         );
         Ok(Folder {
             store,
@@ -157,7 +145,7 @@ impl Folder {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for node in self.nodes().await? {
             for w in self.folders(&self.path.clone().join(node.as_str())).await? {
-                if w.starts_with("window-") {
+                if matches!(results::Below::parse(&w), Some(results::Below::Window(_))) {
                     out.entry(w).or_default().push(node.clone());
                 }
             }
@@ -202,12 +190,16 @@ impl Folder {
     /// A node's chunks: the manifest's list once it is there, else the chunks stored so far, up to the first
     /// gap (a reader must never skip a chunk that is still on its way).
     pub async fn series(&self, node: &str) -> Result<Series> {
-        let events = self.node_path(node).join("events");
-        match self.store.get(&events.clone().join("manifest.json")).await {
+        let events = self.node_path(node).join(results::EVENTS_DIR);
+        match self
+            .store
+            .get(&events.clone().join(results::MANIFEST))
+            .await
+        {
             Ok(got) => {
                 let bytes = got.bytes().await.map_err(Error::Store)?;
-                let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::Damaged(format!("{}/manifest.json: {e}", events.as_ref()))
+                let m: results::Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Damaged(format!("{}/{}: {e}", events.as_ref(), results::MANIFEST))
                 })?;
                 let chunks = m
                     .chunks
@@ -236,8 +228,7 @@ impl Folder {
         let mut seqs: Vec<u64> = listed
             .iter()
             .filter_map(|o| o.location.filename())
-            .filter_map(|f| f.strip_suffix(".ndjson.gz"))
-            .filter_map(|s| s.parse().ok())
+            .filter_map(results::chunk_seq)
             .collect();
         seqs.sort();
         let chunks = seqs
@@ -246,7 +237,7 @@ impl Folder {
             .take_while(|(i, s)| *i as u64 == *s)
             .map(|(_, seq)| ChunkRef {
                 seq,
-                key: events.clone().join(format!("{seq:06}.ndjson.gz").as_str()),
+                key: events.clone().join(results::chunk_file(seq).as_str()),
                 lines: None,
                 sha256: None,
             })

@@ -11,6 +11,7 @@
 )]
 
 pub mod probe;
+pub mod results;
 pub mod summary;
 pub mod threshold;
 

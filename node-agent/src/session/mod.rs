@@ -150,7 +150,7 @@ impl SessionJob {
             return (dir, to);
         }
         let dir = base.join(format!("{uid}-{started_ms}"));
-        to.prefix = format!("{}/run-{started_ms}", to.prefix);
+        to.prefix = sonde_crds::results::Below::Run(started_ms.to_string()).under(&to.prefix);
         outbox::claim(&self.held, &dir);
         (dir, to)
     }

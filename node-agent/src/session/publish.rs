@@ -2,6 +2,7 @@
 //! what the store does not take), and chunks streamed while the trace runs.
 
 use super::*;
+use sonde_crds::results::Below;
 
 /// What became of a finished trace's (or window's) results.
 pub(super) struct Published {
@@ -66,7 +67,7 @@ pub(super) async fn publish(
 /// Where a window's results go: named by its end time, so windows of a reloaded session never collide.
 pub(super) fn window_prefix(result_prefix: &str) -> String {
     let end = k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
-    format!("{result_prefix}/window-{end}")
+    Below::Window(end.to_string()).under(result_prefix)
 }
 
 /// A running trace's chunk streamer ([`outbox::stream`]).
