@@ -384,7 +384,7 @@ impl Store {
 
 /// Whether a result file is an event chunk (`events/000001.ndjson.gz`).
 pub fn is_chunk(name: &str) -> bool {
-    name.ends_with(".ndjson.gz")
+    name.ends_with(sonde_crds::results::CHUNK_SUFFIX)
 }
 
 /// Uploads `files` (below `dir`, whose relative paths they keep: `events/000001.ndjson.gz`) under `prefix` and

@@ -297,9 +297,9 @@ pub fn read_events(results_dir: &Path) -> Result<(Manifest, Vec<serde_json::Valu
     let dir = results_dir.join(EVENTS_DIR);
     let path = dir.join(MANIFEST);
     let bytes = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
-    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Io {
+    let manifest = Manifest::from_json(&bytes).map_err(|e| Error::Io {
         context: format!("parsing {}", path.display()),
-        source: e.into(),
+        source: std::io::Error::other(e),
     })?;
     let mut events = Vec::new();
     for c in &manifest.chunks {

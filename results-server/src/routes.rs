@@ -968,6 +968,21 @@ mod tests {
         (addr, server)
     }
 
+    /// Every accepted connection holds at most [`UNSENT_AT_MOST`] unsent (a slow reader is not sent megabytes
+    /// ahead): the option as the kernel reads it back.
+    #[tokio::test]
+    async fn a_connection_holds_little_unsent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (conn, _) = listener.accept().await.unwrap();
+        let before = socket2::SockRef::from(&conn).tcp_notsent_lowat().unwrap();
+        hold_little_unsent(&conn);
+        let after = socket2::SockRef::from(&conn).tcp_notsent_lowat().unwrap();
+        assert_eq!(after, UNSENT_AT_MOST, "was {before}");
+        assert_ne!(before, UNSENT_AT_MOST);
+    }
+
     /// The agents' uploads and the readers' API are on ports of their own (the NetworkPolicy the chart ships lets
     /// only agents reach the intake's): an upload on the readers' port and a reader's request on the intake's are
     /// not found, whoever sends them, before any token is looked at.

@@ -198,7 +198,7 @@ impl Folder {
         {
             Ok(got) => {
                 let bytes = got.bytes().await.map_err(Error::Store)?;
-                let m: results::Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                let m = results::Manifest::from_json(&bytes).map_err(|e| {
                     Error::Damaged(format!("{}/{}: {e}", events.as_ref(), results::MANIFEST))
                 })?;
                 let chunks = m

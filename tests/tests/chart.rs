@@ -233,6 +233,17 @@ fn only_the_agent_pods_may_reach_the_results_intake() {
         agent_args.contains(":$(SONDE_RESULTS_SERVICE_PORT_INTAKE)"),
         "{agent_args}"
     );
+    // The intake needs a port of its own: one of the server's other ports is refused, naming the value.
+    let (ok, _, err) = template_with("results.intakePort=9090");
+    assert!(!ok && err.contains("results.intakePort 9090"), "{err}");
+    // A release installed before these values (`helm upgrade --reuse-values` keeps its old values): the intake on
+    // its default port, the policy on.
+    let (ok, out, err) = template_with("results.intakePort=null,results.networkPolicy=null");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("--intake-listen=0.0.0.0:8081") && out.contains("kind: NetworkPolicy"),
+        "{out}"
+    );
     // No intake, no policy: results in an object store; or the policy turned off.
     for value in [
         "agent.storageUrl=s3://bucket/results",

@@ -2036,4 +2036,16 @@ async fn real_node_results_travel_over_https_with_a_certificate_secret() {
     assert!(!body.contains("ping-wakeups"), "plain HTTP served: {body}");
     drop(restore);
     rolled_out(node);
+    // Nothing mounts it any more.
+    let _ = kubectl(
+        node,
+        &[
+            "delete",
+            "secret",
+            "results-tls",
+            "-n",
+            "sonde-system",
+            "--ignore-not-found",
+        ],
+    );
 }

@@ -280,7 +280,7 @@ fn plain(segment: &str) -> bool {
 
 /// One chunk in the manifest.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase")]
 pub struct Chunk {
     pub seq: u64,
     /// File name in the events folder.
@@ -298,11 +298,10 @@ pub struct Chunk {
     pub sha256: String,
 }
 
-/// What a reader needs to know what is there and whether it is all there (`events/manifest.json`). Read
-/// leniently: a field a writer left out reads as its default (no chunk is taken on trust: each has its lines
-/// and SHA-256).
+/// What a reader needs to know what is there and whether it is all there (`events/manifest.json`). Every field
+/// but `resumed` and the chunks' times is required: a manifest missing one is damaged, not empty.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase")]
 pub struct Manifest {
     pub format: String,
     pub compression: String,
@@ -319,6 +318,21 @@ pub struct Manifest {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+impl Manifest {
+    /// A manifest as JSON, if it is one of this layout's format ([`FORMAT`]): a later format is refused, not read
+    /// as this one.
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, String> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        match m.format == FORMAT {
+            true => Ok(m),
+            false => Err(format!(
+                "format {:?}, not {FORMAT:?}: written by another version of Sonde",
+                m.format
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -394,6 +408,27 @@ mod tests {
         );
         for bad in ["window-", "window-../x", "window-a.b", "events", "run"] {
             assert_eq!(Below::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_manifest_of_another_format_or_missing_a_field_is_refused() {
+        let mut m = Manifest {
+            format: FORMAT.into(),
+            compression: "gzip".into(),
+            complete: true,
+            ..Default::default()
+        };
+        let json = serde_json::to_vec(&m).unwrap();
+        assert_eq!(Manifest::from_json(&json), Ok(m.clone()));
+        m.format = "sonde-events/v2".into();
+        let e = Manifest::from_json(&serde_json::to_vec(&m).unwrap()).unwrap_err();
+        assert!(e.contains("sonde-events/v2"), "{e}");
+        for damaged in [
+            &b"{}"[..],
+            br#"{"format": "sonde-events/v1", "complete": true}"#,
+        ] {
+            assert!(Manifest::from_json(damaged).is_err());
         }
     }
 

@@ -53,3 +53,13 @@ results+http://$(SONDE_RESULTS_SERVICE_HOST):$(SONDE_RESULTS_SERVICE_PORT_INTAKE
 {{- end -}}
 {{- join "," $out -}}
 {{- end -}}
+
+{{/* The results server's intake port (a release upgraded with --reuse-values has no results.intakePort: the
+default), never one of its other ports, which the server could not bind twice. */}}
+{{- define "sonde.intakePort" -}}
+{{- $port := .Values.results.intakePort | default 8081 | int -}}
+{{- if or (eq $port (int .Values.results.port)) (eq $port (int .Values.results.metricsPort)) -}}
+{{- fail (printf "results.intakePort %d is also results.port or results.metricsPort: the intake needs a port of its own" $port) -}}
+{{- end -}}
+{{ $port }}
+{{- end -}}
