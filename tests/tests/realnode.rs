@@ -1906,17 +1906,20 @@ async fn real_node_results_travel_over_https_with_a_certificate_secret() {
         String::from_utf8_lossy(&made.stderr)
     );
     let file = |name: &str| certs.path().join(name).display().to_string();
-    let _ = kubectl(
-        node,
-        &[
-            "delete",
-            "secret",
-            "results-tls",
-            "-n",
-            "sonde-system",
-            "--ignore-not-found",
-        ],
-    );
+    let delete_secret = || {
+        let _ = kubectl(
+            node,
+            &[
+                "delete",
+                "secret",
+                "results-tls",
+                "-n",
+                "sonde-system",
+                "--ignore-not-found",
+            ],
+        );
+    };
+    delete_secret();
     kubectl_ok(
         node,
         &[
@@ -2037,15 +2040,5 @@ async fn real_node_results_travel_over_https_with_a_certificate_secret() {
     drop(restore);
     rolled_out(node);
     // Nothing mounts it any more.
-    let _ = kubectl(
-        node,
-        &[
-            "delete",
-            "secret",
-            "results-tls",
-            "-n",
-            "sonde-system",
-            "--ignore-not-found",
-        ],
-    );
+    delete_secret();
 }
