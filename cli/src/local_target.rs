@@ -5,7 +5,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use sonde_crds::{ProbeName, TraceJobSpec};
+use sonde_crds::TraceJobSpec;
+use sonde_probes::catalogue::Filtered;
 use sonde_probes::{Filter, cgroup};
 
 pub(crate) struct LocalTarget {
@@ -41,14 +42,13 @@ pub(crate) fn resolve(spec: &TraceJobSpec) -> Result<LocalTarget> {
         }
         filter.cgroups = Some(ids);
     }
-    if spec.probe == ProbeName::PacketLatency {
+    let probe = sonde_probes::catalogue::info(spec.probe);
+    if probe.filtered == Filtered::Netns {
         // Packets are handled in softirq context, so the receiving namespace, not the current task, is the filter.
         let mut netns: Vec<u32> = spec
             .params
             .as_ref()
-            .and_then(|p| p.packet_latency.as_ref())
-            .and_then(|p| p.netns)
-            .map(|n| n as u32)
+            .and_then(probe.local_netns)
             .into_iter()
             .collect();
         for pid in filter.pids.take().unwrap_or_default() {
@@ -57,15 +57,16 @@ pub(crate) fn resolve(spec: &TraceJobSpec) -> Result<LocalTarget> {
             netns.push(meta.ino() as u32);
         }
         if filter.comms.take().is_some() {
-            notes.push(
-                "packet-latency filters by network namespace and port; comms are ignored".into(),
-            );
+            notes.push(format!(
+                "{} filters by network namespace and port; comms are ignored",
+                spec.probe
+            ));
         }
         if filter.cgroups.take().is_some() {
-            notes.push(
-                "packet-latency filters by network namespace and port; cgroupPaths are ignored"
-                    .into(),
-            );
+            notes.push(format!(
+                "{} filters by network namespace and port; cgroupPaths are ignored",
+                spec.probe
+            ));
         }
         filter.netns = (!netns.is_empty()).then_some(netns);
     }

@@ -43,14 +43,26 @@ pub fn aggregator(probe: ProbeName) -> Box<dyn Aggregator> {
     (crate::catalogue::info(probe).aggregator)()
 }
 
-fn secs(elapsed: Duration) -> f64 {
+pub(crate) fn secs(elapsed: Duration) -> f64 {
     elapsed.as_secs_f64().max(1e-3)
 }
 
-fn top_rows(mut rows: Vec<SummaryRow>, top: usize) -> Vec<SummaryRow> {
+pub(crate) fn top_rows(mut rows: Vec<SummaryRow>, top: usize) -> Vec<SummaryRow> {
     rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
     rows.truncate(top);
     rows
+}
+
+/// Both ends of a connection as `addr:port` (IPv6 when `family` is AF_INET6).
+pub(crate) fn endpoints(
+    family: u32,
+    (saddr, sport): (&[u8; 16], u16),
+    (daddr, dport): (&[u8; 16], u16),
+) -> (String, String) {
+    (
+        format!("{}:{sport}", addr(family, saddr)),
+        format!("{}:{dport}", addr(family, daddr)),
+    )
 }
 
 fn addr(family: u32, bytes: &[u8; 16]) -> IpAddr {
@@ -61,188 +73,21 @@ fn addr(family: u32, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
-// ---------------- wakeups ----------------
+// ---------------- latency probes (runq, syscall, connect, rtt) ----------------
 
-pub(crate) struct Wakeups;
-
-impl Aggregator for Wakeups {
-    fn record(&mut self, bytes: &[u8]) -> Option<Event> {
-        let e: abi::WakeupEvent = read(bytes)?;
-        let breach = e.flags & EV_BREACH != 0;
-        Some(Event {
-            json: json!({
-                "ts_ns": e.ts_ns,
-                "waker_comm": cstr(&e.waker_comm), "waker_pid": e.waker_pid, "waker_tid": e.waker_tid,
-                "wakee_comm": cstr(&e.wakee_comm), "wakee_pid": e.wakee_pid, "wakee_tid": e.wakee_tid,
-                "wakee_cgroup": e.wakee_cgroup, "cpu": e.cpu, "window_count": e.window_count, "breach": breach,
-            }),
-            breach,
-            value: Some(e.window_count as f64),
-        })
-    }
-
-    fn finish(&mut self, ebpf: &mut Ebpf, elapsed: Duration, top: usize) -> Findings {
-        let mut by_pair: HashMap<String, (u64, u32)> = HashMap::new();
-        let mut total = 0;
-        if let Some(map) = ebpf.map("pairs")
-            && let Ok(pairs) =
-                aya::maps::HashMap::<_, abi::WakeupKey, abi::WakeupVal>::try_from(map)
-        {
-            for (_, v) in pairs.iter().filter_map(|r| r.ok()) {
-                // Threads of one process are one row: pid is the tgid.
-                let key = format!(
-                    "{}/{} -> {}/{}",
-                    cstr(&v.waker_comm),
-                    v.waker_pid,
-                    cstr(&v.wakee_comm),
-                    v.wakee_pid
-                );
-                let row = by_pair.entry(key).or_default();
-                row.0 += v.count;
-                row.1 += v.breached_windows;
-                total += v.count;
-            }
-        }
-        let s = secs(elapsed);
-        let rows = by_pair
-            .into_iter()
-            .map(|(key, (count, _))| SummaryRow {
-                key,
-                count,
-                per_second: Some(count as f64 / s),
-                max: None,
-            })
-            .collect();
-        Findings {
-            summary: Summary {
-                key_meaning: "waker comm/pid -> wakee comm/pid".into(),
-                rows: top_rows(rows, top),
-                figures: vec![
-                    Figure {
-                        name: "wakeups".into(),
-                        value: total as f64,
-                        unit: "count".into(),
-                    },
-                    Figure {
-                        name: "wakeup rate".into(),
-                        value: total as f64 / s,
-                        unit: "per second".into(),
-                    },
-                ],
-            },
-            ..Default::default()
-        }
-    }
+/// What a latency probe's summary rows are keyed by, as its registry entry says (never guessed from an event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LatencyRows {
+    /// The thread that waited (`tid N`).
+    Thread,
+    /// The command and the syscall number (`comm syscall N`), one histogram per syscall.
+    Syscall,
+    /// A task's connection, by its command and the remote end (`comm -> addr:port`).
+    TaskConnection,
+    /// A connection measured where no task owns the sample (softirq), by both ends (`addr:port -> addr:port`);
+    /// its events carry no pid, tid or comm.
+    Connection,
 }
-
-// ---------------- packet-latency ----------------
-
-#[derive(Default)]
-pub(crate) struct PacketLatency {
-    /// (stage, flow) -> (count, max ms)
-    slow: HashMap<(u8, String), (u64, f64)>,
-}
-
-pub fn tcp_flags(f: u8) -> String {
-    let names = [
-        (0x01, "F"),
-        (0x02, "S"),
-        (0x04, "R"),
-        (0x08, "P"),
-        (0x10, "."),
-        (0x20, "U"),
-        (0x40, "E"),
-        (0x80, "C"),
-    ];
-    names
-        .iter()
-        .filter(|(bit, _)| f & bit != 0)
-        .map(|(_, n)| *n)
-        .collect()
-}
-
-impl Aggregator for PacketLatency {
-    fn reset(&mut self) {
-        self.slow.clear();
-    }
-
-    fn record(&mut self, bytes: &[u8]) -> Option<Event> {
-        let e: abi::PktEvent = read(bytes)?;
-        let breach = e.flags & EV_BREACH != 0;
-        let src = format!("{}:{}", addr(e.family, &e.saddr), e.sport);
-        let dst = format!("{}:{}", addr(e.family, &e.daddr), e.dport);
-        let function = abi::stage::NAMES
-            .get(e.stage as usize)
-            .copied()
-            .unwrap_or("?");
-        let ms = e.delta_ns as f64 / 1e6;
-        let stage_ms = e.stage_delta_ns as f64 / 1e6;
-        if breach {
-            let row = self
-                .slow
-                .entry((e.stage, format!("{function} {src} -> {dst}")))
-                .or_default();
-            row.0 += 1;
-            row.1 = row.1.max(ms);
-        }
-        Some(Event {
-            json: json!({
-                "ts_ns": e.ts_ns, "netns": e.netns, "ifname": cstr(&e.ifname), "ifindex": e.ifindex,
-                "pid": e.pid, "comm": cstr(&e.comm), "function": function, "cpu": e.cpu,
-                "flags": tcp_flags(e.tcp_flags), "seq": e.seq, "ack": e.ack, "win": e.win,
-                "src": src, "dst": dst, "delta_ms": ms, "stage_delta_ms": stage_ms, "breach": breach,
-            }),
-            breach,
-            value: Some(ms),
-        })
-    }
-
-    fn finish(&mut self, ebpf: &mut Ebpf, _elapsed: Duration, top: usize) -> Findings {
-        let names = [
-            "xmit -> __netif_receive_skb",
-            "xmit -> tcp_rcv_established",
-            "xmit -> tcp_rcv_state_process",
-        ];
-        let histograms: Vec<Histogram> = read_slots(ebpf, 3)
-            .iter()
-            .zip(names)
-            .map(|(s, n)| Histogram::from_slots(n, "ns", s))
-            .collect();
-        let mut figures = Vec::new();
-        for h in &histograms {
-            for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
-                if let Some(v) = h.quantile(q) {
-                    figures.push(Figure {
-                        name: format!("{label} {} (<=)", h.name),
-                        value: v as f64 / 1e6,
-                        unit: "ms".into(),
-                    });
-                }
-            }
-        }
-        let rows = self
-            .slow
-            .iter()
-            .map(|((_, k), (count, max))| SummaryRow {
-                key: k.clone(),
-                count: *count,
-                per_second: None,
-                max: Some(*max),
-            })
-            .collect();
-        Findings {
-            summary: Summary {
-                key_meaning: "receive function, flow of slow segments (max ms)".into(),
-                rows: top_rows(rows, top),
-                figures,
-            },
-            histograms,
-            folded: vec![],
-        }
-    }
-}
-
-// ---------------- latency probes (runq, syscall, connect) ----------------
 
 pub(crate) struct Latency {
     name: &'static str,
@@ -250,6 +95,7 @@ pub(crate) struct Latency {
     unit: &'static str,
     /// ns per manifest unit of the metric (1e3 for us, 1e6 for ms).
     metric_ns: f64,
+    rows: LatencyRows,
     slow: HashMap<String, (u64, f64)>,
 }
 
@@ -259,12 +105,14 @@ impl Latency {
         hists: usize,
         unit: &'static str,
         metric_ns: f64,
+        rows: LatencyRows,
     ) -> Self {
         Latency {
             name,
             hists,
             unit,
             metric_ns,
+            rows,
             slow: HashMap::new(),
         }
     }
@@ -283,26 +131,30 @@ impl Aggregator for Latency {
             "ts_ns": e.ts_ns, "latency_us": e.latency_ns as f64 / 1e3, "pid": e.pid, "tid": e.tid, "cpu": e.cpu,
             "comm": cstr(&e.comm), "breach": breach,
         });
-        let key = if self.hists > 1 {
-            json["syscall"] = json!(e.id);
-            format!("{} syscall {}", cstr(&e.comm), e.id)
-        } else if e.family != 0 {
-            let src = format!("{}:{}", addr(e.family, &e.saddr), e.sport);
-            let dst = format!("{}:{}", addr(e.family, &e.daddr), e.dport);
+        let connection = |json: &mut Value| {
+            let (src, dst) = endpoints(e.family, (&e.saddr, e.sport), (&e.daddr, e.dport));
             json["src"] = json!(src);
             json["dst"] = json!(dst);
-            let comm = cstr(&e.comm);
-            if comm.is_empty() {
-                // Measured in softirq context (tcp-rtt): no task owns the sample, the connection names it.
+            (src, dst)
+        };
+        let key = match self.rows {
+            LatencyRows::Thread => format!("tid {}", e.tid),
+            LatencyRows::Syscall => {
+                json["syscall"] = json!(e.id);
+                format!("{} syscall {}", cstr(&e.comm), e.id)
+            }
+            LatencyRows::TaskConnection => {
+                let (_, dst) = connection(&mut json);
+                format!("{} -> {dst}", cstr(&e.comm))
+            }
+            LatencyRows::Connection => {
+                let (src, dst) = connection(&mut json);
+                // Measured in softirq context: the task on the CPU is anyone's, so none is named.
                 for k in ["pid", "tid", "comm"] {
                     json.as_object_mut().map(|o| o.remove(k));
                 }
                 format!("{src} -> {dst}")
-            } else {
-                format!("{comm} -> {dst}")
             }
-        } else {
-            format!("tid {}", e.tid)
         };
         let row = self.slow.entry(key).or_default();
         row.0 += 1;
@@ -439,8 +291,7 @@ impl Aggregator for Notes {
                 )
             }
             Note::Connection => {
-                let src = format!("{}:{}", addr(e.family, &e.saddr), e.sport);
-                let dst = format!("{}:{}", addr(e.family, &e.daddr), e.dport);
+                let (src, dst) = endpoints(e.family, (&e.saddr, e.sport), (&e.daddr, e.dport));
                 let state = TCP_STATES.get(e.value as usize).copied().unwrap_or("?");
                 (
                     // No pid/comm: a retransmit runs in timer/softirq context (see tcp_retransmit.bpf.c).
@@ -482,69 +333,5 @@ impl Aggregator for Notes {
             },
             ..Default::default()
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tcp_flags_read_like_tcpdump() {
-        assert_eq!(tcp_flags(0x12), "S.");
-        assert_eq!(tcp_flags(0x18), "P.");
-        assert_eq!(tcp_flags(0), "");
-    }
-
-    #[test]
-    fn packet_events_decode_every_column() {
-        let mut e = abi::PktEvent {
-            delta_ns: 12_500_000,
-            stage: 1,
-            flags: EV_BREACH,
-            family: 2,
-            sport: 5201,
-            dport: 40000,
-            seq: 7,
-            tcp_flags: 0x10,
-            ..Default::default()
-        };
-        e.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
-        e.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
-        e.ifname[..4].copy_from_slice(b"veth");
-        // SAFETY-free view of the struct's bytes via the ABI's own reader round trip.
-        let bytes: Vec<u8> = to_bytes(&e);
-        let ev = PacketLatency::default().record(&bytes).unwrap();
-        assert!(ev.breach);
-        assert_eq!(ev.json["src"], "10.0.0.1:5201");
-        assert_eq!(ev.json["function"], "__netif_receive_skb");
-        assert_eq!(ev.json["ifname"], "veth");
-        assert_eq!(ev.value, Some(12.5));
-        assert!(
-            PacketLatency::default().record(&bytes[..10]).is_none(),
-            "short records are refused"
-        );
-    }
-
-    fn to_bytes(e: &abi::PktEvent) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend(e.ts_ns.to_ne_bytes());
-        v.extend(e.delta_ns.to_ne_bytes());
-        v.extend(e.stage_delta_ns.to_ne_bytes());
-        for x in [e.netns, e.ifindex, e.pid, e.cpu, e.seq, e.ack, e.family] {
-            v.extend(x.to_ne_bytes());
-        }
-        for x in [e.win, e.sport, e.dport] {
-            v.extend(x.to_ne_bytes());
-        }
-        v.push(e.tcp_flags);
-        v.push(e.stage);
-        v.extend(e.flags.to_ne_bytes());
-        v.extend(e.saddr);
-        v.extend(e.daddr);
-        v.extend(e.ifname);
-        v.extend(e.comm);
-        assert_eq!(v.len(), 128);
-        v
     }
 }

@@ -116,14 +116,4 @@ impl ProbeConfig {
     pub fn events_expected(&self) -> bool {
         self.output.events || self.kernel_threshold().is_some()
     }
-
-    /// Ports of the params (packet-latency, tcp-*), at most 16.
-    pub fn ports(&self) -> Vec<u16> {
-        (catalogue::info(self.probe).ports)(&self.params)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|p| u16::try_from(*p).ok())
-            .take(16)
-            .collect()
-    }
 }

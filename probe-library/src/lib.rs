@@ -1,5 +1,5 @@
-//! Sonde's probe library: prebuilt CO-RE eBPF programs (C in `bpf/`, compiled by build.rs and embedded), the
-//! catalogue that describes them, the loader that attaches each hook through its fallback chain, and the
+//! Sonde's probe library: prebuilt CO-RE eBPF programs (`src/probes/<probe>.bpf.c`, compiled by build.rs and
+//! embedded, each beside its Rust entry `<probe>.rs`), the catalogue that describes them, the loader that attaches each hook through its fallback chain, and the
 //! decoders and aggregators that turn kernel records into events, summaries, histograms and flame graphs.
 
 pub mod aggregate;
@@ -11,6 +11,7 @@ pub mod error;
 mod filter;
 pub mod histogram;
 pub mod loader;
+mod probes;
 pub mod procmaps;
 pub mod profile;
 pub mod report;

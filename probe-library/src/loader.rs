@@ -6,7 +6,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use sonde_probe_abi::{CommKey, MAX_COMMS, TASK_COMM_LEN, comm_key};
 use sonde_vocab::ProbeName;
 
-use crate::catalogue::{self, Attach};
+use crate::catalogue::{self, Attach, Global, KernelSettings};
 use crate::config::ProbeConfig;
 use crate::error::{AttachAttempt, Error, Result, chain as chain_error};
 
@@ -51,24 +51,7 @@ pub fn load_without(cfg: &ProbeConfig, skip: &[&str]) -> Result<Loaded> {
     let (thr, thr_ge) = threshold
         .map(|t| (t.value.max(1), flag(t.inclusive)))
         .unwrap_or((0, 0));
-    let ports_vec = cfg.ports();
-    let mut ports = [0u16; 16];
-    ports[..ports_vec.len()].copy_from_slice(&ports_vec);
-    let nports = ports_vec.len() as u32;
-    let user_stacks = flag(
-        cfg.params
-            .cpu_profile
-            .as_ref()
-            .and_then(|p| p.user_stacks)
-            .unwrap_or(true),
-    );
-    let syscalls: Vec<u32> = cfg
-        .params
-        .syscall_latency
-        .as_ref()
-        .map(|p| p.syscalls.clone())
-        .unwrap_or_default();
-    let filter_syscall = flag(!syscalls.is_empty());
+    let settings = KernelSettings::of(probe, &cfg.params);
     let (pods_root, pods_root_level) = cfg.filter.pods_root.unwrap_or((0, 0));
     let redact_outside = flag(cfg.filter.redact_outside);
 
@@ -84,13 +67,17 @@ pub fn load_without(cfg: &ProbeConfig, skip: &[&str]) -> Result<Loaded> {
         .override_global("cfg_threshold", &thr, true)
         .override_global("cfg_threshold_ge", &thr_ge, true)
         .override_global("cfg_filter_netns", &filter_netns, false)
-        .override_global("cfg_ports", &ports, false)
-        .override_global("cfg_nports", &nports, false)
-        .override_global("cfg_user_stacks", &user_stacks, false)
-        .override_global("cfg_filter_syscall", &filter_syscall, false)
         .override_global("cfg_pods_root", &pods_root, false)
         .override_global("cfg_pods_root_level", &pods_root_level, false)
         .override_global("cfg_redact_outside", &redact_outside, false);
+    // The probe's own globals must exist in its object: a name its entry misspells fails here, not silently.
+    for (name, value) in &settings.globals {
+        match value {
+            Global::U8(v) => loader.override_global(name, v, true),
+            Global::U32(v) => loader.override_global(name, v, true),
+            Global::Ports(v) => loader.override_global(name, v, true),
+        };
+    }
     let mut ebpf = loader.load((catalogue::info(probe).object)()).map_err(|e| Error::Load {
         probe,
         hint: "is this root (or CAP_BPF+CAP_PERFMON) on a kernel with BTF (/sys/kernel/btf/vmlinux)?",
@@ -98,8 +85,10 @@ pub fn load_without(cfg: &ProbeConfig, skip: &[&str]) -> Result<Loaded> {
     })?;
 
     crate::filter::fill(&mut ebpf, cfg)?;
-    for nr in syscalls {
-        crate::filter::insert_u32(&mut ebpf, probe, "filter_syscalls", nr)?;
+    for (map, keys) in &settings.sets {
+        for key in keys {
+            crate::filter::insert_u32(&mut ebpf, probe, map, *key)?;
+        }
     }
 
     let info = catalogue::info(probe);
@@ -112,7 +101,7 @@ pub fn load_without(cfg: &ProbeConfig, skip: &[&str]) -> Result<Loaded> {
         for attach in hook.chain {
             let result = match skip.contains(&attach.strategy()) {
                 true => Err("skipped on request".to_string()),
-                false => attach_one(&mut ebpf, attach, kernel_btf(), cfg),
+                false => attach_one(&mut ebpf, attach, kernel_btf(), &settings),
             };
             attempts.push(AttachAttempt {
                 hook: hook.name,
@@ -181,7 +170,7 @@ fn attach_one(
     ebpf: &mut Ebpf,
     attach: &Attach,
     btf: Option<&Btf>,
-    cfg: &ProbeConfig,
+    settings: &KernelSettings,
 ) -> Result<(), String> {
     let name = attach.program();
     let prog = ebpf
@@ -211,12 +200,9 @@ fn attach_one(
             p.attach(category, name).map_err(err).map(drop)
         }
         Attach::PerfCpuClock { .. } => {
-            let hz = cfg
-                .params
-                .cpu_profile
-                .as_ref()
-                .and_then(|p| p.frequency_hz)
-                .unwrap_or(99) as u64;
+            let hz = settings
+                .sample_hz
+                .ok_or("the probe's entry sets no sampling rate for its perf-event hook")?;
             let p: &mut PerfEvent = prog.try_into().map_err(err)?;
             p.load().map_err(err)?;
             let cpus = aya::util::online_cpus().map_err(|(f, e)| format!("{f}: {e}"))?;

@@ -9,15 +9,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use sonde_crds::conditions::types;
 use sonde_crds::{
-    Counts, NODE_WIDE_NOT_ALLOWED, Phase, ProbeName, ProbeSession, ProbeSessionSpec,
-    ProbeSessionStatus, Upload, UploadState,
+    Counts, NODE_WIDE_NOT_ALLOWED, Phase, ProbeSession, ProbeSessionSpec, ProbeSessionStatus,
+    Upload, UploadState,
 };
+use sonde_probes::catalogue::Filtered;
 use sonde_probes::results::ResultsWriter;
 use sonde_probes::{Filter, Findings, ProbeConfig, RunReport, Running, WindowReport};
 use tokio::sync::watch;
 
 use crate::limits::{Limits, Refused, Slot};
-use crate::{outbox, upload};
+use crate::results::spool;
 
 mod budget;
 mod outcome;
@@ -74,7 +75,7 @@ pub struct SessionJob {
     /// store: no new events are kept.
     pub spool_gate: sonde_probes::results::Gate,
     /// Spool directories running sessions hold, shared with the uploader.
-    pub held: outbox::Live,
+    pub held: spool::Live,
     /// This session's place among the node's running sessions, or why it has none (the node or its
     /// namespace's share of it is full).
     pub slot: Result<Slot, Refused>,
@@ -113,8 +114,8 @@ impl SessionJob {
     }
 
     /// Where results go under `prefix`; `run` has already ended a session whose storage was refused.
-    fn destination(&self, prefix: &str) -> outbox::Destination {
-        outbox::Destination {
+    fn destination(&self, prefix: &str) -> spool::Destination {
+        spool::Destination {
             store_url: self.storage.clone().unwrap_or_default(),
             prefix: prefix.to_string(),
             namespace: self.namespace.clone(),
@@ -133,7 +134,7 @@ impl SessionJob {
     /// session's directory, which a restarted agent resumes (its chunk numbers continue); a policy in one
     /// directory per run, a window below it each. A trace whose directory a finished run sealed (so it is not
     /// to be written into) writes beside it, to a prefix of its own.
-    fn spool_dir(&self, windowed: bool) -> (PathBuf, outbox::Destination) {
+    fn spool_dir(&self, windowed: bool) -> (PathBuf, spool::Destination) {
         let base = self.spool.join(&self.namespace).join(&self.name);
         let uid = self.uid.get(..8).unwrap_or(&self.uid);
         let started_ms = SystemTime::now()
@@ -146,12 +147,12 @@ impl SessionJob {
         }
         to.stream = true;
         let dir = base.join(uid);
-        if outbox::claim(&self.held, &dir) {
+        if spool::claim(&self.held, &dir) {
             return (dir, to);
         }
         let dir = base.join(format!("{uid}-{started_ms}"));
         to.prefix = sonde_crds::results::Below::Run(started_ms.to_string()).under(&to.prefix);
-        outbox::claim(&self.held, &dir);
+        spool::claim(&self.held, &dir);
         (dir, to)
     }
 }
@@ -241,7 +242,7 @@ async fn attach(
         None => spool.clone(),
     };
     // A directory with a destination and no seal: the run a previous agent process was in when it died.
-    let resumed = to.stream && first_dir.join(outbox::DESTINATION).exists();
+    let resumed = to.stream && first_dir.join(spool::DESTINATION).exists();
     job.resumed_note = job.resumed_note.take().map(|n| match resumed {
         true => format!(
             "{n}; the events the previous process had written are kept, those of its last {}s or less are missing",
@@ -256,7 +257,7 @@ async fn attach(
     let writer = open(&first_dir, keep_events, job.spec.output.max_events)
         .map(|w| job.limited(w))
         .and_then(|w| {
-            outbox::start(&first_dir, &to)
+            spool::start(&first_dir, &to)
                 .map(|()| w)
                 .map_err(|e| sonde_probes::Error::Io {
                     context: format!("spooling in {}", first_dir.display()),
@@ -273,7 +274,7 @@ async fn attach(
             if !resumed {
                 let _ = std::fs::remove_dir_all(&spool);
             }
-            outbox::release(&job.held, &spool);
+            spool::release(&job.held, &spool);
             rep.condition(types::ATTACHED, false, e.label(), e.to_string());
             rep.fail(&job.metrics, e.label(), e.to_string());
             rep.write().await;
@@ -380,7 +381,7 @@ async fn finish(job: &SessionJob, trace: Trace, stop: Stop, deadline: Option<Sys
         // operator waits for this result instead of counting the agent as gone.
         _ => beating(&mut rep, publishing).await,
     };
-    outbox::release(&job.held, &spool);
+    spool::release(&job.held, &spool);
     let mut problems = published.problems;
     problems.extend(
         write_error
@@ -463,7 +464,7 @@ fn probe_config(spec: &ProbeSessionSpec, t: &Targets, redact_outside: bool) -> P
         filter.pods_root = t.pods_root;
         filter.redact_outside = redact_outside;
     }
-    if spec.probe == ProbeName::PacketLatency {
+    if sonde_probes::catalogue::info(spec.probe).filtered == Filtered::Netns {
         // Softirq context has no task to match: the receiving pods' network namespaces are the filter. The
         // cgroups only decide which task the pid/comm columns may name (never another pod's).
         filter.netns = (!spec.all_pods).then(|| t.netns.clone());

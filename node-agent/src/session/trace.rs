@@ -28,7 +28,7 @@ pub(super) struct Trace {
     pub(super) title: String,
     /// Where this run writes, and where its results go.
     pub(super) spool: PathBuf,
-    pub(super) to: outbox::Destination,
+    pub(super) to: spool::Destination,
 }
 
 impl Trace {
@@ -98,7 +98,9 @@ impl Trace {
             (Some(ids), false) => self.running.set_cgroups(ids),
             _ => Ok(()),
         };
-        if job.spec.probe == ProbeName::PacketLatency && !job.spec.all_pods {
+        if sonde_probes::catalogue::info(job.spec.probe).filtered == Filtered::Netns
+            && !job.spec.all_pods
+        {
             updated = updated.and(self.running.set_netns(&t.netns));
         }
         if let Err(e) = updated {
