@@ -2,6 +2,7 @@
 //! the sessions' statuses up into the job, emits Events, and leads through a Lease so one replica acts.
 
 pub mod backoff;
+pub mod conditions;
 pub mod context;
 pub mod error;
 pub mod leader;

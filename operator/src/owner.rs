@@ -1,6 +1,12 @@
 //! What the TraceJob and ProbePolicy controllers share: both own one ProbeSession per node, so the controller
 //! wiring, the finalizer and backoff around a reconcile, the error policy, applying the sessions and patching
 //! status are written once here, for any [`Owner`].
+//!
+//! Each reconciler (`tracejob::apply`, `policy::apply`) is the same three steps, a function of that name each:
+//! 1. `place`: the sessions per node the owner asks for now, applied (or deleted), giving [`Placed`];
+//! 2. `roll_up`: the sessions' statuses into the owner's status (pure, [`crate::rollup`]);
+//! 3. `announce`: the owner's Events for what changed, then its status by server-side apply ([`announce`]),
+//!    its conditions set with the reasons of [`crate::conditions`].
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -14,6 +20,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -44,7 +51,7 @@ pub trait Owner:
     + Sync
     + 'static
 {
-    type Status: Serialize;
+    type Status: Serialize + PartialEq;
     /// Metrics label (`tracejob`, `probepolicy`).
     const LABEL: &'static str;
     /// The finalizer that deletes the sessions before the owner goes.
@@ -54,6 +61,8 @@ pub trait Owner:
 
     /// The probe part of the owner's spec, which every session of it carries.
     fn probe(&self) -> Probe<'_>;
+    /// Its status as the API server last had it.
+    fn status(&self) -> Option<&Self::Status>;
     /// Whether a pod event in its namespace may change what it traces (a finished job's may not).
     fn follows_pods(&self) -> bool;
 }
@@ -83,6 +92,10 @@ impl Owner for TraceJob {
         probe_of!(self.spec)
     }
 
+    fn status(&self) -> Option<&TraceJobStatus> {
+        self.status.as_ref()
+    }
+
     fn follows_pods(&self) -> bool {
         !self.status.as_ref().is_some_and(|s| s.phase.is_finished())
     }
@@ -97,6 +110,10 @@ impl Owner for ProbePolicy {
 
     fn probe(&self) -> Probe<'_> {
         probe_of!(self.spec)
+    }
+
+    fn status(&self) -> Option<&ProbePolicyStatus> {
+        self.status.as_ref()
     }
 
     fn follows_pods(&self) -> bool {
@@ -196,6 +213,14 @@ fn error_policy<K: Owner>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action
     Action::requeue(ctx.backoff.failed(&obj.uid().unwrap_or_default()))
 }
 
+/// What the place step leaves for the roll-up: the owner's sessions as they are now, and why it has none where it
+/// has none.
+pub struct Placed {
+    pub sessions: Vec<ProbeSession>,
+    /// Why nothing is placed (None when sessions exist or were just made).
+    pub no_targets: Option<Unplaced>,
+}
+
 /// Applies one session per placed node (server-side apply: a restarted operator converges on the same objects).
 /// Stops at the first refusal (a session name another owner holds) and returns it.
 pub async fn apply_sessions<K: Owner>(
@@ -223,6 +248,29 @@ pub async fn apply_sessions<K: Owner>(
         }
     }
     Ok(None)
+}
+
+/// An Event about an owner: its type, reason ([`crate::conditions::EventReason`], or the condition's own reason
+/// of a Warning) and note.
+pub type Announcement<'a> = (EventType, &'a str, String);
+
+/// The announce step: publishes `events` about the owner, then writes `status` unless it is the one the owner
+/// already has.
+pub async fn announce<K: Owner>(
+    ctx: &Context,
+    api: &Api<K>,
+    owner: &K,
+    events: Vec<Announcement<'_>>,
+    status: &K::Status,
+) -> Result<()> {
+    let reference = owner.object_ref(&());
+    for (type_, reason, note) in events {
+        ctx.publish(&reference, type_, reason, note).await;
+    }
+    if owner.status() != Some(status) {
+        patch_status(api, &owner.name_any(), status).await?;
+    }
+    Ok(())
 }
 
 /// Writes the owner's status by server-side apply, as the operator's field manager.

@@ -9,10 +9,11 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
 use kube::{Resource, ResourceExt};
 use sonde_crds::{
-    NODE_LABEL, NODE_WIDE_NOT_ALLOWED, NodeWide, OWNER_UID_LABEL, ProbeSession, ProbeSessionSpec,
-    Target, TargetPod, node_label_value,
+    NODE_LABEL, NodeWide, OWNER_UID_LABEL, ProbeSession, ProbeSessionSpec, Target, TargetPod,
+    node_label_value,
 };
 
+use crate::conditions::Reason;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::rollup::Unplaced;
@@ -25,7 +26,7 @@ pub fn node_wide_refusal(allowed: &NodeWide, t: &Target, ns: &str) -> Option<Unp
         return None;
     }
     Some(Unplaced {
-        reason: NODE_WIDE_NOT_ALLOWED,
+        reason: Reason::NodeWideNotAllowed,
         message: format!(
             "spec.target has no podSelector, so it would trace every process on the node(s) (other \
              namespaces' pods and the host included), and namespace {ns} is not allowed to: add a podSelector \
@@ -115,11 +116,6 @@ pub async fn place(
     Ok(out)
 }
 
-/// Nodes cordoned (`spec.unschedulable`, the first step of `kubectl drain`): a one-shot trace places no new
-/// session there, and the agent there stops the ones it runs.
-/// `Scheduled`/`Attached` reason of a trace whose spec.storage is refused.
-pub const STORAGE_NOT_ALLOWED: &str = "StorageNotAllowed";
-
 /// Why a trace may not be placed at all: a node-wide target its namespace may not have, or storage that is not
 /// one of the admin's locations. `locations` is None when the operator was not told the locations (the agents
 /// still refuse unknown ones, later).
@@ -134,7 +130,7 @@ pub fn refusal(
     }
     let refuse = |message: String| {
         Some(Unplaced {
-            reason: STORAGE_NOT_ALLOWED,
+            reason: Reason::StorageNotAllowed,
             message,
             refused: true,
         })
@@ -159,6 +155,8 @@ pub fn refusal(
     }
 }
 
+/// Nodes cordoned (`spec.unschedulable`, the first step of `kubectl drain`): a one-shot trace places no new
+/// session there, and the agent there stops the ones it runs.
 pub async fn cordoned_nodes(ctx: &Context) -> Result<BTreeSet<String>> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let lp = ListParams::default().fields("spec.unschedulable=true");
@@ -261,9 +259,6 @@ pub fn session_for<K: Resource<DynamicType = ()>>(
     s
 }
 
-/// `Scheduled`/`Attached` reason of a trace whose session name another owner's session already has.
-pub const SESSION_NAME_TAKEN: &str = "SessionNameTaken";
-
 /// Applies `session` for the owner with `uid`, unless a session of that name belongs to another owner (a TraceJob
 /// and a ProbePolicy of one name in one namespace would both name theirs `<name>-<node>`): then nothing is
 /// written and the refusal names that owner. Only a session the owner does not have yet (`owned`) is looked up.
@@ -284,7 +279,7 @@ pub async fn apply_session(
             .map(|o| format!("{} {}", o.kind, o.name))
             .unwrap_or_else(|| "another object".into());
         return Ok(Some(Unplaced {
-            reason: SESSION_NAME_TAKEN,
+            reason: Reason::SessionNameTaken,
             message: format!(
                 "ProbeSession {name} already belongs to {owner} in this namespace (sessions are named \
                  <name>-<node>): rename one of the two"

@@ -1,21 +1,23 @@
-//! The ProbePolicy reconciler: a standing probe on the pods that match, one windowed ProbeSession per node.
-//! Editing the policy re-applies its sessions; the agents reload only sessions whose probe changed, so other
-//! policies keep running. `suspend` detaches everywhere. Breaches raise Events, a condition and a metric.
+//! The ProbePolicy reconciler, in the steps of [`crate::owner`]: a standing probe on the pods that match, one
+//! windowed ProbeSession per node. Editing the policy re-applies its sessions; the agents reload only sessions
+//! whose probe changed, so other policies keep running. `suspend` detaches everywhere. Breaches raise Events, a
+//! condition and a metric.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
-use sonde_crds::conditions::{self, types};
+use sonde_crds::conditions;
 use sonde_crds::{Phase, ProbePolicy, ProbePolicyStatus, ProbeSession, ProbeSessionSpec};
 
+use crate::conditions::{EventReason, types};
 use crate::context::Context;
 use crate::error::Result;
-use crate::owner::{self, Owner};
+use crate::owner::{self, Announcement, Owner, Placed};
 use crate::placement;
 use crate::rollup::{self, Unplaced};
 
@@ -32,14 +34,32 @@ pub async fn reconcile(policy: Arc<ProbePolicy>, ctx: Arc<Context>) -> Result<Ac
 }
 
 async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Action> {
-    let name = policy.name_any();
-    let uid = policy.uid().unwrap_or_default();
+    let policies: Api<ProbePolicy> = Api::namespaced(ctx.client.clone(), ns);
     let sessions_api: Api<ProbeSession> = Api::namespaced(ctx.client.clone(), ns);
+
+    let placed = place(ctx, &policy, ns, &sessions_api).await?;
+    let status = roll_up(&policy, &placed, Timestamp::now());
+    announce(ctx, &policy, &policies, &placed, &status).await?;
+
+    // Session status changes wake the controller; the timer is a safety net.
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// Place: one windowed session per node with matching pods, each re-applied as the policy now asks; none
+/// anywhere when it is suspended or its target is refused. A failed session is placed anew ([`retry_failed`]),
+/// and a node whose matching pods are all gone loses its session.
+async fn place(
+    ctx: &Context,
+    policy: &ProbePolicy,
+    ns: &str,
+    api: &Api<ProbeSession>,
+) -> Result<Placed> {
+    let uid = policy.uid().unwrap_or_default();
     let spec = &policy.spec;
     let mut no_targets = None;
     let refused = placement::refusal(ctx, &spec.target, &spec.storage, ns);
     if spec.suspend || refused.is_some() {
-        placement::delete_sessions(&sessions_api, &uid).await?;
+        placement::delete_sessions(api, &uid).await?;
         no_targets = refused;
     } else {
         let placed = placement::place(&spec.target, ctx, ns).await?;
@@ -49,7 +69,7 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
                 ns,
             )));
         }
-        let owned = placement::owned_sessions(&sessions_api, &uid).await?;
+        let owned = placement::owned_sessions(api, &uid).await?;
         let nodes: std::collections::BTreeSet<String> = placed.keys().cloned().collect();
         let window = Some(spec.window.as_str());
         // An agent never restarts a session it ended: a failed one is deleted here, and placed anew with a
@@ -59,7 +79,7 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
         for s in &owned {
             let asked = || {
                 placement::session_for(
-                    &*policy,
+                    policy,
                     ProbePolicy::RESULTS_KIND,
                     &policy.probe(),
                     &s.spec.node_name,
@@ -71,60 +91,69 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
             };
             if retry_failed(s, asked, now) {
                 tracing::info!(session = %s.name_any(), "placing a failed session anew");
-                sessions_api
-                    .delete(&s.name_any(), &DeleteParams::background())
+                api.delete(&s.name_any(), &DeleteParams::background())
                     .await?;
                 placed.remove(&s.spec.node_name);
             }
         }
-        if let Some(why) =
-            owner::apply_sessions(&sessions_api, &*policy, placed, None, window, &owned).await?
-        {
+        if let Some(why) = owner::apply_sessions(api, policy, placed, None, window, &owned).await? {
             no_targets = Some(why);
         }
         // A node whose matching pods are all gone stops tracing: a standing probe follows its pods.
-        for s in placement::owned_sessions(&sessions_api, &uid).await? {
+        for s in placement::owned_sessions(api, &uid).await? {
             if !nodes.contains(&s.spec.node_name) {
-                sessions_api
-                    .delete(&s.name_any(), &DeleteParams::background())
+                api.delete(&s.name_any(), &DeleteParams::background())
                     .await?;
             }
         }
     }
-    let sessions = placement::owned_sessions(&sessions_api, &uid).await?;
-    let old = policy.status.clone();
-    let refusal = no_targets.as_ref().filter(|u| u.refused).map(|u| u.reason);
-    let top = sonde_crds::ProbeParams::top_rows(spec.params.as_ref());
-    let status = rollup::policy_rollup(
-        old.as_ref(),
-        &sessions,
-        policy.metadata.generation,
-        spec.suspend,
+    Ok(Placed {
+        sessions: placement::owned_sessions(api, &uid).await?,
         no_targets,
-        Timestamp::now(),
-        top,
-    );
+    })
+}
+
+/// Roll up: the sessions' statuses into the policy's.
+fn roll_up(policy: &ProbePolicy, placed: &Placed, now: Timestamp) -> ProbePolicyStatus {
+    rollup::policy_rollup(&rollup::PolicyInput {
+        old: policy.status.as_ref(),
+        sessions: &placed.sessions,
+        generation: policy.metadata.generation,
+        suspended: policy.spec.suspend,
+        no_targets: placed.no_targets.clone(),
+        now,
+        top: sonde_crds::ProbeParams::top_rows(policy.spec.params.as_ref()),
+    })
+}
+
+/// Announce: a Warning when a refusal starts or changes its reason, a Warning (and the breach metric) on new
+/// breaches, then the status.
+async fn announce(
+    ctx: &Context,
+    policy: &ProbePolicy,
+    policies: &Api<ProbePolicy>,
+    placed: &Placed,
+    status: &ProbePolicyStatus,
+) -> Result<()> {
+    let old = policy.status.as_ref();
+    let mut events: Vec<Announcement> = Vec::new();
     // A refusal (a node-wide target or storage the namespace may not have, a session name another owner holds)
     // that status now reports is a Warning once, when it starts or its reason changes, as for a TraceJob.
+    let refusal = placed.no_targets.as_ref().filter(|u| u.refused);
     let not_attached = |s: &ProbePolicyStatus| {
         conditions::false_condition(&s.conditions, types::ATTACHED).cloned()
     };
-    if let (Some(reason), Some(now)) = (refusal, not_attached(&status))
-        && now.reason == reason
-        && old.as_ref().and_then(not_attached).map(|c| c.reason) != Some(now.reason)
+    if let (Some(refusal), Some(now)) = (refusal, not_attached(status))
+        && refusal.reason.is(&now.reason)
+        && old.and_then(not_attached).map(|c| c.reason) != Some(now.reason)
     {
-        ctx.publish(
-            &policy.object_ref(&()),
-            EventType::Warning,
-            reason,
-            now.message,
-        )
-        .await;
+        events.push((EventType::Warning, refusal.reason.as_str(), now.message));
     }
-    let before = old.as_ref().map(|s| s.counts.breaches).unwrap_or(0);
+    let before = old.map(|s| s.counts.breaches).unwrap_or(0);
     if status.counts.breaches > before {
         let new = status.counts.breaches - before;
-        ctx.metrics.policy_breaches(ns, &name, new);
+        let (ns, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
+        ctx.metrics.policy_breaches(&ns, &name, new);
         let top_row = status
             .last_window
             .as_ref()
@@ -132,20 +161,13 @@ async fn apply(policy: Arc<ProbePolicy>, ctx: &Context, ns: &str) -> Result<Acti
             .map(|r| format!("; top: {} ({})", r.key, r.count))
             .unwrap_or_default();
         let note = format!("{new} new threshold breaches{top_row}");
-        ctx.publish(
-            &policy.object_ref(&()),
+        events.push((
             EventType::Warning,
-            "ThresholdBreached",
+            EventReason::ThresholdBreached.as_str(),
             note,
-        )
-        .await;
+        ));
     }
-    if old.as_ref() != Some(&status) {
-        let policies: Api<ProbePolicy> = Api::namespaced(ctx.client.clone(), ns);
-        owner::patch_status(&policies, &name, &status).await?;
-    }
-    // Session status changes wake the controller; the timer is a safety net.
-    Ok(Action::requeue(Duration::from_secs(60)))
+    owner::announce(ctx, policies, policy, events, status).await
 }
 
 /// How long a policy's session stays failed before it is placed anew as it was: a node at capacity frees up, a

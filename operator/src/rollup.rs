@@ -4,11 +4,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use sonde_crds::conditions::{self, Conditions, types};
+use sonde_crds::conditions::{self, Conditions};
 use sonde_crds::{
     Counts, NodeCounts, NodeResult, Phase, ProbePolicyStatus, ProbeSession, ProbeSessionStatus,
     Summary, SummaryRow, TraceJobStatus, Upload, UploadState,
 };
+
+use crate::conditions::{Reason, types};
 
 /// A session whose agent has not reported for this long after the deadline is counted as failed.
 pub const REPORT_GRACE: SignedDuration = SignedDuration::from_secs(30);
@@ -43,7 +45,7 @@ pub fn later(t: Timestamp, d: SignedDuration) -> Timestamp {
 /// (that changes only with its spec or the admin's settings, so a job fails at once).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Unplaced {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
     pub refused: bool,
 }
@@ -51,7 +53,7 @@ pub struct Unplaced {
 impl Unplaced {
     pub fn no_match(message: String) -> Unplaced {
         Unplaced {
-            reason: "NoMatchingPods",
+            reason: Reason::NoMatchingPods,
             message,
             refused: false,
         }
@@ -156,7 +158,12 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
     let mut c = Conditions::new(&mut st.conditions, g, now_t.clone());
     match (&i.no_targets, i.sessions.is_empty()) {
         (Some(why), true) => {
-            c.set(types::SCHEDULED, false, why.reason, why.message.clone());
+            c.set(
+                types::SCHEDULED,
+                false,
+                why.reason.as_str(),
+                why.message.clone(),
+            );
         }
         _ => {
             let mut msg = format!("{} node(s) targeted", nodes.targeted);
@@ -164,7 +171,12 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
                 msg.push_str("; ");
                 msg.push_str(n);
             }
-            c.set(types::SCHEDULED, true, "SessionsCreated", msg);
+            c.set(
+                types::SCHEDULED,
+                true,
+                Reason::SessionsCreated.as_str(),
+                msg,
+            );
         }
     }
     if nodes.attached > 0 {
@@ -175,7 +187,7 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
         c.set(
             types::ATTACHED,
             true,
-            "Attached",
+            Reason::Attached.as_str(),
             format!("attached via {}", how.join(", ")),
         );
     } else if !c.is_true(types::ATTACHED) {
@@ -195,16 +207,16 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
                 .iter()
                 .filter_map(|s| s.status.as_ref())
                 .flat_map(|st| &st.conditions)
-                .filter(|c| c.type_ == types::COMPLETE && c.reason == conditions::NODE_DRAINED)
+                .filter(|c| c.type_ == types::COMPLETE && Reason::NodeDrained.is(&c.reason))
                 .map(|c| c.message.as_str())
                 .collect();
             let (reason, msg) = if drained.is_empty() {
-                ("Completed", format!("{} node(s) done", nodes.done))
+                (Reason::Completed, format!("{} node(s) done", nodes.done))
             } else {
                 let msg = format!("{} node(s) done; {}", nodes.done, drained.join("; "));
-                (conditions::NODE_DRAINED, msg)
+                (Reason::NodeDrained, msg)
             };
-            c.set(types::COMPLETE, true, reason, msg);
+            c.set(types::COMPLETE, true, reason.as_str(), msg);
         }
         Phase::Failed => {
             let (reason, msg) = if i.sessions.is_empty() {
@@ -213,10 +225,10 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
                     u.unwrap_or_else(|| Unplaced::no_match("nothing matched the target".into()));
                 (u.reason, u.message)
             } else {
-                ("NodesFailed", failures.join("; "))
+                (Reason::NodesFailed, failures.join("; "))
             };
-            c.set(types::COMPLETE, false, reason, msg.clone());
-            c.set(types::FAILED, true, reason, msg);
+            c.set(types::COMPLETE, false, reason.as_str(), msg.clone());
+            c.set(types::FAILED, true, reason.as_str(), msg);
         }
         _ => {}
     }
@@ -257,7 +269,7 @@ pub fn upload_rollup(
     let was_pending = st
         .conditions
         .iter()
-        .any(|c| c.type_ == types::RESULTS_COMPLETE && c.reason == "UploadPending");
+        .any(|c| c.type_ == types::RESULTS_COMPLETE && Reason::UploadPending.is(&c.reason));
     let waiting = match merged.state {
         UploadState::Pending => on(UploadState::Pending),
         UploadState::Incomplete => on(UploadState::Incomplete),
@@ -330,29 +342,33 @@ fn add_opt(a: Option<f64>, b: Option<f64>, f: impl Fn(f64, f64) -> f64) -> Optio
     }
 }
 
+pub struct PolicyInput<'a> {
+    pub old: Option<&'a ProbePolicyStatus>,
+    pub sessions: &'a [ProbeSession],
+    pub generation: Option<i64>,
+    /// `spec.suspend`: detached everywhere.
+    pub suspended: bool,
+    /// Why nothing is placed (None when sessions exist or were just made).
+    pub no_targets: Option<Unplaced>,
+    pub now: Timestamp,
+    pub top: usize,
+}
+
 /// A standing policy's status from its sessions: nodes attached/targeted, totals over the live sessions, the
 /// last complete window merged over nodes, and whether the last window breached anywhere.
-pub fn policy_rollup(
-    old: Option<&ProbePolicyStatus>,
-    sessions: &[ProbeSession],
-    generation: Option<i64>,
-    suspended: bool,
-    no_targets: Option<Unplaced>,
-    now: Timestamp,
-    top: usize,
-) -> ProbePolicyStatus {
-    let mut st = old.cloned().unwrap_or_default();
-    let now_t = Time(now);
-    let g = generation;
-    st.observed_generation = generation;
+pub fn policy_rollup(i: &PolicyInput) -> ProbePolicyStatus {
+    let mut st = i.old.cloned().unwrap_or_default();
+    let now_t = Time(i.now);
+    let g = i.generation;
+    st.observed_generation = i.generation;
     let mut nodes = NodeCounts {
-        targeted: sessions.len() as u32,
+        targeted: i.sessions.len() as u32,
         ..Default::default()
     };
     let mut counts = Counts::default();
     let mut failures = Vec::new();
     let mut breached = Vec::new();
-    for s in sessions {
+    for s in i.sessions {
         let ss = s.status.clone().unwrap_or_default();
         if ss.phase == Phase::Running && ss.attached_at.is_some() {
             nodes.attached += 1;
@@ -376,31 +392,37 @@ pub fn policy_rollup(
         }
     }
     let mut c = Conditions::new(&mut st.conditions, g, now_t.clone());
-    if suspended {
+    if i.suspended {
         c.set(
             types::ATTACHED,
             false,
-            "Suspended",
+            Reason::Suspended.as_str(),
             "spec.suspend is true: detached everywhere",
         );
-    } else if let Some(why) = no_targets.filter(|_| sessions.is_empty()) {
-        c.set(types::ATTACHED, false, why.reason, why.message);
+    } else if let Some(why) = i.no_targets.as_ref().filter(|_| i.sessions.is_empty()) {
+        c.set(
+            types::ATTACHED,
+            false,
+            why.reason.as_str(),
+            why.message.clone(),
+        );
     } else if nodes.attached > 0 {
         let msg = format!("attached on {}/{} node(s)", nodes.attached, nodes.targeted);
-        c.set(types::ATTACHED, true, "Attached", msg);
+        c.set(types::ATTACHED, true, Reason::Attached.as_str(), msg);
     } else {
         not_attached_yet(&mut c);
     }
     if failures.is_empty() {
-        c.set(DEGRADED, false, "AllNodesHealthy", "");
+        c.set(types::DEGRADED, false, Reason::AllNodesHealthy.as_str(), "");
     } else {
-        c.set(DEGRADED, true, "NodesFailed", failures.join("; "));
+        let msg = failures.join("; ");
+        c.set(types::DEGRADED, true, Reason::NodesFailed.as_str(), msg);
     }
     if breached.is_empty() {
         c.set(
             types::THRESHOLD_BREACHED,
             false,
-            "Quiet",
+            Reason::Quiet.as_str(),
             "no breach in the last window",
         );
     } else {
@@ -411,7 +433,7 @@ pub fn policy_rollup(
     st.progress = Some(format!("{}/{}", nodes.attached, nodes.targeted));
     st.nodes = nodes;
     st.counts = counts;
-    if let Some(summary) = merge_summaries(sessions, top) {
+    if let Some(summary) = merge_summaries(i.sessions, i.top) {
         st.last_window = Some(summary);
     }
     st
@@ -420,25 +442,32 @@ pub fn policy_rollup(
 /// `EventsDropped` once any node dropped events (user space behind the kernel), with the rate and reasons.
 fn set_dropped(c: &mut Conditions, counts: &Counts) {
     if let Some(msg) = counts.drop_message() {
-        c.set(types::EVENTS_DROPPED, true, "UserSpaceBehind", msg);
+        c.set(
+            types::EVENTS_DROPPED,
+            true,
+            Reason::UserSpaceBehind.as_str(),
+            msg,
+        );
     }
 }
 
 fn set_breached(c: &mut Conditions, msg: String) {
-    c.set(types::THRESHOLD_BREACHED, true, "Breached", msg);
+    c.set(
+        types::THRESHOLD_BREACHED,
+        true,
+        Reason::Breached.as_str(),
+        msg,
+    );
 }
 
 fn not_attached_yet(c: &mut Conditions) {
     c.set(
         types::ATTACHED,
         false,
-        "Waiting",
+        Reason::Waiting.as_str(),
         "no node has attached yet",
     );
 }
-
-/// Condition type of a policy with failed nodes.
-pub const DEGRADED: &str = "Degraded";
 
 #[cfg(test)]
 mod tests {
@@ -623,7 +652,7 @@ mod tests {
     fn a_refused_target_fails_at_once_with_its_reason() {
         let mut i = input(&[], 120);
         i.no_targets = Some(Unplaced {
-            reason: "NodeWideNotAllowed",
+            reason: Reason::NodeWideNotAllowed,
             message: "namespace a may not trace whole nodes".into(),
             refused: true,
         });
@@ -649,21 +678,31 @@ mod tests {
         );
         let sessions = [session("a", Some(breached))];
         let now = Timestamp::from_second(200).unwrap();
-        let st = policy_rollup(None, &sessions, Some(2), false, None, now, 5);
+        let mut i = PolicyInput {
+            old: None,
+            sessions: &sessions,
+            generation: Some(2),
+            suspended: false,
+            no_targets: None,
+            now,
+            top: 5,
+        };
+        let st = policy_rollup(&i);
         assert_eq!(st.progress.as_deref(), Some("1/1"));
         assert!(conditions::is_true(&st.conditions, types::ATTACHED));
         assert!(conditions::is_true(
             &st.conditions,
             types::THRESHOLD_BREACHED
         ));
-        assert!(!conditions::is_true(&st.conditions, DEGRADED));
+        assert!(!conditions::is_true(&st.conditions, types::DEGRADED));
         assert_eq!(st.counts.breaches, 3);
         assert_eq!(st.last_window.as_ref().unwrap().rows[0].key, "x");
         assert_eq!(
             st.last_breach_time,
             Some(Time(Timestamp::from_second(150).unwrap()))
         );
-        let st = policy_rollup(Some(&st), &[], Some(3), true, None, now, 5);
+        (i.old, i.sessions, i.generation, i.suspended) = (Some(&st), &[], Some(3), true);
+        let st = policy_rollup(&i);
         let attached = st
             .conditions
             .iter()

@@ -1,6 +1,7 @@
-//! The TraceJob reconciler: resolve the target to nodes, apply one ProbeSession per node (server-side apply, so
-//! a restarted operator converges on the same objects instead of making duplicates), roll statuses up, emit
-//! Events on transitions, delete the job after its TTL.
+//! The TraceJob reconciler, in the steps of [`crate::owner`]: place (resolve the target to nodes, apply one
+//! ProbeSession per node by server-side apply, so a restarted operator converges on the same objects instead of
+//! making duplicates), roll the sessions' statuses up, announce (Events on transitions, the status); then delete
+//! the job after its TTL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +15,10 @@ use kube::{Resource, ResourceExt};
 use sonde_crds::conditions;
 use sonde_crds::{Phase, ProbeSession, TraceJob, TraceJobStatus, UploadState};
 
+use crate::conditions::{EventReason, types};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::owner;
+use crate::owner::{self, Announcement, Placed};
 use crate::placement;
 use crate::rollup::{self, REPORT_GRACE, Unplaced};
 
@@ -33,39 +35,18 @@ pub async fn reconcile(job: Arc<TraceJob>, ctx: Arc<Context>) -> Result<Action> 
 }
 
 async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
-    let name = job.name_any();
-    let uid = job.uid().unwrap_or_default();
     let jobs: Api<TraceJob> = Api::namespaced(ctx.client.clone(), ns);
     let sessions_api: Api<ProbeSession> = Api::namespaced(ctx.client.clone(), ns);
-    let old = job.status.clone();
     let now = Timestamp::now();
-
-    if let Some(st) = old.as_ref().filter(|s| s.phase.is_finished()) {
-        // Finished, but results still on their way: the agents report late uploads on the sessions.
-        if st
-            .upload
-            .as_ref()
-            .is_some_and(|u| u.state == UploadState::Pending)
-        {
-            let sessions = placement::owned_sessions(&sessions_api, &uid).await?;
-            let mut next = st.clone();
-            rollup::upload_rollup(&mut next, &sessions, job.metadata.generation, &Time(now));
-            next.results = sessions
-                .iter()
-                .filter_map(|s| s.status.as_ref())
-                .flat_map(|s| s.results.clone())
-                .collect();
-            if &next != st {
-                owner::patch_status(&jobs, &name, &next).await?;
-            }
-        }
-        return after_finish(ctx, &job, st, &jobs, now).await;
+    if let Some(st) = job.status.as_ref().filter(|s| s.phase.is_finished()) {
+        return finished(ctx, &job, st, &jobs, &sessions_api, now).await;
     }
 
     let duration = sonde_crds::parse_duration(&job.spec.duration).map_err(Error::Duration)?;
-    let mut sessions = placement::owned_sessions(&sessions_api, &uid).await?;
+    let sessions = placement::owned_sessions(&sessions_api, &job.uid().unwrap_or_default()).await?;
     // The deadline is fixed once: by the sessions already out there, else by the recorded start, else now.
-    let start = old
+    let start = job
+        .status
         .as_ref()
         .and_then(|s| s.start_time.as_ref())
         .map(|t| t.0)
@@ -81,19 +62,44 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
             )
         });
 
-    let mut no_targets = None;
-    let mut notes = Vec::new();
-    if job.spec.target.pids.is_some() || job.spec.target.cgroup_paths.is_some() {
-        notes.push(
-            "pids and cgroupPaths apply to `sonde run` on one machine and are ignored in a cluster"
-                .into(),
-        );
+    let placed = place(ctx, &job, ns, &sessions_api, sessions, deadline, now).await?;
+    let status = roll_up(&job, &placed, start, deadline, now);
+    announce(ctx, &job, &jobs, &status).await?;
+
+    if status.phase.is_finished() {
+        return after_finish(ctx, &job, &status, &jobs, now).await;
     }
+    // Session changes wake the controller; the timer covers the deadline and agents that go quiet.
+    let wake = if now < deadline {
+        deadline.duration_since(now)
+    } else {
+        REPORT_GRACE
+    };
+    Ok(Action::requeue(
+        to_std(wake)
+            .min(Duration::from_secs(30))
+            .max(Duration::from_millis(500)),
+    ))
+}
+
+/// Place: until the deadline, one session per node the target runs on (none on a cordoned node); none anywhere
+/// when the target is refused. `sessions` are the job's as listed before.
+async fn place(
+    ctx: &Context,
+    job: &TraceJob,
+    ns: &str,
+    api: &Api<ProbeSession>,
+    mut sessions: Vec<ProbeSession>,
+    deadline: Timestamp,
+    now: Timestamp,
+) -> Result<Placed> {
+    let uid = job.uid().unwrap_or_default();
+    let mut no_targets = None;
     let refused = placement::refusal(ctx, &job.spec.target, &job.spec.storage, ns);
     if let Some(why) = &refused {
         // Refused even if it was allowed when it started (the admin's setting changed): detach everywhere.
         if !sessions.is_empty() {
-            placement::delete_sessions(&sessions_api, &uid).await?;
+            placement::delete_sessions(api, &uid).await?;
             sessions.clear();
         }
         no_targets = Some(why.clone());
@@ -116,48 +122,83 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
                 )
             }));
         }
-        let refused = owner::apply_sessions(
-            &sessions_api,
-            &*job,
-            placement,
-            Some(deadline),
-            None,
-            &sessions,
-        )
-        .await?;
+        let refused =
+            owner::apply_sessions(api, job, placement, Some(deadline), None, &sessions).await?;
         no_targets = refused.or(no_targets);
-        sessions = placement::owned_sessions(&sessions_api, &uid).await?;
+        sessions = placement::owned_sessions(api, &uid).await?;
     }
-    let top = sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref());
-    let status = rollup::rollup(&rollup::Input {
-        old: old.as_ref(),
-        sessions: &sessions,
+    Ok(Placed {
+        sessions,
+        no_targets,
+    })
+}
+
+/// Roll up: the sessions' statuses into the job's, over the fixed start and deadline.
+fn roll_up(
+    job: &TraceJob,
+    placed: &Placed,
+    start: Timestamp,
+    deadline: Timestamp,
+    now: Timestamp,
+) -> TraceJobStatus {
+    let mut notes = Vec::new();
+    if job.spec.target.pids.is_some() || job.spec.target.cgroup_paths.is_some() {
+        notes.push(
+            "pids and cgroupPaths apply to `sonde run` on one machine and are ignored in a cluster"
+                .into(),
+        );
+    }
+    rollup::rollup(&rollup::Input {
+        old: job.status.as_ref(),
+        sessions: &placed.sessions,
         generation: job.metadata.generation,
         start,
         deadline,
         now,
-        no_targets,
+        no_targets: placed.no_targets.clone(),
         notes,
-        top,
-    });
-    publish_transitions(ctx, &job, old.as_ref(), &status).await;
-    if old.as_ref() != Some(&status) {
-        owner::patch_status(&jobs, &name, &status).await?;
+        top: sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref()),
+    })
+}
+
+/// Announce: an Event for each transition, then the status.
+async fn announce(
+    ctx: &Context,
+    job: &TraceJob,
+    jobs: &Api<TraceJob>,
+    status: &TraceJobStatus,
+) -> Result<()> {
+    let events = transitions(job.status.as_ref(), status);
+    owner::announce(ctx, jobs, job, events, status).await
+}
+
+/// A finished job: its results may still be on their way (the agents report late uploads on the sessions), so
+/// while they are pending the upload is rolled up and announced anew; then its TTL.
+async fn finished(
+    ctx: &Context,
+    job: &TraceJob,
+    st: &TraceJobStatus,
+    jobs: &Api<TraceJob>,
+    sessions_api: &Api<ProbeSession>,
+    now: Timestamp,
+) -> Result<Action> {
+    if st
+        .upload
+        .as_ref()
+        .is_some_and(|u| u.state == UploadState::Pending)
+    {
+        let sessions =
+            placement::owned_sessions(sessions_api, &job.uid().unwrap_or_default()).await?;
+        let mut next = st.clone();
+        rollup::upload_rollup(&mut next, &sessions, job.metadata.generation, &Time(now));
+        next.results = sessions
+            .iter()
+            .filter_map(|s| s.status.as_ref())
+            .flat_map(|s| s.results.clone())
+            .collect();
+        owner::announce(ctx, jobs, job, Vec::new(), &next).await?;
     }
-    if status.phase.is_finished() {
-        return after_finish(ctx, &job, &status, &jobs, now).await;
-    }
-    // Session changes wake the controller; the timer covers the deadline and agents that go quiet.
-    let wake = if now < deadline {
-        deadline.duration_since(now)
-    } else {
-        REPORT_GRACE
-    };
-    Ok(Action::requeue(
-        to_std(wake)
-            .min(Duration::from_secs(30))
-            .max(Duration::from_millis(500)),
-    ))
+    after_finish(ctx, job, st, jobs, now).await
 }
 
 async fn after_finish(
@@ -184,7 +225,7 @@ async fn after_finish(
         ctx.publish(
             &job.object_ref(&()),
             EventType::Warning,
-            "TTLOutOfRange",
+            EventReason::TTLOutOfRange.as_str(),
             note,
         )
         .await;
@@ -200,13 +241,8 @@ async fn after_finish(
     Ok(Action::requeue(to_std(expires.duration_since(now))))
 }
 
-/// Kubernetes Events for what changed between two statuses.
-async fn publish_transitions(
-    ctx: &Context,
-    job: &TraceJob,
-    old: Option<&TraceJobStatus>,
-    new: &TraceJobStatus,
-) {
+/// The Events for what changed between two statuses.
+fn transitions<'a>(old: Option<&TraceJobStatus>, new: &'a TraceJobStatus) -> Vec<Announcement<'a>> {
     let old_phase = old.map(|s| s.phase);
     let mut events = Vec::new();
     let was = |t: &str| old.is_some_and(|s| conditions::is_true(&s.conditions, t));
@@ -218,9 +254,10 @@ async fn publish_transitions(
             .map(|c| c.message.clone())
             .unwrap_or_default()
     };
-    use conditions::types::*;
+    let event = |type_, reason: EventReason, condition| (type_, reason.as_str(), msg(condition));
+    use types::*;
     if now_true(SCHEDULED) && !was(SCHEDULED) {
-        events.push((EventType::Normal, "Scheduled", msg(SCHEDULED)));
+        events.push(event(EventType::Normal, EventReason::Scheduled, SCHEDULED));
     }
     // Why nothing is scheduled (NoMatchingPods, NodeWideNotAllowed): a Warning each time the reason changes.
     fn unscheduled(s: &TraceJobStatus) -> Option<&str> {
@@ -232,27 +269,23 @@ async fn publish_transitions(
         events.push((EventType::Warning, reason, msg(SCHEDULED)));
     }
     if now_true(ATTACHED) && !was(ATTACHED) {
-        events.push((EventType::Normal, "Attached", msg(ATTACHED)));
+        events.push(event(EventType::Normal, EventReason::Attached, ATTACHED));
     }
     if new.counts.breaches > old.map(|s| s.counts.breaches).unwrap_or(0) && !was(THRESHOLD_BREACHED)
     {
-        events.push((
-            EventType::Warning,
-            "ThresholdBreached",
-            msg(THRESHOLD_BREACHED),
-        ));
+        let reason = EventReason::ThresholdBreached;
+        events.push(event(EventType::Warning, reason, THRESHOLD_BREACHED));
     }
     if old_phase != Some(new.phase) {
         match new.phase {
-            Phase::Succeeded => events.push((EventType::Normal, "Completed", msg(COMPLETE))),
-            Phase::Failed => events.push((EventType::Warning, "Failed", msg(FAILED))),
+            Phase::Succeeded => {
+                events.push(event(EventType::Normal, EventReason::Completed, COMPLETE));
+            }
+            Phase::Failed => events.push(event(EventType::Warning, EventReason::Failed, FAILED)),
             _ => {}
         }
     }
-    let reference = job.object_ref(&());
-    for (type_, reason, note) in events {
-        ctx.publish(&reference, type_, reason, note).await;
-    }
+    events
 }
 
 fn to_std(d: SignedDuration) -> Duration {
