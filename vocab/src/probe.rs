@@ -161,6 +161,13 @@ probe_registry! {
             /// Milliseconds of a connection's smoothed round-trip time, per received segment (`tcp-rtt`).
             RttMs = "rttMs",
         ];
+    /// Block I/O latency from issue to completion, as a log2 histogram, by the task that started the request.
+    Biolatency = "biolatency",
+        params biolatency = "biolatency": EmptyParams,
+        metrics [
+            /// Microseconds a block I/O request took from issue to the device until completion (`biolatency`).
+            IoLatencyUs = "ioLatencyUs",
+        ];
     /// Per-syscall latency histograms.
     SyscallLatency = "syscall-latency",
         params syscall_latency = "syscallLatency": SyscallLatencyParams,
