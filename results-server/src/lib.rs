@@ -5,11 +5,13 @@
 //! (`events`). People use the same API through a web page served beside it (`web`).
 
 pub mod auth;
+pub mod authorized;
 pub mod chunk_cache;
 pub mod error;
 pub mod events;
 pub mod intake;
 pub mod limit;
+pub mod owner;
 pub mod routes;
 pub mod share;
 pub mod store;

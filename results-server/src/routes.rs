@@ -16,16 +16,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
 use kube::api::{Api, ListParams};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sonde_crds::results::OwnerKind;
 use sonde_crds::{ProbePolicy, TraceJob};
 use utoipa::OpenApi;
 
-use crate::auth::Access;
+use crate::authorized::{Authorized, NamespacePath, ObjectPath};
 use crate::error::{Error, Problem, Result};
 use crate::events::{self, Cursor, Filter};
-use crate::limit::Peer;
+use crate::owner::{self, JobRow, JobView, Owner, PolicyRow, PolicyView, Window};
 use crate::store::Folder;
 use crate::{Context, Ctx};
 
@@ -138,14 +137,17 @@ pub fn router(ctx: Ctx, which: Listener) -> axum::Router {
 /// The readers' routes: the REST API, its OpenAPI document and the web page.
 fn readers() -> axum::Router<Ctx> {
     axum::Router::new()
-        .route("/api/v1/namespaces/{namespace}/tracejobs", get(list_jobs))
+        .route(
+            "/api/v1/namespaces/{namespace}/tracejobs",
+            get(list_objects::<TraceJob>),
+        )
         .route(
             "/api/v1/namespaces/{namespace}/tracejobs/{name}",
-            get(get_job),
+            get(get_object::<TraceJob>),
         )
         .route(
             "/api/v1/namespaces/{namespace}/tracejobs/{name}/events",
-            get(events_page),
+            get(events_page::<TraceJob>),
         )
         .route(
             "/api/v1/namespaces/{namespace}/tracejobs/{name}/events/tail",
@@ -153,20 +155,23 @@ fn readers() -> axum::Router<Ctx> {
         )
         .route(
             "/api/v1/namespaces/{namespace}/tracejobs/{name}/nodes/{node}/{file}",
-            get(node_file),
+            get(node_file::<TraceJob>),
         )
-        .route("/api/v1/namespaces/{namespace}/probepolicies", get(list_policies))
+        .route(
+            "/api/v1/namespaces/{namespace}/probepolicies",
+            get(list_objects::<ProbePolicy>),
+        )
         .route(
             "/api/v1/namespaces/{namespace}/probepolicies/{name}",
-            get(get_policy),
+            get(get_object::<ProbePolicy>),
         )
         .route(
             "/api/v1/namespaces/{namespace}/probepolicies/{name}/windows/{window}/events",
-            get(window_events),
+            get(events_page::<ProbePolicy>),
         )
         .route(
             "/api/v1/namespaces/{namespace}/probepolicies/{name}/windows/{window}/nodes/{node}/{file}",
-            get(window_file),
+            get(node_file::<ProbePolicy>),
         )
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .merge(crate::web::router())
@@ -191,36 +196,6 @@ async fn track(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
     res
 }
 
-/// A job in a list.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct JobRow {
-    pub name: String,
-    pub probe: String,
-    pub phase: String,
-    pub created: Option<String>,
-    pub completion_time: Option<String>,
-    /// Events captured over all nodes.
-    pub captured: u64,
-    pub breaches: u64,
-    /// Where its results stand: Complete, Pending or Incomplete (absent until a node reports).
-    pub upload: Option<String>,
-}
-
-/// One job: its status as the operator rolled it up over nodes, and the nodes that stored results.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct JobView {
-    pub name: String,
-    pub namespace: String,
-    pub probe: String,
-    /// The TraceJob's status: phase, conditions, counts, the merged summary, per-node results, upload state.
-    #[schema(value_type = Object)]
-    pub status: Value,
-    /// Nodes with results in the object store.
-    pub nodes: Vec<String>,
-}
-
 /// A page of events.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -239,7 +214,10 @@ pub struct EventsPage {
 /// A TraceJob, in its namespace.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
-#[allow(dead_code, reason = "documents the path; handlers take it as a tuple")]
+#[allow(
+    dead_code,
+    reason = "documents the path; handlers take it as `authorized::ObjectPath`"
+)]
 struct JobPath {
     /// Kubernetes namespace
     namespace: String,
@@ -307,21 +285,41 @@ enum BadRequest {
                        Authenticate with `Authorization: Bearer <token>` (`kubectl create token <account> \
                        --audience sonde-results`); access is `get tracejobs/results` in the job's namespace."
     ),
-    paths(
-        list_jobs,
-        get_job,
-        events_page,
-        tail,
-        node_file,
-        list_policies,
-        get_policy,
-        window_events,
-        window_file
-    ),
     components(schemas(JobRow, JobView, EventsPage, PolicyRow, PolicyView, Window, Problem)),
-    modifiers(&Bearer)
+    modifiers(&Routes, &Bearer)
 )]
 pub struct ApiDoc;
+
+/// The paths of the document, one per route. A handler generic over the owner kind serves a route of each kind,
+/// so a route's document cannot be its handler's own (as `paths(..)` of the derive would take it): each is a
+/// type of its own, below, the `impl_for` of a `#[utoipa::path]` on the handler serving the route.
+struct Routes;
+
+struct ListJobs;
+struct ListPolicies;
+struct GetJob;
+struct GetPolicy;
+struct JobEvents;
+struct WindowEvents;
+struct Tail;
+struct JobFile;
+struct WindowFile;
+
+impl utoipa::Modify for Routes {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        api.paths = utoipa::openapi::path::PathsBuilder::new()
+            .path_from::<ListJobs>()
+            .path_from::<GetJob>()
+            .path_from::<JobEvents>()
+            .path_from::<Tail>()
+            .path_from::<JobFile>()
+            .path_from::<ListPolicies>()
+            .path_from::<GetPolicy>()
+            .path_from::<WindowEvents>()
+            .path_from::<WindowFile>()
+            .build();
+    }
+}
 
 struct Bearer;
 
@@ -340,103 +338,108 @@ impl utoipa::Modify for Bearer {
     }
 }
 
-async fn job(ctx: &Context, ns: &str, name: &str) -> Result<TraceJob> {
-    let api: Api<TraceJob> = Api::namespaced(ctx.client.clone(), ns);
-    api.get_opt(name)
-        .await
-        .map_err(Error::Kube)?
-        .ok_or_else(|| Error::NotFound(format!("no TraceJob {name} in namespace {ns}")))
+/// Which run of an object's results a route reads: a policy's window (`{window}`), or, in a job's routes, which
+/// name none, the job's own.
+#[derive(Deserialize)]
+struct RunPath {
+    window: Option<String>,
 }
 
-fn folder(ctx: &Context, job: &TraceJob) -> Result<Folder> {
-    let ns = job.metadata.namespace.as_deref().unwrap_or_default();
-    let name = job.metadata.name.as_deref().unwrap_or_default();
-    let uid = job.metadata.uid.as_deref().unwrap_or_default();
-    let location = job
-        .spec
-        .storage
-        .as_ref()
-        .and_then(|s| s.location.as_deref());
-    ctx.stores
-        .folder(OwnerKind::TraceJob, ns, name, uid, location)
+/// The folder of `run` of the object of kind `K` at `object`. The window is checked first: a name that is not
+/// one is refused without asking the API server for the object.
+async fn run_folder<K: Owner>(ctx: &Context, object: &ObjectPath, run: RunPath) -> Result<Folder> {
+    let window = run.window.as_deref().map(window_name).transpose()?;
+    let found: K = owner::fetch(ctx, &object.namespace, &object.name).await?;
+    let folder = owner::folder(ctx, &found)?;
+    Ok(match window {
+        Some(w) => folder.window(w),
+        None => folder,
+    })
 }
 
-/// The TraceJobs of a namespace.
+/// A window name as the agents write them, and nothing that could leave the policy's folder.
+fn window_name(window: &str) -> Result<&str> {
+    let plain = matches!(
+        sonde_crds::results::Below::parse(window),
+        Some(sonde_crds::results::Below::Window(_))
+    );
+    match plain {
+        true => Ok(window),
+        false => Err(Error::NotFound(format!(
+            "{window:?} is not a window (window-<end time>, as the policy lists them)"
+        ))),
+    }
+}
+
+/// The objects of kind `K` in a namespace, a row each.
 #[utoipa::path(
     get,
     path = "/api/v1/namespaces/{namespace}/tracejobs",
+    impl_for = ListJobs,
+    operation_id = "list_jobs",
+    summary = "The TraceJobs of a namespace.",
     params(("namespace" = String, Path, description = "Kubernetes namespace")),
     responses(
         (status = 200, body = [JobRow]),
         Refused,
     )
 )]
-async fn list_jobs(
+#[utoipa::path(
+    get,
+    path = "/api/v1/namespaces/{namespace}/probepolicies",
+    impl_for = ListPolicies,
+    operation_id = "list_policies",
+    summary = "The ProbePolicies of a namespace.",
+    params(("namespace" = String, Path, description = "Kubernetes namespace")),
+    responses((status = 200, body = [PolicyRow]), Refused)
+)]
+async fn list_objects<K: Owner>(
     State(ctx): State<Ctx>,
-    Path(ns): Path<String>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Result<Json<Vec<JobRow>>> {
-    ctx.auth
-        .check(&headers, peer, Access::list(&ns, "tracejobs"))
-        .await?;
-    let api: Api<TraceJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let jobs = api
+    Authorized { target, .. }: Authorized<K, NamespacePath>,
+) -> Result<Json<Vec<K::Row>>> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &target.namespace);
+    let list = api
         .list(&ListParams::default())
         .await
         .map_err(Error::Kube)?;
-    let rows = jobs
-        .items
-        .into_iter()
-        .map(|j| {
-            let st = j.status.clone().unwrap_or_default();
-            JobRow {
-                name: j.metadata.name.clone().unwrap_or_default(),
-                probe: j.spec.probe.to_string(),
-                phase: format!("{:?}", st.phase),
-                created: j
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0.to_string()),
-                completion_time: st.completion_time.as_ref().map(|t| t.0.to_string()),
-                captured: st.counts.captured,
-                breaches: st.counts.breaches,
-                upload: st.upload.as_ref().map(|u| format!("{:?}", u.state)),
-            }
-        })
-        .collect();
-    Ok(Json(rows))
+    Ok(Json(list.items.into_iter().map(K::row).collect()))
 }
 
-/// One TraceJob: status, merged summary, per-node results and where they stand.
+/// One object of kind `K`: its status and what it stored.
 #[utoipa::path(
     get,
     path = "/api/v1/namespaces/{namespace}/tracejobs/{name}",
+    impl_for = GetJob,
+    operation_id = "get_job",
+    summary = "One TraceJob: status, merged summary, per-node results and where they stand.",
     params(JobPath),
     responses(
         (status = 200, body = JobView),
         Refused,
     )
 )]
-async fn get_job(
+#[utoipa::path(
+    get,
+    path = "/api/v1/namespaces/{namespace}/probepolicies/{name}",
+    impl_for = GetPolicy,
+    operation_id = "get_policy",
+    summary = "One ProbePolicy: status and the windows stored so far.",
+    params(
+        ("namespace" = String, Path, description = "Kubernetes namespace"),
+        ("name" = String, Path, description = "ProbePolicy name"),
+    ),
+    responses((status = 200, body = PolicyView), Refused)
+)]
+async fn get_object<K: Owner>(
     State(ctx): State<Ctx>,
-    Path((ns, name)): Path<(String, String)>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Result<Json<JobView>> {
-    ctx.auth
-        .check(&headers, peer, Access::results(&ns, "tracejobs", &name))
-        .await?;
-    let job = job(&ctx, &ns, &name).await?;
-    let nodes = folder(&ctx, &job)?.nodes().await?;
-    Ok(Json(JobView {
-        name,
-        namespace: ns,
-        probe: job.spec.probe.to_string(),
-        status: serde_json::to_value(job.status.unwrap_or_default()).unwrap_or_default(),
-        nodes,
-    }))
+    Authorized {
+        target: ObjectPath { namespace, name },
+        ..
+    }: Authorized<K, ObjectPath>,
+) -> Result<Json<K::View>> {
+    let found: K = owner::fetch(&ctx, &namespace, &name).await?;
+    let folder = owner::folder(&ctx, &found)?;
+    Ok(Json(found.view(namespace, name, &folder).await?))
 }
 
 /// `limit`, `cursor` and any number of `filter`s of a query string.
@@ -478,10 +481,14 @@ fn with_node(node: String, mut ev: Value) -> Value {
     ev
 }
 
-/// Events read from the stored chunks, a page at a time.
+/// Events of one run of an object of kind `K` (a job's, a policy's window), read from the stored chunks a page
+/// at a time.
 #[utoipa::path(
     get,
     path = "/api/v1/namespaces/{namespace}/tracejobs/{name}/events",
+    impl_for = JobEvents,
+    operation_id = "events_page",
+    summary = "Events read from the stored chunks, a page at a time.",
     params(JobPath, EventsQuery),
     responses(
         (status = 200, body = EventsPage),
@@ -489,31 +496,25 @@ fn with_node(node: String, mut ev: Value) -> Value {
         Refused,
     )
 )]
-async fn events_page(
+#[utoipa::path(
+    get,
+    path = "/api/v1/namespaces/{namespace}/probepolicies/{name}/windows/{window}/events",
+    impl_for = WindowEvents,
+    operation_id = "window_events",
+    summary = "The events of one window, a page at a time (as for a TraceJob's events).",
+    params(PolicyPath, EventsQuery),
+    responses((status = 200, body = EventsPage), BadRequest, Refused)
+)]
+async fn events_page<K: Owner>(
     State(ctx): State<Ctx>,
-    Path((ns, name)): Path<(String, String)>,
-    peer: Peer,
-    headers: HeaderMap,
+    Authorized { target, .. }: Authorized<K, ObjectPath>,
+    Path(run): Path<RunPath>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<EventsPage>> {
-    ctx.auth
-        .check(&headers, peer, Access::results(&ns, "tracejobs", &name))
-        .await?;
     let (limit, cursor, filters) = query(raw.as_deref())?;
-    let job = job(&ctx, &ns, &name).await?;
-    Ok(Json(
-        events_page_of(&folder(&ctx, &job)?, &cursor, limit, &filters).await?,
-    ))
-}
-
-async fn events_page_of(
-    folder: &Folder,
-    cursor: &Cursor,
-    limit: usize,
-    filters: &[Filter],
-) -> Result<EventsPage> {
-    let page = events::page(folder, cursor, limit, filters).await?;
-    Ok(EventsPage {
+    let folder = run_folder::<K>(&ctx, &target, run).await?;
+    let page = events::page(&folder, &cursor, limit, &filters).await?;
+    Ok(Json(EventsPage {
         events: page
             .events
             .into_iter()
@@ -522,7 +523,7 @@ async fn events_page_of(
         next: page.next.encode(),
         caught_up: page.caught_up,
         complete: page.complete,
-    })
+    }))
 }
 
 enum Tailed {
@@ -543,6 +544,7 @@ enum Tailed {
 #[utoipa::path(
     get,
     path = "/api/v1/namespaces/{namespace}/tracejobs/{name}/events/tail",
+    impl_for = Tail,
     params(JobPath, EventsQuery),
     responses(
         (status = 200, description = "a stream of events", content_type = "text/event-stream"),
@@ -552,19 +554,23 @@ enum Tailed {
 )]
 async fn tail(
     State(ctx): State<Ctx>,
-    Path((ns, name)): Path<(String, String)>,
-    peer: Peer,
+    Authorized {
+        target: ObjectPath {
+            namespace: ns,
+            name,
+        },
+        access,
+        ..
+    }: Authorized<TraceJob, ObjectPath>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
-    let access = Access::results(&ns, "tracejobs", &name);
-    ctx.auth.check(&headers, peer, access.clone()).await?;
     let (_, mut cursor, filters) = query(raw.as_deref())?;
     if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         cursor = Cursor::decode(last)?;
     }
-    let job = job(&ctx, &ns, &name).await?;
-    let folder = folder(&ctx, &job)?;
+    let job: TraceJob = owner::fetch(&ctx, &ns, &name).await?;
+    let folder = owner::folder(&ctx, &job)?;
     let mut stopping = ctx.stopping.clone();
     let ndjson = headers
         .get(header::ACCEPT)
@@ -589,7 +595,7 @@ async fn tail(
             // A tail of a job that is gone (deleted, or re-created under the same name) ends.
             if job_checked.elapsed() >= JOB_CHECK_EVERY {
                 job_checked = tokio::time::Instant::now();
-                match self::job(&ctx, &ns, &name).await {
+                match owner::fetch::<TraceJob>(&ctx, &ns, &name).await {
                     Err(Error::NotFound(why)) => {
                         yield Tailed::Gone(why);
                         break;
@@ -618,7 +624,7 @@ async fn tail(
                         continue;
                     }
                     if p.complete {
-                        let finished = self::job(&ctx, &ns, &name)
+                        let finished = owner::fetch::<TraceJob>(&ctx, &ns, &name)
                             .await
                             .is_ok_and(|j| j.status.is_some_and(|s| s.phase.is_finished()));
                         if finished {
@@ -665,11 +671,21 @@ async fn tail(
         .into_response())
 }
 
-/// A node's end-of-trace file: `summary.json`, `histograms.json`, `histograms.txt`, `folded.txt` or
-/// `flamegraph.svg` (served with a sandboxing Content-Security-Policy).
+/// A node's file, as a route names it after the run.
+#[derive(Deserialize)]
+struct NodeFilePath {
+    node: String,
+    file: String,
+}
+
+/// A node's file of one run of an object of kind `K` (a job's, a policy's window).
 #[utoipa::path(
     get,
     path = "/api/v1/namespaces/{namespace}/tracejobs/{name}/nodes/{node}/{file}",
+    impl_for = JobFile,
+    operation_id = "node_file",
+    summary = "A node's end-of-trace file: `summary.json`, `histograms.json`, `histograms.txt`, `folded.txt` or\n\
+               `flamegraph.svg` (served with a sandboxing Content-Security-Policy).",
     params(
         ("namespace" = String, Path, description = "Kubernetes namespace"),
         ("name" = String, Path, description = "TraceJob name"),
@@ -681,17 +697,26 @@ async fn tail(
         Refused,
     )
 )]
-async fn node_file(
+#[utoipa::path(
+    get,
+    path = "/api/v1/namespaces/{namespace}/probepolicies/{name}/windows/{window}/nodes/{node}/{file}",
+    impl_for = WindowFile,
+    operation_id = "window_file",
+    summary = "A node's file of one window.",
+    params(
+        PolicyPath,
+        ("node" = String, Path, description = "node name, as the window lists it"),
+        ("file" = String, Path, description = "summary.json, histograms.json, histograms.txt, folded.txt or flamegraph.svg"),
+    ),
+    responses((status = 200, description = "the file"), Refused)
+)]
+async fn node_file<K: Owner>(
     State(ctx): State<Ctx>,
-    Path((ns, name, node, file)): Path<(String, String, String, String)>,
-    peer: Peer,
-    headers: HeaderMap,
+    Authorized { target, .. }: Authorized<K, ObjectPath>,
+    Path(run): Path<RunPath>,
+    Path(NodeFilePath { node, file }): Path<NodeFilePath>,
 ) -> Result<Response> {
-    ctx.auth
-        .check(&headers, peer, Access::results(&ns, "tracejobs", &name))
-        .await?;
-    let job = job(&ctx, &ns, &name).await?;
-    serve_file(&folder(&ctx, &job)?, &node, &file).await
+    serve_file(&run_folder::<K>(&ctx, &target, run).await?, &node, &file).await
 }
 
 /// A node's result file, with headers that keep a browser from running it.
@@ -718,42 +743,13 @@ async fn serve_file(folder: &Folder, node: &str, file: &str) -> Result<Response>
     Ok(res)
 }
 
-/// A ProbePolicy in a list.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyRow {
-    pub name: String,
-    pub probe: String,
-    /// Its window, e.g. `5m`.
-    pub window: String,
-    pub suspend: bool,
-    pub breaches: u64,
-    pub last_breach_time: Option<String>,
-}
-
-/// One window of a policy: its name (`window-<end time>`) and the nodes that stored results for it.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Window {
-    pub window: String,
-    pub nodes: Vec<String>,
-}
-
-/// One ProbePolicy: its status and its stored windows, oldest first.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyView {
-    pub name: String,
-    pub namespace: String,
-    pub probe: String,
-    #[schema(value_type = Object)]
-    pub status: Value,
-    pub windows: Vec<Window>,
-}
-
 /// A ProbePolicy, in its namespace.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
-#[allow(dead_code, reason = "documents the path; handlers take it as a tuple")]
+#[allow(
+    dead_code,
+    reason = "documents the path; handlers take it as `authorized::ObjectPath` and `RunPath`"
+)]
 struct PolicyPath {
     /// Kubernetes namespace
     namespace: String,
@@ -763,166 +759,8 @@ struct PolicyPath {
     window: String,
 }
 
-async fn policy(ctx: &Context, ns: &str, name: &str) -> Result<ProbePolicy> {
-    let api: Api<ProbePolicy> = Api::namespaced(ctx.client.clone(), ns);
-    api.get_opt(name)
-        .await
-        .map_err(Error::Kube)?
-        .ok_or_else(|| Error::NotFound(format!("no ProbePolicy {name} in namespace {ns}")))
-}
-
-fn policy_folder(ctx: &Context, p: &ProbePolicy) -> Result<Folder> {
-    let location = p.spec.storage.as_ref().and_then(|s| s.location.as_deref());
-    ctx.stores.folder(
-        OwnerKind::ProbePolicy,
-        p.metadata.namespace.as_deref().unwrap_or_default(),
-        p.metadata.name.as_deref().unwrap_or_default(),
-        p.metadata.uid.as_deref().unwrap_or_default(),
-        location,
-    )
-}
-
-/// A window name as the agents write them, and nothing that could leave the policy's folder.
-fn window_name(window: &str) -> Result<&str> {
-    let plain = matches!(
-        sonde_crds::results::Below::parse(window),
-        Some(sonde_crds::results::Below::Window(_))
-    );
-    match plain {
-        true => Ok(window),
-        false => Err(Error::NotFound(format!(
-            "{window:?} is not a window (window-<end time>, as the policy lists them)"
-        ))),
-    }
-}
-
-/// The ProbePolicies of a namespace.
-#[utoipa::path(
-    get,
-    path = "/api/v1/namespaces/{namespace}/probepolicies",
-    params(("namespace" = String, Path, description = "Kubernetes namespace")),
-    responses((status = 200, body = [PolicyRow]), Refused)
-)]
-async fn list_policies(
-    State(ctx): State<Ctx>,
-    Path(ns): Path<String>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Result<Json<Vec<PolicyRow>>> {
-    ctx.auth
-        .check(&headers, peer, Access::list(&ns, "probepolicies"))
-        .await?;
-    let api: Api<ProbePolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let list = api
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::Kube)?;
-    Ok(Json(
-        list.items
-            .into_iter()
-            .map(|p| {
-                let st = p.status.clone().unwrap_or_default();
-                PolicyRow {
-                    name: p.metadata.name.clone().unwrap_or_default(),
-                    probe: p.spec.probe.to_string(),
-                    window: p.spec.window.clone(),
-                    suspend: p.spec.suspend,
-                    breaches: st.counts.breaches,
-                    last_breach_time: st.last_breach_time.as_ref().map(|t| t.0.to_string()),
-                }
-            })
-            .collect(),
-    ))
-}
-
-/// One ProbePolicy: status and the windows stored so far.
-#[utoipa::path(
-    get,
-    path = "/api/v1/namespaces/{namespace}/probepolicies/{name}",
-    params(
-        ("namespace" = String, Path, description = "Kubernetes namespace"),
-        ("name" = String, Path, description = "ProbePolicy name"),
-    ),
-    responses((status = 200, body = PolicyView), Refused)
-)]
-async fn get_policy(
-    State(ctx): State<Ctx>,
-    Path((ns, name)): Path<(String, String)>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Result<Json<PolicyView>> {
-    ctx.auth
-        .check(&headers, peer, Access::results(&ns, "probepolicies", &name))
-        .await?;
-    let p = policy(&ctx, &ns, &name).await?;
-    let windows = policy_folder(&ctx, &p)?
-        .windows()
-        .await?
-        .into_iter()
-        .map(|(window, nodes)| Window { window, nodes })
-        .collect();
-    Ok(Json(PolicyView {
-        name,
-        namespace: ns,
-        probe: p.spec.probe.to_string(),
-        status: serde_json::to_value(p.status.unwrap_or_default()).unwrap_or_default(),
-        windows,
-    }))
-}
-
-/// The events of one window, a page at a time (as for a TraceJob's events).
-#[utoipa::path(
-    get,
-    path = "/api/v1/namespaces/{namespace}/probepolicies/{name}/windows/{window}/events",
-    params(PolicyPath, EventsQuery),
-    responses((status = 200, body = EventsPage), BadRequest, Refused)
-)]
-async fn window_events(
-    State(ctx): State<Ctx>,
-    Path((ns, name, window)): Path<(String, String, String)>,
-    peer: Peer,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<EventsPage>> {
-    ctx.auth
-        .check(&headers, peer, Access::results(&ns, "probepolicies", &name))
-        .await?;
-    let (limit, cursor, filters) = query(raw.as_deref())?;
-    let window = window_name(&window)?;
-    let p = policy(&ctx, &ns, &name).await?;
-    let folder = policy_folder(&ctx, &p)?.window(window);
-    Ok(Json(
-        events_page_of(&folder, &cursor, limit, &filters).await?,
-    ))
-}
-
-/// A node's file of one window.
-#[utoipa::path(
-    get,
-    path = "/api/v1/namespaces/{namespace}/probepolicies/{name}/windows/{window}/nodes/{node}/{file}",
-    params(
-        PolicyPath,
-        ("node" = String, Path, description = "node name, as the window lists it"),
-        ("file" = String, Path, description = "summary.json, histograms.json, histograms.txt, folded.txt or flamegraph.svg"),
-    ),
-    responses((status = 200, description = "the file"), Refused)
-)]
-async fn window_file(
-    State(ctx): State<Ctx>,
-    Path((ns, name, window, node, file)): Path<(String, String, String, String, String)>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Result<Response> {
-    ctx.auth
-        .check(&headers, peer, Access::results(&ns, "probepolicies", &name))
-        .await?;
-    let window = window_name(&window)?;
-    let p = policy(&ctx, &ns, &name).await?;
-    serve_file(&policy_folder(&ctx, &p)?.window(window), &node, &file).await
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::auth::tests::Fake;
     use std::net::IpAddr;
@@ -931,7 +769,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// One request over a connection from address `from`; the answer as received.
-    async fn send(server: SocketAddr, from: [u8; 4], request: String) -> String {
+    pub(crate) async fn send(server: SocketAddr, from: [u8; 4], request: String) -> String {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::new(IpAddr::from(from), 0)).unwrap();
         let mut conn = socket.connect(server).await.unwrap();
@@ -958,7 +796,7 @@ mod tests {
     }
 
     /// `which` app of `ctx` served on a loopback port, as main.rs serves it (with each connection's peer).
-    async fn serve_on_loopback(
+    pub(crate) async fn serve_on_loopback(
         ctx: &Ctx,
         which: Listener,
     ) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
