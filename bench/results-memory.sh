@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Memory of the node agent's results path with 1 GB of events: the chunk writer and the outbox streaming closed
+# Memory of the node agent's results path with 1 GB of events: the chunk writer and the results streamer sending closed
 # chunks to a real S3 server (moto) as a trace does, then the rest sealed and delivered. Peak RSS is the
 # process's VmHWM. Usage: bench/results-memory.sh [MB of NDJSON, default 1000]
 set -euo pipefail

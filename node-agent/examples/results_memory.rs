@@ -1,5 +1,5 @@
 //! Memory of the agent's results path under a large event volume: events written through the chunk writer
-//! while the outbox streams closed chunks to the store, then the rest sealed and delivered, as a trace does.
+//! while closed chunks stream to the store, then the rest sealed and delivered, as a trace does.
 //! Prints the volume, the time, the chunks and the process's peak resident memory (VmHWM).
 //! Usage: results_memory <store URL> <MB of NDJSON>   (bench/results-memory.sh runs it against a real S3 server)
 #![allow(
@@ -11,7 +11,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sonde_agent::outbox::{self, Destination, Streamed};
+use sonde_agent::results::spool::{self, Destination};
+use sonde_agent::results::streaming::{self, Streamed};
 use sonde_probes::Event;
 use sonde_probes::results::ResultsWriter;
 
@@ -45,10 +46,10 @@ async fn main() {
         default_store: false,
     };
     let mut writer = ResultsWriter::create(&dir, true, u64::MAX).expect("a results writer");
-    outbox::start(&dir, &to).expect("spooling");
+    spool::start(&dir, &to).expect("spooling");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let state = Arc::new(Mutex::new(Streamed::default()));
-    let streamer = tokio::spawn(outbox::stream(
+    let streamer = tokio::spawn(streaming::stream(
         dir.clone(),
         to.clone(),
         stopped,
@@ -94,8 +95,8 @@ async fn main() {
             .write_summary(&mut Default::default(), &files)
             .expect("summary"),
     );
-    let parcel = outbox::seal(&dir, &to, &files, true, false).expect("sealing");
-    outbox::deliver(&dir, &parcel, &parcel.to.store_url)
+    let parcel = spool::seal(&dir, &to, &files, true, false).expect("sealing");
+    spool::deliver(&dir, &parcel, &parcel.to.store_url)
         .await
         .expect("delivering the rest");
     let total = started.elapsed();

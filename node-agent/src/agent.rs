@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{Config, Event};
@@ -35,7 +36,7 @@ pub struct AgentConfig {
     /// Local results before upload (kept when an upload fails).
     pub spool: PathBuf,
     /// The admin's storage locations: the default and the named ones sessions may pick.
-    pub storage: crate::storage::Locations,
+    pub storage: crate::results::locations::Locations,
     /// Name counterparts outside the traced pods (host tasks) only as `[outside]`.
     pub redact_outside: bool,
     /// What sessions may cost this node, whatever their specs ask.
@@ -64,8 +65,23 @@ pub struct Agent {
     /// those sessions keep no new events.
     spool_gates: SpoolGates,
     /// Spool directories the running sessions write in.
-    held: crate::outbox::Live,
+    held: crate::results::spool::Live,
+    /// What runs a session's task once this loop starts it.
+    run_session: RunSession,
 }
+
+/// Runs one session's task, given its job and its signals (targets, deleted, drained): [`session::run`], which
+/// attaches to the kernel; a stand-in in the tests of the watch loop, which run without one.
+type RunSession = Arc<
+    dyn Fn(
+            SessionJob,
+            watch::Receiver<Targets>,
+            watch::Receiver<bool>,
+            watch::Receiver<Option<String>>,
+        ) -> BoxFuture<'static, ()>
+        + Send
+        + Sync,
+>;
 
 struct Live {
     /// The session's own namespace: the only one its target pods may be in.
@@ -96,16 +112,19 @@ impl Agent {
             done: HashSet::new(),
             reloads: HashMap::new(),
             drained: watch::channel(None).0,
+            run_session: Arc::new(|job, targets, deleted, drained| {
+                Box::pin(session::run(job, targets, deleted, drained))
+            }),
         }
     }
 
-    pub async fn run(mut self) -> Result<()> {
+    pub async fn run(self) -> Result<()> {
         check_bpf_stats();
         // Before any session runs: the policy windows a previous process left in the spool are sealed and
         // handed to the uploader, which retries every set until the store takes it. Its traces wait for their
         // sessions to resume them (the uploader seals those no session takes back).
-        crate::outbox::seal_cut_off(&self.cfg.spool);
-        let uploader = crate::outbox::Uploader::new(
+        crate::results::recovery::seal_cut_off(&self.cfg.spool);
+        let uploader = crate::results::uploader::Uploader::new(
             self.cfg.spool.clone(),
             self.client.clone(),
             self.metrics.clone(),
@@ -115,6 +134,12 @@ impl Agent {
             self.held.clone(),
         );
         tokio::spawn(uploader.run());
+        self.watch().await
+    }
+
+    /// The control loop: this node's sessions, pods and Node object, watched; sessions started, updated, reloaded
+    /// and cancelled as their objects appear, change and go, and reaped as their tasks end.
+    async fn watch(mut self) -> Result<()> {
         let node = self.cfg.node.clone();
         let pods: Api<Pod> = Api::all(self.client.clone());
         let (pod_store, writer) = reflector::store::<Pod>();
@@ -272,7 +297,7 @@ impl Agent {
                 "kernel.bpf_stats_enabled=0: this session's overhead budget is NOT enforced"
             );
         }
-        let task = tokio::spawn(session::run(
+        let task = tokio::spawn((self.run_session)(
             job,
             targets_rx,
             deleted_rx,
@@ -485,4 +510,252 @@ mod tests {
             "{msg}"
         );
     }
+}
+
+/// The watch loop against a fake API server ([`crate::fake_api`]): sessions appear, change and go as the agent's
+/// own watchers see them, and a stand-in session task (no kernel) reports what it was asked to do: start, take
+/// new targets, stop. Seconds, no cluster.
+#[cfg(test)]
+mod watch_tests {
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::fake_api::FakeApi;
+
+    const NODE: &str = "node-a";
+
+    /// What a stand-in session task was asked to do.
+    #[derive(Debug)]
+    enum Seen {
+        Started {
+            name: String,
+            spec: Box<ProbeSessionSpec>,
+            /// Picked up from a previous agent process (its phase was Running).
+            resumed: bool,
+        },
+        /// Its target pods changed; those not running here (none are: the fake lists no Pods).
+        Retargeted {
+            name: String,
+            unresolved: Vec<String>,
+        },
+        Stopped {
+            name: String,
+        },
+    }
+
+    /// A session of this node in namespace `team-a` tracing its pods `pods`, `phase` in status if any.
+    fn session(name: &str, pods: &[&str], phase: Option<&str>) -> Value {
+        let pods: Vec<Value> = pods
+            .iter()
+            .map(|p| json!({"uid": format!("uid-{p}"), "namespace": "team-a", "name": p}))
+            .collect();
+        json!({
+            "apiVersion": "sonde.dev/v1alpha1", "kind": "ProbeSession",
+            "metadata": {"name": name, "namespace": "team-a", "uid": format!("uid-{name}"), "generation": 1,
+                         "labels": {(NODE_LABEL): NODE}},
+            "spec": {"nodeName": NODE, "probe": "exec", "pods": pods,
+                     "resultPrefix": format!("tracejobs/team-a/{name}-12345678/{NODE}")},
+            "status": phase.map(|p| json!({"phase": p})),
+        })
+    }
+
+    /// The agent's watch loop on `api`, its sessions run by stand-ins reporting to the receiver.
+    struct Running {
+        seen: mpsc::UnboundedReceiver<Seen>,
+        metrics: AgentMetrics,
+        agent: JoinHandle<Result<()>>,
+        _dirs: [tempfile::TempDir; 2],
+    }
+
+    impl Running {
+        fn start(api: &FakeApi) -> Running {
+            let (spool, cgroups) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let cfg = AgentConfig {
+                node: NODE.into(),
+                cgroup_root: cgroups.path().to_path_buf(),
+                spool: spool.path().to_path_buf(),
+                storage: crate::results::locations::Locations::parse("file:///nowhere".into(), "")
+                    .unwrap(),
+                redact_outside: false,
+                limits: Limits::default(),
+                node_wide: sonde_crds::NodeWide::parse(""),
+            };
+            let metrics = AgentMetrics::default();
+            let health = Health::new(Default::default());
+            let mut agent = Agent::new(api.client(), cfg, metrics.clone(), health);
+            let (tx, seen) = mpsc::unbounded_channel();
+            agent.run_session = Arc::new(move |job, targets, deleted, _drained| {
+                Box::pin(stand_in(job, targets, deleted, tx.clone()))
+            });
+            Running {
+                seen,
+                metrics,
+                agent: tokio::spawn(agent.watch()),
+                _dirs: [spool, cgroups],
+            }
+        }
+
+        /// The next thing a session task was asked to do.
+        async fn next(&mut self) -> Seen {
+            let next = tokio::time::timeout(Duration::from_secs(10), self.seen.recv());
+            next.await
+                .expect("no session task heard from in 10 s")
+                .unwrap()
+        }
+
+        /// Nothing more asked of any session task for a while (three turns of the agent's reaping).
+        async fn quiet(&mut self) {
+            let next = tokio::time::timeout(Duration::from_millis(1600), self.seen.recv());
+            if let Ok(seen) = next.await {
+                panic!("unexpected: {seen:?}");
+            }
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.agent.abort();
+        }
+    }
+
+    /// A session's task without a kernel: says it started, reports new targets, and ends (holding its slot until
+    /// then, as a real one does) once its session is deleted or reloaded.
+    async fn stand_in(
+        job: SessionJob,
+        mut targets: watch::Receiver<Targets>,
+        mut deleted: watch::Receiver<bool>,
+        seen: mpsc::UnboundedSender<Seen>,
+    ) {
+        let name = job.name.clone();
+        let _ = seen.send(Seen::Started {
+            name: name.clone(),
+            spec: Box::new(job.spec.clone()),
+            resumed: job.resumed_note.is_some(),
+        });
+        loop {
+            tokio::select! {
+                r = deleted.changed() => if r.is_err() || *deleted.borrow() { break },
+                r = targets.changed() => {
+                    if r.is_err() { break }
+                    let unresolved = targets.borrow_and_update().unresolved.clone();
+                    let _ = seen.send(Seen::Retargeted { name: name.clone(), unresolved });
+                }
+            }
+        }
+        let _ = seen.send(Seen::Stopped { name });
+        drop(job);
+    }
+
+    /// A session listed at start is started, one created later too, and a deleted one is stopped; the agent
+    /// asks only for its node's sessions and pods, and leaves alone a session that names another node.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sessions_start_as_they_appear_and_stop_when_deleted() {
+        let api = FakeApi::start(NODE).await;
+        api.apply(session("a", &["web-1"], None));
+        let mut other_node = session("elsewhere", &[], None);
+        other_node["metadata"]["labels"][NODE_LABEL] = json!("node-b");
+        api.apply(other_node);
+        let mut mislabelled = session("mislabelled", &[], None);
+        mislabelled["spec"]["nodeName"] = json!("node-b");
+        api.apply(mislabelled);
+        let mut agent = Running::start(&api);
+        assert!(
+            matches!(agent.next().await, Seen::Started { name, spec, resumed: false }
+                if name == "a" && spec.pods[0].name == "web-1")
+        );
+        api.apply(session("b", &[], None));
+        assert!(matches!(agent.next().await, Seen::Started { name, .. } if name == "b"));
+        api.delete("team-a", "a");
+        assert!(matches!(agent.next().await, Seen::Stopped { name } if name == "a"));
+        agent.quiet().await;
+        assert_eq!(agent.metrics.started.get(), 2);
+        assert_eq!(agent.metrics.finished.get(), 1);
+        let requests = api.requests();
+        let asked = |prefix: &str, selector: &str| {
+            requests
+                .iter()
+                .any(|r| r.starts_with(prefix) && r.contains(selector))
+        };
+        assert!(
+            asked(
+                "GET /apis/sonde.dev/v1alpha1/probesessions?",
+                "labelSelector=sonde.dev%2Fnode%3Dnode-a"
+            ),
+            "{requests:#?}"
+        );
+        assert!(
+            asked("GET /api/v1/pods?", "fieldSelector=spec.nodeName%3Dnode-a"),
+            "{requests:#?}"
+        );
+    }
+
+    /// A change of target pods only retargets the running session; a change of what it loads stops it and,
+    /// once its task has ended, starts it again with the new spec; another session goes on untouched.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_changed_spec_retargets_or_reloads_only_that_session() {
+        let api = FakeApi::start(NODE).await;
+        api.apply(session("a", &["web-1"], None));
+        api.apply(session("b", &["db-1"], None));
+        let mut agent = Running::start(&api);
+        for _ in 0..2 {
+            assert!(matches!(agent.next().await, Seen::Started { .. }));
+        }
+        api.apply(session("a", &["web-1", "web-2"], None));
+        assert!(
+            matches!(agent.next().await, Seen::Retargeted { name, unresolved }
+                if name == "a" && unresolved == ["team-a/web-1", "team-a/web-2"])
+        );
+        let mut edited = session("a", &["web-1", "web-2"], None);
+        edited["spec"]["comms"] = json!(["nginx"]);
+        api.apply(edited);
+        assert!(matches!(agent.next().await, Seen::Stopped { name } if name == "a"));
+        assert!(
+            matches!(agent.next().await, Seen::Started { name, spec, .. }
+                if name == "a" && spec.comms == ["nginx"] && spec.pods.len() == 2)
+        );
+        agent.quiet().await;
+        assert_eq!(agent.metrics.started.get(), 3);
+    }
+
+    /// A session marked Running that no task here runs was a previous agent process's: it is started again and
+    /// told so. A finished one is not started.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_running_session_is_resumed_and_a_finished_one_left_alone() {
+        let api = FakeApi::start(NODE).await;
+        api.apply(session("a", &[], Some("Running")));
+        api.apply(session("done", &[], Some("Succeeded")));
+        let mut agent = Running::start(&api);
+        assert!(
+            matches!(agent.next().await, Seen::Started { name, resumed: true, .. } if name == "a")
+        );
+        agent.quiet().await;
+    }
+
+    /// A session deleted while the watch was down has no Delete event: the agent stops it when the watch lists
+    /// again (after a 410) and does not find it. The one still there goes on.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_session_gone_while_the_watch_was_down_is_stopped_on_the_relist() {
+        let api = FakeApi::start(NODE).await;
+        api.apply(session("a", &[], None));
+        api.apply(session("b", &[], None));
+        let mut agent = Running::start(&api);
+        for _ in 0..2 {
+            assert!(matches!(agent.next().await, Seen::Started { .. }));
+        }
+        api.forget("team-a", "a");
+        api.expire();
+        assert!(matches!(agent.next().await, Seen::Stopped { name } if name == "a"));
+        agent.quiet().await;
+        let lists = api
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with(SESSIONS_LIST) && !r.contains("watch=true"))
+            .count();
+        assert_eq!(lists, 2, "the sessions were not listed again");
+    }
+
+    const SESSIONS_LIST: &str = "GET /apis/sonde.dev/v1alpha1/probesessions?";
 }

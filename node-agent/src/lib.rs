@@ -6,12 +6,12 @@
 pub mod agent;
 pub mod cgroups;
 pub mod error;
+#[cfg(test)]
+mod fake_api;
 pub mod limits;
 pub mod metrics;
-pub mod outbox;
+pub mod results;
 pub mod session;
-pub mod storage;
-pub mod upload;
 
 pub use agent::{Agent, AgentConfig};
 pub use error::{Error, Result};

@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
             .cgroup_root
             .unwrap_or_else(sonde_probes::cgroup::v2_root),
         spool: args.spool,
-        storage: sonde_agent::storage::Locations::parse(
+        storage: sonde_agent::results::locations::Locations::parse(
             args.storage.storage_url,
             &args.storage.storage_locations,
         )

@@ -1,7 +1,9 @@
 //! Where a trace's results go: written, sealed in the spool and put to the store once (the uploader retries
-//! what the store does not take), and chunks streamed while the trace runs.
+//! what the store does not take), and chunks streamed while the trace runs. The session's side of
+//! [`crate::results`], which holds the layers below it.
 
 use super::*;
+use crate::results::{status, store, streaming};
 use sonde_crds::results::Below;
 
 /// What became of a finished trace's (or window's) results.
@@ -15,7 +17,7 @@ pub(super) struct Published {
 }
 
 /// Writes the results, seals them in the spool (durable, marked for upload) and tries the store once. A set the
-/// store does not take now stays sealed for the uploader (`outbox`), which retries it.
+/// store does not take now stays sealed for the uploader (`crate::results::uploader`), which retries it.
 pub(super) async fn publish(
     job: &SessionJob,
     mut writer: ResultsWriter,
@@ -37,13 +39,13 @@ pub(super) async fn publish(
     let dir = writer.dir().to_path_buf();
     let to = job.destination(prefix);
     // fsyncs can wait behind other writes for seconds: off the async workers.
-    let sealed = tokio::task::block_in_place(|| outbox::seal(&dir, &to, &files, last, false));
+    let sealed = tokio::task::block_in_place(|| spool::seal(&dir, &to, &files, last, false));
     let delivered = match sealed {
-        Ok(parcel) => outbox::deliver(&dir, &parcel, &parcel.to.store_url).await,
+        Ok(parcel) => spool::deliver(&dir, &parcel, &parcel.to.store_url).await,
         Err(e) => {
             // Not durable on the node: the store is the only copy there can be.
             problems.push(format!("spooling results in {}: {e}", dir.display()));
-            upload::upload(&to.store_url, &to.prefix, &dir, &files).await
+            store::upload(&to.store_url, &to.prefix, &dir, &files).await
         }
     };
     let (mut urls, error) = match delivered {
@@ -52,7 +54,7 @@ pub(super) async fn publish(
     };
     // Chunks are listed in the manifest, not in status (a day-long trace has tens of thousands).
     urls.retain(|u| !u.ends_with(".ndjson.gz"));
-    let mut upload = outbox::state_of(&job.spool, &job.namespace, &job.name, error.as_deref());
+    let mut upload = status::state_of(&job.spool, &job.namespace, &job.name, error.as_deref());
     if !problems.is_empty() {
         upload.state = UploadState::Incomplete;
         upload.message = Some(problems.join("; "));
@@ -70,18 +72,18 @@ pub(super) fn window_prefix(result_prefix: &str) -> String {
     Below::Window(end.to_string()).under(result_prefix)
 }
 
-/// A running trace's chunk streamer ([`outbox::stream`]).
+/// A running trace's chunk streamer ([`streaming::stream`]).
 pub(super) struct Streaming {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
-    state: std::sync::Arc<std::sync::Mutex<outbox::Streamed>>,
+    state: std::sync::Arc<std::sync::Mutex<streaming::Streamed>>,
 }
 
 impl Streaming {
-    pub(super) fn start(dir: &std::path::Path, to: &outbox::Destination) -> Streaming {
+    pub(super) fn start(dir: &std::path::Path, to: &spool::Destination) -> Streaming {
         let (stop, stopped) = watch::channel(false);
         let state = std::sync::Arc::default();
-        let task = tokio::spawn(outbox::stream(
+        let task = tokio::spawn(streaming::stream(
             dir.to_path_buf(),
             to.clone(),
             stopped,

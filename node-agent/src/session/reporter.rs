@@ -1,4 +1,7 @@
-//! A session's status, written by server-side apply: conditions, counts, upload state and the heartbeat.
+//! A session's status, written by server-side apply: conditions, counts, upload state and the heartbeat. It is
+//! one of the two writers of a session's status: the uploader patches `status.upload`, the `ResultsComplete`
+//! condition and a trace's `status.results` once the session's own try is over. Which fields each writes, when,
+//! and why they do not undo each other: [`crate::results::status`].
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;

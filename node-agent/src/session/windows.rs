@@ -96,7 +96,7 @@ impl Trace {
             .map(|w| job.limited(w))
             .map_err(|e| e.to_string())
             .and_then(|next| {
-                outbox::start(&dir, &job.destination(&job.spec.result_prefix))
+                spool::start(&dir, &job.destination(&job.spec.result_prefix))
                     .map(|()| next)
                     .map_err(|e| e.to_string())
             });

@@ -21,7 +21,7 @@ impl Locations {
     /// Warns once (this is read at start) of `results+http://` locations, which carry the agent's token in clear.
     pub fn parse(default: String, named: &str) -> Result<Locations, String> {
         let named = sonde_telemetry::parse_locations(named)?;
-        crate::upload::warn_of_clear_tokens(
+        super::store::warn_of_clear_tokens(
             std::iter::once(default.as_str()).chain(named.values().map(String::as_str)),
         );
         Ok(Locations { default, named })

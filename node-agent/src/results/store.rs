@@ -1,9 +1,10 @@
-//! Results leave the node through the `object_store` crate: `file://` (a directory on the node or a shared
-//! volume) or `s3://bucket/prefix`, configured by the usual `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...); or, in a cluster without an
-//! object store, through the results server (`results+https://<service>:<port>`, or `results+http://` where
-//! it serves no certificate), which keeps them on its own volume and takes them from an agent with its pod's
-//! projected token (audience `sonde-results`, re-read for every upload, as the kubelet rotates it). Over
+//! The client that puts a result file to its store ([`Store`]). Results leave the node through the
+//! `object_store` crate: `file://` (a directory on the node or a shared volume) or `s3://bucket/prefix`,
+//! configured by the usual `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...); or, in a cluster without an object store, through
+//! the results server (`results+https://<service>:<port>`, or `results+http://` where it serves no
+//! certificate), which keeps them on its own volume and takes them from an agent with its pod's projected
+//! token (audience `sonde-results`, re-read for every upload, as the kubelet rotates it). Over
 //! `results+https://` the server's certificate must chain to the CA bundle in `SONDE_RESULTS_CA` (a file:
 //! cert-manager's `ca.crt`), else to the system's roots; `SONDE_RESULTS_ADDRESS` (an IP: the Service's) is
 //! where the URL's host name is reached, so the name on the certificate is checked without cluster DNS. Files
@@ -189,7 +190,7 @@ impl Store {
         let aws_env = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
         let (scheme, base) = ObjectStoreScheme::parse(&url).map_err(|e| err(e.to_string()))?;
         let store: Arc<dyn ObjectStore> = match scheme {
-            // The outbox retries with its own backoff, across restarts, and reports while it does: the client's
+            // The uploader retries with its own backoff, across restarts, and reports while it does: the client's
             // own retries (by default for up to 3 minutes per request) would only hide an outage from status.
             ObjectStoreScheme::AmazonS3 => Arc::new(
                 aws_env
@@ -482,7 +483,7 @@ pub(crate) mod tests {
     }
 
     /// One HTTP/1.1 request from `conn`, read whole: its head (request line and headers) and its body (by
-    /// `content-length`). For the test servers here and in `outbox`.
+    /// `content-length`). For the test servers here and in `uploader`.
     pub(crate) async fn read_request(
         conn: &mut (impl tokio::io::AsyncBufRead + Unpin),
     ) -> (String, Vec<u8>) {
