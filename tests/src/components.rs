@@ -279,7 +279,6 @@ pub fn chart_identities(plane: &ControlPlane, namespace: &str) -> (PathBuf, Path
     (out.remove(0), out.remove(0))
 }
 
-/// A port nothing listens on right now.
 /// `--storage-url=file://<dir>/results`, the agents' and the server's default here, unless `env` names one.
 fn default_storage(dir: &Path, env: &[(String, String)]) -> Option<String> {
     match env.iter().any(|(k, _)| k == "SONDE_STORAGE_URL") {
@@ -291,6 +290,7 @@ fn default_storage(dir: &Path, env: &[(String, String)]) -> Option<String> {
     }
 }
 
+/// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -298,7 +298,6 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// GET `http://127.0.0.1:<port><path>` with curl: (status, body).
 /// A GET with a bearer token (if any): status, `Content-Type` and body.
 pub async fn http_get_as(port: u16, path: &str, token: Option<&str>) -> (u16, String, String) {
     let url = format!("http://127.0.0.1:{port}{path}");
@@ -325,6 +324,7 @@ pub async fn http_get_as(port: u16, path: &str, token: Option<&str>) -> (u16, St
     )
 }
 
+/// GET `http://127.0.0.1:<port><path>` with curl: (status, body).
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let url = format!("http://127.0.0.1:{port}{path}");
     let out = tokio::process::Command::new("curl")
@@ -335,4 +335,18 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n')?;
     Some((code.trim().parse().ok()?, body.to_string()))
+}
+
+/// `curl -s <args>`, blocking: the status as curl prints it (`000` when no answer came: refused, timed out, a
+/// certificate not trusted) and the body. For requests the tests build whole (method, headers, TLS, another
+/// host than 127.0.0.1), where [`http_get`] and [`http_get_as`] take a port and a path.
+pub fn curl_status(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or_default();
+    (code.to_string(), body.to_string())
 }

@@ -18,7 +18,9 @@ mod realnode;
 mod s3;
 
 pub use browser::{Browser, artifacts_dir};
-pub use components::{Component, binary, chart_identities, free_port, helm, http_get, http_get_as};
+pub use components::{
+    Component, binary, chart_identities, curl_status, free_port, helm, http_get, http_get_as,
+};
 pub use controlplane::{ControlPlane, Identity, kubectl_with};
 pub use load::{
     LOAD_BOUND, Load, SCHED_PIPE, bounded_argv, crafted_debug_binary, fast_ping_argv,
@@ -39,24 +41,17 @@ pub fn repo_root() -> std::path::PathBuf {
 }
 
 /// Polls `check` every 200 ms until it holds or `limit` passes; returns whether it held.
-pub async fn wait_for<F, Fut>(limit: std::time::Duration, check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+pub async fn wait_for(limit: std::time::Duration, check: impl AsyncFnMut() -> bool) -> bool {
     wait_for_every(limit, std::time::Duration::from_millis(200), check).await
 }
 
-/// [`wait_for`] with a chosen polling interval, for measurements.
-pub async fn wait_for_every<F, Fut>(
+/// [`wait_for`] with a chosen polling interval, for measurements and for checks that cost a process each.
+/// `check` may keep what it saw in the caller's variables (an `async ||` closure), for the failure message.
+pub async fn wait_for_every(
     limit: std::time::Duration,
     every: std::time::Duration,
-    mut check: F,
-) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+    mut check: impl AsyncFnMut() -> bool,
+) -> bool {
     let until = tokio::time::Instant::now() + limit;
     loop {
         if check().await {
@@ -67,6 +62,19 @@ where
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// [`wait_for_every`] that fails the test, saying `<what>: not within <limit>`, when `check` never held.
+pub async fn wait_until(
+    what: &str,
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    check: impl AsyncFnMut() -> bool,
+) {
+    assert!(
+        wait_for_every(limit, every, check).await,
+        "{what}: not within {limit:?}"
+    );
 }
 
 /// Program names of the wakeups probe (every strategy, and its interrupt-tracking context hooks), to see

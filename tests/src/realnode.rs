@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 
-use crate::ControlPlane;
+use crate::{ControlPlane, Identity};
 
 pub struct RealNode {
     pub plane: ControlPlane,
@@ -100,5 +100,25 @@ impl RealNode {
         self.images
             .get(key)
             .unwrap_or_else(|| panic!("{key} not in images.env"))
+    }
+
+    /// kubectl as the admin of the node's cluster, who every real-node test is unless it says otherwise:
+    /// (success, stdout, stderr).
+    pub fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        self.plane.kubectl(Identity::Admin, args)
+    }
+
+    /// [`Self::kubectl`]'s stdout; the test fails with kubectl's error when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.kubectl(args);
+        assert!(ok, "kubectl {args:?}: {err}");
+        out
+    }
+
+    /// `kubectl <args> -o json` as the admin, parsed; the test fails when kubectl does.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl_ok(&a)).expect("kubectl -o json")
     }
 }

@@ -11,43 +11,17 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sonde_tests::{Identity, RealNode, WAKEUPS_PROGS, repo_root};
+use sonde_tests::{
+    Identity, RealNode, WAKEUPS_PROGS, curl_status, repo_root, wait_for_every, wait_until,
+};
 use tokio::sync::{Mutex, OnceCell};
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 static CHART: OnceCell<Duration> = OnceCell::const_new();
 
-fn kubectl(node: &RealNode, args: &[&str]) -> (bool, String, String) {
-    node.plane.kubectl(Identity::Admin, args)
-}
-
-fn kubectl_ok(node: &RealNode, args: &[&str]) -> String {
-    let (ok, out, err) = kubectl(node, args);
-    assert!(ok, "kubectl {args:?}: {err}");
-    out
-}
-
-fn json(node: &RealNode, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    serde_json::from_str(&kubectl_ok(node, &a)).expect("kubectl -o json")
-}
-
-async fn wait_until(what: &str, limit: Duration, check: impl FnMut() -> bool) {
-    assert!(wait_for(limit, check).await, "{what}: not within {limit:?}");
-}
-
-/// Whether `check` holds within `limit` (checked every 500 ms).
-async fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while !check() {
-        if Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    true
-}
+/// How often a real-node test checks again: each check is a kubectl process (some are a dozen), on the cores
+/// the node's pods and the agent under measurement share.
+const POLL: Duration = Duration::from_millis(500);
 
 /// `helm install sonde helm/sonde` as the README says (CRDs included, default values: the image the chart
 /// names is the one scripts/images.sh built and the node imported, plus a pod annotation with that image's
@@ -86,10 +60,10 @@ async fn chart(node: &RealNode) -> Duration {
             assert!(
                 ok,
                 "helm install: {err}\n{out}\npods: {}",
-                kubectl(node, &["describe", "pods", "-n", "sonde-system"]).1
+                node.kubectl(&["describe", "pods", "-n", "sonde-system"]).1
             );
             // helm's --wait lets a DaemonSet be `maxUnavailable` short of Ready: wait for both rollouts.
-            rolled_out(node);
+            rolled_out(node).await;
             let took = t.elapsed();
             eprintln!("helm install -> all Ready in {took:?}");
             took
@@ -114,45 +88,36 @@ fn results_volume(node: &RealNode) {
     );
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), pv).unwrap();
-    kubectl_ok(node, &["apply", "-f", file.path().to_str().unwrap()]);
-    let phase = kubectl_ok(
-        node,
-        &[
-            "get",
+    node.kubectl_ok(&["apply", "-f", file.path().to_str().unwrap()]);
+    let phase = node.kubectl_ok(&[
+        "get",
+        "pv",
+        "sonde-results-realnode",
+        "-o",
+        "jsonpath={.status.phase}",
+    ]);
+    if phase == "Released" {
+        node.kubectl_ok(&[
+            "patch",
             "pv",
             "sonde-results-realnode",
-            "-o",
-            "jsonpath={.status.phase}",
-        ],
-    );
-    if phase == "Released" {
-        kubectl_ok(
-            node,
-            &[
-                "patch",
-                "pv",
-                "sonde-results-realnode",
-                "--type=json",
-                "-p=[{\"op\": \"remove\", \"path\": \"/spec/claimRef\"}]",
-            ],
-        );
+            "--type=json",
+            "-p=[{\"op\": \"remove\", \"path\": \"/spec/claimRef\"}]",
+        ]);
     }
 }
 
 /// The chart's pods of one component (`operator`, `agent`), terminating ones included.
 fn sonde_pods(node: &RealNode, component: &str) -> Vec<Value> {
     let selector = format!("app.kubernetes.io/component={component}");
-    let pods = json(
-        node,
-        &["get", "pods", "-n", "sonde-system", "-l", &selector],
-    );
+    let pods = node.json(&["get", "pods", "-n", "sonde-system", "-l", &selector]);
     pods["items"].as_array().unwrap().clone()
 }
 
 /// Waits for the operator Deployment and the agent DaemonSet to be fully rolled out, and for the operator's
 /// lease to be held by a current pod: a rollout is over for the kubelet while the old pods are still
 /// terminating, and until then an old leader may still act with the old values.
-fn rolled_out(node: &RealNode) {
+async fn rolled_out(node: &RealNode) {
     for what in [
         "deployment/sonde-operator",
         "daemonset/sonde-agent",
@@ -166,27 +131,25 @@ fn rolled_out(node: &RealNode) {
             what,
             "--timeout=180s",
         ];
-        kubectl_ok(node, &args);
+        node.kubectl_ok(&args);
     }
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        let lease = json(
-            node,
-            &["get", "lease", "-n", "sonde-system", "sonde-operator"],
-        );
-        let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
-        let current = sonde_pods(node, "operator").iter().any(|p| {
-            p["metadata"]["name"] == holder && p["metadata"]["deletionTimestamp"].is_null()
-        });
-        if current {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "lease holder {holder:?} is not a current operator pod"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    // The holder last seen, for the failure message.
+    let mut holder = String::new();
+    let current = wait_for_every(Duration::from_secs(60), POLL, async || {
+        let lease = node.json(&["get", "lease", "-n", "sonde-system", "sonde-operator"]);
+        holder = lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        sonde_pods(node, "operator").iter().any(|p| {
+            p["metadata"]["name"] == holder.as_str() && p["metadata"]["deletionTimestamp"].is_null()
+        })
+    })
+    .await;
+    assert!(
+        current,
+        "lease holder {holder:?} is not a current operator pod"
+    );
 }
 
 /// The kernel's view of a pod's containers: host pid of each process whose unified cgroup is the pod's.
@@ -232,13 +195,9 @@ async fn real_node_chart_installs_and_rolls_out() {
     let node = RealNode::get();
     chart(node).await;
     let ns = ["-n", "sonde-system"];
-    let op = json(
-        node,
-        &[&ns[..], &["get", "deployment", "sonde-operator"]].concat(),
-    );
+    let op = node.json(&[&ns[..], &["get", "deployment", "sonde-operator"]].concat());
     assert_eq!(op["status"]["readyReplicas"], 2, "{}", op["status"]);
-    let pods = json(
-        node,
+    let pods = node.json(
         &[
             &ns[..],
             &["get", "pods", "-l", "app.kubernetes.io/component=operator"],
@@ -252,28 +211,29 @@ async fn real_node_chart_installs_and_rolls_out() {
         .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
         .collect();
     let mut holder = String::new();
-    wait_until("a lease holder", Duration::from_secs(60), || {
-        let leases = json(node, &[&ns[..], &["get", "leases"]].concat());
-        holder = leases["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|l| l["spec"]["holderIdentity"].as_str())
-            .find(|h| names.iter().any(|n| n == h))
-            .unwrap_or_default()
-            .to_string();
-        !holder.is_empty()
-    })
+    wait_until(
+        "a lease holder",
+        Duration::from_secs(60),
+        POLL,
+        async || {
+            let leases = node.json(&[&ns[..], &["get", "leases"]].concat());
+            holder = leases["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|l| l["spec"]["holderIdentity"].as_str())
+                .find(|h| names.iter().any(|n| n == h))
+                .unwrap_or_default()
+                .to_string();
+            !holder.is_empty()
+        },
+    )
     .await;
-    let ds = json(
-        node,
-        &[&ns[..], &["get", "daemonset", "sonde-agent"]].concat(),
-    );
+    let ds = node.json(&[&ns[..], &["get", "daemonset", "sonde-agent"]].concat());
     let st = &ds["status"];
     assert_eq!(st["desiredNumberScheduled"], 1, "{st}");
     assert_eq!(st["numberReady"], 1, "{st}");
-    let agent = json(
-        node,
+    let agent = node.json(
         &[
             &ns[..],
             &["get", "pods", "-l", "app.kubernetes.io/component=agent"],
@@ -319,8 +279,7 @@ async fn real_node_chart_installs_and_rolls_out() {
     // The results server, under the chart's securityContext and RBAC: a namespace's viewer (the built-in view
     // role, into which the chart aggregates `get tracejobs/results`) lists its jobs; an account with no role
     // there is refused, and no token is asked for one.
-    let results = json(
-        node,
+    let results = node.json(
         &[
             &ns[..],
             &["get", "pods", "-l", "app.kubernetes.io/component=results"],
@@ -333,57 +292,37 @@ async fn real_node_chart_installs_and_rolls_out() {
         .to_string();
     fresh_namespace(node, "results-smoke");
     let token = |account: &str| {
-        let _ = kubectl(
-            node,
-            &["create", "serviceaccount", account, "-n", "results-smoke"],
-        );
-        let (ok, out, err) = kubectl(
-            node,
-            &[
-                "create",
-                "token",
-                account,
-                "-n",
-                "results-smoke",
-                "--audience",
-                "sonde-results",
-            ],
-        );
+        let _ = node.kubectl(&["create", "serviceaccount", account, "-n", "results-smoke"]);
+        let (ok, out, err) = node.kubectl(&[
+            "create",
+            "token",
+            account,
+            "-n",
+            "results-smoke",
+            "--audience",
+            "sonde-results",
+        ]);
         assert!(ok, "{err}");
         out.trim().to_string()
     };
-    kubectl_ok(
-        node,
-        &[
-            "create",
-            "rolebinding",
-            "viewer",
-            "-n",
-            "results-smoke",
-            "--clusterrole=view",
-            "--serviceaccount=results-smoke:viewer",
-        ],
-    );
+    node.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "viewer",
+        "-n",
+        "results-smoke",
+        "--clusterrole=view",
+        "--serviceaccount=results-smoke:viewer",
+    ]);
     let (viewer, stranger) = (token("viewer"), token("stranger"));
     let url = format!("http://{ip}:8080/api/v1/namespaces/results-smoke/tracejobs");
     let get = |token: Option<&str>| {
-        let mut cmd = std::process::Command::new("curl");
-        cmd.args([
-            "-s",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "--max-time",
-            "10",
-            &url,
-        ]);
-        if let Some(t) = token {
-            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        let bearer = token.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec!["--max-time", "10", url.as_str()];
+        if let Some(h) = &bearer {
+            args.extend(["-H", h.as_str()]);
         }
-        let out = String::from_utf8_lossy(&cmd.output().expect("curl").stdout).into_owned();
-        let (body, code) = out.rsplit_once('\n').unwrap_or_default();
-        (code.to_string(), body.to_string())
+        curl_status(&args)
     };
     assert_eq!(get(Some(&viewer)), ("200".into(), "[]".into()));
     assert_eq!(get(Some(&stranger)).0, "403");
@@ -400,10 +339,7 @@ async fn real_node_chart_installs_and_rolls_out() {
             && page.contains("<title>sonde results</title>"),
         "{page}"
     );
-    let _ = kubectl(
-        node,
-        &["delete", "namespace", "results-smoke", "--wait=false"],
-    );
+    let _ = node.kubectl(&["delete", "namespace", "results-smoke", "--wait=false"]);
 }
 
 /// Deletes a test's namespace when the test ends, passed or failed: the sessions of a failed test that fills the
@@ -412,23 +348,22 @@ struct DeleteOnDrop<'a>(&'a RealNode, &'a str);
 
 impl Drop for DeleteOnDrop<'_> {
     fn drop(&mut self) {
-        let _ = kubectl(self.0, &["delete", "namespace", self.1, "--wait=false"]);
+        let _ = self
+            .0
+            .kubectl(&["delete", "namespace", self.1, "--wait=false"]);
     }
 }
 
 fn fresh_namespace(node: &RealNode, ns: &str) {
-    let _ = kubectl(
-        node,
-        &["delete", "namespace", ns, "--wait=true", "--timeout=60s"],
-    );
-    kubectl_ok(node, &["create", "namespace", ns]);
+    let _ = node.kubectl(&["delete", "namespace", ns, "--wait=true", "--timeout=60s"]);
+    node.kubectl_ok(&["create", "namespace", ns]);
 }
 
 /// Waits until the TraceJob has finished (Succeeded or Failed) and returns its status.
 async fn finished_job(node: &RealNode, ns: &str, name: &str, limit: Duration) -> Value {
     let mut job = Value::Null;
-    wait_until(&format!("job {name} finishes"), limit, || {
-        job = json(node, &["get", "tracejob", "-n", ns, name]);
+    wait_until(&format!("job {name} finishes"), limit, POLL, async || {
+        job = node.json(&["get", "tracejob", "-n", ns, name]);
         matches!(
             job["status"]["phase"].as_str(),
             Some("Succeeded" | "Failed")
@@ -455,16 +390,13 @@ fn wait_pods_ready(node: &RealNode, ns: &str) {
         "--all",
         "--timeout=120s",
     ];
-    kubectl_ok(node, &args);
+    node.kubectl_ok(&args);
 }
 
 fn apply(node: &RealNode, ns: &str, yaml: &str) {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), yaml).unwrap();
-    kubectl_ok(
-        node,
-        &["apply", "-n", ns, "-f", file.path().to_str().unwrap()],
-    );
+    node.kubectl_ok(&["apply", "-n", ns, "-f", file.path().to_str().unwrap()]);
 }
 
 /// Field case A's workload: a Deployment `app=ping` whose pod pings 127.0.0.1 next to `isc-socket`.
@@ -478,10 +410,7 @@ fn ping_deployment(node: &RealNode) -> String {
 
 /// The uid of the (running, not terminating) pod labelled `app=<app>`.
 fn pod_uid(node: &RealNode, ns: &str, app: &str) -> String {
-    let pods = json(
-        node,
-        &["get", "pods", "-n", ns, "-l", &format!("app={app}")],
-    );
+    let pods = node.json(&["get", "pods", "-n", ns, "-l", &format!("app={app}")]);
     let live: Vec<&Value> = pods["items"]
         .as_array()
         .unwrap()
@@ -542,7 +471,7 @@ async fn real_node_field_case_a_names_the_neighbour_and_nothing_else() {
 
     let example = repo_root().join("examples/wakeups.yaml");
     let t = Instant::now();
-    kubectl_ok(node, &["apply", "-n", ns, "-f", example.to_str().unwrap()]);
+    node.kubectl_ok(&["apply", "-n", ns, "-f", example.to_str().unwrap()]);
     let st = &finished_job(node, ns, "ping-wakeups", Duration::from_secs(150)).await;
     eprintln!("job finished {:?} after apply: {st}", t.elapsed());
     assert_eq!(st["phase"], "Succeeded", "{st}");
@@ -562,7 +491,7 @@ async fn real_node_field_case_a_names_the_neighbour_and_nothing_else() {
         }
     }
     assert!(st["counts"]["breaches"].as_u64().unwrap() > 0, "{st}");
-    let events = json(node, &["get", "events", "-n", ns]);
+    let events = node.json(&["get", "events", "-n", ns]);
     let breach = events["items"].as_array().unwrap().iter().any(|e| {
         e["reason"] == "ThresholdBreached" && e["involvedObject"]["name"] == "ping-wakeups"
     });
@@ -784,8 +713,8 @@ async fn real_node_field_case_b_puts_the_delay_in_front_of_the_receiver() {
             &arg,
             "--timeout=60s",
         ];
-        kubectl_ok(node, &wait);
-        let web = json(node, &["get", "pod", "-n", ns, name]);
+        node.kubectl_ok(&wait);
+        let web = node.json(&["get", "pod", "-n", ns, name]);
         let ip = web["status"]["podIP"].as_str().unwrap().to_string();
         let uid = web["metadata"]["uid"].as_str().unwrap();
         let shell = host_pids(uid, "sh");
@@ -800,9 +729,9 @@ async fn real_node_field_case_b_puts_the_delay_in_front_of_the_receiver() {
     let (ip, other_ip) = (serve("web"), serve("web-other"));
 
     let example = repo_root().join("examples/packet-latency.yaml");
-    kubectl_ok(node, &["apply", "-n", ns, "-f", example.to_str().unwrap()]);
-    wait_until("the job attaches", Duration::from_secs(60), || {
-        json(node, &["get", "tracejob", "-n", ns, "slow-segments"])["status"]["nodes"]["attached"]
+    node.kubectl_ok(&["apply", "-n", ns, "-f", example.to_str().unwrap()]);
+    wait_until("the job attaches", Duration::from_secs(60), POLL, async || {
+        node.json(&["get", "tracejob", "-n", ns, "slow-segments"])["status"]["nodes"]["attached"]
             == 1
     })
     .await;
@@ -891,34 +820,38 @@ async fn real_node_a_policy_breaches_and_follows_a_replaced_pod() {
     wait_until(
         "a window breached by the first pod",
         Duration::from_secs(60),
-        || check(&json(node, &["get", "probepolicy", "-n", ns, "ping-watch"])),
+        POLL,
+        async || check(&node.json(&["get", "probepolicy", "-n", ns, "ping-watch"])),
     )
     .await;
-    kubectl_ok(
-        node,
-        &["delete", "pod", "-n", ns, "-l", "app=ping", "--wait=false"],
-    );
+    node.kubectl_ok(&["delete", "pod", "-n", ns, "-l", "app=ping", "--wait=false"]);
     let mut second = String::new();
-    wait_until("the replacement pod", Duration::from_secs(60), || {
-        let pods = json(node, &["get", "pods", "-n", ns, "-l", "app=ping"]);
-        pods["items"].as_array().unwrap().iter().any(|p| {
-            let ready = p["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            });
-            let uid = p["metadata"]["uid"].as_str().unwrap();
-            if ready && uid != first && p["metadata"]["deletionTimestamp"].is_null() {
-                second = uid.to_string();
-            }
-            !second.is_empty()
-        })
-    })
+    wait_until(
+        "the replacement pod",
+        Duration::from_secs(60),
+        POLL,
+        async || {
+            let pods = node.json(&["get", "pods", "-n", ns, "-l", "app=ping"]);
+            pods["items"].as_array().unwrap().iter().any(|p| {
+                let ready = p["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+                let uid = p["metadata"]["uid"].as_str().unwrap();
+                if ready && uid != first && p["metadata"]["deletionTimestamp"].is_null() {
+                    second = uid.to_string();
+                }
+                !second.is_empty()
+            })
+        },
+    )
     .await;
     wait_until(
         "the session follows the new pod",
         Duration::from_secs(30),
-        || {
-            let sessions = json(node, &["get", "probesessions", "-n", ns]);
+        POLL,
+        async || {
+            let sessions = node.json(&["get", "probesessions", "-n", ns]);
             sessions["items"].as_array().unwrap().iter().any(|s| {
                 let pods = s["spec"]["pods"].as_array().cloned().unwrap_or_default();
                 pods.len() == 1 && pods[0]["uid"] == second.as_str()
@@ -930,7 +863,8 @@ async fn real_node_a_policy_breaches_and_follows_a_replaced_pod() {
     wait_until(
         "a window breached by the new pod",
         Duration::from_secs(60),
-        || check(&json(node, &["get", "probepolicy", "-n", ns, "ping-watch"])),
+        POLL,
+        async || check(&node.json(&["get", "probepolicy", "-n", ns, "ping-watch"])),
     )
     .await;
 }
@@ -969,9 +903,14 @@ async fn real_node_a_deleted_agent_pod_leaves_nothing_behind_and_its_successor_i
     let job = "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {name: survive}\nspec:\n  probe: wakeups\n  \
                target: {podSelector: {matchLabels: {app: ping}}}\n  duration: 40s\n";
     apply(node, ns, job);
-    wait_until("the job attaches", Duration::from_secs(60), || {
-        json(node, &["get", "tracejob", "-n", ns, "survive"])["status"]["nodes"]["attached"] == 1
-    })
+    wait_until(
+        "the job attaches",
+        Duration::from_secs(60),
+        POLL,
+        async || {
+            node.json(&["get", "tracejob", "-n", ns, "survive"])["status"]["nodes"]["attached"] == 1
+        },
+    )
     .await;
     let old_agent = host_pids_by_comm("sonde-agent");
     assert_eq!(old_agent.len(), 1, "agent processes {old_agent:?}");
@@ -981,33 +920,32 @@ async fn real_node_a_deleted_agent_pod_leaves_nothing_behind_and_its_successor_i
         !before.is_empty() && before.iter().all(|id| held.contains(id)),
         "wakeups programs {before:?}, the agent holds {held:?}"
     );
-    kubectl_ok(
-        node,
-        &[
-            "delete",
-            "pod",
-            "-n",
-            "sonde-system",
-            "-l",
-            "app.kubernetes.io/component=agent",
-        ],
-    );
-    kubectl_ok(
-        node,
-        &[
-            "rollout",
-            "status",
-            "-n",
-            "sonde-system",
-            "daemonset/sonde-agent",
-            "--timeout=120s",
-        ],
-    );
+    node.kubectl_ok(&[
+        "delete",
+        "pod",
+        "-n",
+        "sonde-system",
+        "-l",
+        "app.kubernetes.io/component=agent",
+    ]);
+    node.kubectl_ok(&[
+        "rollout",
+        "status",
+        "-n",
+        "sonde-system",
+        "daemonset/sonde-agent",
+        "--timeout=120s",
+    ]);
     let mut now = vec![];
-    wait_until("the successor attaches", Duration::from_secs(60), || {
-        now = program_ids(WAKEUPS_PROGS);
-        now.len() == before.len()
-    })
+    wait_until(
+        "the successor attaches",
+        Duration::from_secs(60),
+        POLL,
+        async || {
+            now = program_ids(WAKEUPS_PROGS);
+            now.len() == before.len()
+        },
+    )
     .await;
     let agents = host_pids_by_comm("sonde-agent");
     assert_eq!(agents.len(), 1, "agent processes {agents:?}");
@@ -1048,7 +986,7 @@ struct Uncordon<'a>(&'a RealNode);
 
 impl Drop for Uncordon<'_> {
     fn drop(&mut self) {
-        let _ = kubectl(self.0, &["uncordon", self.0.name()]);
+        let _ = self.0.kubectl(&["uncordon", self.0.name()]);
     }
 }
 
@@ -1068,8 +1006,8 @@ async fn real_node_a_drain_ends_a_running_job_with_the_reason() {
     let job = "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {name: until-drained}\nspec:\n  \
                probe: wakeups\n  target: {podSelector: {matchLabels: {app: ping}}}\n  duration: 10m\n";
     apply(node, ns, job);
-    wait_until("the job attaches", Duration::from_secs(60), || {
-        json(node, &["get", "tracejob", "-n", ns, "until-drained"])["status"]["nodes"]["attached"]
+    wait_until("the job attaches", Duration::from_secs(60), POLL, async || {
+        node.json(&["get", "tracejob", "-n", ns, "until-drained"])["status"]["nodes"]["attached"]
             == 1
     })
     .await;
@@ -1079,9 +1017,10 @@ async fn real_node_a_drain_ends_a_running_job_with_the_reason() {
     wait_until(
         "no namespace or pod of an earlier test is still terminating",
         Duration::from_secs(240),
-        || {
+        POLL,
+        async || {
             let gone = |kind: &str| {
-                json(node, &["get", kind, "-A"])["items"]
+                node.json(&["get", kind, "-A"])["items"]
                     .as_array()
                     .unwrap()
                     .iter()
@@ -1101,15 +1040,16 @@ async fn real_node_a_drain_ends_a_running_job_with_the_reason() {
         "--force",
         "--timeout=150s",
     ];
-    kubectl_ok(node, &drain);
+    node.kubectl_ok(&drain);
     eprintln!("kubectl drain returned after {:?}", t.elapsed());
     // No operator runs while the only node is drained: the session is the agent's to end.
     let mut session = Value::Null;
     wait_until(
         "the agent ends the session",
         Duration::from_secs(60),
-        || {
-            session = json(node, &["get", "probesessions", "-n", ns])["items"][0].clone();
+        POLL,
+        async || {
+            session = node.json(&["get", "probesessions", "-n", ns])["items"][0].clone();
             session["status"]["phase"] == "Succeeded"
         },
     )
@@ -1121,37 +1061,34 @@ async fn real_node_a_drain_ends_a_running_job_with_the_reason() {
     let kept = st["results"].as_array().is_some_and(|r| !r.is_empty())
         || (st["upload"]["state"] == "Pending" && st["upload"]["pending"].as_u64() > Some(0));
     assert!(kept, "no results kept: {st}");
-    kubectl_ok(node, &["uncordon", node.name()]);
+    node.kubectl_ok(&["uncordon", node.name()]);
     let st = finished_job(node, ns, "until-drained", Duration::from_secs(180)).await;
     eprintln!("drain -> job {} after {:?}", st["phase"], t.elapsed());
     assert_eq!(st["phase"], "Succeeded", "{st}");
     let c = complete(&st);
     assert_eq!(c["reason"], "NodeDrained", "{st}");
     assert!(c["message"].as_str().unwrap().contains("cordoned"), "{c}");
-    let complete = wait_for(Duration::from_secs(180), || {
-        json(node, &["get", "tracejob", "-n", ns, "until-drained"])["status"]["upload"]["state"]
+    let complete = wait_for_every(Duration::from_secs(180), POLL, async || {
+        node.json(&["get", "tracejob", "-n", ns, "until-drained"])["status"]["upload"]["state"]
             == "Complete"
     })
     .await;
     if !complete {
-        let session = json(node, &["get", "probesessions", "-n", ns]);
-        let job = json(node, &["get", "tracejob", "-n", ns, "until-drained"]);
-        let (_, logs, _) = kubectl(
-            node,
-            &[
-                "logs",
-                "-n",
-                "sonde-system",
-                "daemonset/sonde-agent",
-                "--tail=60",
-            ],
-        );
+        let session = node.json(&["get", "probesessions", "-n", ns]);
+        let job = node.json(&["get", "tracejob", "-n", ns, "until-drained"]);
+        let (_, logs, _) = node.kubectl(&[
+            "logs",
+            "-n",
+            "sonde-system",
+            "daemonset/sonde-agent",
+            "--tail=60",
+        ]);
         panic!(
             "the drained job's results did not reach the store within 180 s\njob: {}\nsessions: {}\nagent: {logs:?}",
             job["status"], session["items"]
         );
     }
-    rolled_out(node);
+    rolled_out(node).await;
 }
 
 /// Resident memory of a process (VmRSS) and of its memory cgroup, in MiB: what the pod's limit counts (it includes
@@ -1262,16 +1199,21 @@ async fn real_node_twenty_jobs_attach_and_the_agent_memory_is_reported() {
         .await
         .unwrap();
     }
-    wait_until("three probes attach", Duration::from_secs(60), || {
-        let all = json(node, &["get", "tracejobs", "-n", ns]);
-        all["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|j| j["status"]["nodes"]["attached"] == 1)
-            .count()
-            == 3
-    })
+    wait_until(
+        "three probes attach",
+        Duration::from_secs(60),
+        POLL,
+        async || {
+            let all = node.json(&["get", "tracejobs", "-n", ns]);
+            all["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|j| j["status"]["nodes"]["attached"] == 1)
+                .count()
+                == 3
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let loaded = memory_mib(agents[0]);
@@ -1284,10 +1226,7 @@ async fn real_node_twenty_jobs_attach_and_the_agent_memory_is_reported() {
 /// The ProbeSession of a TraceJob or ProbePolicy named `owner` on this node.
 fn session_of(node: &RealNode, ns: &str, owner: &str) -> Value {
     let name = format!("{owner}-{}", node.name());
-    let (ok, out, _) = kubectl(
-        node,
-        &["get", "probesession", "-n", ns, &name, "-o", "json"],
-    );
+    let (ok, out, _) = node.kubectl(&["get", "probesession", "-n", ns, &name, "-o", "json"]);
     if ok {
         serde_json::from_str(&out).unwrap()
     } else {
@@ -1319,43 +1258,315 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
     let _serial = SERIAL.lock().await;
     let node = RealNode::get();
     chart(node).await;
-    let (ns, ns_b, ns_c) = ("hostile", "hostile-b", "hostile-c");
-    let _gone = [ns, ns_b, ns_c].map(|n| {
-        fresh_namespace(node, n);
-        DeleteOnDrop(node, n)
-    });
-    for n in [ns, ns_b, ns_c] {
-        apply(node, n, &workload_pod(node, "mine", 21100));
-    }
-    for n in [ns, ns_b] {
-        apply(node, n, &ping_deployment(node));
-    }
-    for n in [ns, ns_b, ns_c] {
-        wait_pods_ready(node, n);
-    }
-    wait_until(
-        "no session of an earlier test still runs",
-        Duration::from_secs(90),
-        || {
-            let all = json(node, &["get", "probesessions", "-A"]);
-            all["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|s| s["status"]["phase"] != "Running")
-        },
-    )
-    .await;
-    let agents = host_pids_by_comm("sonde-agent");
-    assert_eq!(agents.len(), 1, "agent processes {agents:?}");
-    let restarts = || {
-        sonde_pods(node, "agent")[0]["status"]["containerStatuses"][0]["restartCount"]
-            .as_u64()
-            .unwrap()
-    };
-    let restarts_before = restarts();
+    let hostile = Hostile::on_a_quiet_node(node).await;
+    hostile.twelve_sessions_attach_at_the_default_limits().await;
+    hostile.one_more_is_refused_at_each_limit().await;
+    let peak = hostile.each_hostile_job_ends_with_a_reason().await;
+    hostile.the_canary_keeps_its_answer().await;
+    hostile.the_standing_sessions_run_until_deleted().await;
+    hostile.the_agent_was_never_restarted_and_stayed_under_its_limit(peak);
+}
 
-    let pods = "podSelector: {matchExpressions: [{key: app, operator: In, values: [mine, ping]}]}";
+/// What the hostile sessions select: the workload pod and the ping Deployment's pod of their namespace.
+const HOSTILE_PODS: &str =
+    "podSelector: {matchExpressions: [{key: app, operator: In, values: [mine, ping]}]}";
+
+/// The largest event cap the schema allows (the default is 100000).
+const HOSTILE_CAP: &str = "output: {maxEvents: 100000000}";
+
+/// The scene of [`real_node_hostile_specs_leave_the_agent_serving_its_other_sessions`]: its three namespaces
+/// (deleted when it ends), the hostile TraceJobs and the agent process it watches.
+struct Hostile {
+    node: &'static RealNode,
+    /// The canary and the table's first five.
+    ns: &'static str,
+    /// The table's other five and a standing ProbePolicy.
+    ns_b: &'static str,
+    /// A namespace of no session, for the full node's refusal.
+    ns_c: &'static str,
+    /// (name, spec, the end reasons it may have) of each hostile TraceJob.
+    table: Vec<(&'static str, String, &'static [&'static str])>,
+    /// The agent's process and its container's restart count before any session started.
+    agents: Vec<u32>,
+    restarts_before: u64,
+    _gone: [DeleteOnDrop<'static>; 3],
+}
+
+impl Hostile {
+    /// Three fresh namespaces, each with the workload pod (and the first two the ping Deployment) Ready, on a
+    /// node where no session of an earlier test still runs: the agent's share and capacity are all this test's.
+    async fn on_a_quiet_node(node: &'static RealNode) -> Hostile {
+        let (ns, ns_b, ns_c) = ("hostile", "hostile-b", "hostile-c");
+        let _gone = [ns, ns_b, ns_c].map(|n| {
+            fresh_namespace(node, n);
+            DeleteOnDrop(node, n)
+        });
+        for n in [ns, ns_b, ns_c] {
+            apply(node, n, &workload_pod(node, "mine", 21100));
+        }
+        for n in [ns, ns_b] {
+            apply(node, n, &ping_deployment(node));
+        }
+        for n in [ns, ns_b, ns_c] {
+            wait_pods_ready(node, n);
+        }
+        wait_until(
+            "no session of an earlier test still runs",
+            Duration::from_secs(90),
+            POLL,
+            async || {
+                let all = node.json(&["get", "probesessions", "-A"]);
+                all["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|s| s["status"]["phase"] != "Running")
+            },
+        )
+        .await;
+        let agents = host_pids_by_comm("sonde-agent");
+        assert_eq!(agents.len(), 1, "agent processes {agents:?}");
+        Hostile {
+            node,
+            ns,
+            ns_b,
+            ns_c,
+            table: hostile_table(),
+            agents,
+            restarts_before: agent_restarts(node),
+            _gone,
+        }
+    }
+
+    /// The namespace a session's owner is in.
+    fn home_of(&self, owner: &str) -> &'static str {
+        match self.table.iter().position(|(n, _, _)| *n == owner) {
+            Some(i) if i >= 5 => self.ns_b,
+            None if owner == "tiny-windows" => self.ns_b,
+            _ => self.ns,
+        }
+    }
+
+    /// The canary, the table's jobs and a standing policy, six in each of two namespaces, all attach: twelve,
+    /// the chart's default node capacity; the CPU budget over the node's ceiling is lowered to it.
+    async fn twelve_sessions_attach_at_the_default_limits(&self) {
+        let mut yaml = vec![format!(
+            "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: canary}}\nspec:\n  probe: wakeups\n  \
+             target: {{podSelector: {{matchLabels: {{app: ping}}}}}}\n  duration: 45s\n  \
+             thresholds: [{{metric: wakeupsPerSecond, value: 200}}]\n"
+        )];
+        let mut yaml_b = vec![];
+        for (i, (name, spec, _)) in self.table.iter().enumerate() {
+            let target = if spec.contains("target:") {
+                String::new()
+            } else {
+                format!("  target: {{{HOSTILE_PODS}}}\n")
+            };
+            let duration = if spec.contains("duration:") {
+                ""
+            } else {
+                "  duration: 30s\n"
+            };
+            // The canary and the first five in one namespace, the rest in another: six each, each one's share.
+            let home = if i < 5 { &mut yaml } else { &mut yaml_b };
+            home.push(format!(
+                "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: {name}}}\nspec:\n  \
+                 {spec}\n{target}{duration}"
+            ));
+        }
+        yaml_b.push(format!(
+            "apiVersion: sonde.dev/v1alpha1\nkind: ProbePolicy\nmetadata: {{name: tiny-windows}}\nspec:\n  \
+             probe: runq-latency\n  target: {{{HOSTILE_PODS}}}\n  window: 10s\n  \
+             thresholds: [{{metric: runqLatencyUs, value: 0, comparison: GreaterOrEqual}}]\n  {HOSTILE_CAP}\n"
+        ));
+        assert_eq!(
+            (yaml.len(), yaml_b.len()),
+            (6, 6),
+            "each namespace fills its share"
+        );
+        apply(self.node, self.ns, &yaml.join("---\n"));
+        apply(self.node, self.ns_b, &yaml_b.join("---\n"));
+        let mut owners: Vec<&str> = self.table.iter().map(|(n, _, _)| *n).collect();
+        owners.extend(["canary", "tiny-windows"]);
+        assert_eq!(owners.len(), 12, "the table fills the default limit");
+        wait_until(
+            "all twelve sessions attach",
+            Duration::from_secs(90),
+            POLL,
+            async || {
+                owners.iter().all(|o| {
+                    session_of(self.node, self.home_of(o), o)["status"]["phase"] == "Running"
+                })
+            },
+        )
+        .await;
+        eprintln!(
+            "twelve sessions attached; agent memory {:?} MiB",
+            memory_mib(self.agents[0])
+        );
+        let attached = session_of(self.node, self.home_of("cpu-10khz"), "cpu-10khz");
+        let attached = attached["status"]["conditions"].to_string();
+        assert!(
+            attached.contains("lowered from 100% to 10%"),
+            "the budget over the node's ceiling was not lowered: {attached}"
+        );
+    }
+
+    /// One more of a namespace at its share, and one of a third namespace on the full node: each refused at
+    /// once, naming its limit; the others go on.
+    async fn one_more_is_refused_at_each_limit(&self) {
+        for (n, reason, limit) in [
+            (
+                self.ns,
+                "NamespaceAtShare",
+                "agent.limits.maxSessionsPerNamespace",
+            ),
+            (self.ns_c, "NodeAtCapacity", "agent.limits.maxSessions"),
+        ] {
+            apply(
+                self.node,
+                n,
+                &format!(
+                    "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: one-too-many}}\nspec:\n  \
+                     probe: exec\n  target: {{{HOSTILE_PODS}}}\n  duration: 20s\n"
+                ),
+            );
+            let st = finished_job(self.node, n, "one-too-many", Duration::from_secs(60)).await;
+            let session = session_of(self.node, n, "one-too-many");
+            assert_eq!(end_reason(&session["status"]), reason, "{session}");
+            assert_eq!(st["phase"], "Failed", "{st}");
+            assert!(
+                st.to_string().contains(limit),
+                "the job does not name the limit: {st}"
+            );
+        }
+    }
+
+    /// Each hostile job ends with one of its reasons; returns the agent's peak memory (RSS, memory cgroup, MiB)
+    /// as they ended.
+    async fn each_hostile_job_ends_with_a_reason(&self) -> (f64, f64) {
+        let mut peak = (0f64, 0f64);
+        for (name, _, reasons) in self.table.iter().filter(|(_, _, r)| !r.is_empty()) {
+            let st = finished_job(
+                self.node,
+                self.home_of(name),
+                name,
+                Duration::from_secs(120),
+            )
+            .await;
+            let m = memory_mib(self.agents[0]);
+            peak = (peak.0.max(m.0), peak.1.max(m.1));
+            let session = &session_of(self.node, self.home_of(name), name)["status"];
+            let reason = end_reason(session);
+            assert!(
+                reasons.contains(&reason.as_str()),
+                "{name}: ended {} with reason {reason:?}, expected one of {reasons:?}: {session}",
+                st["phase"]
+            );
+            eprintln!(
+                "{name}: {} ({reason}), {} captured, {} dropped, kernel CPU {}%",
+                st["phase"],
+                session["counts"]["captured"],
+                session["counts"]["dropped"],
+                session["kernelCpuPercent"]
+            );
+        }
+        peak
+    }
+
+    /// The canary next to the hostile sessions still gives field case A's answer.
+    async fn the_canary_keeps_its_answer(&self) {
+        let canary = finished_job(self.node, self.ns, "canary", Duration::from_secs(120)).await;
+        assert_eq!(canary["phase"], "Succeeded", "{canary}");
+        let rows = canary["summary"]["rows"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            rows.iter().any(|r| {
+                r["key"].as_str().unwrap().starts_with("ping/")
+                    && r["key"].as_str().unwrap().contains(" -> isc-socket/")
+                    && r["perSecond"].as_f64().unwrap_or_default() > 100.0
+            }),
+            "the canary lost its answer: {canary}"
+        );
+    }
+
+    /// The standing and the day-long sessions still run, then detach when deleted.
+    async fn the_standing_sessions_run_until_deleted(&self) {
+        let policy = session_of(self.node, self.ns_b, "tiny-windows");
+        assert_eq!(policy["status"]["phase"], "Running", "{policy}");
+        assert!(
+            policy["status"]["windows"].as_u64().unwrap_or_default() >= 2,
+            "{policy}"
+        );
+        assert_eq!(
+            session_of(self.node, self.home_of("day-long"), "day-long")["status"]["phase"],
+            "Running"
+        );
+        self.node.kubectl_ok(&[
+            "delete",
+            "probepolicy",
+            "-n",
+            self.ns_b,
+            "tiny-windows",
+            "--timeout=60s",
+        ]);
+        self.node.kubectl_ok(&[
+            "delete",
+            "tracejob",
+            "-n",
+            self.home_of("day-long"),
+            "day-long",
+            "--timeout=60s",
+        ]);
+        wait_until(
+            "their sessions go",
+            Duration::from_secs(30),
+            POLL,
+            async || {
+                session_of(self.node, self.ns_b, "tiny-windows").is_null()
+                    && session_of(self.node, self.home_of("day-long"), "day-long").is_null()
+            },
+        )
+        .await;
+    }
+
+    /// The agent process was never restarted, and its peak stayed under the pod's limit.
+    fn the_agent_was_never_restarted_and_stayed_under_its_limit(&self, peak: (f64, f64)) {
+        assert_eq!(
+            host_pids_by_comm("sonde-agent"),
+            self.agents,
+            "the agent process changed"
+        );
+        assert_eq!(
+            agent_restarts(self.node),
+            self.restarts_before,
+            "the agent container restarted"
+        );
+        eprintln!(
+            "agent peak while the hostile sessions ran: RSS {:.1} MiB, memory cgroup {:.1} MiB (limit 512 MiB)",
+            peak.0, peak.1
+        );
+        // ARCHITECTURE.md: twelve hostile sessions peak well under the chart's 512 MiB limit.
+        assert!(
+            peak.0 > 0.0 && peak.1 > 0.0 && peak.0 < 512.0 && peak.1 < 512.0,
+            "the agent's peak: RSS {:.1} MiB, memory cgroup {:.1} MiB (limit 512 MiB)",
+            peak.0,
+            peak.1
+        );
+    }
+}
+
+/// How often the kubelet restarted the agent's container.
+fn agent_restarts(node: &RealNode) -> u64 {
+    sonde_pods(node, "agent")[0]["status"]["containerStatuses"][0]["restartCount"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The hostile TraceJobs: (name, spec, the end reasons it may have).
+fn hostile_table() -> Vec<(&'static str, String, &'static [&'static str])> {
     let ports: Vec<String> = (21090..21106).map(|p| p.to_string()).collect();
     let ports = ports.join(", ");
     let syscalls: Vec<String> = (0..31).map(|n: u32| n.to_string()).collect();
@@ -1363,10 +1574,9 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
     let syscalls = format!("{}, 1023", syscalls.join(", "));
     let comms = "[w-mine, aaaaaaaaaaaaaaa, bbbbbbbbbbbbbbb, ccccccccccccccc, ddddddddddddddd, \
                  eeeeeeeeeeeeeee, fffffffffffffff, ggggggggggggggg]";
-    let cap = "output: {maxEvents: 100000000}";
     // (name, spec, the end reasons it may have). Durations are 30s but for the day-long job: they must outlast the
     // refusals checked after all twelve attach.
-    let table: Vec<(&str, String, &[&str])> = vec![
+    vec![
         (
             "top-max",
             "probe: wakeups\n  params: {wakeups: {top: 1000}}\n  \
@@ -1378,7 +1588,7 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
             "every-syscall",
             format!(
                 "probe: syscall-latency\n  thresholds: [{{metric: syscallLatencyMs, value: 0, comparison: \
-                 GreaterOrEqual}}]\n  {cap}"
+                 GreaterOrEqual}}]\n  {HOSTILE_CAP}"
             ),
             &["DeadlineReached", "OverBudget"],
         ),
@@ -1396,7 +1606,7 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
         ),
         (
             "comms-8",
-            format!("probe: exec\n  target: {{{pods}, comms: {comms}}}"),
+            format!("probe: exec\n  target: {{{HOSTILE_PODS}, comms: {comms}}}"),
             &["DeadlineReached"],
         ),
         (
@@ -1408,7 +1618,7 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
             "packet-any-netns",
             format!(
                 "probe: packet-latency\n  params: {{packetLatency: {{ports: [{ports}], netns: \
-                 4294967295}}}}\n  thresholds: [{{metric: segmentLatencyMs, value: 0}}]\n  {cap}"
+                 4294967295}}}}\n  thresholds: [{{metric: segmentLatencyMs, value: 0}}]\n  {HOSTILE_CAP}"
             ),
             &["DeadlineReached", "OverBudget"],
         ),
@@ -1425,196 +1635,14 @@ async fn real_node_hostile_specs_leave_the_agent_serving_its_other_sessions() {
             &["DeadlineReached", "OverBudget"],
         ),
         ("day-long", "probe: exec\n  duration: 24h".into(), &[]),
-    ];
-    let mut yaml = vec![format!(
-        "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: canary}}\nspec:\n  probe: wakeups\n  \
-         target: {{podSelector: {{matchLabels: {{app: ping}}}}}}\n  duration: 45s\n  \
-         thresholds: [{{metric: wakeupsPerSecond, value: 200}}]\n"
-    )];
-    let mut yaml_b = vec![];
-    for (i, (name, spec, _)) in table.iter().enumerate() {
-        let target = if spec.contains("target:") {
-            String::new()
-        } else {
-            format!("  target: {{{pods}}}\n")
-        };
-        let duration = if spec.contains("duration:") {
-            ""
-        } else {
-            "  duration: 30s\n"
-        };
-        // The canary and the first five in one namespace, the rest in another: six each, each one's share.
-        let home = if i < 5 { &mut yaml } else { &mut yaml_b };
-        home.push(format!(
-            "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: {name}}}\nspec:\n  \
-             {spec}\n{target}{duration}"
-        ));
-    }
-    yaml_b.push(format!(
-        "apiVersion: sonde.dev/v1alpha1\nkind: ProbePolicy\nmetadata: {{name: tiny-windows}}\nspec:\n  \
-         probe: runq-latency\n  target: {{{pods}}}\n  window: 10s\n  \
-         thresholds: [{{metric: runqLatencyUs, value: 0, comparison: GreaterOrEqual}}]\n  {cap}\n"
-    ));
-    assert_eq!(
-        (yaml.len(), yaml_b.len()),
-        (6, 6),
-        "each namespace fills its share"
-    );
-    apply(node, ns, &yaml.join("---\n"));
-    apply(node, ns_b, &yaml_b.join("---\n"));
-    let mut owners: Vec<&str> = table.iter().map(|(n, _, _)| *n).collect();
-    owners.extend(["canary", "tiny-windows"]);
-    assert_eq!(owners.len(), 12, "the table fills the default limit");
-    let home_of = |owner: &str| match table.iter().position(|(n, _, _)| *n == owner) {
-        Some(i) if i >= 5 => ns_b,
-        None if owner == "tiny-windows" => ns_b,
-        _ => ns,
-    };
-    wait_until(
-        "all twelve sessions attach",
-        Duration::from_secs(90),
-        || {
-            owners
-                .iter()
-                .all(|o| session_of(node, home_of(o), o)["status"]["phase"] == "Running")
-        },
-    )
-    .await;
-    eprintln!(
-        "twelve sessions attached; agent memory {:?} MiB",
-        memory_mib(agents[0])
-    );
-    let attached = session_of(node, home_of("cpu-10khz"), "cpu-10khz");
-    let attached = attached["status"]["conditions"].to_string();
-    assert!(
-        attached.contains("lowered from 100% to 10%"),
-        "the budget over the node's ceiling was not lowered: {attached}"
-    );
-
-    // One more of a namespace at its share, and one of a third namespace on the full node: each refused at
-    // once, naming its limit; the others go on.
-    for (n, reason, limit) in [
-        (
-            ns,
-            "NamespaceAtShare",
-            "agent.limits.maxSessionsPerNamespace",
-        ),
-        (ns_c, "NodeAtCapacity", "agent.limits.maxSessions"),
-    ] {
-        apply(
-            node,
-            n,
-            &format!(
-                "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: one-too-many}}\nspec:\n  \
-                 probe: exec\n  target: {{{pods}}}\n  duration: 20s\n"
-            ),
-        );
-        let st = finished_job(node, n, "one-too-many", Duration::from_secs(60)).await;
-        let session = session_of(node, n, "one-too-many");
-        assert_eq!(end_reason(&session["status"]), reason, "{session}");
-        assert_eq!(st["phase"], "Failed", "{st}");
-        assert!(
-            st.to_string().contains(limit),
-            "the job does not name the limit: {st}"
-        );
-    }
-
-    let mut peak = (0f64, 0f64);
-    for (name, _, reasons) in table.iter().filter(|(_, _, r)| !r.is_empty()) {
-        let st = finished_job(node, home_of(name), name, Duration::from_secs(120)).await;
-        let m = memory_mib(agents[0]);
-        peak = (peak.0.max(m.0), peak.1.max(m.1));
-        let session = &session_of(node, home_of(name), name)["status"];
-        let reason = end_reason(session);
-        assert!(
-            reasons.contains(&reason.as_str()),
-            "{name}: ended {} with reason {reason:?}, expected one of {reasons:?}: {session}",
-            st["phase"]
-        );
-        eprintln!(
-            "{name}: {} ({reason}), {} captured, {} dropped, kernel CPU {}%",
-            st["phase"],
-            session["counts"]["captured"],
-            session["counts"]["dropped"],
-            session["kernelCpuPercent"]
-        );
-    }
-    let canary = finished_job(node, ns, "canary", Duration::from_secs(120)).await;
-    assert_eq!(canary["phase"], "Succeeded", "{canary}");
-    let rows = canary["summary"]["rows"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert!(
-        rows.iter().any(|r| {
-            r["key"].as_str().unwrap().starts_with("ping/")
-                && r["key"].as_str().unwrap().contains(" -> isc-socket/")
-                && r["perSecond"].as_f64().unwrap_or_default() > 100.0
-        }),
-        "the canary lost its answer: {canary}"
-    );
-    // The standing and the day-long sessions still run, then detach when deleted.
-    let policy = session_of(node, ns_b, "tiny-windows");
-    assert_eq!(policy["status"]["phase"], "Running", "{policy}");
-    assert!(
-        policy["status"]["windows"].as_u64().unwrap_or_default() >= 2,
-        "{policy}"
-    );
-    assert_eq!(
-        session_of(node, home_of("day-long"), "day-long")["status"]["phase"],
-        "Running"
-    );
-    kubectl_ok(
-        node,
-        &[
-            "delete",
-            "probepolicy",
-            "-n",
-            ns_b,
-            "tiny-windows",
-            "--timeout=60s",
-        ],
-    );
-    kubectl_ok(
-        node,
-        &[
-            "delete",
-            "tracejob",
-            "-n",
-            home_of("day-long"),
-            "day-long",
-            "--timeout=60s",
-        ],
-    );
-    wait_until("their sessions go", Duration::from_secs(30), || {
-        session_of(node, ns_b, "tiny-windows").is_null()
-            && session_of(node, home_of("day-long"), "day-long").is_null()
-    })
-    .await;
-    assert_eq!(
-        host_pids_by_comm("sonde-agent"),
-        agents,
-        "the agent process changed"
-    );
-    assert_eq!(restarts(), restarts_before, "the agent container restarted");
-    eprintln!(
-        "agent peak while the hostile sessions ran: RSS {:.1} MiB, memory cgroup {:.1} MiB (limit 512 MiB)",
-        peak.0, peak.1
-    );
-    // ARCHITECTURE.md: twelve hostile sessions peak well under the chart's 512 MiB limit.
-    assert!(
-        peak.0 > 0.0 && peak.1 > 0.0 && peak.0 < 512.0 && peak.1 < 512.0,
-        "the agent's peak: RSS {:.1} MiB, memory cgroup {:.1} MiB (limit 512 MiB)",
-        peak.0,
-        peak.1
-    );
+    ]
 }
 
 /// `helm upgrade` of the installed release with one value changed (`--set-json`), waiting for the rollout.
-fn helm_set_json(node: &RealNode, value: &str) {
+async fn helm_set_json(node: &RealNode, value: &str) {
     let (ok, out, err) = helm_upgrade_json(node, value);
     assert!(ok, "helm upgrade --set-json {value}: {err}\n{out}");
-    rolled_out(node);
+    rolled_out(node).await;
 }
 
 /// Sets a chart value back when dropped, passed or failed, so the next test finds the chart as installed.
@@ -1667,18 +1695,15 @@ async fn real_node_a_granted_user_traces_the_whole_node() {
     });
     apply(node, elsewhere, &workload_pod(node, "elsewhere", 23300));
     wait_pods_ready(node, elsewhere);
-    kubectl_ok(
-        node,
-        &[
-            "create",
-            "rolebinding",
-            "editor",
-            "-n",
-            ns,
-            "--clusterrole=edit",
-            "--user=sonde-user",
-        ],
-    );
+    node.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "editor",
+        "-n",
+        ns,
+        "--clusterrole=edit",
+        "--user=sonde-user",
+    ]);
     let job = format!(
         "apiVersion: sonde.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: whole-node}}\nspec:\n  probe: exec\n  \
          target: {{nodeNames: [{}]}}\n  duration: 15s\n",
@@ -1693,7 +1718,8 @@ async fn real_node_a_granted_user_traces_the_whole_node() {
     wait_until(
         "the user's create reaches admission",
         Duration::from_secs(30),
-        || {
+        POLL,
+        async || {
             let (ok, _, err) = create();
             assert!(!ok, "a node-wide job was admitted without the permission");
             refused = err;
@@ -1706,22 +1732,20 @@ async fn real_node_a_granted_user_traces_the_whole_node() {
         "{refused}"
     );
 
-    kubectl_ok(
-        node,
-        &[
-            "create",
-            "rolebinding",
-            "node-wide",
-            "-n",
-            ns,
-            "--clusterrole=sonde-node-wide-tracer",
-            "--user=sonde-user",
-        ],
-    );
+    node.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "node-wide",
+        "-n",
+        ns,
+        "--clusterrole=sonde-node-wide-tracer",
+        "--user=sonde-user",
+    ]);
     wait_until(
         "the granted user's job is admitted",
         Duration::from_secs(30),
-        || create().0,
+        POLL,
+        async || create().0,
     )
     .await;
     let st = finished_job(node, ns, "whole-node", Duration::from_secs(60)).await;
@@ -1747,13 +1771,13 @@ async fn real_node_a_granted_user_traces_the_whole_node() {
     ]);
     assert!(ok, "{err}");
 
-    helm_set_json(node, &format!("tenancy.nodeWideNamespaces=[\"{ns}\"]"));
+    helm_set_json(node, &format!("tenancy.nodeWideNamespaces=[\"{ns}\"]")).await;
     let restore = HelmValueOnDrop(node, "tenancy.nodeWideNamespaces=[]");
     let (ok, _, err) = create();
     assert!(ok, "{err}");
     let st = finished_job(node, ns, "whole-node", Duration::from_secs(90)).await;
     drop(restore);
-    rolled_out(node);
+    rolled_out(node).await;
     assert_eq!(st["phase"], "Succeeded", "{st}");
     let text = results_text(&st);
     assert!(
@@ -1907,34 +1931,28 @@ async fn real_node_results_travel_over_https_with_a_certificate_secret() {
     );
     let file = |name: &str| certs.path().join(name).display().to_string();
     let delete_secret = || {
-        let _ = kubectl(
-            node,
-            &[
-                "delete",
-                "secret",
-                "results-tls",
-                "-n",
-                "sonde-system",
-                "--ignore-not-found",
-            ],
-        );
-    };
-    delete_secret();
-    kubectl_ok(
-        node,
-        &[
-            "create",
+        let _ = node.kubectl(&[
+            "delete",
             "secret",
-            "generic",
             "results-tls",
             "-n",
             "sonde-system",
-            &format!("--from-file=tls.crt={}", file("tls.crt")),
-            &format!("--from-file=tls.key={}", file("tls.key")),
-            &format!("--from-file=ca.crt={}", file("ca.crt")),
-        ],
-    );
-    helm_set_json(node, "results.tls.secretName=\"results-tls\"");
+            "--ignore-not-found",
+        ]);
+    };
+    delete_secret();
+    node.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "results-tls",
+        "-n",
+        "sonde-system",
+        &format!("--from-file=tls.crt={}", file("tls.crt")),
+        &format!("--from-file=tls.key={}", file("tls.key")),
+        &format!("--from-file=ca.crt={}", file("ca.crt")),
+    ]);
+    helm_set_json(node, "results.tls.secretName=\"results-tls\"").await;
     let restore = HelmValueOnDrop(node, "results.tls.secretName=\"\"");
     let ns = "https-path";
     fresh_namespace(node, ns);
@@ -1968,55 +1986,38 @@ async fn real_node_results_travel_over_https_with_a_certificate_secret() {
     assert_eq!(report["probe"], "wakeups");
 
     // A reader of the namespace, over HTTPS by the certificate's name, trusting the CA.
-    let ip = json(
-        node,
-        &[
-            "-n",
-            "sonde-system",
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/component=results",
-        ],
-    )["items"][0]["status"]["podIP"]
+    let ip = node.json(&[
+        "-n",
+        "sonde-system",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=results",
+    ])["items"][0]["status"]["podIP"]
         .as_str()
         .expect("a results server pod with an IP")
         .to_string();
-    let _ = kubectl(node, &["create", "serviceaccount", "viewer", "-n", ns]);
-    kubectl_ok(
-        node,
-        &[
-            "create",
-            "rolebinding",
-            "viewer",
-            "-n",
-            ns,
-            "--clusterrole=view",
-            &format!("--serviceaccount={ns}:viewer"),
-        ],
-    );
-    let token = kubectl_ok(
-        node,
-        &[
-            "create",
-            "token",
-            "viewer",
-            "-n",
-            ns,
-            "--audience",
-            "sonde-results",
-        ],
-    );
-    let curl = |args: &[&str]| {
-        let out = std::process::Command::new("curl")
-            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "10"])
-            .args(args)
-            .output()
-            .expect("curl");
-        let out = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = out.rsplit_once('\n').unwrap_or_default();
-        (code.to_string(), body.to_string())
-    };
+    let _ = node.kubectl(&["create", "serviceaccount", "viewer", "-n", ns]);
+    node.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "viewer",
+        "-n",
+        ns,
+        "--clusterrole=view",
+        &format!("--serviceaccount={ns}:viewer"),
+    ]);
+    let token = node.kubectl_ok(&[
+        "create",
+        "token",
+        "viewer",
+        "-n",
+        ns,
+        "--audience",
+        "sonde-results",
+    ]);
+    // Every request here gives up after 10 s: one the server never answers is a `000`, not a hang.
+    let curl = |args: &[&str]| curl_status(&[&["--max-time", "10"], args].concat());
     let resolve = format!("{NAME}:8080:{ip}");
     let url = format!("https://{NAME}:8080/api/v1/namespaces/{ns}/tracejobs/ping-wakeups");
     let bearer = format!("Authorization: Bearer {}", token.trim());
@@ -2038,7 +2039,7 @@ async fn real_node_results_travel_over_https_with_a_certificate_secret() {
     );
     assert!(!body.contains("ping-wakeups"), "plain HTTP served: {body}");
     drop(restore);
-    rolled_out(node);
+    rolled_out(node).await;
     // Nothing mounts it any more.
     delete_secret();
 }

@@ -186,47 +186,61 @@ async fn the_operator_places_node_wide_sessions_only_for_allowed_namespaces() {
 async fn node_wide_targets_need_a_permission_the_admin_grants() {
     sonde_tests::requires!(Root, ControlPlane);
     let _serial = SERIAL.lock().await;
-    let plane = ControlPlane::get().await;
-    let release = "tenancy-e2e";
-    let (ok, rendered, err) = helm(&[
-        "template",
-        "--kube-version=1.35.4",
-        release,
-        "helm/sonde",
-        "--show-only",
-        "templates/tenancy.yaml",
-    ]);
-    assert!(ok, "helm template: {err}");
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), &rendered).unwrap();
-    let path = file.path().to_str().unwrap();
-    let admin = |args: &[&str]| plane.kubectl(Identity::Admin, args);
-    let (ok, _, err) = admin(&["apply", "-f", path]);
-    assert!(ok, "applying the tenancy objects: {err}");
-    struct Cleanup<'a>(&'a ControlPlane, String);
-    impl Drop for Cleanup<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kubectl(
-                Identity::Admin,
-                &["delete", "--ignore-not-found", "-f", &self.1],
-            );
-            let _ = self.0.kubectl(
-                Identity::Admin,
-                &[
-                    "delete",
-                    "--ignore-not-found",
-                    "-n",
-                    "sonde-user",
-                    "tracejob,probepolicy,probesession,rolebinding",
-                    "-l",
-                    "sonde.dev/tenancy-e2e",
-                ],
-            );
+    let admission = Admission::applied(ControlPlane::get().await);
+    admission.a_namespace_user_needs_a_pod_selector().await;
+    admission.every_spelling_of_no_selector_is_refused();
+    admission.a_null_selector_is_pruned_not_kept();
+    admission.no_one_writes_a_probe_session_by_hand().await;
+    admission.the_granted_user_creates_node_wide_objects().await;
+    admission
+        .without_the_policy_binding_the_same_requests_pass()
+        .await;
+}
+
+/// The helm release name [`node_wide_targets_need_a_permission_the_admin_grants`] renders the chart's tenancy
+/// objects under: their names start with it.
+const ADMISSION_RELEASE: &str = "tenancy-e2e";
+
+/// The chart's tenancy objects (the admission policy and its binding, the node-wide ClusterRole) applied for
+/// [`node_wide_targets_need_a_permission_the_admin_grants`]. Dropped, it deletes them and every object the test
+/// made in `sonde-user` (labelled `sonde.dev/tenancy-e2e`), passed or failed.
+struct Admission {
+    plane: &'static ControlPlane,
+    /// The rendered objects, applied and deleted by this file.
+    rendered: tempfile::NamedTempFile,
+}
+
+impl Admission {
+    /// The chart's `templates/tenancy.yaml`, rendered as release [`ADMISSION_RELEASE`] and applied.
+    fn applied(plane: &'static ControlPlane) -> Admission {
+        let (ok, rendered, err) = helm(&[
+            "template",
+            "--kube-version=1.35.4",
+            ADMISSION_RELEASE,
+            "helm/sonde",
+            "--show-only",
+            "templates/tenancy.yaml",
+        ]);
+        assert!(ok, "helm template: {err}");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &rendered).unwrap();
+        let path = file.path().to_str().unwrap();
+        let (ok, _, err) = plane.kubectl(Identity::Admin, &["apply", "-f", path]);
+        assert!(ok, "applying the tenancy objects: {err}");
+        Admission {
+            plane,
+            rendered: file,
         }
     }
-    let _cleanup = Cleanup(plane, path.to_string());
-    // `kind` is TraceJob or ProbePolicy; without `selector` the target is this node, whole.
-    let create = |kind: &str, name: &str, selector: bool| {
+
+    /// kubectl as the cluster's admin.
+    fn admin(&self, args: &[&str]) -> (bool, String, String) {
+        self.plane.kubectl(Identity::Admin, args)
+    }
+
+    /// `kubectl create` as `sonde-user` of a `kind` (TraceJob or ProbePolicy) in its namespace; without
+    /// `selector` the target is this node, whole. Whether it was created, and kubectl's error.
+    fn create(&self, kind: &str, name: &str, selector: bool) -> (bool, String) {
         let target = if selector {
             "podSelector: {matchLabels: {app: mine}}".to_string()
         } else {
@@ -246,135 +260,147 @@ async fn node_wide_targets_need_a_permission_the_admin_grants() {
             ),
         )
         .unwrap();
-        let out = plane.kubectl(
+        let out = self.plane.kubectl(
             Identity::User,
             &["create", "-f", f.path().to_str().unwrap()],
         );
         (out.0, out.2)
-    };
-    // The policy takes effect within about a second of its creation: an object created before that is deleted
-    // and tried again until the policy refuses it.
-    for kind in ["TraceJob", "ProbePolicy"] {
+    }
+
+    /// kubectl as `sonde-user` with `args` and `-f` a file of `doc`: whether it passed, and kubectl's error.
+    fn as_user(&self, args: &[&str], doc: &Value) -> (bool, String) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), doc.to_string()).unwrap();
+        let mut args = args.to_vec();
+        args.extend(["-f", f.path().to_str().unwrap()]);
+        let (ok, _, err) = self.plane.kubectl(Identity::User, &args);
+        (ok, err)
+    }
+
+    /// Tries `attempt`, the creation of `resource` `name` in `sonde-user`'s namespace, until admission refuses it:
+    /// a policy takes effect within about a second of its creation, so an object created before that is deleted
+    /// and tried again. Whether it was refused within 15 s, and the last error.
+    async fn refused_at_admission(
+        &self,
+        resource: &str,
+        name: &str,
+        attempt: impl Fn() -> (bool, String),
+    ) -> (bool, String) {
         let mut refusal = String::new();
         let refused = wait_for(Duration::from_secs(15), || {
-            let (ok, err) = create(kind, "node-wide", false);
+            let (ok, err) = attempt();
             if ok {
-                admin(&[
-                    "delete",
-                    "-n",
-                    "sonde-user",
-                    &kind.to_lowercase(),
-                    "node-wide",
-                    "--wait=false",
-                ]);
+                self.admin(&["delete", "-n", "sonde-user", resource, name, "--wait=false"]);
             }
             let done = err.contains("denied request");
             refusal = err;
             async move { done }
         })
         .await;
-        assert!(refused, "a namespace user created a node-wide {kind}");
-        assert!(
-            refusal.contains(&format!("{kind} without spec.target.podSelector"))
-                && refusal.contains("sonde-user")
-                && refusal.contains(&format!("{release}-node-wide-tracer")),
-            "{refusal}"
-        );
-        let (ok, err) = create(kind, "own-pods", true);
-        assert!(ok, "a {kind} with a podSelector was refused: {err}");
+        (refused, refusal)
     }
-    // Every spelling of "no selector" is refused alike, through kubectl's typed create and a raw POST, on create
-    // and on update: an explicit `podSelector: null` once reached the policy as a present key (`has()` true)
-    // while the operator read it as absent and placed a node-wide session. The schema has no nullable spec
-    // field, so the API server prunes the null before admission.
-    let node = this_node_name();
-    let mut spellings: Vec<(&str, String)> = Vec::new();
-    for kind in ["TraceJob", "ProbePolicy"] {
-        for target in [
-            json!({"nodeNames": [node]}),
-            json!({"podSelector": null, "nodeNames": [node]}),
-            json!({"podSelector": null, "nodeSelector": {"kubernetes.io/os": "linux"}}),
-            json!({"podSelector": null, "comms": ["sh"]}),
-            json!({"comms": ["sh"]}),
-            json!({"nodeSelector": {"kubernetes.io/os": "linux"}}),
-        ] {
-            spellings.push((kind, target.to_string()));
+
+    /// Whether `sonde-user` creates a node-wide `kind` named `name` within 15 s, tried again until then: a binding
+    /// made or deleted takes effect within moments, not at once.
+    async fn creates_node_wide(&self, kind: &str, name: &str) -> bool {
+        wait_for(Duration::from_secs(15), || {
+            let (ok, _) = self.create(kind, name, false);
+            async move { ok }
+        })
+        .await
+    }
+
+    /// A namespace user may not create a node-wide TraceJob or ProbePolicy (the refusal says why and names the
+    /// role that would allow it), and may create one with a podSelector.
+    async fn a_namespace_user_needs_a_pod_selector(&self) {
+        for kind in ["TraceJob", "ProbePolicy"] {
+            let (refused, refusal) = self
+                .refused_at_admission(&kind.to_lowercase(), "node-wide", || {
+                    self.create(kind, "node-wide", false)
+                })
+                .await;
+            assert!(refused, "a namespace user created a node-wide {kind}");
+            assert!(
+                refusal.contains(&format!("{kind} without spec.target.podSelector"))
+                    && refusal.contains("sonde-user")
+                    && refusal.contains(&format!("{ADMISSION_RELEASE}-node-wide-tracer")),
+                "{refusal}"
+            );
+            let (ok, err) = self.create(kind, "own-pods", true);
+            assert!(ok, "a {kind} with a podSelector was refused: {err}");
         }
     }
-    let body = |kind: &str, name: &str, target: &Value| {
-        let mut spec = json!({"probe": "exec", "target": target});
-        match kind {
-            "TraceJob" => spec["duration"] = json!("10s"),
-            _ => {
-                spec["window"] = json!("60s");
-                spec["thresholds"] = json!([{"metric": "eventsPerSecond", "value": 1000}]);
+
+    /// Every spelling of "no selector" is refused alike, through kubectl's typed create and a raw POST, on create
+    /// and on update: an explicit `podSelector: null` once reached the policy as a present key (`has()` true)
+    /// while the operator read it as absent and placed a node-wide session. The schema has no nullable spec
+    /// field, so the API server prunes the null before admission.
+    fn every_spelling_of_no_selector_is_refused(&self) {
+        let node = this_node_name();
+        let mut spellings: Vec<(&str, String)> = Vec::new();
+        for kind in ["TraceJob", "ProbePolicy"] {
+            for target in [
+                json!({"nodeNames": [node]}),
+                json!({"podSelector": null, "nodeNames": [node]}),
+                json!({"podSelector": null, "nodeSelector": {"kubernetes.io/os": "linux"}}),
+                json!({"podSelector": null, "comms": ["sh"]}),
+                json!({"comms": ["sh"]}),
+                json!({"nodeSelector": {"kubernetes.io/os": "linux"}}),
+            ] {
+                spellings.push((kind, target.to_string()));
             }
         }
-        json!({"apiVersion": "sonde.dev/v1alpha1", "kind": kind,
-               "metadata": {"name": name, "namespace": "sonde-user", "labels": {"sonde.dev/tenancy-e2e": "true"}},
-               "spec": spec})
-    };
-    let as_user = |args: &[&str], doc: &Value| {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), doc.to_string()).unwrap();
-        let mut args = args.to_vec();
-        args.extend(["-f", f.path().to_str().unwrap()]);
-        let (ok, _, err) = plane.kubectl(Identity::User, &args);
-        (ok, err)
-    };
-    for (i, (kind, target)) in spellings.iter().enumerate() {
-        let target: Value = serde_json::from_str(target).unwrap();
-        let plural = format!("{}s", kind.to_lowercase()).replace("policys", "policies");
-        let raw = format!("/apis/sonde.dev/v1alpha1/namespaces/sonde-user/{plural}");
-        for (how, args) in [
-            ("kubectl create", vec!["create"]),
-            ("a raw POST", vec!["create", "--raw", &raw]),
-        ] {
-            let name = format!("no-selector-{i}-{}", args.len());
-            let (ok, err) = as_user(&args, &body(kind, &name, &target));
-            assert!(
-                !ok && (err.contains("denied request") || err.contains("Invalid value")),
-                "{how} of a {kind} with target {target} by a namespace user: accepted ({err})"
-            );
-        }
-        // On update: a policy made with a selector, whose selector is then set to null (a JSON patch keeps the
-        // null; a merge patch would delete the key) or replaced by a target without one.
-        if *kind == "ProbePolicy" {
-            let name = format!("selector-then-none-{i}");
-            let (ok, err) = as_user(
-                &["create"],
-                &body(
-                    kind,
-                    &name,
-                    &json!({"podSelector": {"matchLabels": {"app": "mine"}}}),
-                ),
-            );
-            assert!(ok, "{err}");
-            let mut no_selector = target.clone();
-            no_selector.as_object_mut().unwrap().remove("podSelector");
-            let patch =
-                json!([{"op": "replace", "path": "/spec/target", "value": target}]).to_string();
-            let (ok, _, err) = plane.kubectl(
-                Identity::User,
-                &[
-                    "patch",
-                    "-n",
-                    "sonde-user",
-                    "probepolicy",
-                    &name,
-                    "--type=json",
-                    "-p",
-                    &patch,
-                ],
-            );
-            assert!(
-                !ok && refused_for_no_selector(&err),
-                "a JSON patch to target {target} was accepted: {err}"
-            );
-            let get = || {
-                let (_, out, _) = plane.kubectl(
-                    Identity::Admin,
+        for (i, (kind, target)) in spellings.iter().enumerate() {
+            let target: Value = serde_json::from_str(target).unwrap();
+            let plural = format!("{}s", kind.to_lowercase()).replace("policys", "policies");
+            let raw = format!("/apis/sonde.dev/v1alpha1/namespaces/sonde-user/{plural}");
+            for (how, args) in [
+                ("kubectl create", vec!["create"]),
+                ("a raw POST", vec!["create", "--raw", &raw]),
+            ] {
+                let name = format!("no-selector-{i}-{}", args.len());
+                let (ok, err) = self.as_user(&args, &tenancy_object(kind, &name, &target));
+                assert!(
+                    !ok && (err.contains("denied request") || err.contains("Invalid value")),
+                    "{how} of a {kind} with target {target} by a namespace user: accepted ({err})"
+                );
+            }
+            // On update: a policy made with a selector, whose selector is then set to null (a JSON patch keeps the
+            // null; a merge patch would delete the key) or replaced by a target without one.
+            if *kind == "ProbePolicy" {
+                let name = format!("selector-then-none-{i}");
+                let (ok, err) = self.as_user(
+                    &["create"],
+                    &tenancy_object(
+                        kind,
+                        &name,
+                        &json!({"podSelector": {"matchLabels": {"app": "mine"}}}),
+                    ),
+                );
+                assert!(ok, "{err}");
+                let mut no_selector = target.clone();
+                no_selector.as_object_mut().unwrap().remove("podSelector");
+                let patch =
+                    json!([{"op": "replace", "path": "/spec/target", "value": target}]).to_string();
+                let (ok, _, err) = self.plane.kubectl(
+                    Identity::User,
                     &[
+                        "patch",
+                        "-n",
+                        "sonde-user",
+                        "probepolicy",
+                        &name,
+                        "--type=json",
+                        "-p",
+                        &patch,
+                    ],
+                );
+                assert!(
+                    !ok && refused_for_no_selector(&err),
+                    "a JSON patch to target {target} was accepted: {err}"
+                );
+                let get = || {
+                    let (_, out, _) = self.admin(&[
                         "get",
                         "-n",
                         "sonde-user",
@@ -382,126 +408,152 @@ async fn node_wide_targets_need_a_permission_the_admin_grants() {
                         &name,
                         "-o",
                         "json",
-                    ],
+                    ]);
+                    serde_json::from_str::<Value>(&out).unwrap()
+                };
+                let mut replaced = tenancy_object(kind, &name, &no_selector);
+                replaced["metadata"]["resourceVersion"] =
+                    get()["metadata"]["resourceVersion"].clone();
+                let (ok, err) = self.as_user(&["replace"], &replaced);
+                assert!(
+                    !ok && refused_for_no_selector(&err),
+                    "a replace with target {no_selector} was accepted: {err}"
                 );
-                serde_json::from_str::<Value>(&out).unwrap()
-            };
-            let mut replaced = body(kind, &name, &no_selector);
-            replaced["metadata"]["resourceVersion"] = get()["metadata"]["resourceVersion"].clone();
-            let (ok, err) = as_user(&["replace"], &replaced);
+                let stored = get();
+                assert_eq!(
+                    stored["spec"]["target"],
+                    json!({"podSelector": {"matchLabels": {"app": "mine"}}}),
+                    "the policy's target changed"
+                );
+            }
+        }
+    }
+
+    /// The null is pruned, not kept: a node-wide object the admin may create is stored without the key.
+    fn a_null_selector_is_pruned_not_kept(&self) {
+        let node = this_node_name();
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let nulled = tenancy_object(
+            "TraceJob",
+            "null-pruned",
+            &json!({"podSelector": null, "nodeNames": [node]}),
+        );
+        std::fs::write(f.path(), nulled.to_string()).unwrap();
+        let (ok, out, err) =
+            self.admin(&["create", "-o", "json", "-f", f.path().to_str().unwrap()]);
+        assert!(ok, "{err}");
+        let stored: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            stored["spec"]["target"],
+            json!({"nodeNames": [node]}),
+            "the API server kept the null"
+        );
+    }
+
+    /// ProbeSessions are the operator's alone: not even an admin writes one by hand.
+    async fn no_one_writes_a_probe_session_by_hand(&self) {
+        let forged = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            forged.path(),
+            format!(
+                "apiVersion: sonde.dev/v1alpha1\nkind: ProbeSession\nmetadata: {{name: forged, namespace: sonde-user, \
+                 labels: {{sonde.dev/tenancy-e2e: \"true\"}}}}\nspec:\n  nodeName: {}\n  probe: exec\n  \
+                 allPods: true\n  resultPrefix: tracejobs/sonde-user/forged-00000000/x\n",
+                this_node_name()
+            ),
+        )
+        .unwrap();
+        let (refused, refusal) = self
+            .refused_at_admission("probesession", "forged", || {
+                let (ok, _, err) = self.admin(&["create", "-f", forged.path().to_str().unwrap()]);
+                (ok, err)
+            })
+            .await;
+        assert!(refused, "an admin wrote a ProbeSession by hand");
+        assert!(
+            refusal.contains("written only by the Sonde operator")
+                && refusal.contains("create a TraceJob"),
+            "{refusal}"
+        );
+    }
+
+    /// Once the admin binds the chart's node-wide ClusterRole in the namespace, its user creates node-wide
+    /// TraceJobs and ProbePolicies.
+    async fn the_granted_user_creates_node_wide_objects(&self) {
+        let (ok, _, err) = self.admin(&[
+            "create",
+            "rolebinding",
+            "node-wide",
+            "-n",
+            "sonde-user",
+            &format!("--clusterrole={ADMISSION_RELEASE}-node-wide-tracer"),
+            "--user=sonde-user",
+        ]);
+        assert!(ok, "{err}");
+        self.admin(&[
+            "label",
+            "-n",
+            "sonde-user",
+            "rolebinding",
+            "node-wide",
+            "sonde.dev/tenancy-e2e=true",
+        ]);
+        for kind in ["TraceJob", "ProbePolicy"] {
             assert!(
-                !ok && refused_for_no_selector(&err),
-                "a replace with target {no_selector} was accepted: {err}"
-            );
-            let stored = get();
-            assert_eq!(
-                stored["spec"]["target"],
-                json!({"podSelector": {"matchLabels": {"app": "mine"}}}),
-                "the policy's target changed"
+                self.creates_node_wide(kind, "node-wide-granted").await,
+                "the granted user still cannot create a node-wide {kind}"
             );
         }
     }
-    // The null is pruned, not kept: a node-wide object the admin may create is stored without the key.
-    let f = tempfile::NamedTempFile::new().unwrap();
-    let nulled = body(
-        "TraceJob",
-        "null-pruned",
-        &json!({"podSelector": null, "nodeNames": [node]}),
-    );
-    std::fs::write(f.path(), nulled.to_string()).unwrap();
-    let (ok, out, err) = plane.kubectl(
-        Identity::Admin,
-        &["create", "-o", "json", "-f", f.path().to_str().unwrap()],
-    );
-    assert!(ok, "{err}");
-    let stored: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(
-        stored["spec"]["target"],
-        json!({"nodeNames": [node]}),
-        "the API server kept the null"
-    );
-    // ProbeSessions are the operator's alone: not even an admin writes one by hand.
-    let forged = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        forged.path(),
-        format!(
-            "apiVersion: sonde.dev/v1alpha1\nkind: ProbeSession\nmetadata: {{name: forged, namespace: sonde-user, \
-             labels: {{sonde.dev/tenancy-e2e: \"true\"}}}}\nspec:\n  nodeName: {}\n  probe: exec\n  \
-             allPods: true\n  resultPrefix: tracejobs/sonde-user/forged-00000000/x\n",
-            this_node_name()
-        ),
-    )
-    .unwrap();
-    let mut refusal = String::new();
-    let refused = wait_for(Duration::from_secs(15), || {
-        let (ok, _, err) = admin(&["create", "-f", forged.path().to_str().unwrap()]);
-        if ok {
-            admin(&[
-                "delete",
-                "-n",
-                "sonde-user",
-                "probesession",
-                "forged",
-                "--wait=false",
-            ]);
+
+    /// With the grant and the policy's binding removed, the user's node-wide requests pass: the refusals came
+    /// from the policy.
+    async fn without_the_policy_binding_the_same_requests_pass(&self) {
+        self.admin(&["delete", "-n", "sonde-user", "rolebinding", "node-wide"]);
+        self.admin(&[
+            "delete",
+            "validatingadmissionpolicybinding",
+            &format!("{ADMISSION_RELEASE}-node-wide-targets.sonde.dev"),
+        ]);
+        for kind in ["TraceJob", "ProbePolicy"] {
+            assert!(
+                self.creates_node_wide(kind, "node-wide-unchecked").await,
+                "{kind} refused without the policy binding: the refusal was not the policy's"
+            );
         }
-        let done = err.contains("denied request");
-        refusal = err;
-        async move { done }
-    })
-    .await;
-    assert!(refused, "an admin wrote a ProbeSession by hand");
-    assert!(
-        refusal.contains("written only by the Sonde operator")
-            && refusal.contains("create a TraceJob"),
-        "{refusal}"
-    );
-    let (ok, _, err) = admin(&[
-        "create",
-        "rolebinding",
-        "node-wide",
-        "-n",
-        "sonde-user",
-        &format!("--clusterrole={release}-node-wide-tracer"),
-        "--user=sonde-user",
-    ]);
-    assert!(ok, "{err}");
-    admin(&[
-        "label",
-        "-n",
-        "sonde-user",
-        "rolebinding",
-        "node-wide",
-        "sonde.dev/tenancy-e2e=true",
-    ]);
-    for kind in ["TraceJob", "ProbePolicy"] {
-        let granted = wait_for(Duration::from_secs(15), || {
-            let (ok, _) = create(kind, "node-wide-granted", false);
-            async move { ok }
-        })
-        .await;
-        assert!(
-            granted,
-            "the granted user still cannot create a node-wide {kind}"
-        );
     }
-    admin(&["delete", "-n", "sonde-user", "rolebinding", "node-wide"]);
-    admin(&[
-        "delete",
-        "validatingadmissionpolicybinding",
-        &format!("{release}-node-wide-targets.sonde.dev"),
-    ]);
-    for kind in ["TraceJob", "ProbePolicy"] {
-        let unchecked = wait_for(Duration::from_secs(15), || {
-            let (ok, _) = create(kind, "node-wide-unchecked", false);
-            async move { ok }
-        })
-        .await;
-        assert!(
-            unchecked,
-            "{kind} refused without the policy binding: the refusal was not the policy's"
-        );
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        // Lossy, not unwrap: a panic while a failed test unwinds would abort the whole test binary.
+        let path = self.rendered.path().to_string_lossy();
+        let _ = self.admin(&["delete", "--ignore-not-found", "-f", &path]);
+        let _ = self.admin(&[
+            "delete",
+            "--ignore-not-found",
+            "-n",
+            "sonde-user",
+            "tracejob,probepolicy,probesession,rolebinding",
+            "-l",
+            "sonde.dev/tenancy-e2e",
+        ]);
     }
+}
+
+/// A TraceJob or ProbePolicy of `sonde-user`'s namespace with `target`, labelled for [`Admission`]'s cleanup.
+fn tenancy_object(kind: &str, name: &str, target: &Value) -> Value {
+    let mut spec = json!({"probe": "exec", "target": target});
+    match kind {
+        "TraceJob" => spec["duration"] = json!("10s"),
+        _ => {
+            spec["window"] = json!("60s");
+            spec["thresholds"] = json!([{"metric": "eventsPerSecond", "value": 1000}]);
+        }
+    }
+    json!({"apiVersion": "sonde.dev/v1alpha1", "kind": kind,
+           "metadata": {"name": name, "namespace": "sonde-user", "labels": {"sonde.dev/tenancy-e2e": "true"}},
+           "spec": spec})
 }
 
 /// Whether kubectl's error is a refusal of a target without a selector: the admission policy's, or the schema's
