@@ -25,8 +25,9 @@ pub use manifest::{Manifest, ManifestError, parse_manifests};
 pub use policy::{ProbePolicy, ProbePolicySpec, ProbePolicyStatus};
 pub use probe::*;
 pub use session::{
+    AGENT_LEASE_LABEL, AGENT_LEASE_NODE_ANNOTATION, AGENT_LEASE_RENEW_SECONDS, AGENT_LEASE_SECONDS,
     NODE_LABEL, OWNER_UID_LABEL, ProbeSession, ProbeSessionSpec, ProbeSessionStatus, TargetPod,
-    node_label_value,
+    agent_lease_name, node_label_value,
 };
 /// The results layout (`<kind>/<namespace>/<name>-<uid8>/<node>`, the events manifest), from `sonde-vocab`.
 pub use sonde_vocab::results;

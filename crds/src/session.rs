@@ -14,6 +14,24 @@ pub const NODE_LABEL: &str = "sonde.dev/node";
 /// Label carrying the uid of the TraceJob or ProbePolicy a session belongs to.
 pub const OWNER_UID_LABEL: &str = "sonde.dev/owner-uid";
 
+/// How an agent says it is alive: one coordination.k8s.io Lease per node in the agent's namespace, named
+/// [`agent_lease_name`] and labelled [`AGENT_LEASE_LABEL`], renewed every [`AGENT_LEASE_RENEW_SECONDS`] for
+/// [`AGENT_LEASE_SECONDS`], as the kubelet's node lease. The operator judges a node's sessions alive from it, so
+/// a session's status is written when it has something to say, not to prove the agent lives.
+pub const AGENT_LEASE_LABEL: &str = "sonde.dev/agent-lease";
+/// Annotation of an agent Lease naming its node in full. The chart's admission policy lets an agent write only a
+/// Lease that names its own node here, and the operator believes a Lease only for the node it names, so no agent
+/// can keep another node's sessions alive.
+pub const AGENT_LEASE_NODE_ANNOTATION: &str = "sonde.dev/node-name";
+pub const AGENT_LEASE_SECONDS: i32 = 40;
+pub const AGENT_LEASE_RENEW_SECONDS: u64 = 10;
+
+/// The name of the agent Lease of `node` (its [`NODE_LABEL`] value: at most 63 characters, so the name is a valid
+/// object name whatever the node's).
+pub fn agent_lease_name(node: &str) -> String {
+    format!("sonde-agent-{}", node_label_value(node))
+}
+
 /// The [`NODE_LABEL`] value for a node. Label values stop at 63 characters and node names may not, so long
 /// names are cut and suffixed with a hash of the whole name; operator and agent both call this.
 pub fn node_label_value(node: &str) -> String {

@@ -31,6 +31,10 @@ use crate::session::{self, SessionJob, Targets};
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub node: String,
+    /// The agent's own namespace, where its node's Lease lives (`crate::liveness`).
+    pub namespace: String,
+    /// Who holds the Lease: the agent's pod.
+    pub identity: String,
     /// The cgroup v2 mount where the kubelet's `kubepods` hierarchy lives.
     pub cgroup_root: PathBuf,
     /// Local results before upload (kept when an upload fails).
@@ -72,7 +76,7 @@ pub struct Agent {
 
 /// Runs one session's task, given its job and its signals (targets, deleted, drained): [`session::run`], which
 /// attaches to the kernel; a stand-in in the tests of the watch loop, which run without one.
-type RunSession = Arc<
+pub(crate) type RunSession = Arc<
     dyn Fn(
             SessionJob,
             watch::Receiver<Targets>,
@@ -118,6 +122,36 @@ impl Agent {
         }
     }
 
+    /// An agent whose sessions run without a kernel, each counting `rate` events per second
+    /// ([`crate::session::simulated`]): one of the fleet harness's many agents in one process.
+    pub fn simulated(
+        client: Client,
+        cfg: AgentConfig,
+        metrics: AgentMetrics,
+        health: Arc<Health>,
+        rate: u64,
+    ) -> Agent {
+        let mut agent = Agent::new(client, cfg, metrics, health);
+        agent.run_session = crate::session::simulated::runner(rate);
+        agent
+    }
+
+    /// [`Agent::run`] for a simulated agent: its Lease and its session watch, as a real agent's; no kernel
+    /// settings, spool or uploader.
+    pub async fn run_simulated(self) -> Result<()> {
+        self.hold_lease();
+        self.watch().await
+    }
+
+    fn hold_lease(&self) {
+        tokio::spawn(crate::liveness::hold(
+            kube::Api::namespaced(self.client.clone(), &self.cfg.namespace),
+            self.cfg.node.clone(),
+            self.cfg.identity.clone(),
+            self.metrics.clone(),
+        ));
+    }
+
     pub async fn run(self) -> Result<()> {
         check_bpf_stats();
         // Before any session runs: the policy windows a previous process left in the spool are sealed and
@@ -134,6 +168,7 @@ impl Agent {
             self.held.clone(),
         );
         tokio::spawn(uploader.run());
+        self.hold_lease();
         self.watch().await
     }
 
@@ -575,6 +610,8 @@ mod watch_tests {
             let (spool, cgroups) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let cfg = AgentConfig {
                 node: NODE.into(),
+                namespace: "sonde-system".into(),
+                identity: "sonde-agent-test".into(),
                 cgroup_root: cgroups.path().to_path_buf(),
                 spool: spool.path().to_path_buf(),
                 storage: crate::results::locations::Locations::parse("file:///nowhere".into(), "")

@@ -9,6 +9,7 @@ pub mod error;
 #[cfg(test)]
 mod fake_api;
 pub mod limits;
+pub mod liveness;
 pub mod metrics;
 pub mod results;
 pub mod session;

@@ -12,6 +12,12 @@ struct Args {
     /// This node's name (the Downward API's spec.nodeName in the DaemonSet).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// The agent's namespace, where it renews its node's Lease (the Downward API's metadata.namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "sonde-system")]
+    namespace: String,
+    /// Who holds the Lease (the Downward API's metadata.name; default: the node's name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// The cgroup v2 mount holding the kubelet's kubepods hierarchy (default: detected).
     #[arg(long, env = "SONDE_CGROUP_ROOT")]
     cgroup_root: Option<PathBuf>,
@@ -97,6 +103,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the API server")?;
     let cfg = AgentConfig {
+        identity: args
+            .pod_name
+            .unwrap_or_else(|| format!("sonde-agent@{node}")),
+        namespace: args.namespace,
         node,
         cgroup_root: args
             .cgroup_root

@@ -26,6 +26,8 @@ pub struct AgentMetrics {
     pub sessions_failed: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Events that reached the agent and were not kept in results, by `reason` (as in `status.counts.notKept`).
     pub events_not_kept: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Renewals of this node's agent Lease that failed (`crate::liveness`).
+    pub lease_renewals_failed: Counter,
 }
 
 impl AgentMetrics {
@@ -79,6 +81,12 @@ impl AgentMetrics {
             "Events that reached the agent and were not kept in the results, by reason (SpoolFull, \
              MaxEventBytes, MaxEvents, WriteFailed)",
             m.events_not_kept.clone(),
+        );
+        r.register(
+            "lease_renewals_failed",
+            "Renewals of this node's agent Lease that failed: past 40 s without one the operator judges this \
+             node's sessions gone once their deadline passes",
+            m.lease_renewals_failed.clone(),
         );
         m
     }

@@ -20,6 +20,8 @@ pub struct Context {
     pub backoff: crate::backoff::Backoff,
     /// Every pod of the cluster, from the operator's one pod watch ([`crate::pods`]).
     pub pods: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>,
+    /// The agents' Leases: which nodes' sessions are alive ([`crate::liveness`]).
+    pub leases: crate::liveness::AgentLeases,
 }
 
 impl Context {
@@ -30,6 +32,7 @@ impl Context {
         node_wide: NodeWide,
         storage_locations: Option<std::collections::BTreeSet<String>>,
         pods: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>,
+        leases: crate::liveness::AgentLeases,
     ) -> Arc<Context> {
         let reporter = Reporter {
             controller: "sonde-operator".into(),
@@ -43,6 +46,7 @@ impl Context {
             storage_locations,
             backoff: Default::default(),
             pods,
+            leases,
         })
     }
 }

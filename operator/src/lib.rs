@@ -6,6 +6,7 @@ pub mod conditions;
 pub mod context;
 pub mod error;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;
 pub mod owner;
 pub mod placement;

@@ -21,6 +21,10 @@ struct Args {
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "sonde-system")]
     lease_namespace: String,
+    /// Namespace of the agents' Leases, one per node, from which their sessions are judged alive (the release's
+    /// namespace, as the leader-election Lease's).
+    #[arg(long, env = "SONDE_AGENT_NAMESPACE")]
+    agent_namespace: Option<String>,
     /// This replica's identity in the Lease (the pod name in a Deployment).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -84,6 +88,12 @@ async fn main() -> anyhow::Result<()> {
     let [job_pods, policy_pods]: [_; 2] = pod_events
         .try_into()
         .map_err(|_| anyhow::anyhow!("one pod stream per controller"))?;
+    let agent_namespace = args
+        .agent_namespace
+        .as_deref()
+        .unwrap_or(&args.lease_namespace);
+    let (leases, watch_leases) =
+        sonde_operator::liveness::AgentLeases::watch(client.clone(), agent_namespace);
     let ctx = Context::new(
         client,
         metrics.clone(),
@@ -91,10 +101,12 @@ async fn main() -> anyhow::Result<()> {
         node_wide,
         storage_locations,
         pods,
+        leases,
     );
     tokio::select! {
         _ = futures::future::join(tracejob::run(ctx.clone(), job_pods), policy::run(ctx, policy_pods)) => tracing::info!("controllers stopped"),
         _ = watch_pods => tracing::info!("pod watch ended"),
+        _ = watch_leases => tracing::info!("lease watch ended"),
         _ = lock.hold() => anyhow::bail!("lost the leader lease; exiting so a fresh process competes again"),
         _ = &mut stop => tracing::info!("stopping"),
     }

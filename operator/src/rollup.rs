@@ -20,13 +20,20 @@ pub const REPORT_GRACE: SignedDuration = SignedDuration::from_secs(30);
 /// session counts as failed all the same.
 pub const PUBLISH_LIMIT: SignedDuration = SignedDuration::from_secs(600);
 
-/// Whether a session that has not finished is overdue at `now`: past the deadline by [`REPORT_GRACE`] with no
-/// heartbeat within it (its agent is gone), or by [`PUBLISH_LIMIT`] whatever its heartbeat says.
-pub fn overdue(status: &ProbeSessionStatus, deadline: Timestamp, now: Timestamp) -> bool {
-    let alive = status
-        .heartbeat
-        .as_ref()
-        .is_some_and(|beat| later(beat.0, REPORT_GRACE) >= now);
+/// Whether a session that has not finished is overdue at `now`: past the deadline by [`REPORT_GRACE`] with its
+/// agent gone (its node's Lease, which lasts until `alive_until`, expired, and no status written within the
+/// grace either), or by [`PUBLISH_LIMIT`] whatever its agent says.
+pub fn overdue(
+    status: &ProbeSessionStatus,
+    alive_until: Option<Timestamp>,
+    deadline: Timestamp,
+    now: Timestamp,
+) -> bool {
+    let alive = alive_until.is_some_and(|until| until >= now)
+        || status
+            .heartbeat
+            .as_ref()
+            .is_some_and(|beat| later(beat.0, REPORT_GRACE) >= now);
     now > later(deadline, PUBLISH_LIMIT) || (now > later(deadline, REPORT_GRACE) && !alive)
 }
 
@@ -69,6 +76,8 @@ pub struct Input<'a> {
     pub now: Timestamp,
     /// Why nothing was scheduled (None when sessions exist or were just made).
     pub no_targets: Option<Unplaced>,
+    /// Until when each node's agent said it is alive (its Lease), by node.
+    pub alive_until: BTreeMap<String, Timestamp>,
     /// Notes about the target that the cluster cannot honour (pids, cgroupPaths).
     pub notes: Vec<String>,
     pub top: usize,
@@ -93,11 +102,12 @@ pub fn rollup(i: &Input) -> TraceJobStatus {
         let ss = s.status.clone().unwrap_or_default();
         let mut phase = ss.phase;
         let mut message = ss.message.clone();
-        if !phase.is_finished() && overdue(&ss, i.deadline, i.now) {
+        let alive_until = i.alive_until.get(&s.spec.node_name).copied();
+        if !phase.is_finished() && overdue(&ss, alive_until, i.deadline, i.now) {
             phase = Phase::Failed;
             message = Some(format!(
-                "the agent on {} did not report a result after the deadline (no heartbeat for {}s, or still \
-                 publishing {}s after it)",
+                "the agent on {} did not report a result after the deadline (its lease expired and no status \
+                 for {}s, or still publishing {}s after it)",
                 s.spec.node_name,
                 REPORT_GRACE.as_secs(),
                 PUBLISH_LIMIT.as_secs()
@@ -525,6 +535,7 @@ mod tests {
             deadline: Timestamp::from_second(160).unwrap(),
             now: Timestamp::from_second(now).unwrap(),
             no_targets: None,
+            alive_until: BTreeMap::new(),
             notes: vec![],
             top: 2,
         }

@@ -63,7 +63,7 @@ async fn apply(job: Arc<TraceJob>, ctx: &Context, ns: &str) -> Result<Action> {
         });
 
     let placed = place(ctx, &job, ns, &sessions_api, sessions, deadline, now).await?;
-    let status = roll_up(&job, &placed, start, deadline, now);
+    let status = roll_up(&job, &placed, start, deadline, now, &ctx.leases);
     announce(ctx, &job, &jobs, &status).await?;
 
     if status.phase.is_finished() {
@@ -140,6 +140,7 @@ fn roll_up(
     start: Timestamp,
     deadline: Timestamp,
     now: Timestamp,
+    leases: &crate::liveness::AgentLeases,
 ) -> TraceJobStatus {
     let mut notes = Vec::new();
     if job.spec.target.pids.is_some() || job.spec.target.cgroup_paths.is_some() {
@@ -156,6 +157,14 @@ fn roll_up(
         deadline,
         now,
         no_targets: placed.no_targets.clone(),
+        alive_until: placed
+            .sessions
+            .iter()
+            .filter_map(|s| {
+                let node = &s.spec.node_name;
+                leases.alive_until(node).map(|t| (node.clone(), t))
+            })
+            .collect(),
         notes,
         top: sonde_crds::ProbeParams::top_rows(job.spec.params.as_ref()),
     })

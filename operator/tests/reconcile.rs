@@ -188,6 +188,7 @@ where
         NodeWide::parse(""),
         None,
         store,
+        sonde_operator::liveness::AgentLeases::none(),
     );
     let result = tokio::time::timeout(Duration::from_secs(10), reconcile(job, ctx))
         .await

@@ -11,11 +11,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use sonde_crds::{NODE_LABEL, ProbeSession, node_label_value};
+use sonde_crds::{
+    AGENT_LEASE_NODE_ANNOTATION, NODE_LABEL, ProbeSession, agent_lease_name, node_label_value,
+};
 use sonde_tests::{ControlPlane, Identity, TestNamespace, helm, kubectl_with};
 
 /// `helm template` of the chart with one `--set`.
@@ -396,6 +399,7 @@ async fn agents_may_write_only_the_probesessions_of_their_own_node() {
     let ns = TestNamespace::create(plane, "nodescope").await;
     let client = plane.client(Identity::Admin).await;
     let policy = format!("sonde-agent-node-scope-{}", ns.name);
+    let lease_policy = format!("sonde-agent-lease-scope-{}", ns.name);
     let (node_a, node_b, ghost) = (
         format!("{}-a", ns.name),
         format!("{}-b", ns.name),
@@ -406,6 +410,8 @@ async fn agents_may_write_only_the_probesessions_of_their_own_node() {
         objects: vec![
             ("validatingadmissionpolicybinding", policy.clone()),
             ("validatingadmissionpolicy", policy.clone()),
+            ("validatingadmissionpolicybinding", lease_policy.clone()),
+            ("validatingadmissionpolicy", lease_policy.clone()),
             ("node", node_a.clone()),
             ("node", node_b.clone()),
         ],
@@ -582,10 +588,7 @@ async fn agents_may_write_only_the_probesessions_of_their_own_node() {
             )
             .await
             .map(|_| ())
-            .map_err(|e| match e {
-                kube::Error::Api(status) => status.message,
-                e => e.to_string(),
-            })
+            .map_err(api_message)
         }
     };
 
@@ -673,6 +676,73 @@ async fn agents_may_write_only_the_probesessions_of_their_own_node() {
         .await
         .expect("the admin writes node B's status");
 
+    // The agents' Leases (liveness, node-agent/src/liveness.rs): an agent renews its own node's Lease and no
+    // other, nor the operator's leader Lease, so no agent keeps another node's sessions alive.
+    let apply_lease = |client: &Client, name: String, node: String| {
+        let api: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+        async move {
+            let lease = serde_json::json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "annotations": {AGENT_LEASE_NODE_ANNOTATION: node}},
+                "spec": {"holderIdentity": "agent", "leaseDurationSeconds": 40},
+            });
+            api.patch(
+                &name,
+                &PatchParams::apply("sonde-agent").force(),
+                &Patch::Apply(lease),
+            )
+            .await
+            .map(|_| ())
+            .map_err(api_message)
+        }
+    };
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    let forged = loop {
+        let outcome = apply_lease(&as_agent_a, agent_lease_name(&node_b), node_b.clone()).await;
+        if outcome.is_err() || tokio::time::Instant::now() >= until {
+            break outcome;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let err = forged.expect_err("the agent of node A renewed node B's Lease");
+    println!("agent of node A renewing node B's Lease: {err}");
+    assert!(
+        err.contains(&format!(
+            "the sonde-agent of node {node_a} may only write the Lease of its own node"
+        )) && err.contains(&format!("'{lease_policy}'")),
+        "{err}"
+    );
+    apply_lease(&as_agent_a, agent_lease_name(&node_a), node_a.clone())
+        .await
+        .expect("the agent of node A renews its own node's Lease");
+    let err = apply_lease(&as_agent_a, "sonde-operator".into(), node_a.clone())
+        .await
+        .expect_err("the agent of node A wrote the operator's leader Lease");
+    assert!(err.contains("not Lease"), "{err}");
+    let err = apply_lease(&as_agent_unbound, agent_lease_name(&node_a), node_a.clone())
+        .await
+        .expect_err("a token naming no node renewed node A's Lease");
+    assert!(
+        err.contains("this token names no node, so it may not write Lease"),
+        "{err}"
+    );
+    // As for the sessions' policy: the API server type-checks its CEL, without warnings.
+    let (ok, checked, err) = plane.kubectl(
+        Identity::Admin,
+        &[
+            "get",
+            "validatingadmissionpolicy",
+            &lease_policy,
+            "-o",
+            "jsonpath={.status}",
+        ],
+    );
+    assert!(ok, "reading the lease policy: {err}");
+    assert!(
+        !checked.contains("expressionWarnings"),
+        "the lease policy's type check: {checked}"
+    );
+
     // Without the binding, the same write of B goes through: the refusals above were the policy's.
     let (ok, _, err) = plane.kubectl(
         Identity::Admin,
@@ -692,4 +762,12 @@ async fn agents_may_write_only_the_probesessions_of_their_own_node() {
         allowed,
         "node B's session stayed refused to the agent of node A without the policy's binding: {last}"
     );
+}
+
+/// What the API server said when it refused a request (its Status message), else the client's error.
+fn api_message(e: kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => status.message,
+        e => e.to_string(),
+    }
 }

@@ -9,8 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use sonde_crds::conditions::types;
 use sonde_crds::{
-    Counts, NODE_WIDE_NOT_ALLOWED, Phase, ProbeSession, ProbeSessionSpec, ProbeSessionStatus,
-    Upload, UploadState,
+    Counts, NODE_WIDE_NOT_ALLOWED, Phase, ProbeSession, ProbeSessionSpec, Upload, UploadState,
 };
 use sonde_probes::catalogue::Filtered;
 use sonde_probes::results::ResultsWriter;
@@ -24,6 +23,7 @@ mod budget;
 mod outcome;
 mod publish;
 mod reporter;
+pub mod simulated;
 mod trace;
 mod windows;
 
@@ -36,7 +36,8 @@ use windows::{Windows, next_window};
 
 /// Field manager of everything the agent writes.
 pub const MANAGER: &str = "sonde-agent";
-/// How often status is written while a session runs (its heartbeat).
+/// How often a running session looks at its status; it is written when it has something new
+/// ([`reporter::COUNTS_EVERY`]). The agent's liveness is its node's Lease (`crate::liveness`).
 const STATUS_EVERY: Duration = Duration::from_secs(2);
 
 /// What the kernel filter should admit, recomputed by the agent as pods come and go.
@@ -165,13 +166,7 @@ pub async fn run(
     deleted: watch::Receiver<bool>,
     drained: watch::Receiver<Option<String>>,
 ) {
-    let mut rep = Reporter {
-        api: job.api.clone(),
-        name: job.name.clone(),
-        generation: job.generation,
-        status: ProbeSessionStatus::default(),
-        not_kept: Default::default(),
-    };
+    let mut rep = Reporter::new(&job);
     let deadline = job.spec.deadline.as_ref().map(|t| to_system(&t.0));
     if let Some((reason, why)) = job.refusal(deadline) {
         tracing::warn!(session = %job.name, namespace = %job.namespace, reason, "session refused");
@@ -436,16 +431,16 @@ async fn finish(job: &SessionJob, trace: Trace, stop: Stop, deadline: Option<Sys
     }
 }
 
-/// Runs `work` while writing the session's status (its heartbeat) every [`STATUS_EVERY`], from now on. The two
-/// go on side by side: a slow API server never holds up the work (a write that takes longer than a beat is given
-/// up, and missed beats are not made up).
+/// Runs `work` while reporting the session's status every [`STATUS_EVERY`] (written when it has something new),
+/// from now on. The two go on side by side: a slow API server never holds up the work (a write that takes longer
+/// than a beat is given up, and missed beats are not made up).
 async fn beating<T>(rep: &mut Reporter, work: impl std::future::Future<Output = T>) -> T {
     let beat = async {
         let mut ticks = tokio::time::interval(STATUS_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let _ = tokio::time::timeout(STATUS_EVERY, rep.write()).await;
+            let _ = tokio::time::timeout(STATUS_EVERY, rep.report()).await;
         }
     };
     tokio::select! {

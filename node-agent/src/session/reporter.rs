@@ -14,6 +14,12 @@ use crate::metrics::AgentMetrics;
 
 use super::MANAGER;
 
+/// What changes with every event (counts, how many sets wait for the store, the numbers in a condition's message)
+/// is written at most this often while a session runs, with the kernel CPU figure; anything a reader or the operator
+/// acts on (phase, a condition's status or reason, attach, results, the upload state) at the next beat after it
+/// changes. Liveness is the node's Lease (`crate::liveness`), not these writes: an idle session writes nothing.
+pub(crate) const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Writes status by server-side apply; failures are logged and retried on the next beat, never fatal: the
 /// trace goes on (and ends on time) without the API server.
 pub(super) struct Reporter {
@@ -23,9 +29,40 @@ pub(super) struct Reporter {
     pub(super) status: ProbeSessionStatus,
     /// Events not kept in the results so far, by reason (`status.counts.notKept`).
     pub(super) not_kept: std::collections::BTreeMap<String, u64>,
+    /// What the last write that went through said, and when.
+    pub(super) written: Option<(ProbeSessionStatus, std::time::Instant)>,
+}
+
+/// The part of a status that is written as soon as it changes: `st` without what moves with every event.
+fn at_once(st: &ProbeSessionStatus) -> ProbeSessionStatus {
+    let mut st = st.clone();
+    st.heartbeat = None;
+    st.counts = Default::default();
+    st.kernel_cpu_percent = None;
+    if let Some(u) = &mut st.upload {
+        u.pending = 0;
+        u.oldest_pending = None;
+        u.message = None;
+    }
+    for c in &mut st.conditions {
+        c.message.clear();
+    }
+    st
 }
 
 impl Reporter {
+    /// The reporter of `job`'s session, which has written nothing yet.
+    pub(super) fn new(job: &super::SessionJob) -> Reporter {
+        Reporter {
+            api: job.api.clone(),
+            name: job.name.clone(),
+            generation: job.generation,
+            status: ProbeSessionStatus::default(),
+            not_kept: Default::default(),
+            written: None,
+        }
+    }
+
     pub(super) fn condition(
         &mut self,
         type_: &str,
@@ -57,6 +94,25 @@ impl Reporter {
         self.status.upload = Some(upload);
     }
 
+    /// Writes the status if it has something new (see [`COUNTS_EVERY`]); true when it did, or had nothing to
+    /// write. The beat of a running session calls this; a step that must be seen (attach, a window, the end)
+    /// calls [`Reporter::write`].
+    pub(super) async fn report(&mut self) -> bool {
+        self.status.observed_generation = self.generation;
+        let due = match &self.written {
+            None => true,
+            Some((last, at)) => {
+                // The kernel CPU figure moves with the whole node's activity (the programs run on every hook
+                // hit, traced or not): it goes along with a write, never causes one.
+                let mut now = self.status.clone();
+                now.heartbeat.clone_from(&last.heartbeat);
+                now.kernel_cpu_percent = last.kernel_cpu_percent;
+                now != *last && (at_once(&now) != at_once(last) || at.elapsed() >= COUNTS_EVERY)
+            }
+        };
+        !due || self.write().await
+    }
+
     pub(super) async fn write(&mut self) -> bool {
         self.status.heartbeat = Some(Time(k8s_openapi::jiff::Timestamp::now()));
         self.status.observed_generation = self.generation;
@@ -72,7 +128,10 @@ impl Reporter {
             )
             .await
         {
-            Ok(_) => true,
+            Ok(_) => {
+                self.written = Some((self.status.clone(), std::time::Instant::now()));
+                true
+            }
             Err(e) => {
                 tracing::warn!(session = %self.name, error = %e, "status update failed; will retry");
                 false

@@ -126,13 +126,14 @@ impl Trace {
         })
     }
 
-    /// Status every [`STATUS_EVERY`]: counts, what streamed, and the heartbeat the operator watches.
+    /// Every [`STATUS_EVERY`]: counts and what streamed, written when there is something new
+    /// ([`Reporter::report`]).
     async fn heartbeat(&mut self, job: &SessionJob) {
         tally_not_kept(job, &mut self.rep, &mut self.writer);
         fill_counts(&mut self.rep, &self.running);
         if let Some(st) = &self.streaming {
             st.report(&mut self.rep);
         }
-        self.rep.write().await;
+        self.rep.report().await;
     }
 }
