@@ -65,6 +65,8 @@ pub struct Agent {
     drained: watch::Sender<Option<String>>,
     /// One per running session, `limits.max_sessions` in all and `max_sessions_per_namespace` per namespace.
     slots: Slots,
+    /// The node's share of status writes that can wait, shared by its sessions.
+    status_share: crate::session::status_share::StatusShare,
     /// Closed by the uploader while results waiting for the store fill the spool, or a namespace's share of it:
     /// those sessions keep no new events.
     spool_gates: SpoolGates,
@@ -108,6 +110,7 @@ impl Agent {
             health,
             cgroups: PodCgroups::new(&cfg.cgroup_root),
             slots: Slots::new(&cfg.limits),
+            status_share: Default::default(),
             spool_gates: SpoolGates::default(),
             held: Arc::default(),
             client,
@@ -322,6 +325,7 @@ impl Agent {
             metrics: self.metrics.clone(),
             slot: self.slots.take(&namespace),
             resumed_note,
+            status_share: self.status_share.clone(),
         };
         tracing::info!(session = %job.name, namespace = %job.namespace, probe = %s.spec.probe, "starting session");
         if bpf_stats_enabled() == Some(false) {

@@ -70,6 +70,17 @@ enum Command {
         #[arg(long, default_value = sonde_agent::agent::BPF_STATS_SYSCTL)]
         sysctl: PathBuf,
     },
+    /// The fleet harness's load (bench/fleet.sh, tests/tests/fleet.rs), not for a real node: one agent per Node
+    /// matching --node-selector (kwok's simulated nodes), all in this process, each with its own Lease and
+    /// session watch as a real agent has, its sessions counting --rate events per second without a kernel
+    /// (`session::simulated`).
+    #[command(hide = true)]
+    SimulateFleet {
+        #[arg(long, default_value = "sonde.dev/fleet=true")]
+        node_selector: String,
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+    },
 }
 
 #[tokio::main]
@@ -88,16 +99,19 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(sysctl = %sysctl.display(), "kernel.bpf_stats_enabled=1");
         return Ok(());
     }
+    if let Some(Command::SimulateFleet {
+        node_selector,
+        rate,
+    }) = &args.command
+    {
+        return simulate_fleet(&args, node_selector, *rate).await;
+    }
+    let limits = limits(&args);
+    let (metrics, health) = serve_metrics(&args).await?;
     let node = match args.node_name {
         Some(n) => n,
         None => sonde_telemetry::hostname().context("--node-name not given and no hostname")?,
     };
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = sonde_agent::metrics::AgentMetrics::register(&mut registry);
-    let health = sonde_telemetry::Health::new(registry);
-    sonde_telemetry::serve(args.metrics_addr, health.clone())
-        .await
-        .with_context(|| format!("binding {}", args.metrics_addr))?;
     sonde_probes::loader::ensure_tracefs();
     let client = kube::Client::try_default()
         .await
@@ -120,23 +134,86 @@ async fn main() -> anyhow::Result<()> {
         .context("--storage-locations")?,
         redact_outside: args.redact_counterparts,
         node_wide: sonde_crds::NodeWide::parse(&args.node_wide_namespaces),
-        limits: Limits {
-            max_sessions: args.max_sessions,
-            max_sessions_per_namespace: args
-                .max_sessions_per_namespace
-                .unwrap_or(Limits::half(args.max_sessions as u64) as usize),
-            max_event_bytes: args.max_event_mib << 20,
-            max_kernel_cpu_percent: args.max_kernel_cpu_percent,
-            max_spool_bytes: args.max_spool_mib << 20,
-            max_spool_bytes_per_namespace: args
-                .max_spool_mib_per_namespace
-                .unwrap_or(Limits::half(args.max_spool_mib))
-                << 20,
-        },
+        limits,
     };
     tokio::select! {
         r = Agent::new(client, cfg, metrics, health).run() => r?,
         _ = sonde_telemetry::stop_signal()? => tracing::info!("shutting down; sessions detach with the process"),
     }
     Ok(())
+}
+
+/// Runs one simulated agent per selected Node until stopped (see `Command::SimulateFleet`).
+async fn simulate_fleet(args: &Args, node_selector: &str, rate: u64) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server")?;
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let listed = nodes
+        .list(&kube::api::ListParams::default().labels(node_selector))
+        .await
+        .with_context(|| format!("listing nodes {node_selector}"))?;
+    let (metrics, health) = serve_metrics(args).await?;
+    // No kubepods here: pods resolve to nothing at once, and nothing is ever spooled.
+    let nowhere = std::env::temp_dir().join(format!("sonde-fleet-{}", std::process::id()));
+    std::fs::create_dir_all(&nowhere).context("a scratch directory")?;
+    let mut agents = tokio::task::JoinSet::new();
+    for node in listed.items.into_iter().filter_map(|n| n.metadata.name) {
+        let cfg = AgentConfig {
+            identity: format!("sonde-fleet@{node}"),
+            namespace: args.namespace.clone(),
+            cgroup_root: nowhere.clone(),
+            spool: nowhere.join(&node),
+            storage: sonde_agent::results::locations::Locations::parse(
+                format!("file://{}", nowhere.display()),
+                "",
+            )
+            .map_err(anyhow::Error::msg)?,
+            redact_outside: false,
+            node_wide: sonde_crds::NodeWide::parse(&args.node_wide_namespaces),
+            limits: limits(args),
+            node,
+        };
+        let agent = Agent::simulated(client.clone(), cfg, metrics.clone(), health.clone(), rate);
+        agents.spawn(agent.run_simulated());
+    }
+    tracing::info!(agents = agents.len(), rate, "simulated fleet running");
+    tokio::select! {
+        Some(r) = agents.join_next() => r.context("a simulated agent")??,
+        _ = sonde_telemetry::stop_signal()? => {}
+    }
+    Ok(())
+}
+
+/// What sessions may cost this node, from the arguments.
+fn limits(args: &Args) -> Limits {
+    Limits {
+        max_sessions: args.max_sessions,
+        max_sessions_per_namespace: args
+            .max_sessions_per_namespace
+            .unwrap_or(Limits::half(args.max_sessions as u64) as usize),
+        max_event_bytes: args.max_event_mib << 20,
+        max_kernel_cpu_percent: args.max_kernel_cpu_percent,
+        max_spool_bytes: args.max_spool_mib << 20,
+        max_spool_bytes_per_namespace: args
+            .max_spool_mib_per_namespace
+            .unwrap_or(Limits::half(args.max_spool_mib))
+            << 20,
+    }
+}
+
+/// The agent's metrics, served with /healthz and /readyz on --metrics-addr.
+async fn serve_metrics(
+    args: &Args,
+) -> anyhow::Result<(
+    sonde_agent::metrics::AgentMetrics,
+    std::sync::Arc<sonde_telemetry::Health>,
+)> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = sonde_agent::metrics::AgentMetrics::register(&mut registry);
+    let health = sonde_telemetry::Health::new(registry);
+    sonde_telemetry::serve(args.metrics_addr, health.clone())
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    Ok((metrics, health))
 }

@@ -22,6 +22,8 @@ pub struct Context {
     pub pods: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>,
     /// The agents' Leases: which nodes' sessions are alive ([`crate::liveness`]).
     pub leases: crate::liveness::AgentLeases,
+    /// When each owner's status was last written, by uid ([`crate::owner::announce`]).
+    status_writes: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Context {
@@ -47,11 +49,25 @@ impl Context {
             backoff: Default::default(),
             pods,
             leases,
+            status_writes: Default::default(),
         })
     }
 }
 
 impl Context {
+    /// When this process last wrote the status of the owner with `uid`.
+    pub fn status_written(&self, uid: &str) -> Option<std::time::Instant> {
+        let writes = self.status_writes.lock().unwrap_or_else(|e| e.into_inner());
+        writes.get(uid).copied()
+    }
+
+    pub fn wrote_status(&self, uid: &str) {
+        let mut writes = self.status_writes.lock().unwrap_or_else(|e| e.into_inner());
+        // Owners come and go: forget those not written for an hour.
+        writes.retain(|_, at| at.elapsed() < std::time::Duration::from_secs(3600));
+        writes.insert(uid.to_string(), std::time::Instant::now());
+    }
+
     /// Publishes a Kubernetes Event about `reference`; a failure is logged, never fatal to a reconcile.
     pub async fn publish(
         &self,

@@ -267,10 +267,44 @@ pub async fn announce<K: Owner>(
     for (type_, reason, note) in events {
         ctx.publish(&reference, type_, reason, note).await;
     }
-    if owner.status() != Some(status) {
-        patch_status(api, &owner.name_any(), status).await?;
+    let old = owner.status();
+    if old == Some(status) {
+        return Ok(());
     }
+    // Counts move with every session's report: a change of counts alone is written at most every
+    // OWNER_COUNTS_EVERY per owner (the next reconcile after it writes it; a running owner requeues within 30 s),
+    // anything else at once.
+    let uid = owner.uid().unwrap_or_default();
+    if old.is_some_and(|old| without_counts(old) == without_counts(status))
+        && ctx
+            .status_written(&uid)
+            .is_some_and(|at| at.elapsed() < OWNER_COUNTS_EVERY)
+    {
+        return Ok(());
+    }
+    patch_status(api, &owner.name_any(), status).await?;
+    ctx.wrote_status(&uid);
     Ok(())
+}
+
+/// How often an owner's status is written when only its counts changed.
+pub const OWNER_COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A status as JSON without any `counts` (the owner's, and each node's).
+fn without_counts(status: &impl serde::Serialize) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("counts");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(status).unwrap_or_default();
+    strip(&mut v);
+    v
 }
 
 /// Writes the owner's status by server-side apply, as the operator's field manager.
@@ -287,4 +321,25 @@ pub async fn patch_status<K: Owner>(api: &Api<K>, name: &str, status: &K::Status
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod counts_tests {
+    use super::without_counts;
+
+    #[test]
+    fn a_change_of_counts_alone_is_told_apart_from_any_other() {
+        let st = |captured: u64, phase: &str| {
+            serde_json::json!({"phase": phase, "counts": {"captured": captured},
+                               "nodeResults": [{"node": "a", "counts": {"captured": captured}}]})
+        };
+        assert_eq!(
+            without_counts(&st(1, "Running")),
+            without_counts(&st(9, "Running"))
+        );
+        assert_ne!(
+            without_counts(&st(1, "Running")),
+            without_counts(&st(1, "Succeeded"))
+        );
+    }
 }

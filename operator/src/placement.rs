@@ -269,7 +269,20 @@ pub async fn apply_session(
     owned: &[ProbeSession],
 ) -> Result<Option<Unplaced>> {
     let name = session.name_any();
-    if !owned.iter().any(|s| s.name_any() == name)
+    let have = owned.iter().find(|s| s.name_any() == name);
+    // Already as asked: no write (a policy reconciles on every session status change; re-applying each of its
+    // sessions every time cost the API server a write per node per reconcile).
+    if have.is_some_and(|have| {
+        have.spec == session.spec
+            && session
+                .labels()
+                .iter()
+                .all(|(k, v)| have.labels().get(k) == Some(v))
+            && have.owner_references() == session.owner_references()
+    }) {
+        return Ok(None);
+    }
+    if have.is_none()
         && let Some(other) = api.get_opt(&name).await?
         && other.labels().get(OWNER_UID_LABEL).map(String::as_str) != Some(uid)
     {

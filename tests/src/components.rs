@@ -11,6 +11,10 @@ use crate::{ControlPlane, Identity};
 fn bin_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        // Binaries built elsewhere (bench/fleet.sh's release build), taken as they are.
+        if let Some(dir) = std::env::var_os("SONDE_BIN_DIR") {
+            return PathBuf::from(dir);
+        }
         let status = Command::new(env!("CARGO"))
             .args([
                 "build",
@@ -57,7 +61,9 @@ pub struct Component {
 }
 
 impl Component {
-    fn spawn(
+    /// Any of the binaries with these arguments and environment (`RUST_LOG` in `env` replaces the tests'
+    /// default), logging to `log`.
+    pub fn process(
         kubeconfig: &Path,
         name: &'static str,
         args: &[String],
@@ -68,11 +74,11 @@ impl Component {
         let child = Command::new(bin_dir().join(name))
             .args(args)
             .env("KUBECONFIG", kubeconfig)
-            .envs(env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 "info,kube=warn,sonde_agent=debug,sonde_operator=debug",
             )
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log fd"))
             .stderr(out)
@@ -106,7 +112,7 @@ impl Component {
             "--identity=e2e-operator".into(),
             "--lease-seconds=4".into(),
         ];
-        Self::spawn(
+        Self::process(
             kubeconfig,
             "sonde-operator",
             &args,
@@ -130,7 +136,7 @@ impl Component {
             "--lease-seconds=4".into(),
         ];
         let log = dir.join(format!("{identity}.log"));
-        let mut c = Self::spawn(kubeconfig, "sonde-operator", &args, log, &[]);
+        let mut c = Self::process(kubeconfig, "sonde-operator", &args, log, &[]);
         c.metrics_port = (metrics_port != 0).then_some(metrics_port);
         c
     }
@@ -151,7 +157,7 @@ impl Component {
         ];
         args.extend(default_storage(dir, env));
         let log = dir.join("agent.log");
-        let mut c = Self::spawn(kubeconfig, "sonde-agent", &args, log, env);
+        let mut c = Self::process(kubeconfig, "sonde-agent", &args, log, env);
         c.metrics_port = Some(port);
         c
     }
@@ -167,7 +173,7 @@ impl Component {
         ];
         args.extend(default_storage(dir, env));
         let log = dir.join("results-server.log");
-        let mut c = Self::spawn(kubeconfig, "sonde-results", &args, log, env);
+        let mut c = Self::process(kubeconfig, "sonde-results", &args, log, env);
         c.metrics_port = Some(metrics);
         c.api_port = Some(api);
         c.intake_port = Some(intake);

@@ -42,9 +42,30 @@ impl ControlPlane {
         plane
     }
 
+    /// A control plane of the caller's own in `dir` (not the one the e2e binaries share), with the CRDs: the fleet
+    /// harness's, whose thousand simulated nodes no other test may see. [`Self::stop`] ends it.
+    pub async fn start_in(dir: &std::path::Path) -> Result<ControlPlane> {
+        let plane = Self::up_in(Some(dir))?;
+        plane.install_crds().await?;
+        Ok(plane)
+    }
+
+    /// Stops a control plane [`Self::start_in`] started (its directory stays when KEEP_LOGS=1).
+    pub fn stop(&self) {
+        let _ = Command::new(crate::repo_root().join("tests/controlplane/down.sh"))
+            .arg(&self.dir)
+            .status();
+    }
+
     fn up() -> Result<ControlPlane> {
+        Self::up_in(None)
+    }
+
+    /// `up.sh [DIR]`: DIR, or the shared plane's ($SONDE_CP_DIR).
+    fn up_in(dir: Option<&std::path::Path>) -> Result<ControlPlane> {
         let script = crate::repo_root().join("tests/controlplane/up.sh");
         let out = Command::new(&script)
+            .args(dir)
             .output()
             .with_context(|| format!("running {}", script.display()))?;
         if !out.status.success() {

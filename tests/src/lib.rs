@@ -10,6 +10,7 @@
 mod browser;
 mod components;
 mod controlplane;
+pub mod fleet;
 mod load;
 mod namespace;
 mod netpair;

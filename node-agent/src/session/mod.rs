@@ -24,6 +24,7 @@ mod outcome;
 mod publish;
 mod reporter;
 pub mod simulated;
+pub mod status_share;
 mod trace;
 mod windows;
 
@@ -82,6 +83,8 @@ pub struct SessionJob {
     pub slot: Result<Slot, Refused>,
     /// Set when a restarted agent picks up a session its previous process had started.
     pub resumed_note: Option<String>,
+    /// The node's share of status writes that can wait.
+    pub status_share: status_share::StatusShare,
     pub metrics: crate::metrics::AgentMetrics,
 }
 

@@ -31,6 +31,8 @@ pub(super) struct Reporter {
     pub(super) not_kept: std::collections::BTreeMap<String, u64>,
     /// What the last write that went through said, and when.
     pub(super) written: Option<(ProbeSessionStatus, std::time::Instant)>,
+    /// The node's share of writes that can wait, and this session's name in it.
+    share: (super::status_share::StatusShare, String),
 }
 
 /// The part of a status that is written as soon as it changes: `st` without what moves with every event.
@@ -60,6 +62,10 @@ impl Reporter {
             status: ProbeSessionStatus::default(),
             not_kept: Default::default(),
             written: None,
+            share: (
+                job.status_share.clone(),
+                format!("{}/{}", job.namespace, job.name),
+            ),
         }
     }
 
@@ -107,7 +113,10 @@ impl Reporter {
                 let mut now = self.status.clone();
                 now.heartbeat.clone_from(&last.heartbeat);
                 now.kernel_cpu_percent = last.kernel_cpu_percent;
-                now != *last && (at_once(&now) != at_once(last) || at.elapsed() >= COUNTS_EVERY)
+                let (share, me) = &self.share;
+                now != *last
+                    && (at_once(&now) != at_once(last)
+                        || (at.elapsed() >= COUNTS_EVERY && share.take(me, *at)))
             }
         };
         !due || self.write().await
@@ -130,6 +139,7 @@ impl Reporter {
         {
             Ok(_) => {
                 self.written = Some((self.status.clone(), std::time::Instant::now()));
+                self.share.0.forget(&self.share.1);
                 true
             }
             Err(e) => {
@@ -137,5 +147,12 @@ impl Reporter {
                 false
             }
         }
+    }
+}
+
+impl Drop for Reporter {
+    /// An ended session waits for no share of the node's writes.
+    fn drop(&mut self) {
+        self.share.0.forget(&self.share.1);
     }
 }
