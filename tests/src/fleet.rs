@@ -123,18 +123,38 @@ pub async fn run(cfg: &FleetConfig) -> FleetReport {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let fleet = Fleet::up(cfg, &dir).await;
-    let report = fleet.measure(cfg).await;
-    fleet.down();
-    report
+    fleet.measure(cfg).await
+    // Dropped here, or on a panic: nothing of the fleet outlives the run.
 }
 
-/// The running pieces; dropped in order (processes first, the control plane last).
+/// The running pieces, torn down when dropped in field order (processes first, the control plane last), also
+/// when a run fails.
 struct Fleet {
-    agents: Component,
+    /// Kept only to be stopped with the fleet.
+    _agents: Component,
     operator: Component,
     operator_metrics: u16,
     client: Client,
-    plane: ControlPlane,
+    plane: OwnPlane,
+}
+
+/// The fleet's own control plane and kwok, stopped when dropped (also when a run fails half-way).
+struct OwnPlane(ControlPlane);
+
+impl Drop for OwnPlane {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("tests/kwok/down.sh"))
+            .arg(&self.0.dir)
+            .status();
+        self.0.stop();
+    }
+}
+
+impl std::ops::Deref for OwnPlane {
+    type Target = ControlPlane;
+    fn deref(&self) -> &ControlPlane {
+        &self.0
+    }
 }
 
 const NS: &str = "fleet";
@@ -142,9 +162,11 @@ const AGENTS_NS: &str = "sonde-system";
 
 impl Fleet {
     async fn up(cfg: &FleetConfig, dir: &Path) -> Fleet {
-        let plane = ControlPlane::start_in(&dir.join("cp"))
-            .await
-            .unwrap_or_else(|e| panic!("the fleet's control plane: {e:#}"));
+        let plane = OwnPlane(
+            ControlPlane::start_in(&dir.join("cp"))
+                .await
+                .unwrap_or_else(|e| panic!("the fleet's control plane: {e:#}")),
+        );
         let out = Command::new(repo_root().join("tests/kwok/up.sh"))
             .arg(&plane.dir)
             .arg(cfg.nodes.to_string())
@@ -199,7 +221,7 @@ impl Fleet {
             ]),
         );
         let fleet = Fleet {
-            agents,
+            _agents: agents,
             operator,
             operator_metrics,
             client,
@@ -220,21 +242,6 @@ impl Fleet {
             "not every simulated agent renewed its Lease within 120 s"
         );
         fleet
-    }
-
-    fn down(self) {
-        let Fleet {
-            mut agents,
-            mut operator,
-            plane,
-            ..
-        } = self;
-        agents.kill();
-        operator.kill();
-        let _ = Command::new(repo_root().join("tests/kwok/down.sh"))
-            .arg(&plane.dir)
-            .status();
-        plane.stop();
     }
 
     async fn measure(&self, cfg: &FleetConfig) -> FleetReport {
