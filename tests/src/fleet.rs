@@ -7,7 +7,7 @@
 //! the 100-node targets in CI; `bench/fleet.sh NODES` prints the table for 10, 100 and 1000 nodes.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -558,11 +558,6 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
-}
-
-/// Where the fleet's logs are.
-pub fn logs(nodes: usize) -> PathBuf {
-    repo_root().join(format!("target/fleet-{nodes}"))
 }
 
 #[cfg(test)]

@@ -425,13 +425,7 @@ async fn finish(job: &SessionJob, trace: Trace, stop: Stop, deadline: Option<Sys
     }
     let notes = [Some(message), cap_note, job.resumed_note.clone()];
     rep.status.message = Some(notes.into_iter().flatten().collect::<Vec<_>>().join("; "));
-    // The final status matters: keep trying for a while if the API server is briefly away.
-    for _ in 0..30 {
-        if rep.write().await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    rep.write_final().await;
 }
 
 /// Runs `work` while reporting the session's status every [`STATUS_EVERY`] (written when it has something new),
@@ -521,6 +515,14 @@ pub(crate) fn unresolved_message(t: &Targets) -> Option<String> {
         (Some(w), Some(f)) => Some(format!("{w}; {f}")),
         (w, f) => w.or(f),
     }
+}
+
+/// The local deadline as a timer instant (now when it has passed); None without one.
+fn deadline_instant(deadline: Option<SystemTime>) -> Option<tokio::time::Instant> {
+    deadline.map(|d| {
+        let left = d.duration_since(SystemTime::now()).unwrap_or_default();
+        tokio::time::Instant::now() + left
+    })
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

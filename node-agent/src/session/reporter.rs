@@ -122,6 +122,16 @@ impl Reporter {
         !due || self.write().await
     }
 
+    /// Writes the final status: it matters, so it is tried for 30 s if the API server is briefly away.
+    pub(super) async fn write_final(&mut self) {
+        for _ in 0..30 {
+            if self.write().await {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
     pub(super) async fn write(&mut self) -> bool {
         self.status.heartbeat = Some(Time(k8s_openapi::jiff::Timestamp::now()));
         self.status.observed_generation = self.generation;

@@ -3,14 +3,12 @@
 //! `rate` events per second. What the API server sees from it is what it sees from a real session on a node whose
 //! probe counts as much; nothing is attached, spooled or uploaded, and a policy's windows are not rolled.
 
-use std::time::{Duration, SystemTime};
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sonde_crds::conditions::types;
 use sonde_crds::{Counts, Phase};
 use tokio::sync::watch;
 
-use super::{Reporter, STATUS_EVERY, SessionJob, to_system};
+use super::{Reporter, STATUS_EVERY, SessionJob, deadline_instant, sleep_until, to_system};
 
 /// What the agent's watch starts for each session: [`run`] with this rate.
 pub(crate) fn runner(rate: u64) -> crate::agent::RunSession {
@@ -32,10 +30,7 @@ pub async fn run(job: SessionJob, rate: u64, mut deleted: watch::Receiver<bool>)
     rep.condition(types::ATTACHED, true, "Attached", "attached via simulated");
     rep.write().await;
     let started = tokio::time::Instant::now();
-    let until = deadline.map(|d| {
-        let left = d.duration_since(SystemTime::now()).unwrap_or_default();
-        started + left
-    });
+    let until = deadline_instant(deadline);
     let mut beat = tokio::time::interval(STATUS_EVERY);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let captured = |at: tokio::time::Instant| (at - started).as_secs() * rate;
@@ -57,17 +52,5 @@ pub async fn run(job: SessionJob, rate: u64, mut deleted: watch::Receiver<bool>)
         "Completed",
         "simulated session reached its deadline",
     );
-    for _ in 0..30 {
-        if rep.write().await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+    rep.write_final().await;
 }

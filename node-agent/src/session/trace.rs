@@ -35,10 +35,7 @@ impl Trace {
     /// Traces until something stops it: the deadline, a drained node, deletion, a Stop threshold, the budget, or
     /// a policy window that cannot be written.
     pub(super) async fn run(&mut self, job: &SessionJob, signals: &mut Signals) -> Stop {
-        let deadline_at = signals.deadline.map(|d| {
-            let left = d.duration_since(SystemTime::now()).unwrap_or_default();
-            tokio::time::Instant::now() + left
-        });
+        let deadline_at = deadline_instant(signals.deadline);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_status = Instant::now();
         // Set when the last drain slice stopped at its limit: the next slice starts after a yield, not a tick.
